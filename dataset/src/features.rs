@@ -1,0 +1,291 @@
+//! The EHR feature catalog: variables, their groups, and the encoded columns of a dataset.
+//!
+//! A built dataset stores, per image, every encoded column of every [`Variable`] (DATA.md
+//! section 5). Training picks a subset by name with an [`EhrSelection`], so every ablation of
+//! the paper comes from one built dataset.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The three EHR feature groups of the paper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Group {
+    Demographics,
+    Scan,
+    Stay,
+}
+
+impl Group {
+    pub const ALL: [Group; 3] = [Group::Demographics, Group::Scan, Group::Stay];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Group::Demographics => "demographics",
+            Group::Scan => "scan",
+            Group::Stay => "stay",
+        }
+    }
+
+    /// The variables a group stands for in a selection (age normalised by default; pick
+    /// `age-bins5` or `age-bins10` explicitly for the binned encodings).
+    pub fn default_variables(self) -> &'static [Variable] {
+        match self {
+            Group::Demographics => &[Variable::Sex, Variable::AgeNorm],
+            Group::Scan => &[Variable::View, Variable::Orientation],
+            Group::Stay => &[Variable::Mortality, Variable::Icu],
+        }
+    }
+}
+
+/// One encoded EHR variable. The three age encodings are alternative variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variable {
+    Sex,
+    AgeNorm,
+    AgeBins5,
+    AgeBins10,
+    View,
+    Orientation,
+    Mortality,
+    Icu,
+}
+
+/// View categories, in encoded column order.
+pub const VIEW_CATEGORIES: [&str; 4] = ["PA", "LATERAL", "AP", "LL"];
+/// Patient orientation categories, in encoded column order.
+pub const ORIENTATION_CATEGORIES: [&str; 2] = ["Erect", "Recumbent"];
+
+impl Variable {
+    /// Catalog order; also the order of columns in a selection's EHR vector.
+    pub const ALL: [Variable; 8] = [
+        Variable::Sex,
+        Variable::AgeNorm,
+        Variable::AgeBins5,
+        Variable::AgeBins10,
+        Variable::View,
+        Variable::Orientation,
+        Variable::Mortality,
+        Variable::Icu,
+    ];
+
+    /// The name used in `--ehr`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variable::Sex => "sex",
+            Variable::AgeNorm => "age-norm",
+            Variable::AgeBins5 => "age-bins5",
+            Variable::AgeBins10 => "age-bins10",
+            Variable::View => "view",
+            Variable::Orientation => "orientation",
+            Variable::Mortality => "mortality",
+            Variable::Icu => "icu",
+        }
+    }
+
+    pub fn group(self) -> Group {
+        match self {
+            Variable::Sex | Variable::AgeNorm | Variable::AgeBins5 | Variable::AgeBins10 => Group::Demographics,
+            Variable::View | Variable::Orientation => Group::Scan,
+            Variable::Mortality | Variable::Icu => Group::Stay,
+        }
+    }
+
+    fn is_age(self) -> bool {
+        matches!(self, Variable::AgeNorm | Variable::AgeBins5 | Variable::AgeBins10)
+    }
+
+    /// The encoded column names of this variable in a built dataset, in order.
+    pub fn columns(self) -> Vec<String> {
+        match self {
+            Variable::Sex => vec!["sex_male".into(), "sex_female".into()],
+            Variable::AgeNorm => vec!["age_norm".into()],
+            Variable::AgeBins5 => bin_columns("age5", &AGE_BINS5_EDGES),
+            Variable::AgeBins10 => bin_columns("age10", &AGE_BINS10_EDGES),
+            Variable::View => VIEW_CATEGORIES.iter().map(|c| format!("view_{c}")).collect(),
+            Variable::Orientation => ORIENTATION_CATEGORIES.iter().map(|c| format!("orientation_{c}")).collect(),
+            Variable::Mortality => vec!["mortality_alive".into(), "mortality_died".into()],
+            Variable::Icu => vec!["icu_icu".into(), "icu_not_icu".into()],
+        }
+    }
+}
+
+impl fmt::Display for Variable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Inner edges of the 5-year age bins: `<=20, (20,25], ..., (85,90], >90` (16 bins).
+pub const AGE_BINS5_EDGES: [u32; 15] = [20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70, 75, 80, 85, 90];
+/// Inner edges of the 10-year age bins: `<=20, (20,30], ..., (80,90], >90` (9 bins).
+pub const AGE_BINS10_EDGES: [u32; 8] = [20, 30, 40, 50, 60, 70, 80, 90];
+
+fn bin_columns(prefix: &str, edges: &[u32]) -> Vec<String> {
+    let mut cols = Vec::with_capacity(edges.len() + 1);
+    let mut lower = 0;
+    for &e in edges {
+        cols.push(format!("{prefix}_{lower:02}_{e}"));
+        lower = e;
+    }
+    cols.push(format!("{prefix}_{lower}_up"));
+    cols
+}
+
+/// Index of the right-closed bin holding `age` given the inner `edges`.
+pub fn age_bin(age: f64, edges: &[u32]) -> usize {
+    edges.iter().position(|&e| age <= f64::from(e)).unwrap_or(edges.len())
+}
+
+/// The reference's age normalisation, `(age - 16) / 84`.
+pub fn age_norm(age: f64) -> f64 {
+    (age - 16.0) / 84.0
+}
+
+/// A choice of EHR variables for training, parsed from `--ehr`.
+///
+/// The syntax is a comma-separated list of group names (`demographics`, `scan`, `stay`) and
+/// variable names (`sex`, `age-norm`, `age-bins5`, `age-bins10`, `view`, `orientation`,
+/// `mortality`, `icu`), or `none` for vanilla MSN. Variables are kept in catalog order, so
+/// `scan,demographics` and `demographics,scan` give the same vector. A group brings its
+/// default variables, except that an explicit age encoding replaces the default `age-norm`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EhrSelection {
+    variables: Vec<Variable>,
+}
+
+/// Why an `--ehr` value could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EhrSelectionError {
+    #[error("unknown EHR feature {name:?}; available: none, {available}")]
+    Unknown { name: String, available: String },
+    #[error("`none` cannot be combined with other EHR features")]
+    NoneWithOthers,
+    #[error("more than one age encoding selected ({0}); choose one of age-norm, age-bins5, age-bins10")]
+    TwoAgeEncodings(String),
+    #[error("empty EHR selection; use `none` for vanilla MSN")]
+    Empty,
+}
+
+impl EhrSelection {
+    /// Vanilla MSN: no EHR input.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The selected variables in catalog order.
+    pub fn variables(&self) -> &[Variable] {
+        &self.variables
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.variables.is_empty()
+    }
+
+    /// The encoded column names the EHR vector is built from, in order.
+    pub fn columns(&self) -> Vec<String> {
+        self.variables.iter().flat_map(|v| v.columns()).collect()
+    }
+
+    /// Width of the EHR vector (`ehr_in` of METHOD.md section 5).
+    pub fn width(&self) -> usize {
+        self.columns().len()
+    }
+
+    fn available() -> String {
+        let groups = Group::ALL.iter().map(|g| g.name());
+        let vars = Variable::ALL.iter().map(|v| v.name());
+        groups.chain(vars).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for EhrSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.variables.is_empty() {
+            return f.write_str("none");
+        }
+        let names: Vec<_> = self.variables.iter().map(|v| v.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl FromStr for EhrSelection {
+    type Err = EhrSelectionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let tokens: Vec<&str> = s.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
+        if tokens.is_empty() {
+            return Err(EhrSelectionError::Empty);
+        }
+        if tokens.contains(&"none") {
+            return if tokens.len() == 1 { Ok(Self::none()) } else { Err(EhrSelectionError::NoneWithOthers) };
+        }
+        let mut explicit = Vec::new();
+        let mut from_groups = Vec::new();
+        for token in tokens {
+            if let Some(g) = Group::ALL.iter().find(|g| g.name() == token) {
+                from_groups.extend_from_slice(g.default_variables());
+            } else if let Some(v) = Variable::ALL.iter().find(|v| v.name() == token) {
+                explicit.push(*v);
+            } else {
+                return Err(EhrSelectionError::Unknown { name: token.to_string(), available: Self::available() });
+            }
+        }
+        let explicit_age = explicit.iter().any(|v| v.is_age());
+        let mut variables: Vec<Variable> = explicit;
+        variables.extend(from_groups.into_iter().filter(|v| !(explicit_age && v.is_age())));
+        variables.sort();
+        variables.dedup();
+        let ages: Vec<_> = variables.iter().filter(|v| v.is_age()).map(|v| v.name()).collect();
+        if ages.len() > 1 {
+            return Err(EhrSelectionError::TwoAgeEncodings(ages.join(", ")));
+        }
+        Ok(Self { variables })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_widths_match_data_md() {
+        let widths: Vec<usize> = Variable::ALL.iter().map(|v| v.columns().len()).collect();
+        assert_eq!(widths, [2, 1, 16, 9, 4, 2, 2, 2]);
+        assert_eq!(Variable::AgeBins5.columns()[0], "age5_00_20");
+        assert_eq!(Variable::AgeBins5.columns()[15], "age5_90_up");
+        assert_eq!(Variable::AgeBins10.columns()[7], "age10_80_90");
+    }
+
+    #[test]
+    fn age_bins_are_right_closed() {
+        assert_eq!(age_bin(18.0, &AGE_BINS5_EDGES), 0);
+        assert_eq!(age_bin(20.0, &AGE_BINS5_EDGES), 0);
+        assert_eq!(age_bin(20.5, &AGE_BINS5_EDGES), 1);
+        assert_eq!(age_bin(25.0, &AGE_BINS5_EDGES), 1);
+        assert_eq!(age_bin(90.0, &AGE_BINS5_EDGES), 14);
+        assert_eq!(age_bin(91.0, &AGE_BINS5_EDGES), 15);
+        assert_eq!(age_bin(30.0, &AGE_BINS10_EDGES), 1);
+        assert_eq!(age_bin(95.0, &AGE_BINS10_EDGES), 8);
+        assert!((age_norm(100.0) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn groups_expand_in_catalog_order() {
+        let all: EhrSelection = "stay, scan,demographics".parse().unwrap();
+        assert_eq!(all.to_string(), "sex,age-norm,view,orientation,mortality,icu");
+        assert_eq!(all.width(), 2 + 1 + 4 + 2 + 2 + 2);
+        let binned: EhrSelection = "demographics,age-bins10".parse().unwrap();
+        assert_eq!(binned.variables(), [Variable::Sex, Variable::AgeBins10]);
+        assert!("none".parse::<EhrSelection>().unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_selections_say_why() {
+        let err = "demographics,bmi".parse::<EhrSelection>().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("\"bmi\"") && msg.contains("age-bins5") && msg.contains("stay"), "{msg}");
+        assert_eq!("none,sex".parse::<EhrSelection>(), Err(EhrSelectionError::NoneWithOthers));
+        assert!(matches!("age-norm,age-bins5".parse::<EhrSelection>(), Err(EhrSelectionError::TwoAgeEncodings(_))));
+        assert_eq!(" , ".parse::<EhrSelection>(), Err(EhrSelectionError::Empty));
+    }
+}

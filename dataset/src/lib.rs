@@ -1,0 +1,42 @@
+//! The dataset contract shared by `pipeline` (which writes datasets) and `trainer` (which
+//! reads them). It is deliberately small and dependency-free, so the trainer never links the
+//! ETL stack and the pipeline never links the deep-learning stack.
+//!
+//! What lives here:
+//! - [`LABELS`]: the 14 CheXpert labels in MIMIC-CXR column order, and [`Split`];
+//! - [`features`]: the catalog of EHR variables, their groups and the exact encoded column
+//!   names a built dataset carries (DATA.md section 5), plus the `--ehr` selection syntax.
+//!
+//! ```
+//! use cxr_dataset::features::EhrSelection;
+//! let sel: EhrSelection = "demographics,scan".parse().unwrap();
+//! assert_eq!(sel.columns()[..3], ["sex_male", "sex_female", "age_norm"]);
+//! ```
+
+pub mod features;
+mod split;
+
+pub use split::{ParseSplitError, Split};
+
+/// The 14 CheXpert labels, in the column order of `mimic-cxr-2.0.0-chexpert.csv.gz`.
+pub const LABELS: [&str; 14] = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+];
+
+/// Index of a label name in [`LABELS`] (exact, case-sensitive match).
+pub fn label_index(name: &str) -> Option<usize> {
+    LABELS.iter().position(|l| *l == name)
+}

@@ -1,0 +1,1 @@
+//! Fixtures live in `it/`; this crate has no library code.
