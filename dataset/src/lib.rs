@@ -13,6 +13,8 @@
 //! assert_eq!(sel.columns()[..3], ["sex_male", "sex_female", "age_norm"]);
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod features;
 mod split;
 

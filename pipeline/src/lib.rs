@@ -21,6 +21,8 @@
 //! println!("{} images", summary.images);
 //! ```
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod error;
 pub mod progress;
 pub mod synth;

@@ -1,1 +1,11 @@
-fn main() {}
+//! End-to-end and format-conformance tests. One binary; fixtures are generated archives
+//! shared between tests (see `fixture`).
+
+#![allow(clippy::unwrap_used)]
+
+mod cxr_format;
+mod dicom_files;
+mod fixture;
+mod from_demo;
+mod mimic_iv_format;
+mod reproducible;

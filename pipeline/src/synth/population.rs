@@ -150,7 +150,7 @@ fn subject(rng: &mut Rng, subject_id: u32, version: MimicIvVersion, pop: &mut Po
     // Chest X-ray patients are old: age at anchor year ~ N(62, 17), 18..=89, "over 89" = 91.
     let true_age = (62.0 + 17.0 * rng.normal()).round().clamp(18.0, 96.0) as u32;
     let anchor_age = if true_age >= 90 { 91 } else { true_age };
-    let anchor_year = rng.range_i64(2110, 2200) as i32;
+    let anchor_year = rng.range_i64(2110, 2185) as i32;
     let groups = version.anchor_year_groups();
     let anchor_year_group = groups[rng.range_i64(0, groups.len() as i64 - 1) as usize].to_string();
     let race = rng.pick(RACES).to_string();

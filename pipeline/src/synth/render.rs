@@ -550,3 +550,112 @@ fn side_of(r: &mut Rng) -> Side {
         _ => Side::Both,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+    use cxr_dataset::Split;
+
+    use super::*;
+    use crate::synth::studies::{Setting, Syntax};
+
+    fn study(findings: &[usize], sex: char) -> Study {
+        let mut truth = [false; 14];
+        for &f in findings {
+            truth[f] = true;
+        }
+        Study {
+            subject_id: 10000032,
+            study_id: 50414267,
+            time: NaiveDate::from_ymd_opt(2180, 5, 6).unwrap().and_hms_opt(21, 30, 14).unwrap(),
+            setting: Setting::Ward,
+            age: 60,
+            sex,
+            died_in_stay: false,
+            procedure: "CHEST (PA AND LAT)",
+            truth,
+            chexpert: None,
+            negbio: None,
+            split: Split::Train,
+            images: vec![],
+            seed: 11,
+            subject_seed: 12,
+        }
+    }
+
+    fn pa() -> Image {
+        Image {
+            dicom_id: "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014".into(),
+            view: "PA",
+            view_code: ("R-10214", "postero-anterior"),
+            orientation: "Erect",
+            rows: 128,
+            cols: 128,
+            monochrome1: false,
+            window: false,
+            rescale: false,
+            syntax: Syntax::ExplicitLittle,
+            seed: 13,
+        }
+    }
+
+    /// Mean intensity over a box given in normalised coordinates.
+    fn mean(px: &[u16], (x0, x1, y0, y1): (f32, f32, f32, f32)) -> f64 {
+        let n = 128;
+        let (c0, c1, r0, r1) =
+            ((x0 * 128.0) as usize, (x1 * 128.0) as usize, (y0 * 128.0) as usize, (y1 * 128.0) as usize);
+        let mut sum = 0.0;
+        for r in r0..r1 {
+            for c in c0..c1 {
+                sum += f64::from(px[r * n + c]);
+            }
+        }
+        sum / ((r1 - r0) * (c1 - c0)) as f64
+    }
+
+    #[test]
+    fn rendering_is_deterministic_and_12_bit() {
+        let a = render(&study(&[], 'M'), &pa());
+        assert_eq!(a, render(&study(&[], 'M'), &pa()));
+        assert_eq!(a.len(), 128 * 128);
+        assert!(a.iter().all(|&v| v < 4096));
+        let mut other = pa();
+        other.seed = 14;
+        assert_ne!(a, render(&study(&[], 'M'), &other), "noise is per image");
+    }
+
+    #[test]
+    fn findings_are_visible_where_they_should_be() {
+        let normal = render(&study(&[], 'M'), &pa());
+        // Cardiomegaly: the heart shadow reaches further towards the left chest wall.
+        let big_heart = render(&study(&[CARDIOMEGALY], 'M'), &pa());
+        let left_heart_border = (0.66, 0.74, 0.58, 0.7);
+        assert!(mean(&big_heart, left_heart_border) > mean(&normal, left_heart_border) + 100.0);
+        // Effusion fills the lung bases.
+        let effusion = render(&study(&[EFFUSION], 'M'), &pa());
+        let bases = (0.1, 0.9, 0.62, 0.72);
+        assert!(mean(&effusion, bases) > mean(&normal, bases) + 40.0);
+        // Devices add near-metal brightness.
+        let devices = render(&study(&[SUPPORT_DEVICES], 'M'), &pa());
+        let bright = |px: &[u16]| px.iter().filter(|&&v| v > 3600).count();
+        assert!(bright(&devices) > bright(&normal));
+        // Breast shadows make women's lower lung fields denser.
+        let female = render(&study(&[], 'F'), &pa());
+        let lower_lungs = (0.15, 0.4, 0.6, 0.72);
+        assert!(mean(&female, lower_lungs) > mean(&normal, lower_lungs));
+    }
+
+    #[test]
+    fn lateral_and_portable_views_differ_from_pa() {
+        let s = study(&[], 'M');
+        let frontal = render(&s, &pa());
+        let lateral = render(&s, &Image { view: "LATERAL", view_code: ("R-102CD", "lateral"), ..pa() });
+        let diff = frontal.iter().zip(&lateral).filter(|(a, b)| a.abs_diff(**b) > 400).count();
+        assert!(diff > frontal.len() / 10);
+        let portable = Study { procedure: "CHEST (PORTABLE AP)", ..s.clone() };
+        let ap = render(&portable, &Image { view: "AP", view_code: ("R-10206", "antero-posterior"), ..pa() });
+        // More scatter: the darkest air is lighter on portable films.
+        let darkest = |px: &[u16]| *px.iter().min().unwrap();
+        assert!(darkest(&ap) > darkest(&frontal));
+    }
+}

@@ -1,0 +1,154 @@
+//! Generated DICOM files read back with dicom-object: the tags MIMIC-CXR carries, matching
+//! the metadata table, and pixel data intact in every transfer syntax.
+
+use std::collections::{HashMap, HashSet};
+
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{DefaultDicomObject, open_file};
+
+use crate::fixture::{CXR_DCM, CXR_JPG, Csv, config, generate, small};
+
+fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
+    obj.element(tag).unwrap().to_str().unwrap().trim_end_matches(['\0', ' ']).to_string()
+}
+
+fn code_meaning(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let items = obj.element_opt(tag).unwrap()?.items()?.to_vec();
+    let item = items.first()?;
+    Some(item.element(tags::CODE_MEANING).unwrap().to_str().unwrap().trim().to_string())
+}
+
+fn path_of(r: &[String], ext: &str) -> String {
+    format!("files/p{}/p{}/s{}/{}.{ext}", &r[1][..2], r[1], r[2], r[0])
+}
+
+/// Stored pixel values, whatever the transfer syntax.
+fn pixels(obj: &DefaultDicomObject) -> Vec<u16> {
+    let rows = usize::from(obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap());
+    let cols = usize::from(obj.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap());
+    let pd = obj.element(tags::PIXEL_DATA).unwrap();
+    if let Some(fragments) = pd.value().fragments() {
+        assert_eq!(fragments.len(), 1);
+        return rle_decode(&fragments[0], rows * cols);
+    }
+    let bytes = pd.to_bytes().unwrap();
+    assert_eq!(bytes.len(), rows * cols * 2);
+    bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect()
+}
+
+/// A reference RLE Lossless decoder (PS3.5 G.3.2), independent of the writer.
+fn rle_decode(frame: &[u8], n: usize) -> Vec<u16> {
+    let segs = u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize;
+    assert_eq!(segs, 2);
+    let off = |i: usize| u32::from_le_bytes(frame[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize;
+    let mut planes = Vec::new();
+    for s in 0..2 {
+        let end = if s == 0 { off(1) } else { frame.len() };
+        let mut src = &frame[off(s)..end];
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let h = src[0] as i8;
+            if h >= 0 {
+                let k = h as usize + 1;
+                out.extend_from_slice(&src[1..1 + k]);
+                src = &src[1 + k..];
+            } else if h != -128 {
+                out.extend(std::iter::repeat_n(src[1], (1 - i32::from(h)) as usize));
+                src = &src[2..];
+            } else {
+                src = &src[1..];
+            }
+        }
+        assert_eq!(out.len(), n);
+        planes.push(out);
+    }
+    planes[0].iter().zip(&planes[1]).map(|(hi, lo)| u16::from(*hi) << 8 | u16::from(*lo)).collect()
+}
+
+#[test]
+fn dicom_headers_match_mimic_cxr_and_the_metadata_table() {
+    let a = small();
+    let meta = Csv::read(&a.root.join(CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz"));
+    let mut photometric = HashSet::new();
+    let mut syntaxes = HashSet::new();
+    let mut windowed = 0;
+    for r in &meta.rows {
+        let obj = open_file(a.root.join(CXR_DCM).join(path_of(r, "dcm"))).unwrap();
+        syntaxes.insert(obj.meta().transfer_syntax().trim_end_matches('\0').to_string());
+        assert_eq!(text(&obj, tags::SOP_CLASS_UID), uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION);
+        assert_eq!(
+            obj.meta().media_storage_sop_class_uid().trim_end_matches('\0'),
+            uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION
+        );
+        assert_eq!(text(&obj, tags::MODALITY), "DX");
+        assert_eq!(text(&obj, tags::PATIENT_ID), r[1]);
+        assert_eq!(text(&obj, tags::STUDY_DATE), r[7]);
+        // TM HHMMSS.fff versus the metadata's unpadded float.
+        let tm: f64 = text(&obj, tags::STUDY_TIME).parse().unwrap();
+        assert!((tm - r[8].parse::<f64>().unwrap()).abs() < 1e-6, "{tm} vs {}", r[8]);
+        assert_eq!(text(&obj, tags::VIEW_POSITION), r[4]);
+        assert_eq!(code_meaning(&obj, tags::VIEW_CODE_SEQUENCE).unwrap_or_default(), r[10]);
+        assert_eq!(code_meaning(&obj, tags::PATIENT_ORIENTATION_CODE_SEQUENCE).unwrap_or_default(), r[11]);
+        assert_eq!(text(&obj, tags::PERFORMED_PROCEDURE_STEP_DESCRIPTION), r[3]);
+        assert_eq!(obj.element(tags::ROWS).unwrap().to_int::<u16>().unwrap().to_string(), r[5]);
+        assert_eq!(obj.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap().to_string(), r[6]);
+        assert_eq!(obj.element(tags::BITS_ALLOCATED).unwrap().to_int::<u16>().unwrap(), 16);
+        assert_eq!(obj.element(tags::BITS_STORED).unwrap().to_int::<u16>().unwrap(), 12);
+        assert_eq!(obj.element(tags::SAMPLES_PER_PIXEL).unwrap().to_int::<u16>().unwrap(), 1);
+        photometric.insert(text(&obj, tags::PHOTOMETRIC_INTERPRETATION));
+        if obj.element_opt(tags::WINDOW_CENTER).unwrap().is_some() {
+            windowed += 1;
+            assert!(obj.element(tags::WINDOW_WIDTH).unwrap().to_float64().unwrap() > 0.0);
+        }
+        assert!(pixels(&obj).iter().all(|&v| v < 4096), "12 bits stored");
+    }
+    assert_eq!(photometric, HashSet::from(["MONOCHROME1".to_string(), "MONOCHROME2".to_string()]));
+    assert!(windowed > 0 && windowed < meta.rows.len());
+    let expected: HashSet<String> =
+        [uids::EXPLICIT_VR_LITTLE_ENDIAN, uids::IMPLICIT_VR_LITTLE_ENDIAN, uids::RLE_LOSSLESS]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(syntaxes, expected);
+}
+
+/// The same archive written uncompressed has the same pixels (inverted back for
+/// MONOCHROME1), so RLE and implicit-VR files carry exactly the rendered image.
+#[test]
+fn every_transfer_syntax_carries_the_same_pixels() {
+    let a = small();
+    let plain = generate(|out| config(out, 40, 7, "2.2", crate::fixture::BOTH));
+    let meta = Csv::read(&a.root.join(CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz"));
+    let mut checked: HashMap<String, usize> = HashMap::new();
+    for r in meta.rows.iter().take(30) {
+        let p = path_of(r, "dcm");
+        let x = open_file(a.root.join(CXR_DCM).join(&p)).unwrap();
+        let y = open_file(plain.root.join(CXR_DCM).join(&p)).unwrap();
+        assert_eq!(pixels(&x), pixels(&y), "{p}");
+        *checked.entry(x.meta().transfer_syntax().trim_end_matches('\0').to_string()).or_default() += 1;
+    }
+    assert_eq!(checked.len(), 3, "{checked:?}");
+}
+
+#[test]
+fn monochrome1_files_store_inverted_intensities() {
+    // The JPG shows the display image; MONOCHROME1 pixels are its inverse, MONOCHROME2 equal.
+    let a = small();
+    let meta = Csv::read(&a.root.join(CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz"));
+    let mut seen = HashSet::new();
+    for r in &meta.rows {
+        let obj = open_file(a.root.join(CXR_DCM).join(path_of(r, "dcm"))).unwrap();
+        let mono1 = text(&obj, tags::PHOTOMETRIC_INTERPRETATION) == "MONOCHROME1";
+        let jpg = image::open(a.root.join(CXR_JPG).join(path_of(r, "jpg"))).unwrap().to_luma8();
+        let px = pixels(&obj);
+        let display: Vec<f64> = px.iter().map(|&v| f64::from(if mono1 { 4095 - v } else { v }) / 16.0).collect();
+        let mean_abs = display.iter().zip(jpg.as_raw()).map(|(d, j)| (d - f64::from(*j)).abs()).sum::<f64>()
+            / display.len() as f64;
+        assert!(mean_abs < 4.0, "{}: JPG differs from DICOM display by {mean_abs}", r[0]);
+        seen.insert(mono1);
+        if seen.len() == 2 {
+            return;
+        }
+    }
+    panic!("both photometric interpretations should occur");
+}
