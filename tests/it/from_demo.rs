@@ -1,5 +1,5 @@
-//! `--from-mimic-iv` on the real MIMIC-IV demo tables (`CXR_MIMIC_IV_DEMO_DIR`, default
-//! `../shared/data/mimic-iv-demo-2.2` from the repository root).
+//! `--from-mimic-iv` on the real MIMIC-IV demo tables (`CXR_MIMIC_IV_DEMO_DIR`, default: the
+//! copy in `tests/fixtures/mimic-iv-demo-2.2`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,7 +12,7 @@ use crate::fixture::{BOTH, CXR_JPG, Csv, config, generate};
 fn demo_dir() -> PathBuf {
     let dir = std::env::var_os("CXR_MIMIC_IV_DEMO_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mimic-iv-demo-2.2"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic-iv-demo-2.2"));
     assert!(
         dir.join("hosp/admissions.csv.gz").is_file(),
         "MIMIC-IV demo tables not found at {}; set CXR_MIMIC_IV_DEMO_DIR",
