@@ -142,7 +142,9 @@ fn studies_fall_in_ed_visits_before_admission_in_icu_stays_and_outpatient() {
     let meta = Csv::read(&a.root.join(CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz"));
     let adm = iv("hosp/admissions.csv.gz");
     let icu = iv("icu/icustays.csv.gz");
-    let mut stays: HashMap<&str, Vec<(Option<NaiveDateTime>, NaiveDateTime, NaiveDateTime)>> = HashMap::new();
+    // Per subject: (edregtime, admittime, dischtime) of each admission.
+    type Stay = (Option<NaiveDateTime>, NaiveDateTime, NaiveDateTime);
+    let mut stays: HashMap<&str, Vec<Stay>> = HashMap::new();
     for r in &adm.rows {
         let reg = &r[adm.col("edregtime")];
         stays.entry(&r[0]).or_default().push(((!reg.is_empty()).then(|| ts(reg)), ts(&r[2]), ts(&r[3])));
