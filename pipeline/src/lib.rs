@@ -25,6 +25,7 @@
 
 mod error;
 pub mod progress;
+pub mod schema;
 pub mod synth;
 
 pub use error::{Error, Result};

@@ -9,3 +9,4 @@ mod fixture;
 mod from_demo;
 mod mimic_iv_format;
 mod reproducible;
+mod schemas;

@@ -7,6 +7,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 
 use super::table::{GzCsv, fmt_date, fmt_g17, fmt_opt_time, fmt_time};
 use crate::Result;
+use crate::schema::Schema;
 
 /// A MIMIC-IV release, which decides folder names and column sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +40,6 @@ impl MimicIvVersion {
     /// `admit_provider_id` exists from v2.2.
     pub fn has_admit_provider(self) -> bool {
         (self.major, self.minor) >= (2, 2)
-    }
-
-    pub fn admissions_header(self) -> Vec<&'static str> {
-        let mut h = vec!["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type"];
-        if self.has_admit_provider() {
-            h.push("admit_provider_id");
-        }
-        h.extend([
-            "admission_location",
-            "discharge_location",
-            "insurance",
-            "language",
-            "marital_status",
-            self.race_column(),
-            "edregtime",
-            "edouttime",
-            "hospital_expire_flag",
-        ]);
-        h
     }
 
     /// Anchor year groups that exist in this release.
@@ -174,31 +156,31 @@ pub fn write_tables(pop: &Population, root: &Path) -> Result<Vec<PathBuf>> {
     }
     let mut paths = vec![w.finish()?];
 
+    // Columns and their order come from the declared schema of this release.
+    let schema = Schema::get("mimic-iv/admissions")?;
+    let header = schema.header_for(&v.to_string());
     let mut w = GzCsv::create(&hosp.join("admissions.csv.gz"))?;
-    w.row(v.admissions_header())?;
+    w.row(&header)?;
     for a in &pop.admissions {
-        let mut row = vec![
-            a.subject_id.to_string(),
-            a.hadm_id.to_string(),
-            fmt_time(a.admittime),
-            fmt_time(a.dischtime),
-            fmt_opt_time(a.deathtime),
-            a.admission_type.clone(),
-        ];
-        if v.has_admit_provider() {
-            row.push(a.admit_provider_id.clone());
-        }
-        row.extend([
-            a.admission_location.clone(),
-            a.discharge_location.clone(),
-            a.insurance.clone(),
-            a.language.clone(),
-            a.marital_status.clone(),
-            a.race.clone(),
-            fmt_opt_time(a.edregtime),
-            fmt_opt_time(a.edouttime),
-            u8::from(a.hospital_expire_flag).to_string(),
-        ]);
+        let row = header.iter().map(|col| match *col {
+            "subject_id" => a.subject_id.to_string(),
+            "hadm_id" => a.hadm_id.to_string(),
+            "admittime" => fmt_time(a.admittime),
+            "dischtime" => fmt_time(a.dischtime),
+            "deathtime" => fmt_opt_time(a.deathtime),
+            "admission_type" => a.admission_type.clone(),
+            "admit_provider_id" => a.admit_provider_id.clone(),
+            "admission_location" => a.admission_location.clone(),
+            "discharge_location" => a.discharge_location.clone(),
+            "insurance" => a.insurance.clone(),
+            "language" => a.language.clone(),
+            "marital_status" => a.marital_status.clone(),
+            "race" | "ethnicity" => a.race.clone(),
+            "edregtime" => fmt_opt_time(a.edregtime),
+            "edouttime" => fmt_opt_time(a.edouttime),
+            "hospital_expire_flag" => u8::from(a.hospital_expire_flag).to_string(),
+            _ => String::new(),
+        });
         w.row(row)?;
     }
     paths.push(w.finish()?);
@@ -243,15 +225,10 @@ mod tests {
     #[test]
     fn versions_decide_layout() {
         let v1 = MimicIvVersion::parse("1.0").unwrap();
-        let v20 = MimicIvVersion::parse("2.0").unwrap();
         let v22 = MimicIvVersion::parse("2.2").unwrap();
-        assert_eq!(v1.hosp_dir(), "core");
-        assert_eq!(v22.hosp_dir(), "hosp");
-        assert_eq!(v1.admissions_header().len(), 15);
-        assert!(v1.admissions_header().contains(&"ethnicity"));
-        assert!(v20.admissions_header().contains(&"race") && v20.admissions_header().len() == 15);
-        assert_eq!(v22.admissions_header().len(), 16);
-        assert_eq!(v22.admissions_header()[6], "admit_provider_id");
+        assert_eq!((v1.hosp_dir(), v1.race_column()), ("core", "ethnicity"));
+        assert_eq!((v22.hosp_dir(), v22.race_column()), ("hosp", "race"));
+        assert!(v22.has_admit_provider() && !MimicIvVersion::parse("2.1").unwrap().has_admit_provider());
         assert!(MimicIvVersion::parse("4.0").is_none());
     }
 
