@@ -28,6 +28,7 @@
 //! Every random choice comes from [`rng`] streams derived from the seed and stable ids, so a
 //! seed gives the same bytes whatever the thread count.
 
+mod canvas;
 pub mod cxr;
 pub mod dicom;
 pub mod import;
