@@ -42,3 +42,19 @@ pub const LABELS: [&str; 14] = [
 pub fn label_index(name: &str) -> Option<usize> {
     LABELS.iter().position(|l| *l == name)
 }
+
+fn snake(label: &str) -> String {
+    label.to_lowercase().replace(' ', "_")
+}
+
+/// Dataset column of the resolved 0/1 training target of label `i` (`label_no_finding`);
+/// null where the uncertainty policy says to ignore the label.
+pub fn label_column(i: usize) -> String {
+    format!("label_{}", snake(LABELS[i]))
+}
+
+/// Dataset column of the raw label value of label `i` (`raw_label_no_finding`): 1, 0, -1 or
+/// null (not mentioned / no label row).
+pub fn raw_label_column(i: usize) -> String {
+    format!("raw_label_{}", snake(LABELS[i]))
+}

@@ -12,14 +12,16 @@ pub enum Error {
     MissingTable { dir: PathBuf, stem: String },
     #[error("{path}: missing column {column:?}")]
     MissingColumn { path: PathBuf, column: String },
-    #[error("{path}, line {line}, column {column:?}: cannot parse {value:?}")]
-    BadValue { path: PathBuf, line: usize, column: String, value: String },
+    #[error("{path}, line {line}, column {column:?}: {value:?} is not {expected}")]
+    BadValue { path: PathBuf, line: usize, column: String, value: String, expected: String },
     #[error("{path}: writing DICOM: {message}")]
     Dicom { path: PathBuf, message: String },
     #[error("{path}: encoding image: {message}")]
     Image { path: PathBuf, message: String },
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("{context}: {source}")]
+    Polars { context: String, source: polars::error::PolarsError },
 }
 
 impl Error {

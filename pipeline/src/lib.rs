@@ -23,8 +23,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod build;
+pub mod discover;
+pub mod encode;
 mod error;
+pub mod ingest;
+pub mod labels;
+pub mod link;
 pub mod progress;
+pub mod report;
 pub mod schema;
 pub mod synth;
 

@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use pipeline::build::{self, BuildConfig, BuildSummary};
+use pipeline::discover::Roots;
+use pipeline::encode::MissingPolicy;
+use pipeline::labels::{Labeler, SplitSource, Uncertain};
+use pipeline::link::MatchRule;
 use pipeline::progress::Progress;
 use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
@@ -26,8 +31,140 @@ struct Cli {
 enum Command {
     /// Write a synthetic MIMIC-CXR / MIMIC-CXR-JPG / MIMIC-IV archive in the PhysioNet layout.
     Synth(SynthArgs),
+    /// Build the dataset table: link MIMIC-CXR images to MIMIC-IV stays, encode the EHR
+    /// features, attach labels and splits, and publish Parquet under a content-addressed version.
+    Build(BuildArgs),
     /// Run the whole job end to end on an embedded default (a small synthetic archive).
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct BuildArgs {
+    /// Folder holding the PhysioNet layout: [physionet.org/files/]{mimic-cxr,mimic-cxr-jpg,mimiciv}/<version>/.
+    #[arg(long, value_name = "DIR")]
+    mimic_root: Option<PathBuf>,
+    /// The MIMIC-CXR (DICOM) version folder, overriding --mimic-root.
+    #[arg(long, value_name = "DIR")]
+    cxr_dir: Option<PathBuf>,
+    /// The MIMIC-CXR-JPG version folder (metadata, labels, split), overriding --mimic-root.
+    #[arg(long, value_name = "DIR")]
+    cxr_jpg_dir: Option<PathBuf>,
+    /// The MIMIC-IV version folder (with hosp/ or core/, and icu/), overriding --mimic-root.
+    #[arg(long, value_name = "DIR")]
+    mimic_iv_dir: Option<PathBuf>,
+    /// Output folder; the dataset goes to OUT/<version>/.
+    #[arg(long)]
+    out: PathBuf,
+    /// How a study is matched to a stay: date (calendar dates, as the paper's code) or
+    /// datetime (ED registration to discharge; ICU stays from intime minus --icu-tolerance-hours).
+    #[arg(long = "match", default_value = "date", value_parser = ["date", "datetime"])]
+    match_rule: String,
+    /// With --match datetime: hours before ICU admission that still count as in the stay.
+    #[arg(long, default_value_t = 6.0)]
+    icu_tolerance_hours: f64,
+    /// Blank view or orientation: impute (most likely given the other, fitted on the training
+    /// split), unknown (an extra column) or drop (the image).
+    #[arg(long, default_value = "impute", value_parser = ["impute", "unknown", "drop"])]
+    missing: String,
+    /// Keep images whose patient has no sex recorded (the reference drops them).
+    #[arg(long)]
+    keep_missing_sex: bool,
+    /// Keep rare views (LPO, SWIMMERS, ...), treated as missing (the reference drops them).
+    #[arg(long)]
+    keep_rare_views: bool,
+    /// Report labeller whose labels to use.
+    #[arg(long, default_value = "chexpert", value_parser = ["chexpert", "negbio"])]
+    labels: String,
+    /// Uncertain (-1) labels become: zeros (U-zeros, the reference), ones, or ignore (null).
+    #[arg(long, default_value = "zeros", value_parser = ["zeros", "ones", "ignore"])]
+    uncertain: String,
+    /// A CSV with subject_id,split or dicom_id,split instead of the official split.
+    #[arg(long, value_name = "FILE", conflicts_with = "resplit")]
+    split_file: Option<PathBuf>,
+    /// Re-split patients at random with this seed (fractions from --split-fractions).
+    #[arg(long, value_name = "SEED")]
+    resplit: Option<u64>,
+    /// Train, validate and test fractions of subjects for --resplit.
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    split_fractions: String,
+}
+
+fn parse_fractions(s: &str) -> anyhow::Result<[f64; 3]> {
+    let fr: Vec<f64> = s
+        .split(',')
+        .map(|s| s.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--split-fractions {s}: expected three numbers"))?;
+    if fr.len() != 3 || fr.iter().any(|f| *f < 0.0) || fr.iter().sum::<f64>() <= 0.0 {
+        bail!("--split-fractions {s}: expected three non-negative numbers (train,validate,test)");
+    }
+    Ok([fr[0], fr[1], fr[2]])
+}
+
+impl BuildArgs {
+    fn resolve(&self) -> anyhow::Result<BuildConfig> {
+        if self.mimic_root.is_none()
+            && (self.mimic_iv_dir.is_none() || (self.cxr_dir.is_none() && self.cxr_jpg_dir.is_none()))
+        {
+            bail!("say where the data is: --mimic-root DIR, or --mimic-iv-dir with --cxr-jpg-dir / --cxr-dir");
+        }
+        if !(0.0..=72.0).contains(&self.icu_tolerance_hours) {
+            bail!("--icu-tolerance-hours {}: expected 0 to 72", self.icu_tolerance_hours);
+        }
+        Ok(BuildConfig {
+            roots: Roots {
+                mimic_root: self.mimic_root.clone(),
+                cxr_dir: self.cxr_dir.clone(),
+                cxr_jpg_dir: self.cxr_jpg_dir.clone(),
+                mimic_iv_dir: self.mimic_iv_dir.clone(),
+            },
+            out: self.out.clone(),
+            rule: match self.match_rule.as_str() {
+                "date" => MatchRule::Date,
+                _ => MatchRule::DateTime { icu_tolerance_s: (self.icu_tolerance_hours * 3600.0).round() as i64 },
+            },
+            missing: match self.missing.as_str() {
+                "impute" => MissingPolicy::Impute,
+                "unknown" => MissingPolicy::Unknown,
+                _ => MissingPolicy::Drop,
+            },
+            drop_missing_sex: !self.keep_missing_sex,
+            drop_rare_views: !self.keep_rare_views,
+            labeler: if self.labels == "negbio" { Labeler::Negbio } else { Labeler::Chexpert },
+            uncertain: match self.uncertain.as_str() {
+                "ones" => Uncertain::Ones,
+                "ignore" => Uncertain::Ignore,
+                _ => Uncertain::Zeros,
+            },
+            split: match (&self.split_file, self.resplit) {
+                (Some(f), _) => SplitSource::File(f.clone()),
+                (None, Some(seed)) => SplitSource::Resplit { seed, fractions: parse_fractions(&self.split_fractions)? },
+                (None, None) => SplitSource::Official,
+            },
+        })
+    }
+}
+
+fn print_build(s: &BuildSummary) {
+    let mut out = std::io::stdout().lock();
+    if s.reused {
+        let _ =
+            writeln!(out, "dataset {} already built with these inputs and settings: {}", s.version, s.dir.display());
+        return;
+    }
+    let _ = writeln!(out, "dataset {}: {}", s.version, s.dir.display());
+    if let Some(c) = &s.cohort {
+        let _ = writeln!(
+            out,
+            "  {} images read, {} out ({} dropped for missing sex, {} for rare views, {} for missing view/orientation)",
+            c.images_read, c.images_out, c.dropped_missing_sex, c.dropped_rare_view, c.dropped_missing_scan
+        );
+        let _ = writeln!(out, "  linked: {} to an admission, {} to an ICU stay", c.linked_admission, c.linked_icu);
+        let splits: Vec<String> =
+            c.splits.iter().map(|(k, v)| format!("{k} {} images / {} subjects", v.images, v.subjects)).collect();
+        let _ = writeln!(out, "  splits: {}", splits.join(", "));
+        let _ = writeln!(out, "  cohort report: {}", s.dir.join("cohort.md").display());
+    }
 }
 
 #[derive(Debug, Args)]
@@ -94,18 +231,7 @@ impl SynthArgs {
         }
         let image_size = synth::parse_size(&self.image_size)
             .with_context(|| format!("--image-size {}: expected COLUMNSxROWS, each at least 16", self.image_size))?;
-        let fr: Vec<f64> =
-            self.split_fractions
-                .split(',')
-                .map(|s| s.trim().parse::<f64>())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("--split-fractions {}: expected three numbers", self.split_fractions))?;
-        if fr.len() != 3 || fr.iter().any(|f| *f < 0.0) || fr.iter().sum::<f64>() <= 0.0 {
-            bail!(
-                "--split-fractions {}: expected three non-negative numbers (train,validate,test)",
-                self.split_fractions
-            );
-        }
+        let fr = parse_fractions(&self.split_fractions)?;
         let syntaxes = match self.dicom_syntax.as_str() {
             "explicit" => vec![Syntax::ExplicitLittle],
             "implicit" => vec![Syntax::ImplicitLittle],
@@ -124,7 +250,7 @@ impl SynthArgs {
             images,
             image_size,
             from_mimic_iv: self.from_mimic_iv.clone(),
-            split_fractions: [fr[0], fr[1], fr[2]],
+            split_fractions: fr,
             syntaxes,
             force: self.force,
         })
@@ -182,9 +308,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = synth::run(&cfg, &progress)?;
             print_summary(&summary);
         }
+        Command::Build(args) => {
+            let cfg = args.resolve()?;
+            let summary = build::build(&cfg, &progress)?;
+            print_build(&summary);
+        }
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");
-            eprintln!("demo 1/1: generating a synthetic MIMIC archive in {}", archive.display());
+            eprintln!("demo 1/2: generating a synthetic MIMIC archive in {}", archive.display());
             let cfg = SynthConfig {
                 out: archive,
                 subjects: args.subjects,
@@ -199,9 +330,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = synth::run(&cfg, &progress)?;
             print_summary(&summary);
-            println!(
-                "The dataset build and training stages are not implemented yet; the archive above is their input."
-            );
+            let datasets = args.out.join("datasets");
+            eprintln!("demo 2/2: building the dataset table in {}", datasets.display());
+            let build_cfg = BuildArgs {
+                mimic_root: Some(cfg.out.clone()),
+                cxr_dir: None,
+                cxr_jpg_dir: None,
+                mimic_iv_dir: None,
+                out: datasets,
+                match_rule: "date".into(),
+                icu_tolerance_hours: 6.0,
+                missing: "impute".into(),
+                keep_missing_sex: false,
+                keep_rare_views: false,
+                labels: "chexpert".into(),
+                uncertain: "zeros".into(),
+                split_file: None,
+                resplit: None,
+                split_fractions: "0.8,0.1,0.1".into(),
+            }
+            .resolve()?;
+            print_build(&build::build(&build_cfg, &progress)?);
+            println!("Image shards and training are not implemented yet; the table above is their input.");
         }
     }
     Ok(())

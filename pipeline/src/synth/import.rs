@@ -7,40 +7,13 @@ use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, T
 use super::table::{Table, parse_date, parse_time};
 use crate::{Error, Result};
 
-/// Detects the release from folder layout and headers: `core/` is v1.0; `hosp/` with
-/// `admit_provider_id` is v2.2 or later (a `3.x` in the folder name says which), without it
-/// v2.0.
-pub fn detect_version(dir: &Path, admissions_header: &[String]) -> MimicIvVersion {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let named = MimicIvVersion::SUPPORTED.iter().filter(|v| name.ends_with(*v)).find_map(|v| MimicIvVersion::parse(v));
-    let by_header = if dir.join("core").is_dir() {
-        "1.0"
-    } else if admissions_header.iter().any(|h| h == "admit_provider_id") {
-        "2.2"
-    } else {
-        "2.0"
-    };
-    let by_header = MimicIvVersion::parse(by_header).unwrap_or(MimicIvVersion { major: 2, minor: 2 });
-    match named {
-        Some(v) if v.hosp_dir() == by_header.hosp_dir() && v.has_admit_provider() == by_header.has_admit_provider() => {
-            v
-        }
-        _ => by_header,
-    }
-}
-
 pub fn read_population(dir: &Path) -> Result<Population> {
-    let hosp = if dir.join("core").is_dir() { dir.join("core") } else { dir.join("hosp") };
-    if !hosp.is_dir() {
-        return Err(Error::Config(format!(
-            "{}: not a MIMIC-IV folder (expected hosp/ or core/ inside)",
-            dir.display()
-        )));
-    }
-    let adm = Table::read(&hosp, "admissions")?;
-    let version = detect_version(dir, &adm.header);
+    let found = crate::discover::mimic_iv(dir)?;
+    let version = MimicIvVersion::parse(&found.version)
+        .ok_or_else(|| Error::Config(format!("{}: unsupported MIMIC-IV release {}", dir.display(), found.version)))?;
+    let adm = Table::from_path(&found.admissions)?;
 
-    let t = Table::read(&hosp, "patients")?;
+    let t = Table::from_path(&found.patients)?;
     let (c_sub, c_gen, c_age, c_year, c_group, c_dod) = (
         t.col("subject_id")?,
         t.col("gender")?,
@@ -111,7 +84,7 @@ pub fn read_population(dir: &Path) -> Result<Population> {
         });
     }
 
-    let t = Table::read(&hosp, "transfers")?;
+    let t = Table::from_path(&found.transfers)?;
     let (c_sub, c_hadm, c_id, c_ev, c_unit, c_in, c_out) = (
         t.col("subject_id")?,
         t.col("hadm_id")?,
@@ -134,7 +107,7 @@ pub fn read_population(dir: &Path) -> Result<Population> {
         });
     }
 
-    let t = Table::read(&dir.join("icu"), "icustays")?;
+    let t = Table::from_path(&found.icustays)?;
     let (c_sub, c_hadm, c_stay, c_first, c_last, c_in, c_out, c_los) = (
         t.col("subject_id")?,
         t.col("hadm_id")?,

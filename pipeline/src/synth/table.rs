@@ -82,17 +82,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// Reads `stem.csv.gz` or, failing that, `stem.csv` in `dir`.
-    pub fn read(dir: &Path, stem: &str) -> Result<Self> {
-        let gz = dir.join(format!("{stem}.csv.gz"));
-        let plain = dir.join(format!("{stem}.csv"));
-        let path = if gz.is_file() {
-            gz
-        } else if plain.is_file() {
-            plain
-        } else {
-            return Err(Error::MissingTable { dir: dir.to_path_buf(), stem: stem.to_string() });
-        };
+    /// Reads a `.csv.gz` or `.csv` table.
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
         let file = fs_err::File::open(&path)?;
         let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
             Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file)))
@@ -124,6 +116,7 @@ impl Table {
             line: row + 2,
             column: self.header[col].clone(),
             value: cell.to_string(),
+            expected: "a valid value".to_string(),
         })
     }
 }

@@ -1,0 +1,236 @@
+//! `pipeline build`, table stage: discover the inputs, read them against their schemas, link
+//! images to stays in SQL, attach labels and the split, filter, encode, and publish the table
+//! as Parquet under a content-addressed version with a cohort report.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::discover::{Inputs, Roots, discover};
+use crate::encode::{MissingPolicy, encode};
+use crate::labels::{Labeler, SplitSource, Uncertain, attach_labels, attach_split, check_leakage};
+use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
+use crate::progress::Progress;
+use crate::report::Cohort;
+use crate::schema::{FILES, Schema};
+use crate::{Error, Result, ingest};
+
+/// Resolved settings of one build.
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub roots: Roots,
+    pub out: PathBuf,
+    pub rule: MatchRule,
+    pub missing: MissingPolicy,
+    /// Drop images whose subject has no sex (the reference's filter).
+    pub drop_missing_sex: bool,
+    /// Keep only AP, PA, LATERAL, LL and blank views (the reference's filter).
+    pub drop_rare_views: bool,
+    pub labeler: Labeler,
+    pub uncertain: Uncertain,
+    pub split: SplitSource,
+}
+
+impl BuildConfig {
+    /// The settings that change the output, as text hashed into the version.
+    pub fn describe(&self) -> String {
+        let rule = match self.rule {
+            MatchRule::Date => "date".to_string(),
+            MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
+        };
+        format!(
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\n",
+            self.missing.name(),
+            self.drop_missing_sex,
+            self.drop_rare_views,
+            self.labeler,
+            self.uncertain.name(),
+            self.split
+        )
+    }
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildSummary {
+    pub version: String,
+    pub dir: PathBuf,
+    /// True when this version already existed and nothing was written.
+    pub reused: bool,
+    pub cohort: Option<Cohort>,
+}
+
+/// Name of the table file inside a version folder.
+pub const TABLE_FILE: &str = "table.parquet";
+
+fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
+    move |e| Error::Polars { context: context.to_string(), source: e }
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The input tables of a build: (role, path).
+fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathBuf)>> {
+    let jpg = inputs.cxr_jpg.as_ref().ok_or_else(|| {
+        Error::Config("the MIMIC-CXR-JPG tables (metadata, labels, split) are required; pass --cxr-jpg-dir".into())
+    })?;
+    let need = |p: &Option<PathBuf>, what: &str| {
+        p.clone().ok_or_else(|| Error::Config(format!("{}: no {what} table found", jpg.root.display())))
+    };
+    let iv = &inputs.mimic_iv;
+    let mut t = vec![
+        ("metadata", need(&jpg.metadata, "mimic-cxr-2.0.0-metadata")?),
+        (
+            "labels",
+            match cfg.labeler {
+                Labeler::Chexpert => need(&jpg.chexpert, "mimic-cxr-2.0.0-chexpert")?,
+                Labeler::Negbio => need(&jpg.negbio, "mimic-cxr-2.0.0-negbio")?,
+            },
+        ),
+        ("patients", iv.patients.clone()),
+        ("admissions", iv.admissions.clone()),
+        ("icustays", iv.icustays.clone()),
+    ];
+    match &cfg.split {
+        SplitSource::Official => t.push(("split", need(&jpg.split, "mimic-cxr-2.0.0-split")?)),
+        SplitSource::File(p) => t.push(("split", p.clone())),
+        SplitSource::Resplit { .. } => {}
+    }
+    Ok(t)
+}
+
+/// The dataset version id: a hash of the input tables' contents, the resolved config, the SQL
+/// and schema text and the pipeline version. Also returns the schema hash.
+pub fn version_id(tables: &[(&str, PathBuf)], cfg: &BuildConfig) -> Result<(String, String)> {
+    let mut h = Sha256::new();
+    h.update(format!("pipeline {}\n", env!("CARGO_PKG_VERSION")));
+    for (role, path) in tables {
+        let size = fs_err::metadata(path)?.len();
+        h.update(format!("table {role} {size} {}\n", sha256_file(path)?));
+    }
+    h.update(cfg.describe());
+    for q in QUERIES {
+        h.update(format!("sql {}\n{}\n", q.name, q.text));
+    }
+    let mut sh = Sha256::new();
+    for (name, text) in FILES {
+        sh.update(format!("schema {name}\n{text}\n"));
+    }
+    let schema_hash = hex(&sh.finalize());
+    h.update(&schema_hash);
+    Ok((hex(&h.finalize())[..16].to_string(), schema_hash))
+}
+
+fn read(path: &Path, schema: &str, version: &str) -> Result<DataFrame> {
+    ingest::read(path, &Schema::get(schema)?, version)
+}
+
+/// Runs the table stage.
+pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary> {
+    let inputs = discover(&cfg.roots)?;
+    let tables = tables(&inputs, cfg)?;
+    let path_of = |role: &str| tables.iter().find(|(r, _)| *r == role).map(|(_, p)| p.clone());
+    let (version, schema_hash) = version_id(&tables, cfg)?;
+    let dir = cfg.out.join(&version);
+    if dir.join(TABLE_FILE).is_file() {
+        return Ok(BuildSummary { version, dir, reused: true, cohort: None });
+    }
+    progress.start("tables", 6);
+    let iv_version = inputs.mimic_iv.version.clone();
+    let cxr = "2.0.0";
+    let get = |role: &str| path_of(role).ok_or_else(|| Error::Config(format!("no {role} table")));
+    let meta = read(&get("metadata")?, "mimic-cxr/metadata", cxr)?;
+    progress.advance(1);
+    let patients = read(&get("patients")?, "mimic-iv/patients", &iv_version)?;
+    let mut admissions = read(&get("admissions")?, "mimic-iv/admissions", &iv_version)?;
+    if admissions.get_column_names().iter().any(|c| c.as_str() == "ethnicity") {
+        admissions.rename("ethnicity", "race".into()).map_err(pe("admissions"))?;
+    }
+    let icustays = read(&get("icustays")?, "mimic-iv/icustays", &iv_version)?;
+    progress.advance(1);
+    let labeler_schema = match cfg.labeler {
+        Labeler::Chexpert => "mimic-cxr/chexpert",
+        Labeler::Negbio => "mimic-cxr/negbio",
+    };
+    let labels = read(&get("labels")?, labeler_schema, cxr)?;
+    let official = match cfg.split {
+        SplitSource::Official => Some(read(&get("split")?, "mimic-cxr/split", cxr)?),
+        _ => None,
+    };
+    progress.advance(1);
+
+    let images = images_from_metadata(meta)?;
+    let images_read = images.height();
+    let linked = link(&LinkInputs { images, patients, admissions, icustays }, cfg.rule)?;
+    progress.advance(1);
+    let (labeled, unlabeled) = attach_labels(&linked, &labels, cfg.uncertain)?;
+    let with_split = attach_split(&labeled, &cfg.split, official.as_ref())?;
+    check_leakage(&with_split)?;
+
+    let mut cohort = Cohort::new(images_read, &with_split)?;
+    cohort.unlabeled_images = unlabeled;
+    let mut df = with_split;
+    if cfg.drop_missing_sex {
+        let before = df.height();
+        df = df.lazy().filter(col("sex").is_not_null()).collect().map_err(pe("missing sex filter"))?;
+        cohort.dropped_missing_sex = before - df.height();
+    }
+    if cfg.drop_rare_views {
+        let before = df.height();
+        let kept = ["AP", "PA", "LATERAL", "LL"];
+        let keep = col("view").is_null().or(kept.iter().fold(lit(false), |acc, v| acc.or(col("view").eq(lit(*v)))));
+        df = df.lazy().filter(keep).collect().map_err(pe("rare view filter"))?;
+        cohort.dropped_rare_view = before - df.height();
+    }
+    let (encoded, dropped) = encode(&df, cfg.missing)?;
+    cohort.dropped_missing_scan = dropped;
+    cohort.finish(&encoded)?;
+    progress.advance(1);
+
+    fs_err::create_dir_all(&dir)?;
+    write_parquet(&encoded, &dir.join(TABLE_FILE), &version, &schema_hash)?;
+    crate::synth::table::write_atomic(&dir.join("cohort.json"), cohort.to_json(&version, cfg)?.as_bytes())?;
+    crate::synth::table::write_atomic(&dir.join("cohort.md"), cohort.to_markdown(&version, cfg).as_bytes())?;
+    progress.advance(1);
+    progress.finish();
+    Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort) })
+}
+
+/// Rows per Parquet row group: small enough to stream, large enough to compress.
+pub const ROW_GROUP: usize = 16_384;
+
+/// Writes the table atomically, with the version and schema hash in the file metadata.
+pub fn write_parquet(df: &DataFrame, path: &Path, version: &str, schema_hash: &str) -> Result<()> {
+    let tmp = path.with_extension("parquet.tmp");
+    let file = fs_err::File::create(&tmp)?;
+    let mut df = df.clone();
+    ParquetWriter::new(file)
+        .with_row_group_size(Some(ROW_GROUP))
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![
+            ("dataset_version".into(), version.into()),
+            ("schema_hash".into(), schema_hash.into()),
+            ("pipeline_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ])))
+        .finish(&mut df)
+        .map_err(pe("writing parquet"))?;
+    fs_err::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! From raw EHR variables to the encoded columns of DATA.md section 5: cohort filters,
+//! the missing-value policy for view and orientation (imputation fitted on the training split
+//! only), and the one-hot / normalised / binned columns named by the dataset contract.
+
+use std::collections::HashMap;
+
+use cxr_dataset::features::{
+    AGE_BINS5_EDGES, AGE_BINS10_EDGES, ORIENTATION_CATEGORIES, VIEW_CATEGORIES, Variable, age_bin, age_norm,
+};
+use polars::prelude::*;
+
+use crate::{Error, Result};
+
+/// What to do with a blank (or, when kept, rare) view or a blank orientation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingPolicy {
+    /// The most frequent category given the other scan variable, fitted on training rows
+    /// (the reference's imputer, effectively).
+    Impute,
+    /// An extra `*_unknown` column.
+    Unknown,
+    /// Drop the image.
+    Drop,
+}
+
+impl MissingPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Impute => "impute",
+            Self::Unknown => "unknown",
+            Self::Drop => "drop",
+        }
+    }
+}
+
+fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
+    move |e| Error::Polars { context: context.to_string(), source: e }
+}
+
+fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    let c = df.column(name).map_err(pe(name))?;
+    let ca = c.str().map_err(pe(name))?;
+    Ok(ca.iter().map(|v| v.filter(|s| !s.is_empty()).map(str::to_string)).collect())
+}
+
+fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
+    let c = df.column(name).map_err(pe(name))?.cast(&DataType::Float64).map_err(pe(name))?;
+    Ok(c.f64().map_err(pe(name))?.iter().collect())
+}
+
+/// Most frequent `(view, orientation)` combinations among training rows.
+#[derive(Debug, Default)]
+pub struct ScanImputer {
+    counts: HashMap<(usize, usize), usize>,
+}
+
+impl ScanImputer {
+    /// Fits on rows where `train[i]` and both variables are known.
+    pub fn fit(views: &[Option<usize>], orients: &[Option<usize>], train: &[bool]) -> Self {
+        let mut counts = HashMap::new();
+        for i in 0..views.len() {
+            if let (true, Some(v), Some(o)) = (train[i], views[i], orients[i]) {
+                *counts.entry((v, o)).or_insert(0) += 1;
+            }
+        }
+        Self { counts }
+    }
+
+    fn best(&self, keep: impl Fn(&(usize, usize)) -> bool) -> Option<(usize, usize)> {
+        // Highest count; ties broken by category order, so the result is deterministic.
+        self.counts.iter().filter(|(k, _)| keep(k)).max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(k, _)| *k)
+    }
+
+    /// Fills what is missing; `None` only when nothing was fitted.
+    pub fn impute(&self, view: Option<usize>, orient: Option<usize>) -> Option<(usize, usize)> {
+        match (view, orient) {
+            (Some(v), Some(o)) => Some((v, o)),
+            (None, Some(o)) => self.best(|k| k.1 == o).or_else(|| self.best(|_| true)).map(|k| (k.0, o)),
+            (Some(v), None) => self.best(|k| k.0 == v).or_else(|| self.best(|_| true)).map(|k| (v, k.1)),
+            (None, None) => self.best(|_| true),
+        }
+    }
+}
+
+/// Encoded and policy-applied columns for the rows of `df` (which has `sex`, `age`, `view`,
+/// `orientation`, `died_in_stay`, `icu_stay`, `split`). Returns the frame with the encoded
+/// columns and `view_imputed` / `orientation_imputed` added, and rows dropped by the `drop`
+/// policy removed, plus the number dropped.
+pub fn encode(df: &DataFrame, policy: MissingPolicy) -> Result<(DataFrame, usize)> {
+    let n = df.height();
+    let sex = strings(df, "sex")?;
+    let age = floats(df, "age")?;
+    let view_of = |s: &Option<String>| s.as_deref().and_then(|v| VIEW_CATEGORIES.iter().position(|c| *c == v));
+    let orient_of = |s: &Option<String>| s.as_deref().and_then(|v| ORIENTATION_CATEGORIES.iter().position(|c| *c == v));
+    let views: Vec<Option<usize>> = strings(df, "view")?.iter().map(view_of).collect();
+    let orients: Vec<Option<usize>> = strings(df, "orientation")?.iter().map(orient_of).collect();
+    let died = floats(df, "died_in_stay")?;
+    let icu = floats(df, "icu_stay")?;
+    let train: Vec<bool> = strings(df, "split")?.iter().map(|s| s.as_deref() == Some("train")).collect();
+
+    let imputer = ScanImputer::fit(&views, &orients, &train);
+    let mut keep = vec![true; n];
+    let mut final_view = views.clone();
+    let mut final_orient = orients.clone();
+    let mut view_imputed = vec![false; n];
+    let mut orient_imputed = vec![false; n];
+    for i in 0..n {
+        if views[i].is_some() && orients[i].is_some() {
+            continue;
+        }
+        match policy {
+            MissingPolicy::Drop => keep[i] = false,
+            MissingPolicy::Unknown => {}
+            MissingPolicy::Impute => {
+                if let Some((v, o)) = imputer.impute(views[i], orients[i]) {
+                    view_imputed[i] = views[i].is_none();
+                    orient_imputed[i] = orients[i].is_none();
+                    final_view[i] = Some(v);
+                    final_orient[i] = Some(o);
+                }
+            }
+        }
+    }
+
+    let mut cols: Vec<Column> = Vec::new();
+    let mut push = |name: String, values: Vec<f32>| cols.push(Column::new(name.into(), values));
+    let onehot = |k: usize, idx: &dyn Fn(usize) -> Option<usize>| -> Vec<f32> {
+        (0..n).map(|i| if idx(i) == Some(k) { 1.0 } else { 0.0 }).collect()
+    };
+    let names = |v: Variable| v.columns();
+    let sex_idx = |i: usize| match sex[i].as_deref() {
+        Some("M") => Some(0),
+        Some("F") => Some(1),
+        _ => None,
+    };
+    for (k, name) in names(Variable::Sex).into_iter().enumerate() {
+        push(name, onehot(k, &sex_idx));
+    }
+    let age_norm_name = names(Variable::AgeNorm).into_iter().next().unwrap_or_else(|| "age_norm".into());
+    push(age_norm_name, age.iter().map(|a| a.map_or(f32::NAN, |a| age_norm(a) as f32)).collect());
+    for (var, edges) in [(Variable::AgeBins5, &AGE_BINS5_EDGES[..]), (Variable::AgeBins10, &AGE_BINS10_EDGES[..])] {
+        let bin = |i: usize| age[i].map(|a| age_bin(a, edges));
+        for (k, name) in names(var).into_iter().enumerate() {
+            push(name, onehot(k, &bin));
+        }
+    }
+    for (k, name) in names(Variable::View).into_iter().enumerate() {
+        push(name, onehot(k, &|i| final_view[i]));
+    }
+    for (k, name) in names(Variable::Orientation).into_iter().enumerate() {
+        push(name, onehot(k, &|i| final_orient[i]));
+    }
+    if policy == MissingPolicy::Unknown {
+        push("view_unknown".into(), (0..n).map(|i| f32::from(u8::from(final_view[i].is_none()))).collect());
+        push("orientation_unknown".into(), (0..n).map(|i| f32::from(u8::from(final_orient[i].is_none()))).collect());
+    }
+    let flag = |v: &[Option<f64>], i: usize| v[i].unwrap_or(0.0) > 0.5;
+    let mort = names(Variable::Mortality);
+    push(mort[0].clone(), (0..n).map(|i| if flag(&died, i) { 0.0 } else { 1.0 }).collect());
+    push(mort[1].clone(), (0..n).map(|i| if flag(&died, i) { 1.0 } else { 0.0 }).collect());
+    let icu_names = names(Variable::Icu);
+    push(icu_names[0].clone(), (0..n).map(|i| if flag(&icu, i) { 1.0 } else { 0.0 }).collect());
+    push(icu_names[1].clone(), (0..n).map(|i| if flag(&icu, i) { 0.0 } else { 1.0 }).collect());
+    cols.push(Column::new("view_imputed".into(), view_imputed));
+    cols.push(Column::new("orientation_imputed".into(), orient_imputed));
+
+    let mut out = df.clone();
+    for c in cols {
+        out.with_column(c).map_err(pe("encoded columns"))?;
+    }
+    let dropped = keep.iter().filter(|k| !**k).count();
+    if dropped > 0 {
+        let mask = BooleanChunked::from_slice("keep".into(), &keep);
+        out = out.filter(&mask).map_err(pe("drop policy"))?;
+    }
+    Ok((out, dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imputer_uses_the_other_variable_and_training_rows_only() {
+        // PA=0, LATERAL=1, AP=2; Erect=0, Recumbent=1.
+        let views = [Some(2), Some(2), Some(0), Some(0), Some(0), Some(1), None, None];
+        let orients = [Some(1), Some(1), Some(0), Some(0), Some(1), Some(1), Some(1), Some(0)];
+        let mut train = [true; 8];
+        let imp = ScanImputer::fit(&views, &orients, &train);
+        assert_eq!(imp.impute(None, Some(1)), Some((2, 1)), "recumbent films are mostly AP");
+        assert_eq!(imp.impute(None, Some(0)), Some((0, 0)), "erect films are mostly PA");
+        assert_eq!(imp.impute(Some(1), None), Some((1, 1)));
+        // Rows outside the training split do not count.
+        train[0] = false;
+        train[1] = false;
+        let imp = ScanImputer::fit(&views, &orients, &train);
+        // PA/Recumbent and LATERAL/Recumbent now tie; ties go to the first category.
+        assert_eq!(imp.impute(None, Some(1)), Some((0, 1)));
+    }
+}

@@ -1,0 +1,163 @@
+//! Reading input tables against their declared schema into typed polars frames.
+//!
+//! Every cell is checked: a missing column, a value of the wrong type, an unparsable
+//! timestamp or a truncated gzip stops with an error naming the file, the line and the
+//! column. Columns the schema does not declare are ignored; declared columns may come in any
+//! order.
+
+use std::io::Read;
+use std::path::Path;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use polars::prelude::*;
+
+use crate::schema::{ColumnType, Schema, parse_hhmmss};
+use crate::{Error, Result};
+
+const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+
+/// Days since 1970-01-01.
+pub fn date_days(d: NaiveDate) -> i32 {
+    (d - EPOCH).num_days() as i32
+}
+
+/// Milliseconds since 1970-01-01 00:00.
+pub fn datetime_ms(t: NaiveDateTime) -> i64 {
+    t.and_utc().timestamp_millis()
+}
+
+enum Builder {
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Str(Vec<Option<String>>),
+    Date(Vec<Option<i32>>),
+    DateTime(Vec<Option<i64>>),
+    Flag(Vec<Option<bool>>),
+}
+
+impl Builder {
+    fn new(ty: ColumnType) -> Self {
+        match ty {
+            ColumnType::Int => Self::Int(Vec::new()),
+            ColumnType::Float | ColumnType::HhMmSs | ColumnType::Label => Self::Float(Vec::new()),
+            ColumnType::String => Self::Str(Vec::new()),
+            ColumnType::Date | ColumnType::YyyyMmDd => Self::Date(Vec::new()),
+            ColumnType::DateTime => Self::DateTime(Vec::new()),
+            ColumnType::Flag => Self::Flag(Vec::new()),
+        }
+    }
+
+    /// Appends a cell already validated against `ty`.
+    fn push(&mut self, ty: ColumnType, cell: &str) {
+        let empty = cell.is_empty();
+        match self {
+            Self::Int(v) => v.push(if empty { None } else { cell.parse().ok() }),
+            Self::Float(v) => v.push(match ty {
+                _ if empty => None,
+                ColumnType::HhMmSs => parse_hhmmss(cell),
+                _ => cell.parse().ok(),
+            }),
+            Self::Str(v) => v.push((!empty).then(|| cell.to_string())),
+            Self::Date(v) => v.push(if empty {
+                None
+            } else if ty == ColumnType::YyyyMmDd {
+                NaiveDate::parse_from_str(cell, "%Y%m%d").ok().map(date_days)
+            } else {
+                NaiveDate::parse_from_str(cell, "%Y-%m-%d").ok().map(date_days)
+            }),
+            Self::DateTime(v) => v.push(if empty {
+                None
+            } else {
+                NaiveDateTime::parse_from_str(cell, "%Y-%m-%d %H:%M:%S").ok().map(datetime_ms)
+            }),
+            Self::Flag(v) => v.push(if empty { None } else { Some(cell == "1") }),
+        }
+    }
+
+    fn finish(self, name: &str) -> Column {
+        let name = PlSmallStr::from(name);
+        match self {
+            Self::Int(v) => Column::new(name, v),
+            Self::Float(v) => Column::new(name, v),
+            Self::Str(v) => Column::new(name, v),
+            Self::Flag(v) => Column::new(name, v),
+            Self::Date(v) => Int32Chunked::from_iter_options(name, v.into_iter()).into_date().into_column(),
+            Self::DateTime(v) => Int64Chunked::from_iter_options(name, v.into_iter())
+                .into_datetime(TimeUnit::Milliseconds, None)
+                .into_column(),
+        }
+    }
+}
+
+/// Opens a table, gunzipping `.gz`.
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let file = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(path)?);
+    Ok(if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    })
+}
+
+/// Reads `path` as the table `schema` of release `version` into a frame with the declared
+/// columns (types: int -> i64, float/label/hhmmss -> f64 (hhmmss as seconds after
+/// midnight), date/yyyymmdd -> Date, datetime -> Datetime(ms), flag -> bool, string -> str).
+pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
+    let cols = schema.columns_for(version);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(open(path)?);
+    let header = reader.headers().map_err(|e| Error::csv(path, e))?.clone();
+    let mut index = Vec::with_capacity(cols.len());
+    for c in &cols {
+        let i = header.iter().position(|h| h == c.name).ok_or_else(|| Error::MissingColumn {
+            path: path.to_path_buf(),
+            column: format!("{} (declared in {schema} for release {version})", c.name),
+        })?;
+        index.push(i);
+    }
+    let mut builders: Vec<Builder> = cols.iter().map(|c| Builder::new(c.ty)).collect();
+    let mut rec = csv::StringRecord::new();
+    let mut line = 1usize;
+    loop {
+        match reader.read_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let message = match e.kind() {
+                    csv::ErrorKind::Io(io) => format!("line {}: {io} (truncated or corrupt file?)", line + 1),
+                    _ => e.to_string(),
+                };
+                return Err(Error::Csv { path: path.to_path_buf(), message });
+            }
+        }
+        line += 1;
+        for ((c, &i), b) in cols.iter().zip(&index).zip(&mut builders) {
+            let cell = rec.get(i).unwrap_or("");
+            if !c.accepts(cell) {
+                return Err(Error::BadValue {
+                    path: path.to_path_buf(),
+                    line,
+                    column: c.name.clone(),
+                    value: cell.to_string(),
+                    expected: format!("{}{}", type_name(c.ty), if c.nullable { " or empty" } else { "" }),
+                });
+            }
+            b.push(c.ty, cell);
+        }
+    }
+    let columns: Vec<Column> = builders.into_iter().zip(&cols).map(|(b, c)| b.finish(&c.name)).collect();
+    DataFrame::new(line - 1, columns).map_err(|e| Error::Polars { context: path.display().to_string(), source: e })
+}
+
+fn type_name(ty: ColumnType) -> &'static str {
+    match ty {
+        ColumnType::Int => "an integer",
+        ColumnType::Float => "a number",
+        ColumnType::String => "text",
+        ColumnType::Date => "a date YYYY-MM-DD",
+        ColumnType::DateTime => "a timestamp YYYY-MM-DD HH:MM:SS",
+        ColumnType::YyyyMmDd => "a date YYYYMMDD",
+        ColumnType::HhMmSs => "a time HHMMSS.fff",
+        ColumnType::Label => "1.0, 0.0 or -1.0",
+        ColumnType::Flag => "0 or 1",
+    }
+}

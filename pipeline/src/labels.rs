@@ -1,0 +1,206 @@
+//! Labels and splits (DATA.md section 6): every image inherits its study's 14 labels, raw and
+//! resolved by the uncertainty policy; the split is the official one, a custom file or a
+//! seeded patient-level re-split; no subject may be in two splits.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use cxr_dataset::{LABELS, label_column, raw_label_column};
+use polars::prelude::*;
+
+use crate::synth::rng;
+use crate::{Error, Result};
+
+/// Which report labeller's table to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labeler {
+    Chexpert,
+    Negbio,
+}
+
+/// How an uncertain (-1) label becomes a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uncertain {
+    /// U-zeros (the reference).
+    Zeros,
+    /// U-ones.
+    Ones,
+    /// Null: ignored in the loss.
+    Ignore,
+}
+
+impl Uncertain {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Zeros => "zeros",
+            Self::Ones => "ones",
+            Self::Ignore => "ignore",
+        }
+    }
+
+    /// Target of a raw value; blank (not mentioned) is negative.
+    pub fn resolve(self, raw: Option<f64>) -> Option<f32> {
+        match raw {
+            Some(v) if v > 0.5 => Some(1.0),
+            Some(v) if v < -0.5 => match self {
+                Self::Zeros => Some(0.0),
+                Self::Ones => Some(1.0),
+                Self::Ignore => None,
+            },
+            _ => Some(0.0),
+        }
+    }
+}
+
+fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
+    move |e| Error::Polars { context: context.to_string(), source: e }
+}
+
+fn ints(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
+    let c = df.column(name).map_err(pe(name))?.cast(&DataType::Int64).map_err(pe(name))?;
+    Ok(c.i64().map_err(pe(name))?.iter().collect())
+}
+
+/// Adds `raw_label_*` and `label_*` columns from a label table (read with the chexpert or
+/// negbio schema) joined on `study_id`. Returns the frame and the number of images whose
+/// study has no label row.
+pub fn attach_labels(df: &DataFrame, labels: &DataFrame, policy: Uncertain) -> Result<(DataFrame, usize)> {
+    let studies = ints(labels, "study_id")?;
+    let mut values: Vec<Vec<Option<f64>>> = Vec::with_capacity(14);
+    for name in LABELS {
+        let c = labels.column(name).map_err(pe(name))?.f64().map_err(pe(name))?;
+        values.push(c.iter().collect());
+    }
+    let mut row_of: HashMap<i64, usize> = HashMap::with_capacity(studies.len());
+    for (r, s) in studies.iter().enumerate() {
+        if let Some(s) = s {
+            row_of.insert(*s, r);
+        }
+    }
+    let image_study = ints(df, "study_id")?;
+    let rows: Vec<Option<usize>> = image_study.iter().map(|s| s.and_then(|s| row_of.get(&s).copied())).collect();
+    let unlabeled = rows.iter().filter(|r| r.is_none()).count();
+    let mut out = df.clone();
+    for (k, vals) in values.iter().enumerate() {
+        let raw: Vec<Option<f64>> = rows.iter().map(|r| r.and_then(|r| vals[r])).collect();
+        let target: Vec<Option<f32>> = raw.iter().map(|v| policy.resolve(*v)).collect();
+        out.with_column(Column::new(raw_label_column(k).into(), raw)).map_err(pe("labels"))?;
+        out.with_column(Column::new(label_column(k).into(), target)).map_err(pe("labels"))?;
+    }
+    Ok((out, unlabeled))
+}
+
+/// Where the split comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SplitSource {
+    /// `mimic-cxr-2.0.0-split.csv.gz`.
+    Official,
+    /// A CSV with `subject_id,split` or `dicom_id,split`.
+    File(std::path::PathBuf),
+    /// Seeded patient-level re-split with train/validate/test fractions.
+    Resplit { seed: u64, fractions: [f64; 3] },
+}
+
+const SPLITS: [&str; 3] = ["train", "validate", "test"];
+
+/// Random stream of the seeded re-split.
+const RESPLIT_STREAM: u64 = 0x5917;
+
+/// Adds a `split` column. `official` is the split table (read with its schema) when the
+/// source is [`SplitSource::Official`].
+pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<&DataFrame>) -> Result<DataFrame> {
+    let dicoms: Vec<String> = df
+        .column("dicom_id")
+        .map_err(pe("dicom_id"))?
+        .str()
+        .map_err(pe("dicom_id"))?
+        .iter()
+        .map(|v| v.unwrap_or("").to_string())
+        .collect();
+    let subjects = ints(df, "subject_id")?;
+    let split: Vec<String> = match source {
+        SplitSource::Official => {
+            let t = official.ok_or_else(|| Error::Config("the official split file was not found".into()))?;
+            let map = string_map(t, "dicom_id", "split")?;
+            let mut out = Vec::with_capacity(dicoms.len());
+            for d in &dicoms {
+                out.push(map.get(d).cloned().ok_or_else(|| {
+                    Error::Config(format!("image {d} has no row in the split file; pass --split-file or --resplit"))
+                })?);
+            }
+            out
+        }
+        SplitSource::File(path) => custom_split(path, &dicoms, &subjects)?,
+        SplitSource::Resplit { seed, fractions } => subjects
+            .iter()
+            .map(|s| {
+                let mut r = rng::Rng::derive(*seed, RESPLIT_STREAM, s.unwrap_or(0) as u64);
+                SPLITS[r.weighted(fractions)].to_string()
+            })
+            .collect(),
+    };
+    if let Some(bad) = split.iter().find(|s| !SPLITS.contains(&s.as_str())) {
+        return Err(Error::Config(format!("unknown split {bad:?}: expected train, validate or test")));
+    }
+    let mut out = df.clone();
+    out.with_column(Column::new("split".into(), split)).map_err(pe("split"))?;
+    Ok(out)
+}
+
+fn string_map(t: &DataFrame, key: &str, value: &str) -> Result<HashMap<String, String>> {
+    let k = t.column(key).map_err(pe(key))?.cast(&DataType::String).map_err(pe(key))?;
+    let v = t.column(value).map_err(pe(value))?.cast(&DataType::String).map_err(pe(value))?;
+    let (k, v) = (k.str().map_err(pe(key))?, v.str().map_err(pe(value))?);
+    Ok(k.iter().zip(v.iter()).filter_map(|(k, v)| Some((k?.to_string(), v?.to_string()))).collect())
+}
+
+fn custom_split(path: &Path, dicoms: &[String], subjects: &[Option<i64>]) -> Result<Vec<String>> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| Error::csv(path, e))?;
+    let header: Vec<String> = r.headers().map_err(|e| Error::csv(path, e))?.iter().map(str::to_string).collect();
+    let key = ["dicom_id", "subject_id"]
+        .into_iter()
+        .find(|k| header.iter().any(|h| h == k))
+        .ok_or_else(|| Error::MissingColumn { path: path.to_path_buf(), column: "dicom_id or subject_id".into() })?;
+    let ki = header.iter().position(|h| h == key).unwrap_or(0);
+    let si = header
+        .iter()
+        .position(|h| h == "split")
+        .ok_or_else(|| Error::MissingColumn { path: path.to_path_buf(), column: "split".into() })?;
+    let mut map = HashMap::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::csv(path, e))?;
+        map.insert(rec.get(ki).unwrap_or("").to_string(), rec.get(si).unwrap_or("").to_string());
+    }
+    let mut out = Vec::with_capacity(dicoms.len());
+    for (d, s) in dicoms.iter().zip(subjects) {
+        let k = if key == "dicom_id" { d.clone() } else { s.map(|s| s.to_string()).unwrap_or_default() };
+        out.push(
+            map.get(&k).cloned().ok_or_else(|| Error::Config(format!("{}: no split for {key} {k}", path.display())))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Fails when a subject has images in two splits, naming up to five such subjects.
+pub fn check_leakage(df: &DataFrame) -> Result<()> {
+    let subjects = ints(df, "subject_id")?;
+    let split = df.column("split").map_err(pe("split"))?;
+    let split = split.str().map_err(pe("split"))?;
+    let mut seen: HashMap<i64, HashSet<&str>> = HashMap::new();
+    for (s, sp) in subjects.iter().zip(split.iter()) {
+        if let (Some(s), Some(sp)) = (s, sp) {
+            seen.entry(*s).or_default().insert(sp);
+        }
+    }
+    let mut leaking: Vec<i64> = seen.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
+    leaking.sort_unstable();
+    if leaking.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = leaking.iter().take(5).map(i64::to_string).collect();
+    Err(Error::Config(format!(
+        "split leakage: {} subject(s) have images in more than one split (e.g. {})",
+        leaking.len(),
+        shown.join(", ")
+    )))
+}
