@@ -96,8 +96,19 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
         p.clone().ok_or_else(|| Error::Config(format!("{}: no {what} table found", jpg.root.display())))
     };
     let iv = &inputs.mimic_iv;
-    let mut t = vec![
-        ("metadata", need(&jpg.metadata, "mimic-cxr-2.0.0-metadata")?),
+    let mut t = Vec::new();
+    match (&jpg.metadata, &inputs.cxr_dicom) {
+        (Some(m), _) => t.push(("metadata", m.clone())),
+        // Read from the DICOM headers instead (see `metadata_source`).
+        (None, Some(_)) => {}
+        (None, None) => {
+            return Err(Error::Config(format!(
+                "{}: no mimic-cxr-2.0.0-metadata table, and no MIMIC-CXR DICOM project to read the headers from",
+                jpg.root.display()
+            )));
+        }
+    }
+    t.extend([
         (
             "labels",
             match cfg.labeler {
@@ -108,7 +119,7 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
         ("patients", iv.patients.clone()),
         ("admissions", iv.admissions.clone()),
         ("icustays", iv.icustays.clone()),
-    ];
+    ]);
     match &cfg.split {
         SplitSource::Official => t.push(("split", need(&jpg.split, "mimic-cxr-2.0.0-split")?)),
         SplitSource::File(p) => t.push(("split", p.clone())),
@@ -119,9 +130,14 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
 
 /// The dataset version id: a hash of the input tables' contents, the resolved config, the SQL
 /// and schema text and the pipeline version. Also returns the schema hash.
-pub fn version_id(tables: &[(&str, PathBuf)], cfg: &BuildConfig) -> Result<(String, String)> {
+pub fn version_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConfig) -> Result<(String, String)> {
     let mut h = Sha256::new();
     h.update(format!("pipeline {}\n", env!("CARGO_PKG_VERSION")));
+    // Headers read from DICOM files: their names and sizes.
+    for p in dicoms {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        h.update(format!("dicom {name} {}\n", fs_err::metadata(p)?.len()));
+    }
     for (role, path) in tables {
         let size = fs_err::metadata(path)?.len();
         h.update(format!("table {role} {size} {}\n", sha256_file(path)?));
@@ -148,7 +164,11 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     let inputs = discover(&cfg.roots)?;
     let tables = tables(&inputs, cfg)?;
     let path_of = |role: &str| tables.iter().find(|(r, _)| *r == role).map(|(_, p)| p.clone());
-    let (version, schema_hash) = version_id(&tables, cfg)?;
+    let dicoms = match (&path_of("metadata"), &inputs.cxr_dicom) {
+        (None, Some(d)) => crate::dicom_meta::dicom_files(&d.root, d.record_list.as_deref())?,
+        _ => Vec::new(),
+    };
+    let (version, schema_hash) = version_id(&tables, &dicoms, cfg)?;
     let dir = cfg.out.join(&version);
     if dir.join(TABLE_FILE).is_file() {
         return Ok(BuildSummary { version, dir, reused: true, cohort: None });
@@ -157,7 +177,10 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     let iv_version = inputs.mimic_iv.version.clone();
     let cxr = "2.0.0";
     let get = |role: &str| path_of(role).ok_or_else(|| Error::Config(format!("no {role} table")));
-    let meta = read(&get("metadata")?, "mimic-cxr/metadata", cxr)?;
+    let meta = match path_of("metadata") {
+        Some(p) => read(&p, "mimic-cxr/metadata", cxr)?,
+        None => crate::dicom_meta::read(&dicoms)?,
+    };
     progress.advance(1);
     let patients = read(&get("patients")?, "mimic-iv/patients", &iv_version)?;
     let mut admissions = read(&get("admissions")?, "mimic-iv/admissions", &iv_version)?;

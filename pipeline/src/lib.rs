@@ -23,7 +23,9 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod build;
+pub mod dicom_meta;
 pub mod discover;
 pub mod encode;
 mod error;

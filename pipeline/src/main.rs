@@ -36,6 +36,19 @@ enum Command {
     Build(BuildArgs),
     /// Run the whole job end to end on an embedded default (a small synthetic archive).
     Demo(DemoArgs),
+    /// Time the table stage of `build` on a full-size synthetic archive (tables only) and
+    /// print rows/s and peak memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Working folder; the generated archive is kept there and reused by later runs.
+    #[arg(long, default_value = "out/bench")]
+    dir: PathBuf,
+    /// Subjects with chest X-rays (90,000 gives about as many images as MIMIC-CXR).
+    #[arg(long, default_value_t = 90_000)]
+    subjects: usize,
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +100,9 @@ struct BuildArgs {
     /// Train, validate and test fractions of subjects for --resplit.
     #[arg(long, default_value = "0.8,0.1,0.1")]
     split_fractions: String,
+    /// Print the peak resident memory at the end (used by `pipeline bench`).
+    #[arg(long, hide = true)]
+    report_peak_memory: bool,
 }
 
 fn parse_fractions(s: &str) -> anyhow::Result<[f64; 3]> {
@@ -312,6 +328,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = args.resolve()?;
             let summary = build::build(&cfg, &progress)?;
             print_build(&summary);
+            if args.report_peak_memory {
+                eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
+            }
+        }
+        Command::Bench(args) => {
+            let exe = std::env::current_exe().context("locating the pipeline executable")?;
+            let r = pipeline::bench::run(&exe, &args.dir, args.subjects)?;
+            if let Some(s) = r.generate_seconds {
+                println!("generated {} (tables only) in {s:.1} s", r.archive.display());
+            }
+            println!(
+                "table stage: {} images in {:.2} s wall = {:.0} images/s; peak memory {}",
+                r.images,
+                r.build_seconds,
+                r.images as f64 / r.build_seconds,
+                r.build_peak_kib.map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+            );
         }
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");
@@ -348,6 +381,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 split_file: None,
                 resplit: None,
                 split_fractions: "0.8,0.1,0.1".into(),
+                report_peak_memory: false,
             }
             .resolve()?;
             print_build(&build::build(&build_cfg, &progress)?);

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::{LABELS, Split};
+use rayon::prelude::*;
 
 use super::studies::{Image, Label, Study, finding};
 use super::table::{GzCsv, fmt_study_time, write_atomic};
@@ -35,9 +36,9 @@ pub fn write_dicom_project_tables(studies: &[Study], root: &Path) -> Result<Vec<
         w.row([s.subject_id.to_string(), s.study_id.to_string(), format!("{}.txt", study_dir(s))])?;
     }
     paths.push(w.finish()?);
-    for s in studies {
-        write_atomic(&root.join(format!("{}.txt", study_dir(s))), report(s).as_bytes())?;
-    }
+    studies
+        .par_iter()
+        .try_for_each(|s| write_atomic(&root.join(format!("{}.txt", study_dir(s))), report(s).as_bytes()))?;
     Ok(paths)
 }
 

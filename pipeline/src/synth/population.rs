@@ -343,9 +343,11 @@ fn admission(
     } else {
         *rng.pick(&[("Medicaid", 0.35), ("Other", 0.65)])
     };
+    // Drawn for every release so that the releases share one random stream (same data).
+    let other_language = *rng.pick(&[("Spanish", 0.5), ("Portuguese", 0.2), ("Russian", 0.15), ("Other", 0.15)]);
     let language = match (c.version.major >= 3, c.english) {
         (true, true) => "English",
-        (true, false) => *rng.pick(&[("Spanish", 0.5), ("Portuguese", 0.2), ("Russian", 0.15), ("Other", 0.15)]),
+        (true, false) => other_language,
         (false, true) => "ENGLISH",
         (false, false) => "?",
     };

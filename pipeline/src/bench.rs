@@ -1,0 +1,86 @@
+//! `pipeline bench`: the table stage on a full-size synthetic archive, timed in a child
+//! process so that its wall time and peak memory are the build's alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::progress::Silent;
+use crate::synth::mimic_iv::MimicIvVersion;
+use crate::synth::studies::Syntax;
+use crate::synth::{self, ImageKinds, SynthConfig};
+use crate::{Error, Result};
+
+/// Peak resident memory of this process in KiB (Linux `VmHWM`), if known.
+pub fn peak_memory_kib() -> Option<u64> {
+    let status = fs_err::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// What the benchmark measured.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub archive: PathBuf,
+    pub images: usize,
+    pub generate_seconds: Option<f64>,
+    pub build_seconds: f64,
+    pub build_peak_kib: Option<u64>,
+}
+
+/// Generates `dir/archive` (tables only) unless present, then runs `exe build` on it as a
+/// child process.
+pub fn run(exe: &Path, dir: &Path, subjects: usize) -> Result<BenchResult> {
+    let archive = dir.join(format!("archive-{subjects}"));
+    let mut generate_seconds = None;
+    let mut images = None;
+    if !archive.join(synth::CXR_JPG_DIR).join("mimic-cxr-2.0.0-metadata.csv.gz").is_file() {
+        let t = Instant::now();
+        let summary = synth::run(
+            &SynthConfig {
+                out: archive.clone(),
+                subjects,
+                seed: 1,
+                mimic_iv: MimicIvVersion { major: 2, minor: 2 },
+                images: ImageKinds { dicom: false, jpg: false },
+                image_size: (512, 512),
+                from_mimic_iv: None,
+                split_fractions: [0.8, 0.1, 0.1],
+                syntaxes: vec![Syntax::ExplicitLittle],
+                force: true,
+            },
+            &Silent,
+        )?;
+        generate_seconds = Some(t.elapsed().as_secs_f64());
+        images = Some(summary.view_counts.values().sum());
+    }
+    let out = dir.join("datasets");
+    if out.exists() {
+        fs_err::remove_dir_all(&out)?;
+    }
+    let t = Instant::now();
+    let child = Command::new(exe)
+        .args(["build", "--report-peak-memory", "--mimic-root"])
+        .arg(&archive)
+        .arg("--out")
+        .arg(&out)
+        .output()?;
+    let build_seconds = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    if !child.status.success() {
+        return Err(Error::Config(format!("the benchmarked build failed: {stderr}")));
+    }
+    let peak = stderr.lines().find_map(|l| l.strip_prefix("peak_memory_kib=")).and_then(|v| v.trim().parse().ok());
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    let read = stdout
+        .lines()
+        .find_map(|l| l.trim().split(" images read").next().filter(|n| n.chars().all(|c| c.is_ascii_digit())))
+        .and_then(|n| n.parse().ok());
+    Ok(BenchResult {
+        archive,
+        images: read.or(images).unwrap_or(0),
+        generate_seconds,
+        build_seconds,
+        build_peak_kib: peak,
+    })
+}
