@@ -282,6 +282,19 @@ fn bad_input_stops_the_build_naming_file_line_and_column() {
     assert!(err.contains("admissions.csv.gz") && err.contains("line 4") && err.contains("admittime"), "{err}");
     assert!(fs_err::read_dir(out.path()).unwrap().next().is_none(), "nothing is published");
 
+    // A value of the wrong type.
+    let (_d, root) = scratch();
+    let pat = root.join("mimiciv/2.2/hosp/patients.csv.gz");
+    let text = gunzip(&pat);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut cells: Vec<String> = lines[5].split(',').map(str::to_string).collect();
+    cells[2] = "fifty".into();
+    lines[5] = cells.join(",");
+    fs_err::write(&pat, gz(&(lines.join("\n") + "\n"))).unwrap();
+    let err = build(&config(&root, out.path()), &Silent).unwrap_err().to_string();
+    assert!(err.contains("patients.csv.gz") && err.contains("line 6") && err.contains("anchor_age"), "{err}");
+    assert!(err.contains("\"fifty\" is not an integer"), "{err}");
+
     // A truncated gzip.
     let (_d, root) = scratch();
     let tr = root.join("mimiciv/2.2/icu/icustays.csv.gz");
