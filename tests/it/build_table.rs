@@ -144,6 +144,7 @@ fn the_real_subject_of_data_md_links_as_documented() {
     assert_eq!(by_date[ap_july], (Some(29079034), Some(39553978)), "the ICU stay starts that day");
     let exact = links(&link(&inp, MatchRule::DateTime { icu_tolerance_s: 0 }).unwrap());
     assert_eq!(exact[pa_may], (Some(22595853), None), "inside the ED visit (edregtime 19:17)");
+    assert_eq!(exact[pa_june], (Some(22841357), None), "inside the ED visit (edregtime 15:54)");
     assert_eq!(exact[ap_july], (Some(29079034), None), "08:05 is before the ICU intime 14:00");
     let tolerant = links(&link(&inp, MatchRule::DateTime { icu_tolerance_s: 6 * 3600 }).unwrap());
     assert_eq!(tolerant[ap_july], (Some(29079034), Some(39553978)));
