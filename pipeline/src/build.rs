@@ -31,6 +31,8 @@ pub struct BuildConfig {
     pub labeler: Labeler,
     pub uncertain: Uncertain,
     pub split: SplitSource,
+    /// Images per Parquet part (and, with the image stage, per tensor shard).
+    pub shard_size: usize,
 }
 
 impl BuildConfig {
@@ -41,13 +43,14 @@ impl BuildConfig {
             MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
         };
         format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\n",
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\n",
             self.missing.name(),
             self.drop_missing_sex,
             self.drop_rare_views,
             self.labeler,
             self.uncertain.name(),
-            self.split
+            self.split,
+            self.shard_size
         )
     }
 }
@@ -62,8 +65,34 @@ pub struct BuildSummary {
     pub cohort: Option<Cohort>,
 }
 
-/// Name of the table file inside a version folder.
-pub const TABLE_FILE: &str = "table.parquet";
+/// Folder of the feature table's Parquet parts inside a version folder.
+pub const FEATURES_DIR: &str = "features";
+
+/// File name of feature part `i` (`part-00000.parquet`); part `i` holds rows
+/// `i * shard_size ..` of the table, in table order.
+pub fn part_name(i: usize) -> String {
+    format!("part-{i:05}.parquet")
+}
+
+/// Reads every part of a version's feature table, in order.
+pub fn read_features(version_dir: &Path) -> Result<DataFrame> {
+    let dir = version_dir.join(FEATURES_DIR);
+    let mut parts = Vec::new();
+    for i in 0.. {
+        let p = dir.join(part_name(i));
+        if !p.is_file() {
+            break;
+        }
+        let (file, _) = fs_err::File::open(&p)?.into_parts();
+        parts.push(ParquetReader::new(file).finish().map_err(pe("reading parquet"))?);
+    }
+    let mut it = parts.into_iter();
+    let mut df = it.next().ok_or_else(|| Error::Config(format!("{}: no feature parts", dir.display())))?;
+    for p in it {
+        df.vstack_mut(&p).map_err(pe("stacking parts"))?;
+    }
+    Ok(df)
+}
 
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
@@ -170,7 +199,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     };
     let (version, schema_hash) = version_id(&tables, &dicoms, cfg)?;
     let dir = cfg.out.join(&version);
-    if dir.join(TABLE_FILE).is_file() {
+    if dir.join(REPORT_JSON).is_file() {
         return Ok(BuildSummary { version, dir, reused: true, cohort: None });
     }
     progress.start("tables", 6);
@@ -228,13 +257,41 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     cohort.finish(&encoded)?;
     progress.advance(1);
 
-    fs_err::create_dir_all(&dir)?;
-    write_parquet(&encoded, &dir.join(TABLE_FILE), &version, &schema_hash)?;
-    crate::synth::table::write_atomic(&dir.join("cohort.json"), cohort.to_json(&version, cfg)?.as_bytes())?;
-    crate::synth::table::write_atomic(&dir.join("cohort.md"), cohort.to_markdown(&version, cfg).as_bytes())?;
+    publish(&encoded, cfg, &cohort, &dir, &version, &schema_hash)?;
     progress.advance(1);
     progress.finish();
     Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort) })
+}
+
+/// The report files of a version.
+pub const REPORT_JSON: &str = "report.json";
+pub const REPORT_MD: &str = "report.md";
+
+/// Writes the version into a temporary folder, then renames it into place, so a version
+/// folder is either complete or absent.
+fn publish(
+    df: &DataFrame,
+    cfg: &BuildConfig,
+    cohort: &Cohort,
+    dir: &Path,
+    version: &str,
+    schema_hash: &str,
+) -> Result<()> {
+    let tmp = cfg.out.join(format!(".tmp-{version}"));
+    if tmp.exists() {
+        fs_err::remove_dir_all(&tmp)?;
+    }
+    fs_err::create_dir_all(tmp.join(FEATURES_DIR))?;
+    let shard = cfg.shard_size.max(1);
+    let parts = df.height().div_ceil(shard).max(1);
+    for i in 0..parts {
+        let part = df.slice((i * shard) as i64, shard);
+        write_parquet(&part, &tmp.join(FEATURES_DIR).join(part_name(i)), version, schema_hash)?;
+    }
+    crate::synth::table::write_atomic(&tmp.join(REPORT_MD), cohort.to_markdown(version, cfg).as_bytes())?;
+    crate::synth::table::write_atomic(&tmp.join(REPORT_JSON), cohort.to_json(version, cfg)?.as_bytes())?;
+    fs_err::rename(&tmp, dir)?;
+    Ok(())
 }
 
 /// Rows per Parquet row group: small enough to stream, large enough to compress.

@@ -100,6 +100,9 @@ struct BuildArgs {
     /// Train, validate and test fractions of subjects for --resplit.
     #[arg(long, default_value = "0.8,0.1,0.1")]
     split_fractions: String,
+    /// Images per Parquet part (and per image shard, with the image stage).
+    #[arg(long, default_value_t = 4096)]
+    shard_size: usize,
     /// Print the peak resident memory at the end (used by `pipeline bench`).
     #[arg(long, hide = true)]
     report_peak_memory: bool,
@@ -123,6 +126,9 @@ impl BuildArgs {
             && (self.mimic_iv_dir.is_none() || (self.cxr_dir.is_none() && self.cxr_jpg_dir.is_none()))
         {
             bail!("say where the data is: --mimic-root DIR, or --mimic-iv-dir with --cxr-jpg-dir / --cxr-dir");
+        }
+        if self.shard_size == 0 {
+            bail!("--shard-size must be at least 1");
         }
         if !(0.0..=72.0).contains(&self.icu_tolerance_hours) {
             bail!("--icu-tolerance-hours {}: expected 0 to 72", self.icu_tolerance_hours);
@@ -157,6 +163,7 @@ impl BuildArgs {
                 (None, Some(seed)) => SplitSource::Resplit { seed, fractions: parse_fractions(&self.split_fractions)? },
                 (None, None) => SplitSource::Official,
             },
+            shard_size: self.shard_size,
         })
     }
 }
@@ -179,8 +186,10 @@ fn print_build(s: &BuildSummary) {
         let splits: Vec<String> =
             c.splits.iter().map(|(k, v)| format!("{k} {} images / {} subjects", v.images, v.subjects)).collect();
         let _ = writeln!(out, "  splits: {}", splits.join(", "));
-        let _ = writeln!(out, "  cohort report: {}", s.dir.join("cohort.md").display());
+        let _ = writeln!(out, "  report: {}", s.dir.join(build::REPORT_MD).display());
     }
+    // Scripts read the version id from the last line.
+    let _ = writeln!(out, "{}", s.version);
 }
 
 #[derive(Debug, Args)]
@@ -381,11 +390,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 split_file: None,
                 resplit: None,
                 split_fractions: "0.8,0.1,0.1".into(),
+                shard_size: 4096,
                 report_peak_memory: false,
             }
             .resolve()?;
             print_build(&build::build(&build_cfg, &progress)?);
-            println!("Image shards and training are not implemented yet; the table above is their input.");
+            eprintln!("Image shards and training are not implemented yet; the table above is their input.");
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use chrono::{NaiveDate, NaiveDateTime};
 use cxr_dataset::features::Variable;
 use cxr_dataset::{LABELS, label_column, raw_label_column};
-use pipeline::build::{BuildConfig, TABLE_FILE, build};
+use pipeline::build::{BuildConfig, FEATURES_DIR, REPORT_JSON, REPORT_MD, build, part_name, read_features};
 use pipeline::discover::{Roots, discover};
 use pipeline::encode::MissingPolicy;
 use pipeline::ingest;
@@ -30,6 +30,7 @@ fn config(root: &Path, out: &Path) -> BuildConfig {
         labeler: Labeler::Chexpert,
         uncertain: Uncertain::Zeros,
         split: SplitSource::Official,
+        shard_size: 100,
     }
 }
 
@@ -156,7 +157,7 @@ fn the_real_subject_of_data_md_links_as_documented() {
 }
 
 fn read_table(dir: &Path) -> DataFrame {
-    ParquetReader::new(fs_err::File::open(dir.join(TABLE_FILE)).unwrap().into_parts().0).finish().unwrap()
+    read_features(dir).unwrap()
 }
 
 #[test]
@@ -180,12 +181,16 @@ fn build_publishes_a_versioned_table_and_reuses_it() {
         assert!(names.contains(c), "column {c} missing");
     }
     // The version and schema hash are in the Parquet footer.
-    let bytes = fs_err::read(first.dir.join(TABLE_FILE)).unwrap();
+    // Parts of 100 rows, in table order.
+    let parts = fs_err::read_dir(first.dir.join(FEATURES_DIR)).unwrap().count();
+    assert_eq!(parts, df.height().div_ceil(100));
+    assert!(parts > 1);
+    let bytes = fs_err::read(first.dir.join(FEATURES_DIR).join(part_name(0))).unwrap();
     let footer = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(64 * 1024)..]).into_owned();
     assert!(footer.contains("dataset_version") && footer.contains(&first.version) && footer.contains("schema_hash"));
-    assert!(first.dir.join("cohort.md").is_file() && first.dir.join("cohort.json").is_file());
+    assert!(first.dir.join(REPORT_MD).is_file());
     let json: serde_json::Value =
-        serde_json::from_str(&fs_err::read_to_string(first.dir.join("cohort.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs_err::read_to_string(first.dir.join(REPORT_JSON)).unwrap()).unwrap();
     assert_eq!(json["dataset_version"], first.version.as_str());
     assert_eq!(json["cohort"]["images_out"], df.height());
 
