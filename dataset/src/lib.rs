@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod features;
+pub mod shard;
 mod split;
 
 pub use split::{ParseSplitError, Split};

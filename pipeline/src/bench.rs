@@ -60,7 +60,7 @@ pub fn run(exe: &Path, dir: &Path, subjects: usize) -> Result<BenchResult> {
     }
     let t = Instant::now();
     let child = Command::new(exe)
-        .args(["build", "--report-peak-memory", "--mimic-root"])
+        .args(["build", "--images", "none", "--report-peak-memory", "--mimic-root"])
         .arg(&archive)
         .arg("--out")
         .arg(&out)

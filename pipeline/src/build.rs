@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::discover::{Inputs, Roots, discover};
 use crate::encode::{MissingPolicy, encode};
+use crate::images::{self, IMAGES_DIR, ImageSource, Stage};
 use crate::labels::{Labeler, SplitSource, Uncertain, attach_labels, attach_split, check_leakage};
 use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
 use crate::progress::Progress;
@@ -31,8 +32,14 @@ pub struct BuildConfig {
     pub labeler: Labeler,
     pub uncertain: Uncertain,
     pub split: SplitSource,
-    /// Images per Parquet part (and, with the image stage, per tensor shard).
+    /// Images per Parquet part and per image shard.
     pub shard_size: usize,
+    /// Which image files feed the shards.
+    pub images: ImageSource,
+    /// Side of the square 8-bit output images.
+    pub image_size: usize,
+    /// Stop at the first bad image instead of recording it as a reject.
+    pub fail_fast: bool,
 }
 
 impl BuildConfig {
@@ -43,17 +50,24 @@ impl BuildConfig {
             MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
         };
         format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\n",
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\n",
             self.missing.name(),
             self.drop_missing_sex,
             self.drop_rare_views,
             self.labeler,
             self.uncertain.name(),
             self.split,
-            self.shard_size
+            self.shard_size,
+            self.images.name(),
+            self.image_size,
+            PREPROCESSING
         )
     }
 }
+
+/// The image preprocessing, recorded in the config and the manifest.
+pub const PREPROCESSING: &str = "modality LUT; VOI: the file's first window, else the 0.5-99.5 percentile range; \
+MONOCHROME1 inverted; centred square, area-average resize; 8-bit";
 
 /// What a build produced.
 #[derive(Debug, Clone)]
@@ -199,7 +213,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     };
     let (version, schema_hash) = version_id(&tables, &dicoms, cfg)?;
     let dir = cfg.out.join(&version);
-    if dir.join(REPORT_JSON).is_file() {
+    if dir.join(MANIFEST).is_file() {
         return Ok(BuildSummary { version, dir, reused: true, cohort: None });
     }
     progress.start("tables", 6);
@@ -254,12 +268,36 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     }
     let (encoded, dropped) = encode(&df, cfg.missing)?;
     cohort.dropped_missing_scan = dropped;
-    cohort.finish(&encoded)?;
-    progress.advance(1);
-
-    publish(&encoded, cfg, &cohort, &dir, &version, &schema_hash)?;
     progress.advance(1);
     progress.finish();
+
+    let tmp = cfg.out.join(format!(".tmp-{version}"));
+    if tmp.exists() {
+        fs_err::remove_dir_all(&tmp)?;
+    }
+    fs_err::create_dir_all(tmp.join(FEATURES_DIR))?;
+    let (source, root) = images::resolve(
+        cfg.images,
+        inputs.cxr_dicom.as_ref().map(|d| d.root.as_path()),
+        inputs.cxr_jpg.as_ref().map(|j| j.root.as_path()),
+    )?;
+    let stage = images::run(
+        &encoded,
+        source,
+        &root,
+        cfg.image_size,
+        cfg.shard_size.max(1),
+        &tmp,
+        &version,
+        cfg.fail_fast,
+        progress,
+    )?;
+    let kept = encoded
+        .filter(&BooleanChunked::from_slice("kept".into(), &stage.kept))
+        .map_err(pe("dropping rejected images"))?;
+    cohort.rejected_images = stage.rejects.len();
+    cohort.finish(&kept)?;
+    publish(&kept, &stage, source, cfg, &cohort, &tmp, &dir, &version, &schema_hash)?;
     Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort) })
 }
 
@@ -267,32 +305,79 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
 pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
 
-/// Writes the version into a temporary folder, then renames it into place, so a version
-/// folder is either complete or absent.
+/// The manifest of a version, written last.
+pub const MANIFEST: &str = "manifest.json";
+
+/// Writes the feature parts (aligned with the image shards), the rejects, the report and the
+/// manifest into `tmp`, then renames it to `dir`, so a version folder is complete or absent.
+#[allow(clippy::too_many_arguments)]
 fn publish(
     df: &DataFrame,
+    stage: &Stage,
+    source: ImageSource,
     cfg: &BuildConfig,
     cohort: &Cohort,
+    tmp: &Path,
     dir: &Path,
     version: &str,
     schema_hash: &str,
 ) -> Result<()> {
-    let tmp = cfg.out.join(format!(".tmp-{version}"));
-    if tmp.exists() {
-        fs_err::remove_dir_all(&tmp)?;
-    }
-    fs_err::create_dir_all(tmp.join(FEATURES_DIR))?;
     let shard = cfg.shard_size.max(1);
     let parts = df.height().div_ceil(shard).max(1);
+    let mut part_entries = Vec::new();
     for i in 0..parts {
         let part = df.slice((i * shard) as i64, shard);
-        write_parquet(&part, &tmp.join(FEATURES_DIR).join(part_name(i)), version, schema_hash)?;
+        let rel = format!("{FEATURES_DIR}/{}", part_name(i));
+        write_parquet(&part, &tmp.join(&rel), version, schema_hash)?;
+        let image = stage.shards.get(i);
+        if let Some(s) = image
+            && s.rows != part.height()
+        {
+            return Err(Error::Config(format!("shard {i} holds {} images for {} rows", s.rows, part.height())));
+        }
+        part_entries.push(serde_json::json!({
+            "features": rel,
+            "features_sha256": sha256_file(&tmp.join(&rel))?,
+            "rows": part.height(),
+            "images": image.map(|s| s.file.clone()),
+            "images_sha256": image.map(|s| s.sha256.clone()),
+            "images_bytes": image.map(|s| s.bytes),
+        }));
     }
+    let mut rejects = images::rejects_frame(&stage.rejects)?;
+    let (rejects_file, _) = fs_err::File::create(tmp.join(REJECTS))?.into_parts();
+    ParquetWriter::new(rejects_file).finish(&mut rejects).map_err(pe("writing rejects"))?;
     crate::synth::table::write_atomic(&tmp.join(REPORT_MD), cohort.to_markdown(version, cfg).as_bytes())?;
     crate::synth::table::write_atomic(&tmp.join(REPORT_JSON), cohort.to_json(version, cfg)?.as_bytes())?;
-    fs_err::rename(&tmp, dir)?;
+    let manifest = serde_json::json!({
+        "dataset_version": version,
+        "schema_hash": schema_hash,
+        "pipeline_version": env!("CARGO_PKG_VERSION"),
+        "config": cfg.describe(),
+        "images": {
+            "source": source.name(),
+            "size": [cfg.image_size, cfg.image_size],
+            "dtype": "u8",
+            "tensor": cxr_dataset::shard::TENSOR,
+            "dir": IMAGES_DIR,
+            "preprocessing": PREPROCESSING,
+        },
+        "counts": {
+            "images_read": cohort.images_read,
+            "rows": df.height(),
+            "rejected": stage.rejects.len(),
+        },
+        "rejects": REJECTS,
+        "parts": part_entries,
+    });
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+    crate::synth::table::write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    fs_err::rename(tmp, dir)?;
     Ok(())
 }
+
+/// The rejected images of a version.
+pub const REJECTS: &str = "rejects.parquet";
 
 /// Rows per Parquet row group: small enough to stream, large enough to compress.
 pub const ROW_GROUP: usize = 16_384;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use pipeline::build::{self, BuildConfig, BuildSummary};
 use pipeline::discover::Roots;
 use pipeline::encode::MissingPolicy;
+use pipeline::images::ImageSource;
 use pipeline::labels::{Labeler, SplitSource, Uncertain};
 use pipeline::link::MatchRule;
 use pipeline::progress::Progress;
@@ -100,9 +101,19 @@ struct BuildArgs {
     /// Train, validate and test fractions of subjects for --resplit.
     #[arg(long, default_value = "0.8,0.1,0.1")]
     split_fractions: String,
-    /// Images per Parquet part (and per image shard, with the image stage).
+    /// Images per Parquet part and per image shard.
     #[arg(long, default_value_t = 4096)]
     shard_size: usize,
+    /// Image files to preprocess into shards: auto (DICOM when the MIMIC-CXR project is
+    /// present, else JPG), dicom, jpg, or none (the feature table only).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "dicom", "jpg", "none"])]
+    images: String,
+    /// Side of the square 8-bit images in the shards (shorter side resized, centre cropped).
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// Stop at the first unreadable image instead of listing it in rejects.parquet.
+    #[arg(long)]
+    fail_fast: bool,
     /// Print the peak resident memory at the end (used by `pipeline bench`).
     #[arg(long, hide = true)]
     report_peak_memory: bool,
@@ -129,6 +140,9 @@ impl BuildArgs {
         }
         if self.shard_size == 0 {
             bail!("--shard-size must be at least 1");
+        }
+        if !(8..=4096).contains(&self.image_size) {
+            bail!("--image-size {}: expected 8 to 4096", self.image_size);
         }
         if !(0.0..=72.0).contains(&self.icu_tolerance_hours) {
             bail!("--icu-tolerance-hours {}: expected 0 to 72", self.icu_tolerance_hours);
@@ -164,6 +178,14 @@ impl BuildArgs {
                 (None, None) => SplitSource::Official,
             },
             shard_size: self.shard_size,
+            images: match self.images.as_str() {
+                "dicom" => ImageSource::Dicom,
+                "jpg" => ImageSource::Jpg,
+                "none" => ImageSource::None,
+                _ => ImageSource::Auto,
+            },
+            image_size: self.image_size,
+            fail_fast: self.fail_fast,
         })
     }
 }
@@ -183,6 +205,9 @@ fn print_build(s: &BuildSummary) {
             c.images_read, c.images_out, c.dropped_missing_sex, c.dropped_rare_view, c.dropped_missing_scan
         );
         let _ = writeln!(out, "  linked: {} to an admission, {} to an ICU stay", c.linked_admission, c.linked_icu);
+        if c.rejected_images > 0 {
+            let _ = writeln!(out, "  rejected images: {} (see rejects.parquet)", c.rejected_images);
+        }
         let splits: Vec<String> =
             c.splits.iter().map(|(k, v)| format!("{k} {} images / {} subjects", v.images, v.subjects)).collect();
         let _ = writeln!(out, "  splits: {}", splits.join(", "));
@@ -343,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let exe = std::env::current_exe().context("locating the pipeline executable")?;
+            eprintln!("bench: the table stage (--images none)");
             let r = pipeline::bench::run(&exe, &args.dir, args.subjects)?;
             if let Some(s) = r.generate_seconds {
                 println!("generated {} (tables only) in {s:.1} s", r.archive.display());
@@ -373,7 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = synth::run(&cfg, &progress)?;
             print_summary(&summary);
             let datasets = args.out.join("datasets");
-            eprintln!("demo 2/2: building the dataset table in {}", datasets.display());
+            eprintln!("demo 2/2: building the dataset (table, image shards, report) in {}", datasets.display());
             let build_cfg = BuildArgs {
                 mimic_root: Some(cfg.out.clone()),
                 cxr_dir: None,
@@ -391,11 +417,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resplit: None,
                 split_fractions: "0.8,0.1,0.1".into(),
                 shard_size: 4096,
+                images: "auto".into(),
+                image_size: 256,
+                fail_fast: false,
                 report_peak_memory: false,
             }
             .resolve()?;
             print_build(&build::build(&build_cfg, &progress)?);
-            eprintln!("Image shards and training are not implemented yet; the table above is their input.");
+            eprintln!("Training is not implemented yet; the dataset above is its input.");
         }
     }
     Ok(())

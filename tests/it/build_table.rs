@@ -10,6 +10,7 @@ use cxr_dataset::{LABELS, label_column, raw_label_column};
 use pipeline::build::{BuildConfig, FEATURES_DIR, REPORT_JSON, REPORT_MD, build, part_name, read_features};
 use pipeline::discover::{Roots, discover};
 use pipeline::encode::MissingPolicy;
+use pipeline::images::ImageSource;
 use pipeline::ingest;
 use pipeline::labels::{Labeler, SplitSource, Uncertain};
 use pipeline::link::{LinkInputs, MatchRule, images_from_metadata, link};
@@ -19,7 +20,7 @@ use polars::prelude::*;
 
 use crate::fixture::{CXR_JPG, Csv, large_tables, tables_of};
 
-fn config(root: &Path, out: &Path) -> BuildConfig {
+pub(crate) fn config(root: &Path, out: &Path) -> BuildConfig {
     BuildConfig {
         roots: Roots { mimic_root: Some(root.to_path_buf()), ..Roots::default() },
         out: out.to_path_buf(),
@@ -31,6 +32,9 @@ fn config(root: &Path, out: &Path) -> BuildConfig {
         uncertain: Uncertain::Zeros,
         split: SplitSource::Official,
         shard_size: 100,
+        images: ImageSource::None,
+        image_size: 32,
+        fail_fast: false,
     }
 }
 
@@ -236,7 +240,7 @@ fn missing_value_policies_change_columns_and_rows() {
     assert!(imputed > 0);
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     for entry in fs_err::read_dir(from).unwrap() {
         let p = entry.unwrap().path();
         let dest = to.join(p.file_name().unwrap());

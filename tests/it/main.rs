@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod build_images;
 mod build_table;
 mod cxr_format;
 mod dicom_files;

@@ -1,0 +1,233 @@
+//! From an image file to the model's input: decode (DICOM through dicom-pixeldata, JPG/PNG
+//! through `image`), modality LUT, VOI (the file's window when present, else the 0.5-99.5
+//! percentile range), MONOCHROME1 inverted so bone is bright, then an aspect-preserving
+//! area-average downscale of the centred square to `size x size`, 8-bit.
+//!
+//! Bad files are not errors of the build: they come back as a [`Reject`] reason.
+
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::OpenFileOptions;
+use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
+
+/// Why an image was not used.
+pub type Reject = String;
+
+/// Largest image accepted (pixels); anything above is treated as a hostile header.
+pub const MAX_PIXELS: u64 = 100_000_000;
+
+/// A decoded grayscale image, display sense (bright = dense), values in 0..=1.
+#[derive(Debug, Clone)]
+pub struct Gray {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+/// Decodes a DICOM file.
+pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
+    let len = fs_err::metadata(path).map_err(|e| format!("unreadable: {e}"))?.len();
+    if len == 0 {
+        return Err("zero-size file".into());
+    }
+    // Headers first, so a hostile size never allocates.
+    let head = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
+    let int = |tag| head.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok());
+    let (rows, cols) = (int(tags::ROWS).unwrap_or(0), int(tags::COLUMNS).unwrap_or(0));
+    if rows == 0 || cols == 0 {
+        return Err(format!("no image: Rows {rows}, Columns {cols}"));
+    }
+    if rows * cols > MAX_PIXELS {
+        return Err(format!("absurd size {rows}x{cols}"));
+    }
+    let spp = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    if spp != 1 {
+        return Err(format!("not grayscale: SamplesPerPixel {spp}"));
+    }
+    let obj = dicom_object::open_file(path).map_err(|e| format!("not a readable DICOM file: {e}"))?;
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err("no pixel data".into());
+    }
+    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| format!("cannot decode pixel data: {e}"))?;
+    let mut data: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| format!("cannot convert pixel data: {e}"))?;
+    let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
+    if data.len() != rows * cols {
+        return Err(format!("pixel data holds {} samples for {rows}x{cols}", data.len()));
+    }
+    let window = decoded.window().ok().flatten().and_then(|w| w.first().copied()).filter(|w| w.width > 1.0);
+    match window {
+        Some(w) => {
+            // DICOM linear VOI function.
+            let (c, width) = (w.center as f32, w.width as f32);
+            for v in &mut data {
+                *v = (((*v - (c - 0.5)) / (width - 1.0)) + 0.5).clamp(0.0, 1.0);
+            }
+        }
+        None => {
+            let (lo, hi) = percentile_range(&data, 0.005, 0.995);
+            let span = (hi - lo).max(f32::EPSILON);
+            for v in &mut data {
+                *v = ((*v - lo) / span).clamp(0.0, 1.0);
+            }
+        }
+    }
+    if matches!(decoded.photometric_interpretation(), PhotometricInterpretation::Monochrome1) {
+        for v in &mut data {
+            *v = 1.0 - *v;
+        }
+    }
+    Ok(Gray { rows, cols, data })
+}
+
+/// Decodes a JPG or PNG (8- or 16-bit gray, RGB or RGBA) to gray.
+pub fn decode_raster(path: &Path) -> Result<Gray, Reject> {
+    let len = fs_err::metadata(path).map_err(|e| format!("unreadable: {e}"))?.len();
+    if len == 0 {
+        return Err("zero-size file".into());
+    }
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| format!("unreadable: {e}"))?
+        .with_guessed_format()
+        .map_err(|e| format!("unreadable: {e}"))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| format!("not an image: {e}"))?;
+    if u64::from(w) * u64::from(h) > MAX_PIXELS || w == 0 || h == 0 {
+        return Err(format!("absurd size {h}x{w}"));
+    }
+    let img = image::open(path).map_err(|e| format!("cannot decode: {e}"))?;
+    let luma = img.to_luma32f();
+    Ok(Gray { rows: h as usize, cols: w as usize, data: luma.into_raw() })
+}
+
+/// The `lo` and `hi` quantiles of the values, from a 65,536-bin histogram between min and max
+/// (exact for stored integer pixel values, whatever the rescale).
+pub fn percentile_range(data: &[f32], lo: f64, hi: f64) -> (f32, f32) {
+    let (min, max) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
+        return (min, max);
+    }
+    const BINS: usize = 65_536;
+    let scale = (BINS - 1) as f32 / (max - min);
+    let mut hist = vec![0u64; BINS];
+    // The smallest value of each bin, so quantiles are actual data values.
+    let mut lowest = vec![f32::INFINITY; BINS];
+    for &v in data {
+        let b = ((v - min) * scale) as usize;
+        hist[b] += 1;
+        lowest[b] = lowest[b].min(v);
+    }
+    let n = data.len() as f64;
+    let at = |q: f64| {
+        let target = (q * n).ceil().max(1.0) as u64;
+        let mut acc = 0;
+        for (i, c) in hist.iter().enumerate() {
+            acc += c;
+            if acc >= target {
+                return lowest[i];
+            }
+        }
+        max
+    };
+    (at(lo), at(hi))
+}
+
+/// Area weights mapping `src` samples onto `dst` samples: for each output, the first source
+/// index and the weights of the source samples it covers (summing to 1).
+fn area_weights(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|o| {
+            let (a, b) = (o as f64 * scale, (o + 1) as f64 * scale);
+            let first = a.floor() as usize;
+            let last = (b.ceil() as usize).min(src).max(first + 1);
+            let w: Vec<f32> =
+                (first..last).map(|i| ((b.min(i as f64 + 1.0) - a.max(i as f64)).max(0.0) / scale) as f32).collect();
+            (first, w)
+        })
+        .collect()
+}
+
+/// The centred square of `g`, resampled by area averaging to `size x size`, as bytes.
+pub fn square(g: &Gray, size: usize) -> Vec<u8> {
+    let side = g.rows.min(g.cols);
+    let (r0, c0) = ((g.rows - side) / 2, (g.cols - side) / 2);
+    let wts = area_weights(side, size);
+    // Horizontal pass over the square's rows.
+    let mut tmp = vec![0f32; side * size];
+    for r in 0..side {
+        let row = &g.data[(r0 + r) * g.cols + c0..(r0 + r) * g.cols + c0 + side];
+        for (o, (first, w)) in wts.iter().enumerate() {
+            tmp[r * size + o] = w.iter().enumerate().map(|(k, wk)| row[first + k] * wk).sum();
+        }
+    }
+    // Vertical pass.
+    let mut out = vec![0u8; size * size];
+    for (o, (first, w)) in wts.iter().enumerate() {
+        for c in 0..size {
+            let v: f32 = w.iter().enumerate().map(|(k, wk)| tmp[(first + k) * size + c] * wk).sum();
+            out[o * size + c] = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn area_weights_cover_each_output_once() {
+        for (src, dst) in [(10, 3), (3056, 256), (7, 7), (5, 8)] {
+            for (_, w) in area_weights(src, dst) {
+                assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4, "{src}->{dst}: {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn square_keeps_the_centre_and_averages() {
+        // 4 rows x 6 cols: the centred 4x4 square is columns 1..5.
+        let data: Vec<f32> = (0..24).map(|i| if (1..5).contains(&(i % 6)) { 1.0 } else { 0.0 }).collect();
+        let out = square(&Gray { rows: 4, cols: 6, data }, 2);
+        assert_eq!(out, vec![255; 4]);
+        // A 2x2 checkerboard block averages to mid gray.
+        let data = vec![0.0, 1.0, 1.0, 0.0];
+        assert_eq!(square(&Gray { rows: 2, cols: 2, data }, 1), vec![128]);
+    }
+
+    /// Against the `image` crate's Lanczos3 resize of a smooth radiograph-like image.
+    #[test]
+    fn area_resize_agrees_with_a_reference_resize() {
+        let (rows, cols, size) = (611usize, 509usize, 128usize);
+        let f = |r: usize, c: usize| {
+            let (y, x) = (r as f32 / rows as f32, c as f32 / cols as f32);
+            0.5 + 0.3 * (6.0 * x).sin() * (4.0 * y).cos() + 0.15 * (1.0 - ((x - 0.5).powi(2) + (y - 0.5).powi(2)) * 4.0)
+        };
+        let data: Vec<f32> = (0..rows * cols).map(|i| f(i / cols, i % cols).clamp(0.0, 1.0)).collect();
+        let ours = square(&Gray { rows, cols, data: data.clone() }, size);
+        // Reference: crop the same centred square, resize with Lanczos3.
+        let side = cols;
+        let r0 = (rows - side) / 2;
+        let crop: Vec<u8> =
+            (0..side * side).map(|i| (data[(r0 + i / side) * cols + i % side] * 255.0).round() as u8).collect();
+        let img = image::GrayImage::from_raw(side as u32, side as u32, crop).unwrap();
+        let reference = image::imageops::resize(&img, size as u32, size as u32, image::imageops::FilterType::Lanczos3);
+        let mad = ours.iter().zip(reference.as_raw()).map(|(a, b)| f64::from(a.abs_diff(*b))).sum::<f64>()
+            / ours.len() as f64;
+        assert!(mad < 1.5, "mean absolute difference {mad}");
+    }
+
+    #[test]
+    fn percentiles_ignore_outliers() {
+        let mut data: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        data.push(1e6);
+        let (lo, hi) = percentile_range(&data, 0.005, 0.995);
+        assert!(lo < 20.0 && (980.0..1010.0).contains(&hi), "{lo} {hi}");
+        let ints: Vec<f32> = (0..=4095).map(|i| i as f32).collect();
+        let (lo, hi) = percentile_range(&ints, 0.005, 0.995);
+        assert_eq!((lo, hi), (20.0, 4075.0), "exact on integer pixel values");
+    }
+}

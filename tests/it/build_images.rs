@@ -1,0 +1,124 @@
+//! `pipeline build` image stage: shards aligned with the feature parts, rejects for bad files,
+//! the manifest, and both image sources.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use cxr_dataset::shard::Shard;
+use pipeline::build::{BuildConfig, FEATURES_DIR, MANIFEST, REJECTS, build, part_name, read_features};
+use pipeline::images::{IMAGES_DIR, ImageSource, shard_name};
+use pipeline::progress::Silent;
+use polars::prelude::*;
+
+use crate::build_table::{config, copy_tree};
+use crate::fixture::{CXR_DCM, small};
+
+fn archive_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    fs_err::create_dir_all(&root).unwrap();
+    copy_tree(&small().root, &root);
+    (dir, root)
+}
+
+fn images_config(root: &Path, out: &Path, source: ImageSource) -> BuildConfig {
+    BuildConfig { images: source, image_size: 32, shard_size: 16, ..config(root, out) }
+}
+
+fn read_rejects(dir: &Path) -> DataFrame {
+    let (f, _) = fs_err::File::open(dir.join(REJECTS)).unwrap().into_parts();
+    ParquetReader::new(f).finish().unwrap()
+}
+
+#[test]
+fn shards_line_up_with_feature_parts_and_bad_files_are_rejects() {
+    let (_d, root) = archive_copy();
+    // Damage two files: one truncated, one emptied.
+    let rec = crate::fixture::Csv::read(&root.join(CXR_DCM).join("cxr-record-list.csv.gz"));
+    let truncated = root.join(CXR_DCM).join(&rec.rows[3][3]);
+    let bytes = fs_err::read(&truncated).unwrap();
+    fs_err::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let emptied = root.join(CXR_DCM).join(&rec.rows[7][3]);
+    fs_err::write(&emptied, b"").unwrap();
+
+    let out = tempfile::tempdir().unwrap();
+    let built = build(&images_config(&root, out.path(), ImageSource::Dicom), &Silent).unwrap();
+    let cohort = built.cohort.clone().unwrap();
+    assert_eq!(cohort.rejected_images, 2);
+    let rejects = read_rejects(&built.dir);
+    let ids: HashSet<&str> = rejects.column("dicom_id").unwrap().str().unwrap().iter().flatten().collect();
+    assert_eq!(ids, HashSet::from([rec.rows[3][2].as_str(), rec.rows[7][2].as_str()]));
+    let reasons: Vec<&str> = rejects.column("reason").unwrap().str().unwrap().iter().flatten().collect();
+    assert!(reasons.iter().any(|r| r.contains("zero-size")), "{reasons:?}");
+
+    // Every kept image is in exactly one shard, in the order of the feature rows.
+    let features = read_features(&built.dir).unwrap();
+    assert_eq!(features.height(), cohort.images_out);
+    let feature_ids: Vec<&str> = features.column("dicom_id").unwrap().str().unwrap().iter().flatten().collect();
+    assert!(!feature_ids.iter().any(|d| ids.contains(d)), "rejected images are not in the table");
+    let mut total = 0;
+    for i in 0.. {
+        let shard_path = built.dir.join(IMAGES_DIR).join(shard_name(i));
+        if !shard_path.is_file() {
+            break;
+        }
+        let shard = Shard::read(fs_err::File::open(&shard_path).unwrap()).unwrap();
+        let (part, _) = fs_err::File::open(built.dir.join(FEATURES_DIR).join(part_name(i))).unwrap().into_parts();
+        let part = ParquetReader::new(part).finish().unwrap();
+        assert_eq!(shard.len(), part.height(), "shard {i}");
+        assert_eq!((shard.height, shard.width), (32, 32));
+        assert!(shard.len() <= 16);
+        // A chest film is neither blank nor saturated.
+        for k in 0..shard.len() {
+            let mean = shard.image(k).iter().map(|&v| f64::from(v)).sum::<f64>() / 1024.0;
+            assert!((20.0..235.0).contains(&mean), "shard {i} image {k} mean {mean}");
+        }
+        total += shard.len();
+    }
+    assert_eq!(total, features.height());
+
+    // The manifest lists every part with checksums of what is on disk.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(built.dir.join(MANIFEST)).unwrap()).unwrap();
+    assert_eq!(manifest["dataset_version"], built.version.as_str());
+    assert_eq!(manifest["counts"]["rejected"], 2);
+    for part in manifest["parts"].as_array().unwrap() {
+        let file = built.dir.join(part["images"].as_str().unwrap());
+        let sha: String = {
+            use sha2::Digest;
+            sha2::Sha256::digest(fs_err::read(&file).unwrap()).iter().map(|b| format!("{b:02x}")).collect()
+        };
+        assert_eq!(part["images_sha256"], sha.as_str());
+    }
+    // --fail-fast stops at the first bad file instead.
+    let strict =
+        BuildConfig { fail_fast: true, ..images_config(&root, &out.path().join("strict"), ImageSource::Dicom) };
+    let err = build(&strict, &Silent).unwrap_err().to_string();
+    assert!(err.contains("--fail-fast"), "{err}");
+}
+
+/// DICOM and JPG sources give nearly the same images (the JPG is the 8-bit rendering of the
+/// same display image), and MONOCHROME1 files come out with bone bright like the others.
+#[test]
+fn dicom_and_jpg_sources_agree() {
+    let root = &small().root;
+    let out = tempfile::tempdir().unwrap();
+    let d = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap();
+    let j = build(&images_config(root, out.path(), ImageSource::Jpg), &Silent).unwrap();
+    assert_ne!(d.version, j.version);
+    let a = Shard::read(fs_err::File::open(d.dir.join(IMAGES_DIR).join(shard_name(0))).unwrap()).unwrap();
+    let b = Shard::read(fs_err::File::open(j.dir.join(IMAGES_DIR).join(shard_name(0))).unwrap()).unwrap();
+    assert_eq!(a.len(), b.len());
+    // Different VOI (percentile window vs. the JPG's full range), so compare correlation.
+    for k in 0..a.len() {
+        let (x, y) = (a.image(k), b.image(k));
+        let n = x.len() as f64;
+        let (mx, my) =
+            (x.iter().map(|&v| f64::from(v)).sum::<f64>() / n, y.iter().map(|&v| f64::from(v)).sum::<f64>() / n);
+        let cov: f64 = x.iter().zip(y).map(|(&p, &q)| (f64::from(p) - mx) * (f64::from(q) - my)).sum();
+        let vx: f64 = x.iter().map(|&p| (f64::from(p) - mx).powi(2)).sum();
+        let vy: f64 = y.iter().map(|&q| (f64::from(q) - my).powi(2)).sum();
+        let r = cov / (vx.sqrt() * vy.sqrt());
+        assert!(r > 0.95, "image {k}: correlation {r}");
+    }
+}
