@@ -6,8 +6,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::progress::Silent;
-use crate::synth::mimic_iv::MimicIvVersion;
-use crate::synth::studies::Syntax;
 use crate::synth::{self, ImageKinds, SynthConfig};
 use crate::{Error, Result};
 
@@ -38,16 +36,8 @@ pub fn run(exe: &Path, dir: &Path, subjects: usize) -> Result<BenchResult> {
         let t = Instant::now();
         let summary = synth::run(
             &SynthConfig {
-                out: archive.clone(),
-                subjects,
-                seed: 1,
-                mimic_iv: MimicIvVersion { major: 2, minor: 2 },
                 images: ImageKinds { dicom: false, jpg: false },
-                image_size: (512, 512),
-                from_mimic_iv: None,
-                split_fractions: [0.8, 0.1, 0.1],
-                syntaxes: vec![Syntax::ExplicitLittle],
-                force: true,
+                ..SynthConfig::new(archive.clone(), subjects, 1)
             },
             &Silent,
         )?;

@@ -373,7 +373,7 @@ fn publish(
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(format!("manifest: {e}")))?;
     crate::synth::table::write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     fs_err::rename(tmp, dir)?;
-    Ok(())
+    crate::versions::record(&cfg.out, version)
 }
 
 /// The rejected images of a version.

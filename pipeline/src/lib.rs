@@ -1,22 +1,14 @@
 //! The `pipeline` library: everything the `pipeline` binary does, testable in-process.
 //!
-//! Today it holds the synthetic archive generator ([`synth`]); the build stages (linkage,
-//! features, image shards) follow the same pattern.
+//! In data-flow order: [`synth`] writes a synthetic archive; [`build`] runs the dataset build:
+//! [`discover`] finds the inputs, [`ingest`] reads them against [`schema`], [`link`] runs the
+//! SQL linkage, [`labels`] attaches labels and splits, [`encode`] the EHR features,
+//! [`preprocess`] and [`images`] the image shards, [`report`] the cohort report; [`bench`]
+//! times the table stage.
 //!
 //! ```no_run
-//! use pipeline::synth::{self, ImageKinds, SynthConfig, mimic_iv::MimicIvVersion, studies::Syntax};
-//! let cfg = SynthConfig {
-//!     out: "/tmp/synthetic-mimic".into(),
-//!     subjects: 50,
-//!     seed: 1,
-//!     mimic_iv: MimicIvVersion::parse("2.2").unwrap(),
-//!     images: ImageKinds { dicom: true, jpg: true },
-//!     image_size: (256, 256),
-//!     from_mimic_iv: None,
-//!     split_fractions: [0.8, 0.1, 0.1],
-//!     syntaxes: vec![Syntax::ExplicitLittle],
-//!     force: true,
-//! };
+//! use pipeline::synth::{self, SynthConfig};
+//! let cfg = SynthConfig { image_size: (256, 256), ..SynthConfig::new("/tmp/synthetic-mimic".into(), 50, 1) };
 //! let summary = synth::run(&cfg, &pipeline::progress::Silent).unwrap();
 //! println!("{} images", summary.images);
 //! ```
@@ -38,5 +30,6 @@ pub mod progress;
 pub mod report;
 pub mod schema;
 pub mod synth;
+pub mod versions;
 
 pub use error::{Error, Result};

@@ -37,6 +37,16 @@ enum Command {
     Build(BuildArgs),
     /// Run the whole job end to end on an embedded default (a small synthetic archive).
     Demo(DemoArgs),
+    /// Re-check every file of a built version against its manifest (sha256, row counts).
+    Verify {
+        /// The version folder, OUT/<version>.
+        dir: PathBuf,
+    },
+    /// List the versions built in an output folder.
+    List {
+        /// The output folder given to `build --out`.
+        out: PathBuf,
+    },
     /// Time the table stage of `build` on a full-size synthetic archive (tables only) and
     /// print rows/s and peak memory.
     Bench(BenchArgs),
@@ -366,6 +376,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
             }
         }
+        Command::Verify { dir } => {
+            let (checked, problems) = pipeline::versions::verify(&dir)?;
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{}: {p}", dir.display());
+                }
+                bail!("{} of {checked} files failed verification", problems.len());
+            }
+            println!("{}: {checked} files verified", dir.display());
+        }
+        Command::List { out } => {
+            for line in pipeline::versions::list(&out)? {
+                println!("{line}");
+            }
+        }
         Command::Bench(args) => {
             let exe = std::env::current_exe().context("locating the pipeline executable")?;
             eprintln!("bench: the table stage (--images none)");
@@ -384,18 +409,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");
             eprintln!("demo 1/2: generating a synthetic MIMIC archive in {}", archive.display());
-            let cfg = SynthConfig {
-                out: archive,
-                subjects: args.subjects,
-                seed: 24,
-                mimic_iv: MimicIvVersion { major: 2, minor: 2 },
-                images: ImageKinds { dicom: true, jpg: true },
-                image_size: (256, 256),
-                from_mimic_iv: None,
-                split_fractions: [0.8, 0.1, 0.1],
-                syntaxes: vec![Syntax::ExplicitLittle],
-                force: true,
-            };
+            let cfg = SynthConfig { image_size: (256, 256), ..SynthConfig::new(archive, args.subjects, 24) };
             let summary = synth::run(&cfg, &progress)?;
             print_summary(&summary);
             let datasets = args.out.join("datasets");

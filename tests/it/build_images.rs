@@ -122,3 +122,26 @@ fn dicom_and_jpg_sources_agree() {
         assert!(r > 0.95, "image {k}: correlation {r}");
     }
 }
+
+#[test]
+fn verify_catches_a_changed_shard_and_list_shows_versions() {
+    let root = &small().root;
+    let out = tempfile::tempdir().unwrap();
+    let built = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap();
+    let (checked, problems) = pipeline::versions::verify(&built.dir).unwrap();
+    assert!(checked >= 2 && problems.is_empty(), "{problems:?}");
+    let other =
+        build(&BuildConfig { image_size: 24, ..images_config(root, out.path(), ImageSource::Dicom) }, &Silent).unwrap();
+    let lines = pipeline::versions::list(out.path()).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().any(|l| l.starts_with(&built.version)) && lines.iter().any(|l| l.starts_with(&other.version)));
+    // Flip one pixel byte of the first shard.
+    let shard = built.dir.join(IMAGES_DIR).join(shard_name(0));
+    let mut bytes = fs_err::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs_err::write(&shard, bytes).unwrap();
+    let (_, problems) = pipeline::versions::verify(&built.dir).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains(&shard_name(0)) && problems[0].contains("sha256"));
+}

@@ -10,5 +10,6 @@ mod dicom_files;
 mod fixture;
 mod from_demo;
 mod mimic_iv_format;
+mod real_dicom;
 mod reproducible;
 mod schemas;

@@ -74,6 +74,25 @@ pub struct SynthConfig {
     pub force: bool,
 }
 
+impl SynthConfig {
+    /// The defaults of `pipeline synth`: MIMIC-IV 2.2, DICOM + JPG at 512x512, Explicit VR
+    /// Little Endian, split 0.8/0.1/0.1, replacing an existing archive.
+    pub fn new(out: PathBuf, subjects: usize, seed: u64) -> Self {
+        Self {
+            out,
+            subjects,
+            seed,
+            mimic_iv: MimicIvVersion { major: 2, minor: 2 },
+            images: ImageKinds { dicom: true, jpg: true },
+            image_size: (512, 512),
+            from_mimic_iv: None,
+            split_fractions: [0.8, 0.1, 0.1],
+            syntaxes: vec![Syntax::ExplicitLittle],
+            force: true,
+        }
+    }
+}
+
 /// What a run wrote.
 #[derive(Debug, Clone)]
 pub struct SynthSummary {
