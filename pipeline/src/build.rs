@@ -292,6 +292,16 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         cfg.fail_fast,
         progress,
     )?;
+    if !stage.rejects.is_empty() && stage.rejects.len() == encoded.height() {
+        let first = &stage.rejects[0];
+        fs_err::remove_dir_all(&tmp)?;
+        return Err(Error::Config(format!(
+            "all {} images were rejected, e.g. {}: {}; check --images and the image folders",
+            stage.rejects.len(),
+            first.path,
+            first.reason
+        )));
+    }
     let kept = encoded
         .filter(&BooleanChunked::from_slice("kept".into(), &stage.kept))
         .map_err(pe("dropping rejected images"))?;

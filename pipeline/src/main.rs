@@ -57,9 +57,14 @@ struct BenchArgs {
     /// Working folder; the generated archive is kept there and reused by later runs.
     #[arg(long, default_value = "out/bench")]
     dir: PathBuf,
-    /// Subjects with chest X-rays (90,000 gives about as many images as MIMIC-CXR).
-    #[arg(long, default_value_t = 90_000)]
-    subjects: usize,
+    /// Subjects with chest X-rays (default: 90,000 for the table stage, about as many images
+    /// as MIMIC-CXR; 40 for the image stage).
+    #[arg(long)]
+    subjects: Option<usize>,
+    /// Stage to time: table (linkage and features, tables only) or images (decode and
+    /// preprocess of full-size 16-bit uncompressed DICOMs).
+    #[arg(long, default_value = "table", value_parser = ["table", "images"])]
+    stage: String,
 }
 
 #[derive(Debug, Args)]
@@ -393,18 +398,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => {
             let exe = std::env::current_exe().context("locating the pipeline executable")?;
-            eprintln!("bench: the table stage (--images none)");
-            let r = pipeline::bench::run(&exe, &args.dir, args.subjects)?;
+            let (stage, subjects) = match args.stage.as_str() {
+                "images" => (pipeline::bench::BenchStage::Images, args.subjects.unwrap_or(40)),
+                _ => (pipeline::bench::BenchStage::Table, args.subjects.unwrap_or(90_000)),
+            };
+            eprintln!("bench: the {} stage, {subjects} subjects", args.stage);
+            let r = pipeline::bench::run(&exe, &args.dir, subjects, stage)?;
             if let Some(s) = r.generate_seconds {
-                println!("generated {} (tables only) in {s:.1} s", r.archive.display());
+                println!("generated {} in {s:.1} s", r.archive.display());
             }
-            println!(
-                "table stage: {} images in {:.2} s wall = {:.0} images/s; peak memory {}",
-                r.images,
-                r.build_seconds,
-                r.images as f64 / r.build_seconds,
-                r.build_peak_kib.map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
-            );
+            let peak = r.build_peak_kib.map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+            let rate = r.images as f64 / r.build_seconds;
+            if stage == pipeline::bench::BenchStage::Images {
+                let mb = r.image_bytes as f64 / 1e6 / r.build_seconds;
+                println!(
+                    "build with images: {} images ({:.0} MB of DICOM) in {:.2} s wall = {rate:.1} images/s, {mb:.0} MB/s; peak memory {peak}",
+                    r.images,
+                    r.image_bytes as f64 / 1e6,
+                    r.build_seconds
+                );
+            } else {
+                println!(
+                    "table stage: {} images in {:.2} s wall = {rate:.0} images/s; peak memory {peak}",
+                    r.images, r.build_seconds
+                );
+            }
         }
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");

@@ -145,3 +145,15 @@ fn verify_catches_a_changed_shard_and_list_shows_versions() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains(&shard_name(0)) && problems[0].contains("sha256"));
 }
+
+#[test]
+fn a_build_where_every_image_is_rejected_fails_and_publishes_nothing() {
+    // A tables-only archive: the DICOM tree holds reports but no images.
+    let root = &crate::fixture::tables_of("2.2").root;
+    let out = tempfile::tempdir().unwrap();
+    let err = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap_err().to_string();
+    assert!(err.contains("images were rejected") && err.contains(".dcm"), "{err}");
+    assert!(fs_err::read_dir(out.path()).unwrap().next().is_none(), "nothing is published");
+    let err = build(&images_config(root, out.path(), ImageSource::Jpg), &Silent).unwrap_err().to_string();
+    assert!(err.contains("no MIMIC-CXR-JPG image tree"), "{err}");
+}
