@@ -112,7 +112,8 @@ fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
+/// Hex sha256 of a file's bytes.
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = fs_err::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -126,7 +127,8 @@ fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&h.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of bytes.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

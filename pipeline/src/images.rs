@@ -100,7 +100,7 @@ fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>> {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    crate::build::hex(&Sha256::digest(bytes))
 }
 
 fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {

@@ -57,22 +57,6 @@ pub fn list(out: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut f = fs_err::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Re-checks every file the manifest lists (existence, sha256, image shard row counts);
 /// returns the files checked and the problems found.
 pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
@@ -89,7 +73,7 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
                 problems.push(format!("{rel}: missing"));
                 continue;
             }
-            let sha = sha256_of(&path)?;
+            let sha = crate::build::sha256_file(&path)?;
             if Some(sha.as_str()) != part[sha_key].as_str() {
                 problems.push(format!("{rel}: sha256 {sha} differs from the manifest"));
                 continue;
