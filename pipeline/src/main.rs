@@ -32,8 +32,9 @@ struct Cli {
 enum Command {
     /// Write a synthetic MIMIC-CXR / MIMIC-CXR-JPG / MIMIC-IV archive in the PhysioNet layout.
     Synth(SynthArgs),
-    /// Build the dataset table: link MIMIC-CXR images to MIMIC-IV stays, encode the EHR
-    /// features, attach labels and splits, and publish Parquet under a content-addressed version.
+    /// Build the dataset: link MIMIC-CXR images to MIMIC-IV stays, encode the EHR features,
+    /// attach labels and splits, preprocess the images, and publish Parquet parts and image
+    /// shards under a content-addressed version.
     Build(BuildArgs),
     /// Run the whole job end to end on an embedded default (a small synthetic archive).
     Demo(DemoArgs),
@@ -47,8 +48,8 @@ enum Command {
         /// The output folder given to `build --out`.
         out: PathBuf,
     },
-    /// Time the table stage of `build` on a full-size synthetic archive (tables only) and
-    /// print rows/s and peak memory.
+    /// Time `build` on a synthetic archive: the table stage (full-size tables) or the image
+    /// stage (full-size DICOMs); prints images/s and peak memory.
     Bench(BenchArgs),
 }
 
