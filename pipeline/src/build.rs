@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::discover::{Inputs, Roots, discover};
 use crate::encode::{MissingPolicy, encode};
-use crate::images::{self, IMAGES_DIR, ImageSource, Stage};
+use crate::images::{self, IMAGES_DIR, ImageSource, RunOptions, Stage, Subset};
 use crate::labels::{Labeler, SplitSource, Uncertain, attach_labels, attach_split, check_leakage};
 use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
 use crate::progress::Progress;
@@ -38,8 +38,12 @@ pub struct BuildConfig {
     pub images: ImageSource,
     /// Side of the square 8-bit output images.
     pub image_size: usize,
-    /// Stop at the first bad image instead of recording it as a reject.
-    pub fail_fast: bool,
+    /// Fingerprint image files by their whole content instead of size, modification time and
+    /// the first 64 KiB (`--verify-inputs full`).
+    pub verify_inputs_full: bool,
+    /// How the image stage runs (fail-fast, shard subset, merge, workers); never changes
+    /// the output.
+    pub run: RunOptions,
 }
 
 impl BuildConfig {
@@ -50,7 +54,7 @@ impl BuildConfig {
             MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
         };
         format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\n",
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
             self.missing.name(),
             self.drop_missing_sex,
             self.drop_rare_views,
@@ -60,7 +64,12 @@ impl BuildConfig {
             self.shard_size,
             self.images.name(),
             self.image_size,
-            PREPROCESSING
+            PREPROCESSING,
+            if self.verify_inputs_full {
+                "sha256 of the whole file"
+            } else {
+                "size, mtime, sha256 of the first 64 KiB"
+            }
         )
     }
 }
@@ -77,6 +86,19 @@ pub struct BuildSummary {
     /// True when this version already existed and nothing was written.
     pub reused: bool,
     pub cohort: Option<Cohort>,
+    /// Set after a `--shard-index` run: nothing is published until `pipeline merge`.
+    pub partial: Option<Partial>,
+}
+
+/// What a partial (`--shard-index`) build did.
+#[derive(Debug, Clone, Copy)]
+pub struct Partial {
+    pub subset: Subset,
+    /// Units (shards) built by this run.
+    pub built: usize,
+    /// Units committed so far by all runs, including this one.
+    pub committed: usize,
+    pub units: usize,
 }
 
 /// Folder of the feature table's Parquet parts inside a version folder.
@@ -173,9 +195,10 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
     Ok(t)
 }
 
-/// The dataset version id: a hash of the input tables' contents, the resolved config, the SQL
-/// and schema text and the pipeline version. Also returns the schema hash.
-pub fn version_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConfig) -> Result<(String, String)> {
+/// The hash of a build's tables: their contents, the resolved config, the SQL and schema text
+/// and the pipeline version (the dataset version id before the images are fingerprinted).
+/// Also returns the schema hash.
+pub fn tables_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConfig) -> Result<(String, String)> {
     let mut h = Sha256::new();
     h.update(format!("pipeline {}\n", env!("CARGO_PKG_VERSION")));
     // Headers read from DICOM files: their names and sizes.
@@ -197,15 +220,26 @@ pub fn version_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildCon
     }
     let schema_hash = hex(&sh.finalize());
     h.update(&schema_hash);
-    Ok((hex(&h.finalize())[..16].to_string(), schema_hash))
+    Ok((hex(&h.finalize()), schema_hash))
+}
+
+/// The dataset version id: the tables' hash and the fingerprint of the image files used.
+pub fn version_id(tables_id: &str, source: ImageSource, images: &str) -> String {
+    let h = Sha256::digest(format!("{tables_id}\nimages {} {images}\n", source.name()));
+    hex(&h)[..16].to_string()
 }
 
 fn read(path: &Path, schema: &str, version: &str) -> Result<DataFrame> {
     ingest::read(path, &Schema::get(schema)?, version)
 }
 
-/// Runs the table stage.
+/// Runs the build: the table stage, then the image stage, then publishes the version.
 pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary> {
+    if let Some(s) = cfg.run.subset
+        && (s.count == 0 || s.index >= s.count)
+    {
+        return Err(Error::Config(format!("--shard-index {} must be below --num-shards {}", s.index, s.count)));
+    }
     let inputs = discover(&cfg.roots)?;
     let tables = tables(&inputs, cfg)?;
     let path_of = |role: &str| tables.iter().find(|(r, _)| *r == role).map(|(_, p)| p.clone());
@@ -213,11 +247,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         (None, Some(d)) => crate::dicom_meta::dicom_files(&d.root, d.record_list.as_deref())?,
         _ => Vec::new(),
     };
-    let (version, schema_hash) = version_id(&tables, &dicoms, cfg)?;
-    let dir = cfg.out.join(&version);
-    if dir.join(MANIFEST).is_file() {
-        return Ok(BuildSummary { version, dir, reused: true, cohort: None });
-    }
+    let (tables_hash, schema_hash) = tables_id(&tables, &dicoms, cfg)?;
     progress.start("tables", 6);
     let iv_version = inputs.mimic_iv.version.clone();
     let cxr = "2.0.0";
@@ -273,44 +303,62 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     progress.advance(1);
     progress.finish();
 
-    let tmp = cfg.out.join(format!(".tmp-{version}"));
-    if tmp.exists() {
-        fs_err::remove_dir_all(&tmp)?;
-    }
-    fs_err::create_dir_all(tmp.join(FEATURES_DIR))?;
     let (source, root) = images::resolve(
         cfg.images,
         inputs.cxr_dicom.as_ref().map(|d| d.root.as_path()),
         inputs.cxr_jpg.as_ref().map(|j| j.root.as_path()),
     )?;
+    let fingerprint = match images::extension(source) {
+        Some(ext) => {
+            let rows = images::relative_paths(&encoded, ext)?;
+            images::fingerprint(&root, &rows, cfg.verify_inputs_full, progress)
+        }
+        None => "none".to_string(),
+    };
+    let version = version_id(&tables_hash, source, &fingerprint);
+    let dir = cfg.out.join(&version);
+    if dir.join(MANIFEST).is_file() {
+        return Ok(BuildSummary { version, dir, reused: true, cohort: None, partial: None });
+    }
+    // The working folder persists until publication: a killed build resumes from it, and the
+    // processes of a sharded build share it.
+    let work = cfg.out.join(format!(".tmp-{version}"));
+    fs_err::create_dir_all(work.join(FEATURES_DIR))?;
     let stage = images::run(
         &encoded,
         source,
         &root,
         cfg.image_size,
         cfg.shard_size.max(1),
-        &tmp,
+        &work,
         &version,
-        cfg.fail_fast,
+        cfg.run,
         progress,
     )?;
+    // A subset run never publishes (two finishing at once would race); `merge` does.
+    if let Some(subset) = cfg.run.subset {
+        let committed = stage.units.len() - stage.units.iter().filter(|u| !images::is_committed(&work, u)).count();
+        let partial = Partial { subset, built: stage.built, committed, units: stage.units.len() };
+        return Ok(BuildSummary { version, dir: work, reused: false, cohort: Some(cohort), partial: Some(partial) });
+    }
     if !stage.rejects.is_empty() && stage.rejects.len() == encoded.height() {
         let first = &stage.rejects[0];
-        fs_err::remove_dir_all(&tmp)?;
-        return Err(Error::Config(format!(
+        let msg = format!(
             "all {} images were rejected, e.g. {}: {}; check --images and the image folders",
             stage.rejects.len(),
             first.path,
             first.reason
-        )));
+        );
+        fs_err::remove_dir_all(&work)?;
+        return Err(Error::Config(msg));
     }
     let kept = encoded
         .filter(&BooleanChunked::from_slice("kept".into(), &stage.kept))
         .map_err(pe("dropping rejected images"))?;
     cohort.rejected_images = stage.rejects.len();
     cohort.finish(&kept)?;
-    publish(&kept, &stage, source, cfg, &cohort, &tmp, &dir, &version, &schema_hash)?;
-    Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort) })
+    publish(&encoded, &stage, source, cfg, &cohort, &work, &dir, &version, &schema_hash)?;
+    Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort), partial: None })
 }
 
 /// The report files of a version.
@@ -322,9 +370,10 @@ pub const MANIFEST: &str = "manifest.json";
 
 /// Writes the feature parts (aligned with the image shards), the rejects, the report and the
 /// manifest into `tmp`, then renames it to `dir`, so a version folder is complete or absent.
+/// `all` is the table before rejected images are dropped.
 #[allow(clippy::too_many_arguments)]
 fn publish(
-    df: &DataFrame,
+    all: &DataFrame,
     stage: &Stage,
     source: ImageSource,
     cfg: &BuildConfig,
@@ -334,11 +383,12 @@ fn publish(
     version: &str,
     schema_hash: &str,
 ) -> Result<()> {
-    let shard = cfg.shard_size.max(1);
-    let parts = df.height().div_ceil(shard).max(1);
     let mut part_entries = Vec::new();
-    for i in 0..parts {
-        let part = df.slice((i * shard) as i64, shard);
+    let mut rows = 0;
+    for (i, unit) in stage.units.iter().enumerate() {
+        let mask = BooleanChunked::from_slice("kept".into(), &stage.kept[unit.first..unit.first + unit.rows]);
+        let part = all.slice(unit.first as i64, unit.rows).filter(&mask).map_err(pe("dropping rejected images"))?;
+        rows += part.height();
         let rel = format!("{FEATURES_DIR}/{}", part_name(i));
         write_parquet(&part, &tmp.join(&rel), version, schema_hash)?;
         let image = stage.shards.get(i);
@@ -376,7 +426,7 @@ fn publish(
         },
         "counts": {
             "images_read": cohort.images_read,
-            "rows": df.height(),
+            "rows": rows,
             "rejected": stage.rejects.len(),
         },
         "rejects": REJECTS,
@@ -384,6 +434,10 @@ fn publish(
     });
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(format!("manifest: {e}")))?;
     crate::synth::table::write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    let progress_dir = tmp.join(images::PROGRESS_DIR);
+    if progress_dir.exists() {
+        fs_err::remove_dir_all(progress_dir)?;
+    }
     fs_err::rename(tmp, dir)?;
     crate::versions::record(&cfg.out, version)
 }

@@ -1,12 +1,20 @@
 //! The image stage of `build`: every row of the feature table is decoded and preprocessed
-//! (in parallel, a bounded chunk at a time), accepted images are appended to safetensors
-//! shards of `shard_size` images in table order, and bad files become rejects.
+//! (in parallel, a bounded chunk at a time), accepted images go to safetensors shards in
+//! table order, and bad files become rejects.
+//!
+//! The table is cut into fixed units of `shard_size` rows; unit `i` becomes image shard `i`
+//! and feature part `i` (its rows minus its rejects). Each unit is committed on its own (the
+//! shard, then a small record, each written to a temporary name and renamed), so a killed
+//! build resumes from the committed units, and separate processes can build disjoint sets
+//! of units (`--shard-index`/`--num-shards`) that `pipeline merge` publishes.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::shard::Shard;
 use polars::prelude::*;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::preprocess::{self, Gray, Reject};
@@ -50,7 +58,7 @@ pub fn shard_name(i: usize) -> String {
 pub struct RejectRow {
     pub dicom_id: String,
     pub path: String,
-    pub stage: &'static str,
+    pub stage: String,
     pub reason: Reject,
 }
 
@@ -63,26 +71,77 @@ pub struct ShardInfo {
     pub sha256: String,
 }
 
-/// Result of the stage: which table rows were kept (in order), the rejects and the shards.
+/// One unit of work: the table rows `first..first + rows` become image shard `index` and
+/// feature part `index` (minus their rejects). Units are fixed by the table and
+/// `--shard-size`, so any subset can be built by any process, in any order, and a build
+/// resumes from the units already committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    pub index: usize,
+    pub first: usize,
+    pub rows: usize,
+}
+
+/// The units of a table of `rows` rows (at least one, possibly empty).
+pub fn units(rows: usize, shard_size: usize) -> Vec<Unit> {
+    let size = shard_size.max(1);
+    let n = rows.div_ceil(size).max(1);
+    (0..n).map(|index| Unit { index, first: index * size, rows: size.min(rows - (index * size).min(rows)) }).collect()
+}
+
+/// Which units a process builds: `index` of `count` (`--shard-index`, `--num-shards`);
+/// unit `u` belongs to subset `u % count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subset {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Subset {
+    pub fn contains(self, unit: &Unit) -> bool {
+        unit.index % self.count == self.index
+    }
+}
+
+/// How the stage runs; none of this changes the output.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Stop at the first bad image.
+    pub fail_fast: bool,
+    /// Build only these units, then stop without publishing.
+    pub subset: Option<Subset>,
+    /// Build nothing: every unit must already be committed (`pipeline merge`).
+    pub merge_only: bool,
+    /// Decoding threads (0: one per core).
+    pub workers: usize,
+}
+
+/// What the stage did: per unit, which rows were kept, the rejects and the shard.
 #[derive(Debug, Default)]
 pub struct Stage {
+    pub units: Vec<Unit>,
+    /// One per table row, in order.
     pub kept: Vec<bool>,
     pub rejects: Vec<RejectRow>,
+    /// One per unit (none when the build has no images).
     pub shards: Vec<ShardInfo>,
+    /// Units committed by an earlier, interrupted or partial, run and reused.
+    pub resumed: usize,
+    /// Units built by this run.
+    pub built: usize,
+    /// False after a partial (`--shard-index`) run that left units to other processes.
+    pub complete: bool,
 }
 
 /// A file decoder of one source.
 type Decoder = fn(&Path) -> std::result::Result<Gray, Reject>;
-
-/// Images decoded in parallel at a time; bounds memory whatever the dataset size.
-const CHUNK: usize = 64;
 
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
 }
 
 /// `files/p10/p10000032/s50414267/<dicom_id>.<ext>` for each row of the table.
-fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>> {
+pub fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>> {
     let d = df.column("dicom_id").map_err(pe("dicom_id"))?.str().map_err(pe("dicom_id"))?.clone();
     let sub = df.column("subject_id").map_err(pe("subject_id"))?.cast(&DataType::Int64).map_err(pe("subject_id"))?;
     let stu = df.column("study_id").map_err(pe("study_id"))?.cast(&DataType::Int64).map_err(pe("study_id"))?;
@@ -99,8 +158,51 @@ fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>> {
         .collect())
 }
 
+/// File extension of a source's images.
+pub fn extension(source: ImageSource) -> Option<&'static str> {
+    match source {
+        ImageSource::Dicom => Some("dcm"),
+        ImageSource::Jpg => Some("jpg"),
+        ImageSource::None | ImageSource::Auto => None,
+    }
+}
+
 fn sha256(bytes: &[u8]) -> String {
     crate::build::hex(&Sha256::digest(bytes))
+}
+
+/// Folder of the per-unit commit records inside the working folder (removed on publish).
+pub const PROGRESS_DIR: &str = "progress";
+
+fn record_path(work: &Path, unit: usize) -> PathBuf {
+    work.join(PROGRESS_DIR).join(format!("unit-{unit:05}.json"))
+}
+
+/// What a committed unit holds; written after its shard, so a record means a whole shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UnitRecord {
+    unit: usize,
+    first: usize,
+    rows: usize,
+    /// Rows (relative to `first`) that were rejected, with why.
+    rejected: Vec<(usize, String, String)>,
+    file: String,
+    images: usize,
+    bytes: u64,
+    sha256: String,
+}
+
+/// The record of a committed unit, if it is there and matches the unit and its shard file.
+fn committed(work: &Path, unit: &Unit) -> Option<UnitRecord> {
+    let text = fs_err::read_to_string(record_path(work, unit.index)).ok()?;
+    let rec: UnitRecord = serde_json::from_str(&text).ok()?;
+    let on_disk = fs_err::metadata(work.join(&rec.file)).ok()?.len();
+    (rec.unit == unit.index && rec.first == unit.first && rec.rows == unit.rows && on_disk == rec.bytes).then_some(rec)
+}
+
+/// Whether a unit is committed in the working folder.
+pub fn is_committed(work: &Path, unit: &Unit) -> bool {
+    committed(work, unit).is_some()
 }
 
 fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
@@ -111,7 +213,66 @@ fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
     Ok(ShardInfo { file, rows: shard.len(), bytes: bytes.len() as u64, sha256: sha256(&bytes) })
 }
 
-/// Runs the stage over the rows of `df`, writing shards under `version_dir/images/`.
+/// Decodes one file; a decoder panic on a hostile file becomes a reject, not a crash.
+fn decode_one(decode: Decoder, path: &Path, size: usize) -> std::result::Result<Vec<u8>, Reject> {
+    match std::panic::catch_unwind(|| decode(path).map(|g| preprocess::square(&g, size))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            Err(format!("decoder failed: {}", msg.unwrap_or_else(|| "panic".into())))
+        }
+    }
+}
+
+/// Builds one unit: decodes its rows (a bounded chunk at a time, in parallel), writes its
+/// shard, then its record.
+#[allow(clippy::too_many_arguments)]
+fn build_unit(
+    unit: &Unit,
+    rows: &[(String, String)],
+    decode: Decoder,
+    project_root: &Path,
+    size: usize,
+    work: &Path,
+    version: &str,
+    fail_fast: bool,
+    chunk: usize,
+    progress: &dyn Progress,
+) -> Result<UnitRecord> {
+    let mut shard = Shard::new(size, size);
+    shard.metadata.insert("dataset_version".into(), version.into());
+    let mut rejected = Vec::new();
+    let mine = &rows[unit.first..unit.first + unit.rows];
+    for (c, part) in mine.chunks(chunk).enumerate() {
+        let done: Vec<std::result::Result<Vec<u8>, Reject>> =
+            part.par_iter().map(|(_, rel)| decode_one(decode, &project_root.join(rel), size)).collect();
+        for (k, ((_, rel), result)) in part.iter().zip(done).enumerate() {
+            match result {
+                Ok(pixels) => shard.push(&pixels).map_err(|e| Error::Config(e.to_string()))?,
+                Err(reason) if fail_fast => return Err(Error::Config(format!("{rel}: {reason} (--fail-fast)"))),
+                Err(reason) => rejected.push((c * chunk + k, "decode".to_string(), reason)),
+            }
+        }
+        progress.advance(part.len() as u64);
+    }
+    let info = write_shard(&shard, work, unit.index)?;
+    let rec = UnitRecord {
+        unit: unit.index,
+        first: unit.first,
+        rows: unit.rows,
+        rejected,
+        file: info.file,
+        images: info.rows,
+        bytes: info.bytes,
+        sha256: info.sha256,
+    };
+    let text = serde_json::to_string(&rec).map_err(|e| Error::Config(format!("unit record: {e}")))?;
+    crate::synth::table::write_atomic(&record_path(work, unit.index), text.as_bytes())?;
+    Ok(rec)
+}
+
+/// Runs the stage over the rows of `df` in the working folder `work` (shards under
+/// `work/images/`, commit records under `work/progress/`), reusing committed units.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     df: &DataFrame,
@@ -119,59 +280,111 @@ pub fn run(
     project_root: &Path,
     size: usize,
     shard_size: usize,
-    version_dir: &Path,
+    work: &Path,
     version: &str,
-    fail_fast: bool,
+    opts: RunOptions,
     progress: &dyn Progress,
 ) -> Result<Stage> {
-    let (ext, decode): (&str, Decoder) = match source {
-        ImageSource::Dicom => ("dcm", preprocess::decode_dicom),
-        ImageSource::Jpg => ("jpg", preprocess::decode_raster),
-        ImageSource::None | ImageSource::Auto => {
-            return Ok(Stage { kept: vec![true; df.height()], ..Stage::default() });
-        }
+    let units = units(df.height(), shard_size);
+    let Some(ext) = extension(source) else {
+        return Ok(Stage { units, kept: vec![true; df.height()], complete: true, ..Stage::default() });
     };
+    let decode: Decoder =
+        if source == ImageSource::Dicom { preprocess::decode_dicom } else { preprocess::decode_raster };
     let rows = relative_paths(df, ext)?;
-    progress.start("images", rows.len() as u64);
-    let mut stage = Stage { kept: Vec::with_capacity(rows.len()), ..Stage::default() };
-    let mut shard = Shard::new(size, size);
-    shard.metadata.insert("dataset_version".into(), version.into());
-    for chunk in rows.chunks(CHUNK) {
-        let done: Vec<std::result::Result<Vec<u8>, Reject>> = chunk
-            .par_iter()
-            .map(|(_, rel)| decode(&project_root.join(rel)).map(|g| preprocess::square(&g, size)))
-            .collect();
-        for ((dicom_id, rel), result) in chunk.iter().zip(done) {
-            match result {
-                Ok(pixels) => {
-                    shard.push(&pixels).map_err(|e| Error::Config(e.to_string()))?;
-                    stage.kept.push(true);
-                    if shard.len() == shard_size {
-                        stage.shards.push(write_shard(&shard, version_dir, stage.shards.len())?);
-                        shard.pixels.clear();
-                    }
-                }
-                Err(reason) => {
-                    if fail_fast {
-                        return Err(Error::Config(format!("{rel}: {reason} (--fail-fast)")));
-                    }
-                    stage.kept.push(false);
-                    stage.rejects.push(RejectRow {
-                        dicom_id: dicom_id.clone(),
-                        path: rel.clone(),
-                        stage: "decode",
-                        reason,
-                    });
-                }
+    fs_err::create_dir_all(work.join(IMAGES_DIR))?;
+    fs_err::create_dir_all(work.join(PROGRESS_DIR))?;
+    let mut records: Vec<Option<UnitRecord>> = units.iter().map(|u| committed(work, u)).collect();
+    let resumed = records.iter().filter(|r| r.is_some()).count();
+    let todo: Vec<&Unit> =
+        units.iter().filter(|u| records[u.index].is_none() && opts.subset.is_none_or(|s| s.contains(u))).collect();
+    if opts.merge_only && records.iter().any(Option::is_none) {
+        let missing: Vec<String> =
+            units.iter().filter(|u| records[u.index].is_none()).map(|u| u.index.to_string()).collect();
+        let shown = missing.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
+        return Err(Error::Config(format!(
+            "cannot merge: {} of {} shards are not built yet (shards {shown}{}); run the missing \
+             `pipeline build --shard-index I --num-shards N` jobs first (shard u belongs to index u % N)",
+            missing.len(),
+            units.len(),
+            if missing.len() > 10 { ", ..." } else { "" }
+        )));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.workers)
+        .build()
+        .map_err(|e| Error::Config(format!("starting {} decode threads: {e}", opts.workers)))?;
+    // Images in flight at once: a few per thread, whatever the dataset size.
+    let chunk = 4 * pool.current_num_threads();
+    let total: usize = todo.iter().map(|u| u.rows).sum();
+    if resumed > 0 && !todo.is_empty() {
+        progress.note(&format!("resuming: {resumed} of {} shards already built", units.len()));
+    }
+    progress.start("images", total as u64);
+    for unit in &todo {
+        let rec = pool.install(|| {
+            build_unit(unit, &rows, decode, project_root, size, work, version, opts.fail_fast, chunk, progress)
+        })?;
+        records[unit.index] = Some(rec);
+    }
+    progress.finish();
+    let complete = records.iter().all(Option::is_some);
+    let mut stage = Stage { resumed, built: todo.len(), complete, ..Stage::default() };
+    if complete {
+        stage.kept = vec![true; df.height()];
+        for (unit, rec) in units.iter().zip(records.into_iter().flatten()) {
+            for (k, st, reason) in rec.rejected {
+                let row = unit.first + k;
+                stage.kept[row] = false;
+                let (dicom_id, path) = rows[row].clone();
+                stage.rejects.push(RejectRow { dicom_id, path, stage: st, reason });
             }
+            stage.shards.push(ShardInfo { file: rec.file, rows: rec.images, bytes: rec.bytes, sha256: rec.sha256 });
+        }
+    }
+    stage.units = units;
+    Ok(stage)
+}
+
+/// Fingerprint of the image files of a build, in row order: path, size, modification time
+/// and a sha256 of the first 64 KiB (the DICOM header and the start of the pixels), or of
+/// the whole file with `full`. A missing file has a fingerprint too (it becomes a reject).
+pub fn fingerprint(project_root: &Path, rows: &[(String, String)], full: bool, progress: &dyn Progress) -> String {
+    const HEAD: u64 = 64 * 1024;
+    progress.start("fingerprints", rows.len() as u64);
+    let one = |rel: &str| -> String {
+        let path = project_root.join(rel);
+        let Ok(meta) = std::fs::metadata(&path) else { return format!("{rel} missing\n") };
+        let mtime =
+            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+        let digest = if full {
+            crate::build::sha256_file(&path).unwrap_or_else(|e| format!("unreadable {e}"))
+        } else {
+            let mut h = Sha256::new();
+            match std::fs::File::open(&path) {
+                Ok(f) => {
+                    let mut buf = Vec::new();
+                    match f.take(HEAD).read_to_end(&mut buf) {
+                        Ok(_) => h.update(&buf),
+                        Err(e) => h.update(format!("unreadable {e}")),
+                    }
+                }
+                Err(e) => h.update(format!("unreadable {e}")),
+            }
+            crate::build::hex(&h.finalize())
+        };
+        format!("{rel} {} {mtime} {digest}\n", meta.len())
+    };
+    let mut h = Sha256::new();
+    for chunk in rows.chunks(1024) {
+        let lines: Vec<String> = chunk.par_iter().map(|(_, rel)| one(rel)).collect();
+        for l in lines {
+            h.update(l);
         }
         progress.advance(chunk.len() as u64);
     }
-    if !shard.is_empty() || stage.shards.is_empty() {
-        stage.shards.push(write_shard(&shard, version_dir, stage.shards.len())?);
-    }
     progress.finish();
-    Ok(stage)
+    crate::build::hex(&h.finalize())
 }
 
 /// The rejects as a frame (dicom_id, path, stage, reason).
@@ -184,7 +397,7 @@ pub fn rejects_frame(rejects: &[RejectRow]) -> Result<DataFrame> {
         vec![
             col("dicom_id", &|r| r.dicom_id.clone()),
             col("path", &|r| r.path.clone()),
-            col("stage", &|r| r.stage.to_string()),
+            col("stage", &|r| r.stage.clone()),
             col("reason", &|r| r.reason.clone()),
         ],
     )

@@ -3,18 +3,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use pipeline::build::{self, BuildConfig, BuildSummary};
 use pipeline::discover::Roots;
 use pipeline::encode::MissingPolicy;
-use pipeline::images::ImageSource;
+use pipeline::images::{ImageSource, RunOptions, Subset};
 use pipeline::labels::{Labeler, SplitSource, Uncertain};
 use pipeline::link::MatchRule;
-use pipeline::progress::Progress;
 use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
 use pipeline::synth::{self, ImageKinds, SynthConfig, SynthSummary};
@@ -36,6 +33,18 @@ enum Command {
     /// attach labels and splits, preprocess the images, and publish Parquet parts and image
     /// shards under a content-addressed version.
     Build(BuildArgs),
+    /// Publish a version whose image shards were built by separate `build --shard-index`
+    /// runs; takes the same options as those runs (without --shard-index/--num-shards) and
+    /// fails, listing them, if shards are missing.
+    Merge(BuildArgs),
+    /// Show what differs between two versions: settings, counts, rows added or removed, and
+    /// columns whose values changed.
+    Diff {
+        /// The first version folder, OUT/<version>.
+        a: PathBuf,
+        /// The second version folder.
+        b: PathBuf,
+    },
     /// Run the whole job end to end on an embedded default (a small synthetic archive).
     Demo(DemoArgs),
     /// Re-check every file of a built version against its manifest (sha256, row counts).
@@ -130,6 +139,21 @@ struct BuildArgs {
     /// Stop at the first unreadable image instead of listing it in rejects.parquet.
     #[arg(long)]
     fail_fast: bool,
+    /// How image files enter the version id: fast (size, modification time and a sha256 of the
+    /// first 64 KiB) or full (a sha256 of every byte; slow on the full archive).
+    #[arg(long, default_value = "fast", value_parser = ["fast", "full"])]
+    verify_inputs: String,
+    /// Build only the image shards of subset I of --num-shards (shard u belongs to subset
+    /// u % N), e.g. a Slurm array task's $SLURM_ARRAY_TASK_ID; `pipeline merge` then publishes.
+    #[arg(long, value_name = "I", requires = "num_shards")]
+    shard_index: Option<usize>,
+    /// Number of subsets the image shards are split into for --shard-index.
+    #[arg(long, value_name = "N", requires = "shard_index")]
+    num_shards: Option<usize>,
+    /// Image decoding threads (default: one per core). Memory in flight is about 4 images
+    /// per thread plus one shard.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
     /// Print the peak resident memory at the end (used by `pipeline bench`).
     #[arg(long, hide = true)]
     report_peak_memory: bool,
@@ -201,13 +225,37 @@ impl BuildArgs {
                 _ => ImageSource::Auto,
             },
             image_size: self.image_size,
-            fail_fast: self.fail_fast,
+            verify_inputs_full: self.verify_inputs == "full",
+            run: RunOptions {
+                fail_fast: self.fail_fast,
+                subset: match (self.shard_index, self.num_shards) {
+                    (Some(index), Some(count)) => {
+                        if count == 0 || index >= count {
+                            bail!("--shard-index {index} must be below --num-shards {count}");
+                        }
+                        Some(Subset { index, count })
+                    }
+                    _ => None,
+                },
+                merge_only: false,
+                workers: self.workers,
+            },
         })
     }
 }
 
 fn print_build(s: &BuildSummary) {
     let mut out = std::io::stdout().lock();
+    if let Some(p) = &s.partial {
+        let _ = writeln!(
+            out,
+            "dataset {}: shard subset {} of {} done ({} shards built now; {} of {} shards committed); \
+             run `pipeline merge` with the same options once every subset is done",
+            s.version, p.subset.index, p.subset.count, p.built, p.committed, p.units
+        );
+        let _ = writeln!(out, "{}", s.version);
+        return;
+    }
     if s.reused {
         let _ =
             writeln!(out, "dataset {} already built with these inputs and settings: {}", s.version, s.dir.display());
@@ -323,33 +371,6 @@ impl SynthArgs {
     }
 }
 
-/// Progress on stderr, one line per 10%.
-struct StderrProgress {
-    stage: Mutex<String>,
-    total: AtomicU64,
-    done: AtomicU64,
-}
-
-impl Progress for StderrProgress {
-    fn start(&self, stage: &str, total: u64) {
-        if let Ok(mut s) = self.stage.lock() {
-            *s = stage.to_string();
-        }
-        self.total.store(total, Ordering::Relaxed);
-        self.done.store(0, Ordering::Relaxed);
-    }
-    fn advance(&self, n: u64) {
-        let total = self.total.load(Ordering::Relaxed).max(1);
-        let before = self.done.fetch_add(n, Ordering::Relaxed);
-        let after = before + n;
-        if before * 10 / total != after * 10 / total {
-            let stage = self.stage.lock().map(|s| s.clone()).unwrap_or_default();
-            eprintln!("  {stage}: {after}/{total} ({}%)", after * 100 / total);
-        }
-    }
-    fn finish(&self) {}
-}
-
 fn print_summary(s: &SynthSummary) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "synthetic archive: {}", s.out.display());
@@ -366,8 +387,7 @@ fn print_summary(s: &SynthSummary) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let progress =
-        StderrProgress { stage: Mutex::new(String::new()), total: AtomicU64::new(0), done: AtomicU64::new(0) };
+    let progress = pipeline::progress::Stderr::default();
     match cli.command {
         Command::Synth(args) => {
             let cfg = args.resolve()?;
@@ -380,6 +400,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_build(&summary);
             if args.report_peak_memory {
                 eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
+            }
+        }
+        Command::Merge(args) => {
+            if args.shard_index.is_some() {
+                bail!("merge takes the build's options without --shard-index/--num-shards");
+            }
+            let mut cfg = args.resolve()?;
+            cfg.run.merge_only = true;
+            print_build(&build::build(&cfg, &progress)?);
+        }
+        Command::Diff { a, b } => {
+            for line in pipeline::versions::diff(&a, &b)? {
+                println!("{line}");
             }
         }
         Command::Verify { dir } => {
@@ -453,6 +486,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 images: "auto".into(),
                 image_size: 256,
                 fail_fast: false,
+                verify_inputs: "fast".into(),
+                shard_index: None,
+                num_shards: None,
+                workers: 0,
                 report_peak_memory: false,
             }
             .resolve()?;

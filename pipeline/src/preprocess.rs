@@ -35,7 +35,7 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
     let head = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| format!("not a readable DICOM file: {e}"))?;
+        .map_err(|e| format!("not a readable DICOM file: {}", why(&e)))?;
     let int = |tag| head.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok());
     let (rows, cols) = (int(tags::ROWS).unwrap_or(0), int(tags::COLUMNS).unwrap_or(0));
     if rows == 0 || cols == 0 {
@@ -45,19 +45,34 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
         return Err(format!("absurd size {rows}x{cols}"));
     }
     let spp = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    if spp != 1 {
-        return Err(format!("not grayscale: SamplesPerPixel {spp}"));
+    if spp != 1 && spp != 3 {
+        return Err(format!("SamplesPerPixel {spp}: expected 1 (grayscale) or 3 (color)"));
     }
-    let obj = dicom_object::open_file(path).map_err(|e| format!("not a readable DICOM file: {e}"))?;
+    let syntax = head.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    if let Some(name) = unsupported_syntax(&syntax) {
+        return Err(format!("unsupported transfer syntax {syntax} ({name})"));
+    }
+    let obj = dicom_object::open_file(path).map_err(|e| format!("not a readable DICOM file: {}", why(&e)))?;
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err("no pixel data".into());
     }
-    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| format!("cannot decode pixel data: {e}"))?;
-    let mut data: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| format!("cannot convert pixel data: {e}"))?;
+    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| format!("cannot decode pixel data: {}", why(&e)))?;
+    let samples: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| format!("cannot convert pixel data: {}", why(&e)))?;
     let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
-    if data.len() != rows * cols {
-        return Err(format!("pixel data holds {} samples for {rows}x{cols}", data.len()));
+    let spp = usize::from(decoded.samples_per_pixel());
+    if samples.len() != rows * cols * spp {
+        return Err(format!("pixel data holds {} samples for {rows}x{cols}x{spp}", samples.len()));
     }
+    let mut data = if spp == 3 {
+        // Color (secondary capture and the like), interleaved samples: luma, or the Y of YBR.
+        let at = |i: usize, c: usize| samples[i * 3 + c];
+        let ybr = decoded.photometric_interpretation().as_str().starts_with("YBR");
+        (0..rows * cols)
+            .map(|i| if ybr { at(i, 0) } else { 0.299 * at(i, 0) + 0.587 * at(i, 1) + 0.114 * at(i, 2) })
+            .collect()
+    } else {
+        samples
+    };
     let window = decoded.window().ok().flatten().and_then(|w| w.first().copied()).filter(|w| w.width > 1.0);
     match window {
         Some(w) => {
@@ -81,6 +96,36 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
         }
     }
     Ok(Gray { rows, cols, data })
+}
+
+/// An error and its causes on one line.
+fn why(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Transfer syntaxes this build cannot decode, with their names (JPEG-LS needs the CharLS C++
+/// library, which is not built in).
+fn unsupported_syntax(uid: &str) -> Option<&'static str> {
+    Some(match uid {
+        "1.2.840.10008.1.2.4.80" => "JPEG-LS Lossless",
+        "1.2.840.10008.1.2.4.81" => "JPEG-LS Near-Lossless",
+        "1.2.840.10008.1.2.4.100" | "1.2.840.10008.1.2.4.101" | "1.2.840.10008.1.2.4.102" => "MPEG-2 video",
+        "1.2.840.10008.1.2.4.103" | "1.2.840.10008.1.2.4.104" | "1.2.840.10008.1.2.4.105" => "MPEG-4 video",
+        "1.2.840.10008.1.2.4.106" | "1.2.840.10008.1.2.4.107" | "1.2.840.10008.1.2.4.108" => "MPEG-4 video",
+        "1.2.840.10008.1.2.4.110" | "1.2.840.10008.1.2.4.111" | "1.2.840.10008.1.2.4.112" => "JPEG XL",
+        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => "HTJ2K",
+        _ => return None,
+    })
 }
 
 /// Decodes a JPG or PNG (8- or 16-bit gray, RGB or RGBA) to gray.

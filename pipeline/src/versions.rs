@@ -89,3 +89,92 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
     }
     Ok((checked, problems))
 }
+
+/// The values of a column as text (null as `None`), for comparisons across versions.
+fn as_text(df: &polars::prelude::DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+    use polars::prelude::DataType;
+    let pe = |e| Error::Polars { context: format!("diff: column {name}"), source: e };
+    let col = df.column(name).map_err(pe)?.cast(&DataType::String).map_err(pe)?;
+    Ok(col.str().map_err(pe)?.iter().map(|v| v.map(str::to_string)).collect())
+}
+
+/// What differs between two versions: settings, counts, rows only in one, columns only in
+/// one, and for the images in both how many values of each column changed.
+pub fn diff(a: &Path, b: &Path) -> Result<Vec<String>> {
+    let (ma, mb) = (read_json(&a.join(MANIFEST))?, read_json(&b.join(MANIFEST))?);
+    let mut out = vec![
+        format!("a: {} ({})", ma["dataset_version"].as_str().unwrap_or("?"), a.display()),
+        format!("b: {} ({})", mb["dataset_version"].as_str().unwrap_or("?"), b.display()),
+    ];
+    let before = out.len();
+    let settings = |m: &Value| -> Vec<(String, String)> {
+        m["config"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    };
+    let (sa, sb) = (settings(&ma), settings(&mb));
+    for (k, va) in &sa {
+        match sb.iter().find(|(kb, _)| kb == k) {
+            Some((_, vb)) if vb != va => out.push(format!("setting {k}: {va} -> {vb}")),
+            None => out.push(format!("setting {k}: {va} -> (absent)")),
+            _ => {}
+        }
+    }
+    for (k, vb) in sb.iter().filter(|(k, _)| !sa.iter().any(|(ka, _)| ka == k)) {
+        out.push(format!("setting {k}: (absent) -> {vb}"));
+    }
+    if let (Some(ca), Some(cb)) = (ma["counts"].as_object(), mb["counts"].as_object()) {
+        for (k, va) in ca {
+            let vb = cb.get(k).cloned().unwrap_or(Value::Null);
+            if *va != vb {
+                out.push(format!("count {k}: {va} -> {vb}"));
+            }
+        }
+    }
+    let (fa, fb) = (crate::build::read_features(a)?, crate::build::read_features(b)?);
+    let (ids_a, ids_b) = (as_text(&fa, "dicom_id")?, as_text(&fb, "dicom_id")?);
+    let index_b: std::collections::HashMap<&str, usize> =
+        ids_b.iter().enumerate().filter_map(|(i, d)| d.as_deref().map(|d| (d, i))).collect();
+    let set_a: std::collections::HashSet<&str> = ids_a.iter().filter_map(|d| d.as_deref()).collect();
+    let only = |ids: &[Option<String>], other: &dyn Fn(&str) -> bool| -> Vec<String> {
+        ids.iter().filter_map(|d| d.clone()).filter(|d| !other(d)).collect()
+    };
+    let only_a = only(&ids_a, &|d| index_b.contains_key(d));
+    let only_b = only(&ids_b, &|d| set_a.contains(d));
+    for (side, ids) in [("a", &only_a), ("b", &only_b)] {
+        if !ids.is_empty() {
+            let eg: Vec<&str> = ids.iter().take(3).map(String::as_str).collect();
+            out.push(format!("rows: {} images only in {side} (e.g. {})", ids.len(), eg.join(", ")));
+        }
+    }
+    let names = |df: &polars::prelude::DataFrame| -> Vec<String> {
+        df.get_column_names().iter().map(|c| c.to_string()).collect()
+    };
+    let (cols_a, cols_b) = (names(&fa), names(&fb));
+    for (side, cols, other) in [("a", &cols_a, &cols_b), ("b", &cols_b, &cols_a)] {
+        let missing: Vec<&str> = cols.iter().filter(|c| !other.contains(c)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            out.push(format!("columns only in {side}: {}", missing.join(", ")));
+        }
+    }
+    // Row pairs of the images in both versions.
+    let pairs: Vec<(usize, usize)> = ids_a
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.as_deref().and_then(|d| index_b.get(d)).map(|&j| (i, j)))
+        .collect();
+    for c in cols_a.iter().filter(|c| cols_b.contains(c) && c.as_str() != "dicom_id") {
+        let (va, vb) = (as_text(&fa, c)?, as_text(&fb, c)?);
+        let changed = pairs.iter().filter(|&&(i, j)| va[i] != vb[j]).count();
+        if changed > 0 {
+            out.push(format!("column {c}: {changed} of {} shared images differ", pairs.len()));
+        }
+    }
+    if out.len() == before {
+        out.push("no differences in settings, counts or feature rows".into());
+    }
+    Ok(out)
+}

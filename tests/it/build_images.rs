@@ -91,8 +91,8 @@ fn shards_line_up_with_feature_parts_and_bad_files_are_rejects() {
         assert_eq!(part["images_sha256"], sha.as_str());
     }
     // --fail-fast stops at the first bad file instead.
-    let strict =
-        BuildConfig { fail_fast: true, ..images_config(&root, &out.path().join("strict"), ImageSource::Dicom) };
+    let mut strict = images_config(&root, &out.path().join("strict"), ImageSource::Dicom);
+    strict.run.fail_fast = true;
     let err = build(&strict, &Silent).unwrap_err().to_string();
     assert!(err.contains("--fail-fast"), "{err}");
 }

@@ -10,7 +10,7 @@ use cxr_dataset::{LABELS, label_column, raw_label_column};
 use pipeline::build::{BuildConfig, FEATURES_DIR, REPORT_JSON, REPORT_MD, build, part_name, read_features};
 use pipeline::discover::{Roots, discover};
 use pipeline::encode::MissingPolicy;
-use pipeline::images::ImageSource;
+use pipeline::images::{ImageSource, RunOptions};
 use pipeline::ingest;
 use pipeline::labels::{Labeler, SplitSource, Uncertain};
 use pipeline::link::{LinkInputs, MatchRule, images_from_metadata, link};
@@ -34,7 +34,8 @@ pub(crate) fn config(root: &Path, out: &Path) -> BuildConfig {
         shard_size: 100,
         images: ImageSource::None,
         image_size: 32,
-        fail_fast: false,
+        verify_inputs_full: false,
+        run: RunOptions { fail_fast: false, subset: None, merge_only: false, workers: 0 },
     }
 }
 

@@ -12,4 +12,5 @@ mod from_demo;
 mod mimic_iv_format;
 mod real_dicom;
 mod reproducible;
+mod resume;
 mod schemas;

@@ -109,3 +109,110 @@ fn a_real_digital_x_ray_for_presentation_decodes() {
     let m = out.iter().map(|&v| f64::from(v)).sum::<f64>() / out.len() as f64;
     assert!((10.0..245.0).contains(&m), "mean {m}");
 }
+
+/// pydicom's own test files: every transfer syntax it ships, and its malformed files.
+const PYDICOM: &str = "pydicom==3.0.2";
+
+fn pydicom_files(names: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let members: Vec<String> = names.iter().map(|n| format!("pydicom/data/test_files/{n}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    fetch(PYDICOM, "pydicom-*.whl", &members)
+}
+
+/// Decodes each file with panics caught, so one bad file cannot hide the others.
+fn outcome(p: &Path) -> Result<Gray, String> {
+    std::panic::catch_unwind(|| decode_dicom(p)).unwrap_or_else(|_| Err("PANIC".into()))
+}
+
+#[test]
+fn every_transfer_syntax_of_the_same_image_decodes_to_the_same_pixels() {
+    // MR_small in seven encodings; the lossless ones hold identical stored values.
+    let names = [
+        "MR_small.dcm",
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_expb.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_padded.dcm",
+    ];
+    let files = match pydicom_files(&names) {
+        Ok(f) => f,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let reference = square(&outcome(&files[0]).unwrap(), 64);
+    for (name, file) in names.iter().zip(&files).skip(1) {
+        let g = outcome(file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(square(&g, 64), reference, "{name}");
+    }
+}
+
+#[test]
+fn deflated_jpeg_and_color_files_decode() {
+    let names = [
+        "image_dfl.dcm",         // Deflated Explicit VR Little Endian
+        "SC_rgb_jpeg_dcmtk.dcm", // JPEG baseline, YBR
+        "SC_rgb_jpeg_gdcm.dcm",  // JPEG baseline, RGB
+        "SC_rgb_rle.dcm",        // RLE, RGB
+        "CT_small.dcm",
+        "JPEG2000.dcm",
+        "693_J2KI.dcm",
+    ];
+    let files = match pydicom_files(&names) {
+        Ok(f) => f,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    for (name, file) in names.iter().zip(&files) {
+        let g = outcome(file).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = square(&g, 32);
+        let (min, max) = (out.iter().min().unwrap(), out.iter().max().unwrap());
+        assert!(max - min > 50, "{name}: flat image {min}..{max}");
+    }
+}
+
+/// pydicom's malformed, truncated, pixel-less and unsupported files are rejects with a
+/// reason, never a panic.
+#[test]
+fn malformed_and_unsupported_files_are_rejected_with_reasons() {
+    let cases: [(&str, &str); 18] = [
+        ("MR_truncated.dcm", "not a readable DICOM file"),
+        ("rtplan_truncated.dcm", "not a readable DICOM file"),
+        ("no_meta.dcm", "not a readable DICOM file"),
+        ("no_meta_group_length.dcm", "not a readable DICOM file"),
+        ("meta_missing_tsyntax.dcm", "not a readable DICOM file"),
+        ("ExplVR_LitEndNoMeta.dcm", "not a readable DICOM file"),
+        ("UN_sequence.dcm", "not a readable DICOM file"),
+        ("rtplan.dcm", "no image"),
+        ("test-SR.dcm", "no image"),
+        ("waveform_ecg.dcm", "no image"),
+        ("empty_charset_LEI.dcm", "no image"),
+        ("badVR.dcm", "NumberOfFrames"),
+        ("liver_1frame.dcm", "BitsAllocated"),
+        ("MR_small_jpeg_ls_lossless.dcm", "unsupported transfer syntax 1.2.840.10008.1.2.4.80 (JPEG-LS Lossless)"),
+        ("JPEGLSNearLossless_16.dcm", "unsupported transfer syntax 1.2.840.10008.1.2.4.81 (JPEG-LS Near-Lossless)"),
+        ("JPEG2000-embedded-sequence-delimiter.dcm", "cannot decode pixel data"),
+        // 12-bit extended JPEG: jpeg-decoder reads 8-bit baseline/extended and lossless only.
+        ("JPEG-lossy.dcm", "cannot decode pixel data"),
+        ("ExplVR_BigEnd.dcm", "PlanarConfiguration"),
+    ];
+    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
+    let files = match pydicom_files(&names) {
+        Ok(f) => f,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    for ((name, expected), file) in cases.iter().zip(&files) {
+        match outcome(file) {
+            Ok(g) => panic!("{name}: decoded {}x{}, expected a reject", g.rows, g.cols),
+            Err(reason) => assert!(reason.contains(expected), "{name}: {reason:?} lacks {expected:?}"),
+        }
+    }
+}

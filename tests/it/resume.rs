@@ -1,0 +1,228 @@
+//! Versions that survive crashes and scale out: a build killed with SIGKILL resumes to the
+//! same bytes, three `--shard-index` builds plus `merge` equal one build, image files are
+//! fingerprinted into the version id, and `diff` names what changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pipeline::build::{BuildConfig, build};
+use pipeline::images::{ImageSource, PROGRESS_DIR, Subset};
+use pipeline::progress::Silent;
+use pipeline::synth::ImageKinds;
+use pipeline::synth::SynthConfig;
+
+use crate::build_table::{config, copy_tree};
+use crate::fixture::{Archive, CXR_DCM, generate, small};
+
+/// 30 subjects with 512x512 DICOMs (larger than the 64 KiB fingerprinted head, and slow
+/// enough to decode that a build can be killed part-way).
+fn large_images() -> &'static Archive {
+    static A: OnceLock<Archive> = OnceLock::new();
+    A.get_or_init(|| {
+        generate(|out| SynthConfig {
+            image_size: (512, 512),
+            ..crate::fixture::config(out, 30, 11, "2.2", ImageKinds { dicom: true, jpg: false })
+        })
+    })
+}
+
+fn shard_config(root: &Path, out: &Path) -> BuildConfig {
+    let mut cfg = BuildConfig { images: ImageSource::Dicom, image_size: 48, shard_size: 3, ..config(root, out) };
+    cfg.run.workers = 1;
+    cfg
+}
+
+/// Every file under `dir` (relative path -> bytes).
+fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs_err::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files.insert(p.strip_prefix(dir).unwrap().to_path_buf(), fs_err::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (tree(a), tree(b));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "same files");
+    for (name, bytes) in &ta {
+        assert!(bytes == &tb[name], "{} differs", name.display());
+    }
+}
+
+/// Run by [`a_killed_build_resumes_to_the_same_bytes`] in a child process: a plain build of
+/// `CXR_RESUME_ROOT` into `CXR_RESUME_OUT`. Ignored so that it runs only when asked for.
+#[test]
+#[ignore = "child process of a_killed_build_resumes_to_the_same_bytes"]
+fn resume_child_build() {
+    let root = PathBuf::from(std::env::var_os("CXR_RESUME_ROOT").expect("CXR_RESUME_ROOT"));
+    let out = PathBuf::from(std::env::var_os("CXR_RESUME_OUT").expect("CXR_RESUME_OUT"));
+    build(&shard_config(&root, &out), &Silent).unwrap();
+}
+
+fn spawn_child(root: &Path, out: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["resume::resume_child_build", "--exact", "--ignored", "--test-threads", "1"])
+        .env("CXR_RESUME_ROOT", root)
+        .env("CXR_RESUME_OUT", out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Committed units in the working folder of the (single) build under `out`.
+fn committed_units(out: &Path) -> usize {
+    let Ok(entries) = fs_err::read_dir(out) else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .filter_map(|e| fs_err::read_dir(e.path().join(PROGRESS_DIR)).ok())
+        .map(|d| d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .sum()
+}
+
+/// Starts a build and SIGKILLs it once at least `units` units are committed; returns how
+/// many were committed when it died.
+fn kill_after(root: &Path, out: &Path, units: usize) -> usize {
+    let mut child = spawn_child(root, out);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if committed_units(out) >= units {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the build ended ({status}) before {units} units were committed; nothing to resume");
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    committed_units(out)
+}
+
+#[test]
+fn a_killed_build_resumes_to_the_same_bytes() {
+    let root = &large_images().root;
+    let work = tempfile::tempdir().unwrap();
+    let (killed, reference) = (work.path().join("killed"), work.path().join("reference"));
+    // Killed twice, at different points, then finished.
+    let first = kill_after(root, &killed, 1);
+    let second = kill_after(root, &killed, first + 2);
+    assert!(second > first, "the second run went on from the first: {first} -> {second}");
+    let resumed = build(&shard_config(root, &killed), &Silent).unwrap();
+    assert!(!resumed.reused && resumed.partial.is_none());
+    let full = build(&shard_config(root, &reference), &Silent).unwrap();
+    assert_eq!(resumed.version, full.version);
+    assert!(full.cohort.as_ref().unwrap().images_out > 3 * second, "the kill came part-way through");
+    assert_same_tree(&resumed.dir, &full.dir);
+    let (_, problems) = pipeline::versions::verify(&resumed.dir).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(!killed.join(format!(".tmp-{}", resumed.version)).exists(), "the working folder became the version");
+}
+
+#[test]
+fn three_shard_subsets_and_merge_equal_one_build() {
+    let root = &small().root;
+    let work = tempfile::tempdir().unwrap();
+    let (sharded, whole) = (work.path().join("sharded"), work.path().join("whole"));
+    let subset = |index| {
+        let mut cfg = shard_config(root, &sharded);
+        cfg.run.subset = Some(Subset { index, count: 3 });
+        cfg
+    };
+    let merge = || {
+        let mut cfg = shard_config(root, &sharded);
+        cfg.run.merge_only = true;
+        build(&cfg, &Silent)
+    };
+    let p0 = build(&subset(0), &Silent).unwrap();
+    let partial = p0.partial.unwrap();
+    assert!(partial.built > 0 && partial.committed == partial.built && partial.units > 3 * partial.built - 3);
+    let err = merge().unwrap_err().to_string();
+    assert!(err.contains("not built yet") && err.contains("--shard-index"), "{err}");
+    assert!(!sharded.join(&p0.version).exists(), "nothing is published before the merge");
+    for i in [2, 1] {
+        let p = build(&subset(i), &Silent).unwrap();
+        assert_eq!(p.version, p0.version);
+    }
+    // A subset run again finds its shards committed.
+    let again = build(&subset(1), &Silent).unwrap();
+    assert_eq!(again.partial.unwrap().built, 0);
+    let merged = merge().unwrap();
+    assert!(merged.partial.is_none() && merged.dir.join(pipeline::build::MANIFEST).is_file());
+    let one = build(&shard_config(root, &whole), &Silent).unwrap();
+    assert_eq!(one.version, merged.version);
+    assert_same_tree(&merged.dir, &one.dir);
+}
+
+fn set_byte(path: &Path, at: usize) {
+    let meta = fs_err::metadata(path).unwrap();
+    let mut bytes = fs_err::read(path).unwrap();
+    bytes[at] ^= 0x01;
+    fs_err::write(path, bytes).unwrap();
+    // Keep the modification time, so only the content hash can tell.
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(meta.modified().unwrap()).unwrap();
+}
+
+#[test]
+fn image_files_are_fingerprinted_into_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    fs_err::create_dir_all(&root).unwrap();
+    copy_tree(&large_images().root, &root);
+    let out = dir.path().join("out");
+    let cfg = BuildConfig { image_size: 16, shard_size: 1000, ..shard_config(&root, &out) };
+    let full = BuildConfig { verify_inputs_full: true, ..cfg.clone() };
+    let v0 = build(&cfg, &Silent).unwrap().version;
+    let f0 = build(&full, &Silent).unwrap().version;
+    assert_ne!(v0, f0, "the fingerprint mode is part of the version");
+    let rec = crate::fixture::Csv::read(&root.join(CXR_DCM).join("cxr-record-list.csv.gz"));
+    let file = root.join(CXR_DCM).join(&rec.rows[0][3]);
+    assert!(fs_err::metadata(&file).unwrap().len() > 200_000);
+    // A byte far into the pixels: invisible to the fast fingerprint, seen by the full one.
+    set_byte(&file, 150_000);
+    assert_eq!(build(&cfg, &Silent).unwrap().version, v0);
+    let f1 = build(&full, &Silent).unwrap();
+    assert!(!f1.reused && f1.version != f0);
+    // A byte in the header region: a new version either way.
+    set_byte(&file, 1_000);
+    let v2 = build(&cfg, &Silent).unwrap();
+    assert!(!v2.reused && v2.version != v0);
+    // A newer modification time alone is a change too.
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
+    assert_ne!(build(&cfg, &Silent).unwrap().version, v2.version);
+}
+
+#[test]
+fn diff_names_settings_counts_and_changed_columns() {
+    let root = &small().root;
+    let out = tempfile::tempdir().unwrap();
+    let base = config(root, out.path());
+    let a = build(&base, &Silent).unwrap();
+    let b = build(&BuildConfig { uncertain: pipeline::labels::Uncertain::Ones, ..base.clone() }, &Silent).unwrap();
+    let lines = pipeline::versions::diff(&a.dir, &b.dir).unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains("setting uncertain: zeros -> ones"), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("column label_") && l.contains("shared images differ")), "{text}");
+    assert!(!text.contains("only in"), "same images: {text}");
+    // Dropping images with a blank view or orientation removes rows.
+    let c = build(&BuildConfig { missing: pipeline::encode::MissingPolicy::Drop, ..base }, &Silent).unwrap();
+    let text = pipeline::versions::diff(&a.dir, &c.dir).unwrap().join("\n");
+    assert!(text.contains("setting missing: impute -> drop") && text.contains("count rows:"), "{text}");
+    assert!(text.contains("images only in a"), "{text}");
+    let same = pipeline::versions::diff(&a.dir, &a.dir).unwrap();
+    assert!(same.last().unwrap().starts_with("no differences"), "{same:?}");
+}
