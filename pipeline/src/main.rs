@@ -16,6 +16,10 @@ use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
 use pipeline::synth::{self, ImageKinds, SynthConfig, SynthSummary};
 
+/// See `mimalloc` in the workspace manifest for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// MIMIC-CXR + MIMIC-IV to a versioned training dataset, and a synthetic MIMIC archive for
 /// trying it all without credentials.
 #[derive(Debug, Parser)]

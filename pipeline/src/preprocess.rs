@@ -9,7 +9,7 @@ use std::path::Path;
 
 use dicom_dictionary_std::tags;
 use dicom_object::OpenFileOptions;
-use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder};
+use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PhotometricInterpretation, PixelDecoder};
 
 /// Why an image was not used.
 pub type Reject = String;
@@ -57,45 +57,104 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
         return Err("no pixel data".into());
     }
     let decoded = obj.decode_pixel_data_frame(0).map_err(|e| format!("cannot decode pixel data: {}", why(&e)))?;
-    let samples: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| format!("cannot convert pixel data: {}", why(&e)))?;
     let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
     let spp = usize::from(decoded.samples_per_pixel());
-    if samples.len() != rows * cols * spp {
-        return Err(format!("pixel data holds {} samples for {rows}x{cols}x{spp}", samples.len()));
-    }
-    let mut data = if spp == 3 {
-        // Color (secondary capture and the like), interleaved samples: luma, or the Y of YBR.
-        let at = |i: usize, c: usize| samples[i * 3 + c];
-        let ybr = decoded.photometric_interpretation().as_str().starts_with("YBR");
-        (0..rows * cols)
-            .map(|i| if ybr { at(i, 0) } else { 0.299 * at(i, 0) + 0.587 * at(i, 1) + 0.114 * at(i, 2) })
-            .collect()
-    } else {
-        samples
+    let convert = |e: dicom_pixeldata::Error| format!("cannot convert pixel data: {}", why(&e));
+    let size_check = |n: usize| {
+        if n == rows * cols * spp {
+            Ok(())
+        } else {
+            Err(format!("pixel data holds {n} samples for {rows}x{cols}x{spp}"))
+        }
     };
+    let mono1 = matches!(decoded.photometric_interpretation(), PhotometricInterpretation::Monochrome1);
     let window = decoded.window().ok().flatten().and_then(|w| w.first().copied()).filter(|w| w.width > 1.0);
-    match window {
+    if spp == 3 {
+        // Color (secondary capture and the like), interleaved samples: luma, or the Y of YBR.
+        let samples: Vec<f32> = decoded.to_vec_frame(0).map_err(convert)?;
+        size_check(samples.len())?;
+        let ybr = decoded.photometric_interpretation().as_str().starts_with("YBR");
+        let at = |i: usize, c: usize| samples[i * 3 + c];
+        let luma: Vec<f32> = (0..rows * cols)
+            .map(|i| if ybr { at(i, 0) } else { 0.299 * at(i, 0) + 0.587 * at(i, 1) + 0.114 * at(i, 2) })
+            .collect();
+        let (lo, hi) = percentile_range(&luma, 0.005, 0.995);
+        return Ok(Gray { rows, cols, data: linear(&luma, 1.0, 0.0, lo, hi, mono1) });
+    }
+    // Grayscale: the stored integers, then modality LUT, VOI and MONOCHROME1 in one pass.
+    let stored_only = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
+    let stored: Vec<i32> = decoded.to_vec_frame_with_options(0, &stored_only).map_err(convert)?;
+    size_check(stored.len())?;
+    let rescale = decoded.rescale().ok().and_then(|r| r.first().copied());
+    let (slope, intercept) = rescale.map_or((1.0, 0.0), |r| (r.slope as f32, r.intercept as f32));
+    let (lo, hi) = match window {
+        // The DICOM linear VOI function maps [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] to [0, 1].
         Some(w) => {
-            // DICOM linear VOI function.
-            let (c, width) = (w.center as f32, w.width as f32);
-            for v in &mut data {
-                *v = (((*v - (c - 0.5)) / (width - 1.0)) + 0.5).clamp(0.0, 1.0);
-            }
+            let (c, w) = (w.center as f32, w.width as f32);
+            (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0)
         }
         None => {
-            let (lo, hi) = percentile_range(&data, 0.005, 0.995);
-            let span = (hi - lo).max(f32::EPSILON);
-            for v in &mut data {
-                *v = ((*v - lo) / span).clamp(0.0, 1.0);
+            // Percentiles of the stored values are those of the rescaled values (the
+            // modality LUT is linear), mapped through it.
+            let (a, b) = stored_percentiles(&stored, 0.005, 0.995);
+            let (a, b) = (a as f32 * slope + intercept, b as f32 * slope + intercept);
+            (a.min(b), a.max(b))
+        }
+    };
+    Ok(Gray { rows, cols, data: stored_linear(&stored, slope, intercept, lo, hi, mono1) })
+}
+
+/// `values * slope + intercept` mapped linearly from `[lo, hi]` to `[0, 1]` (clamped), inverted
+/// for MONOCHROME1.
+fn linear(values: &[f32], slope: f32, intercept: f32, lo: f32, hi: f32, invert: bool) -> Vec<f32> {
+    let span = (hi - lo).max(f32::EPSILON);
+    let (mut a, mut k) = (slope / span, (intercept - lo) / span);
+    if invert {
+        (a, k) = (-a, 1.0 - k);
+    }
+    values.iter().map(|&v| (v * a + k).clamp(0.0, 1.0)).collect()
+}
+
+/// [`linear`] over stored integer values.
+fn stored_linear(values: &[i32], slope: f32, intercept: f32, lo: f32, hi: f32, invert: bool) -> Vec<f32> {
+    let span = (hi - lo).max(f32::EPSILON);
+    let (mut a, mut k) = (slope / span, (intercept - lo) / span);
+    if invert {
+        (a, k) = (-a, 1.0 - k);
+    }
+    values.iter().map(|&v| (v as f32 * a + k).clamp(0.0, 1.0)).collect()
+}
+
+/// The `lo` and `hi` quantiles of stored integer values, exact: one histogram bin per value
+/// when the range allows (always for 16-bit pixels), else through [`percentile_range`].
+pub fn stored_percentiles(values: &[i32], lo: f64, hi: f64) -> (i32, i32) {
+    let (min, max) = values.iter().fold((i32::MAX, i32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if values.is_empty() || min == max {
+        return (min.min(max), max);
+    }
+    let range = (i64::from(max) - i64::from(min)) as usize;
+    if range >= 1 << 20 {
+        let f: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        let (a, b) = percentile_range(&f, lo, hi);
+        return (a as i32, b as i32);
+    }
+    let mut hist = vec![0u32; range + 1];
+    for &v in values {
+        hist[(i64::from(v) - i64::from(min)) as usize] += 1;
+    }
+    let n = values.len() as f64;
+    let at = |q: f64| {
+        let target = (q * n).ceil().max(1.0) as u64;
+        let mut acc = 0u64;
+        for (i, &c) in hist.iter().enumerate() {
+            acc += u64::from(c);
+            if acc >= target {
+                return (i64::from(min) + i as i64) as i32;
             }
         }
-    }
-    if matches!(decoded.photometric_interpretation(), PhotometricInterpretation::Monochrome1) {
-        for v in &mut data {
-            *v = 1.0 - *v;
-        }
-    }
-    Ok(Gray { rows, cols, data })
+        max
+    };
+    (at(lo), at(hi))
 }
 
 /// An error and its causes on one line.
@@ -150,11 +209,11 @@ pub fn decode_raster(path: &Path) -> Result<Gray, Reject> {
 /// The `lo` and `hi` quantiles of the values, from a 65,536-bin histogram between min and max
 /// (exact for stored integer pixel values, whatever the rescale).
 pub fn percentile_range(data: &[f32], lo: f64, hi: f64) -> (f32, f32) {
+    const BINS: usize = 65_536;
     let (min, max) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
     if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
         return (min, max);
     }
-    const BINS: usize = 65_536;
     let scale = (BINS - 1) as f32 / (max - min);
     let mut hist = vec![0u64; BINS];
     // The smallest value of each bin, so quantiles are actual data values.
@@ -274,5 +333,23 @@ mod tests {
         let ints: Vec<f32> = (0..=4095).map(|i| i as f32).collect();
         let (lo, hi) = percentile_range(&ints, 0.005, 0.995);
         assert_eq!((lo, hi), (20.0, 4075.0), "exact on integer pixel values");
+    }
+
+    #[test]
+    fn stored_percentiles_are_exact() {
+        let ints: Vec<i32> = (0..=4095).collect();
+        assert_eq!(stored_percentiles(&ints, 0.005, 0.995), (20, 4075));
+        let mut signed: Vec<i32> = (-1000..1000).collect();
+        signed.push(30_000);
+        assert_eq!(stored_percentiles(&signed, 0.0, 1.0), (-1000, 30_000));
+        assert_eq!(stored_percentiles(&[7, 7, 7], 0.005, 0.995), (7, 7));
+    }
+
+    #[test]
+    fn linear_maps_window_and_inverts() {
+        let v = stored_linear(&[0, 50, 100, 200], 1.0, 0.0, 0.0, 100.0, false);
+        assert_eq!(v, vec![0.0, 0.5, 1.0, 1.0]);
+        let inv = stored_linear(&[0, 50, 100], 2.0, -100.0, -100.0, 100.0, true);
+        assert_eq!(inv, vec![1.0, 0.5, 0.0]);
     }
 }

@@ -55,6 +55,15 @@ fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
     a.iter().zip(b).map(|(x, y)| f64::from(x.abs_diff(*y))).sum::<f64>() / a.len() as f64
 }
 
+fn correlation(x: &[u8], y: &[u8]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().map(|&v| f64::from(v)).sum::<f64>() / n, y.iter().map(|&v| f64::from(v)).sum::<f64>() / n);
+    let cov: f64 = x.iter().zip(y).map(|(&p, &q)| (f64::from(p) - mx) * (f64::from(q) - my)).sum();
+    let vx: f64 = x.iter().map(|&p| (f64::from(p) - mx).powi(2)).sum();
+    let vy: f64 = y.iter().map(|&q| (f64::from(q) - my).powi(2)).sum();
+    cov / (vx.sqrt() * vy.sqrt())
+}
+
 /// Mean of a box given in fractions of the image.
 fn mean(g: &Gray, (x0, x1, y0, y1): (f64, f64, f64, f64)) -> f64 {
     let (c0, c1) = ((x0 * g.cols as f64) as usize, (x1 * g.cols as f64) as usize);
@@ -215,4 +224,36 @@ fn malformed_and_unsupported_files_are_rejected_with_reasons() {
             Err(reason) => assert!(reason.contains(expected), "{name}: {reason:?} lacks {expected:?}"),
         }
     }
+}
+
+/// JPEG lossless (process 14, 16- and 8-bit) decodes to the scene of its uncompressed copy
+/// (pydicom's JPEG-LL is not stored from the same values, so not identical), and the
+/// implicit-VR radiograph matches the explicit one.
+#[test]
+fn jpeg_lossless_and_implicit_radiographs_match_their_uncompressed_copies() {
+    let members = [
+        "data_store/data/JPEG-LL.dcm",
+        "data_store/data/JPEG2000_UNC.dcm",
+        "data_store/data/RG1_UNCI.dcm",
+        "data_store/data/RG1_UNCR.dcm",
+        "data_store/data/JPGLosslessP14SV1_1s_1f_8b.dcm",
+    ];
+    let files = match fetch("pydicom-data==1.0.0", "pydicom_data-*.whl", &members) {
+        Ok(f) => f,
+        Err(why) => {
+            println!("skipped: {why}");
+            return;
+        }
+    };
+    let g: Vec<Gray> = files.iter().map(|f| outcome(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()))).collect();
+    assert_eq!((g[0].rows, g[0].cols), (1024, 256));
+    let (a, b) = (square(&g[0], 64), square(&g[1], 64));
+    let r = correlation(&a, &b);
+    assert!(r > 0.9, "JPEG lossless vs uncompressed copy of the same scene: correlation {r}");
+    // The implicit-VR copy is a separate export of the same radiograph: equal within rounding.
+    let (i, e) = (square(&g[2], 128), square(&g[3], 128));
+    let worst = i.iter().zip(&e).map(|(p, q)| p.abs_diff(*q)).max().unwrap();
+    assert!(worst <= 1 && mean_abs_diff(&i, &e) < 0.1, "implicit vs explicit VR: worst {worst}");
+    let eight = square(&g[4], 64);
+    assert!(eight.iter().max().unwrap() - eight.iter().min().unwrap() > 50, "8-bit lossless has contrast");
 }
