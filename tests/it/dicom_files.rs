@@ -152,3 +152,67 @@ fn monochrome1_files_store_inverted_intensities() {
     }
     panic!("both photometric interpretations should occur");
 }
+
+fn find(bytes: &[u8], pattern: &[u8]) -> Option<usize> {
+    bytes.windows(pattern.len()).position(|w| w == pattern)
+}
+
+/// Hostile headers are rejects, decided before anything the size of the declared image is
+/// allocated: a 65535x65535 image, and pixel data declaring 4 GB in a small file.
+#[test]
+fn hostile_headers_are_rejected_without_allocating() {
+    let root = small().root.join(CXR_DCM);
+    let rec = Csv::read(&root.join("cxr-record-list.csv.gz"));
+    // An Explicit VR Little Endian file (the fixture mixes syntaxes).
+    let (bytes, rows_at) = rec
+        .rows
+        .iter()
+        .map(|r| fs_err::read(root.join(&r[3])).unwrap())
+        .find_map(|b| find(&b, b"\x28\x00\x10\x00US\x02\x00").map(|at| (b.clone(), at)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut huge = bytes.clone();
+    huge[rows_at + 8..rows_at + 10].copy_from_slice(&[0xff, 0xff]);
+    let cols_at = find(&huge, b"\x28\x00\x11\x00US\x02\x00").unwrap();
+    huge[cols_at + 8..cols_at + 10].copy_from_slice(&[0xff, 0xff]);
+    let path = dir.path().join("huge.dcm");
+    fs_err::write(&path, &huge).unwrap();
+    let err = pipeline::preprocess::decode_dicom(&path).unwrap_err();
+    assert!(err.contains("absurd size 65535x65535"), "{err}");
+
+    let mut long = bytes.clone();
+    let pd = find(&long, b"\xe0\x7f\x10\x00OW\x00\x00").unwrap();
+    long[pd + 8..pd + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
+    let path = dir.path().join("long.dcm");
+    fs_err::write(&path, &long).unwrap();
+    let err = pipeline::preprocess::decode_dicom(&path).unwrap_err();
+    assert!(err.contains("not a readable DICOM file") || err.contains("pixel data"), "{err}");
+}
+
+/// A PNG declaring 100000x100000 pixels is rejected from its header.
+#[test]
+fn a_png_declaring_an_absurd_size_is_rejected() {
+    let chunk = |png: &mut Vec<u8>, kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        png.extend_from_slice(kind);
+        png.extend_from_slice(data);
+        png.extend_from_slice(&crc.sum().to_be_bytes());
+    };
+    let mut header = Vec::new();
+    header.extend_from_slice(&100_000u32.to_be_bytes());
+    header.extend_from_slice(&100_000u32.to_be_bytes());
+    header.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut png, b"IHDR", &header);
+    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut png, b"IEND", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.png");
+    fs_err::write(&path, &png).unwrap();
+    let err = pipeline::preprocess::decode_raster(&path).unwrap_err();
+    assert!(err.contains("absurd size 100000x100000"), "{err}");
+}
