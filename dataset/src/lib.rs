@@ -45,17 +45,47 @@ pub fn label_index(name: &str) -> Option<usize> {
 }
 
 fn snake(label: &str) -> String {
-    label.to_lowercase().replace(' ', "_")
+    label.to_lowercase().replace([' ', '-'], "_")
 }
 
 /// Dataset column of the resolved 0/1 training target of label `i` (`label_no_finding`);
 /// null where the uncertainty policy says to ignore the label.
 pub fn label_column(i: usize) -> String {
-    format!("label_{}", snake(LABELS[i]))
+    label_column_of(LABELS[i])
 }
 
 /// Dataset column of the raw label value of label `i` (`raw_label_no_finding`): 1, 0, -1 or
 /// null (not mentioned / no label row).
 pub fn raw_label_column(i: usize) -> String {
-    format!("raw_label_{}", snake(LABELS[i]))
+    raw_label_column_of(LABELS[i])
 }
+
+/// Resolved-label column of any label name, in any dataset (`Pleural_Thickening` ->
+/// `label_pleural_thickening`). Datasets with the same label share the column name, which is
+/// how a probe trained on one is tested on another.
+pub fn label_column_of(label: &str) -> String {
+    format!("label_{}", snake(label))
+}
+
+/// Raw-label column of any label name (`raw_label_<snake>`).
+pub fn raw_label_column_of(label: &str) -> String {
+    format!("raw_label_{}", snake(label))
+}
+
+/// The 14 findings of NIH ChestX-ray14, in the order of its paper.
+pub const NIH_LABELS: [&str; 14] = [
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+];

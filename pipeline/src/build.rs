@@ -224,8 +224,8 @@ pub fn tables_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConf
 }
 
 /// The dataset version id: the tables' hash and the fingerprint of the image files used.
-pub fn version_id(tables_id: &str, source: ImageSource, images: &str) -> String {
-    let h = Sha256::digest(format!("{tables_id}\nimages {} {images}\n", source.name()));
+pub fn version_id(tables_id: &str, source: &str, images: &str) -> String {
+    let h = Sha256::digest(format!("{tables_id}\nimages {source} {images}\n"));
     hex(&h)[..16].to_string()
 }
 
@@ -308,43 +308,130 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         inputs.cxr_dicom.as_ref().map(|d| d.root.as_path()),
         inputs.cxr_jpg.as_ref().map(|j| j.root.as_path()),
     )?;
-    let fingerprint = match images::extension(source) {
-        Some(ext) => {
-            let rows = images::relative_paths(&encoded, ext)?;
-            images::fingerprint(&root, &rows, cfg.verify_inputs_full, progress)
+    let rows = images::extension(source).map(|ext| images::relative_paths(&encoded, ext)).transpose()?;
+    let job = Job {
+        out: &cfg.out,
+        table: &encoded,
+        images_root: &root,
+        files: rows.as_deref(),
+        decode: images::decoder(source),
+        source: source.name(),
+        tables_hash: &tables_hash,
+        schema_hash: &schema_hash,
+        config: cfg.describe(),
+        image_size: cfg.image_size,
+        shard_size: cfg.shard_size.max(1),
+        verify_inputs_full: cfg.verify_inputs_full,
+        run: cfg.run,
+        task: task_json("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
+        images_read,
+    };
+    let outcome = finish(&job, progress, &mut |kept, rejected, version| {
+        cohort.rejected_images = rejected;
+        cohort.finish(kept)?;
+        Ok((cohort.to_markdown(version, cfg), cohort.to_json(version, cfg)?))
+    })?;
+    Ok(match outcome {
+        Outcome::Reused { version, dir } => BuildSummary { version, dir, reused: true, cohort: None, partial: None },
+        Outcome::Partial { version, work, partial } => {
+            BuildSummary { version, dir: work, reused: false, cohort: Some(cohort), partial: Some(partial) }
         }
+        Outcome::Published { version, dir } => {
+            BuildSummary { version, dir, reused: false, cohort: Some(cohort), partial: None }
+        }
+    })
+}
+
+/// The `task` entry of a manifest: which dataset, the id column and the label columns (the
+/// trainer matches labels across datasets by these names).
+pub fn task_json(dataset: &str, id_column: &str, labels: &[&str]) -> serde_json::Value {
+    let columns: Vec<String> = labels.iter().map(|l| cxr_dataset::label_column_of(l)).collect();
+    let raw: Vec<String> = labels.iter().map(|l| cxr_dataset::raw_label_column_of(l)).collect();
+    serde_json::json!({
+        "dataset": dataset,
+        "id_column": id_column,
+        "labels": labels,
+        "label_columns": columns,
+        "raw_label_columns": raw,
+    })
+}
+
+/// Everything a build does after its table is ready.
+pub(crate) struct Job<'a> {
+    pub out: &'a Path,
+    /// One row per image, before rejects are dropped.
+    pub table: &'a DataFrame,
+    pub images_root: &'a Path,
+    /// The table rows' image files; none for a table-only build.
+    pub files: Option<&'a [images::ImageRow]>,
+    pub decode: images::Decoder,
+    /// Name of the image source, hashed into the version.
+    pub source: &'a str,
+    /// Hash of the input tables, settings and code ([`tables_id`]).
+    pub tables_hash: &'a str,
+    pub schema_hash: &'a str,
+    /// The settings, as `key=value` lines, recorded in the manifest.
+    pub config: String,
+    pub image_size: usize,
+    pub shard_size: usize,
+    pub verify_inputs_full: bool,
+    pub run: RunOptions,
+    pub task: serde_json::Value,
+    pub images_read: usize,
+}
+
+/// How a build ended.
+pub(crate) enum Outcome {
+    /// The version existed already.
+    Reused {
+        version: String,
+        dir: PathBuf,
+    },
+    /// A `--shard-index` run: its units are committed in `work`.
+    Partial {
+        version: String,
+        work: PathBuf,
+        partial: Partial,
+    },
+    Published {
+        version: String,
+        dir: PathBuf,
+    },
+}
+
+/// Report writer: given the kept rows, the number of rejects and the version, the report's
+/// Markdown and JSON.
+pub(crate) type Reporter<'r> = dyn FnMut(&DataFrame, usize, &str) -> Result<(String, String)> + 'r;
+
+/// Fingerprints the images into the version id, runs (or resumes) the image stage in the
+/// working folder and publishes the version, unless it exists or this is a partial run.
+pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Reporter<'_>) -> Result<Outcome> {
+    let fingerprint = match job.files {
+        Some(rows) => images::fingerprint(job.images_root, rows, job.verify_inputs_full, progress),
         None => "none".to_string(),
     };
-    let version = version_id(&tables_hash, source, &fingerprint);
-    let dir = cfg.out.join(&version);
+    let version = version_id(job.tables_hash, job.source, &fingerprint);
+    let dir = job.out.join(&version);
     if dir.join(MANIFEST).is_file() {
-        return Ok(BuildSummary { version, dir, reused: true, cohort: None, partial: None });
+        return Ok(Outcome::Reused { version, dir });
     }
     // The working folder persists until publication: a killed build resumes from it, and the
     // processes of a sharded build share it.
-    let work = cfg.out.join(format!(".tmp-{version}"));
+    let work = job.out.join(format!(".tmp-{version}"));
     fs_err::create_dir_all(work.join(FEATURES_DIR))?;
-    let stage = images::run(
-        &encoded,
-        source,
-        &root,
-        cfg.image_size,
-        cfg.shard_size.max(1),
-        &work,
-        &version,
-        cfg.run,
-        progress,
-    )?;
+    let files = job.files.map(|rows| images::Files { root: job.images_root, rows, decode: job.decode });
+    let n = job.table.height();
+    let stage = images::run(n, files, job.image_size, job.shard_size, &work, &version, job.run, progress)?;
     // A subset run never publishes (two finishing at once would race); `merge` does.
-    if let Some(subset) = cfg.run.subset {
-        let committed = stage.units.len() - stage.units.iter().filter(|u| !images::is_committed(&work, u)).count();
+    if let Some(subset) = job.run.subset {
+        let committed = stage.units.iter().filter(|u| images::is_committed(&work, u)).count();
         let partial = Partial { subset, built: stage.built, committed, units: stage.units.len() };
-        return Ok(BuildSummary { version, dir: work, reused: false, cohort: Some(cohort), partial: Some(partial) });
+        return Ok(Outcome::Partial { version, work, partial });
     }
-    if !stage.rejects.is_empty() && stage.rejects.len() == encoded.height() {
+    if !stage.rejects.is_empty() && stage.rejects.len() == n {
         let first = &stage.rejects[0];
         let msg = format!(
-            "all {} images were rejected, e.g. {}: {}; check --images and the image folders",
+            "all {} images were rejected, e.g. {}: {}; check the image source and folders",
             stage.rejects.len(),
             first.path,
             first.reason
@@ -352,13 +439,13 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         fs_err::remove_dir_all(&work)?;
         return Err(Error::Config(msg));
     }
-    let kept = encoded
+    let kept = job
+        .table
         .filter(&BooleanChunked::from_slice("kept".into(), &stage.kept))
         .map_err(pe("dropping rejected images"))?;
-    cohort.rejected_images = stage.rejects.len();
-    cohort.finish(&kept)?;
-    publish(&encoded, &stage, source, cfg, &cohort, &work, &dir, &version, &schema_hash)?;
-    Ok(BuildSummary { version, dir, reused: false, cohort: Some(cohort), partial: None })
+    let (md, json) = report(&kept, stage.rejects.len(), &version)?;
+    publish(job, &stage, (&md, &json), &work, &dir, &version)?;
+    Ok(Outcome::Published { version, dir })
 }
 
 /// The report files of a version.
@@ -371,18 +458,15 @@ pub const MANIFEST: &str = "manifest.json";
 /// Writes the feature parts (aligned with the image shards), the rejects, the report and the
 /// manifest into `tmp`, then renames it to `dir`, so a version folder is complete or absent.
 /// `all` is the table before rejected images are dropped.
-#[allow(clippy::too_many_arguments)]
 fn publish(
-    all: &DataFrame,
+    job: &Job<'_>,
     stage: &Stage,
-    source: ImageSource,
-    cfg: &BuildConfig,
-    cohort: &Cohort,
+    (md, json): (&str, &str),
     tmp: &Path,
     dir: &Path,
     version: &str,
-    schema_hash: &str,
 ) -> Result<()> {
+    let (all, schema_hash) = (job.table, job.schema_hash);
     let mut part_entries = Vec::new();
     let mut rows = 0;
     for (i, unit) in stage.units.iter().enumerate() {
@@ -409,23 +493,24 @@ fn publish(
     let mut rejects = images::rejects_frame(&stage.rejects)?;
     let (rejects_file, _) = fs_err::File::create(tmp.join(REJECTS))?.into_parts();
     ParquetWriter::new(rejects_file).finish(&mut rejects).map_err(pe("writing rejects"))?;
-    crate::synth::table::write_atomic(&tmp.join(REPORT_MD), cohort.to_markdown(version, cfg).as_bytes())?;
-    crate::synth::table::write_atomic(&tmp.join(REPORT_JSON), cohort.to_json(version, cfg)?.as_bytes())?;
+    crate::synth::table::write_atomic(&tmp.join(REPORT_MD), md.as_bytes())?;
+    crate::synth::table::write_atomic(&tmp.join(REPORT_JSON), json.as_bytes())?;
     let manifest = serde_json::json!({
         "dataset_version": version,
         "schema_hash": schema_hash,
         "pipeline_version": env!("CARGO_PKG_VERSION"),
-        "config": cfg.describe(),
+        "config": job.config,
+        "task": job.task,
         "images": {
-            "source": source.name(),
-            "size": [cfg.image_size, cfg.image_size],
+            "source": job.source,
+            "size": [job.image_size, job.image_size],
             "dtype": "u8",
             "tensor": cxr_dataset::shard::TENSOR,
             "dir": IMAGES_DIR,
             "preprocessing": PREPROCESSING,
         },
         "counts": {
-            "images_read": cohort.images_read,
+            "images_read": job.images_read,
             "rows": rows,
             "rejected": stage.rejects.len(),
         },
@@ -439,7 +524,7 @@ fn publish(
         fs_err::remove_dir_all(progress_dir)?;
     }
     fs_err::rename(tmp, dir)?;
-    crate::versions::record(&cfg.out, version)
+    crate::versions::record(job.out, version)
 }
 
 /// The rejected images of a version.

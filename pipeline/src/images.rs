@@ -133,15 +133,37 @@ pub struct Stage {
     pub complete: bool,
 }
 
-/// A file decoder of one source.
-type Decoder = fn(&Path) -> std::result::Result<Gray, Reject>;
+/// A file decoder.
+pub type Decoder = fn(&Path) -> std::result::Result<Gray, Reject>;
+
+/// The decoder of a source's files.
+pub fn decoder(source: ImageSource) -> Decoder {
+    if source == ImageSource::Dicom { preprocess::decode_dicom } else { preprocess::decode_raster }
+}
+
+/// One table row's image: its id, its path relative to the image root, and, when the path
+/// must not be read (e.g. it escapes the root), why.
+#[derive(Debug, Clone)]
+pub struct ImageRow {
+    pub id: String,
+    pub path: String,
+    pub invalid: Option<Reject>,
+}
+
+/// The image files of an image stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Files<'a> {
+    pub root: &'a Path,
+    pub rows: &'a [ImageRow],
+    pub decode: Decoder,
+}
 
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
 }
 
 /// `files/p10/p10000032/s50414267/<dicom_id>.<ext>` for each row of the table.
-pub fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>> {
+pub fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<ImageRow>> {
     let d = df.column("dicom_id").map_err(pe("dicom_id"))?.str().map_err(pe("dicom_id"))?.clone();
     let sub = df.column("subject_id").map_err(pe("subject_id"))?.cast(&DataType::Int64).map_err(pe("subject_id"))?;
     let stu = df.column("study_id").map_err(pe("study_id"))?.cast(&DataType::Int64).map_err(pe("study_id"))?;
@@ -153,7 +175,7 @@ pub fn relative_paths(df: &DataFrame, ext: &str) -> Result<Vec<(String, String)>
             let (d, s, t) = (d.unwrap_or(""), s.unwrap_or(0), t.unwrap_or(0));
             let s = s.to_string();
             let top = s.get(..2).unwrap_or("");
-            (d.to_string(), format!("files/p{top}/p{s}/s{t}/{d}.{ext}"))
+            ImageRow { id: d.to_string(), path: format!("files/p{top}/p{s}/s{t}/{d}.{ext}"), invalid: None }
         })
         .collect())
 }
@@ -229,9 +251,7 @@ fn decode_one(decode: Decoder, path: &Path, size: usize) -> std::result::Result<
 #[allow(clippy::too_many_arguments)]
 fn build_unit(
     unit: &Unit,
-    rows: &[(String, String)],
-    decode: Decoder,
-    project_root: &Path,
+    files: Files<'_>,
     size: usize,
     work: &Path,
     version: &str,
@@ -242,15 +262,25 @@ fn build_unit(
     let mut shard = Shard::new(size, size);
     shard.metadata.insert("dataset_version".into(), version.into());
     let mut rejected = Vec::new();
-    let mine = &rows[unit.first..unit.first + unit.rows];
+    let mine = &files.rows[unit.first..unit.first + unit.rows];
     for (c, part) in mine.chunks(chunk).enumerate() {
-        let done: Vec<std::result::Result<Vec<u8>, Reject>> =
-            part.par_iter().map(|(_, rel)| decode_one(decode, &project_root.join(rel), size)).collect();
-        for (k, ((_, rel), result)) in part.iter().zip(done).enumerate() {
+        let done: Vec<std::result::Result<Vec<u8>, Reject>> = part
+            .par_iter()
+            .map(|row| match &row.invalid {
+                Some(why) => Err(why.clone()),
+                None => decode_one(files.decode, &files.root.join(&row.path), size),
+            })
+            .collect();
+        for (k, (row, result)) in part.iter().zip(done).enumerate() {
             match result {
                 Ok(pixels) => shard.push(&pixels).map_err(|e| Error::Config(e.to_string()))?,
-                Err(reason) if fail_fast => return Err(Error::Config(format!("{rel}: {reason} (--fail-fast)"))),
-                Err(reason) => rejected.push((c * chunk + k, "decode".to_string(), reason)),
+                Err(reason) if fail_fast => {
+                    return Err(Error::Config(format!("{}: {reason} (--fail-fast)", row.path)));
+                }
+                Err(reason) => {
+                    let stage = if row.invalid.is_some() { "path" } else { "decode" };
+                    rejected.push((c * chunk + k, stage.to_string(), reason));
+                }
             }
         }
         progress.advance(part.len() as u64);
@@ -271,13 +301,13 @@ fn build_unit(
     Ok(rec)
 }
 
-/// Runs the stage over the rows of `df` in the working folder `work` (shards under
-/// `work/images/`, commit records under `work/progress/`), reusing committed units.
+/// Runs the stage over a table of `n_rows` rows whose images are `files` (none: a table
+/// without images), in the working folder `work` (shards under `work/images/`, commit
+/// records under `work/progress/`), reusing committed units.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    df: &DataFrame,
-    source: ImageSource,
-    project_root: &Path,
+    n_rows: usize,
+    files: Option<Files<'_>>,
     size: usize,
     shard_size: usize,
     work: &Path,
@@ -285,13 +315,13 @@ pub fn run(
     opts: RunOptions,
     progress: &dyn Progress,
 ) -> Result<Stage> {
-    let units = units(df.height(), shard_size);
-    let Some(ext) = extension(source) else {
-        return Ok(Stage { units, kept: vec![true; df.height()], complete: true, ..Stage::default() });
+    let units = units(n_rows, shard_size);
+    let Some(files) = files else {
+        return Ok(Stage { units, kept: vec![true; n_rows], complete: true, ..Stage::default() });
     };
-    let decode: Decoder =
-        if source == ImageSource::Dicom { preprocess::decode_dicom } else { preprocess::decode_raster };
-    let rows = relative_paths(df, ext)?;
+    if files.rows.len() != n_rows {
+        return Err(Error::Config(format!("{} image paths for {n_rows} rows", files.rows.len())));
+    }
     fs_err::create_dir_all(work.join(IMAGES_DIR))?;
     fs_err::create_dir_all(work.join(PROGRESS_DIR))?;
     let mut records: Vec<Option<UnitRecord>> = units.iter().map(|u| committed(work, u)).collect();
@@ -322,22 +352,20 @@ pub fn run(
     }
     progress.start("images", total as u64);
     for unit in &todo {
-        let rec = pool.install(|| {
-            build_unit(unit, &rows, decode, project_root, size, work, version, opts.fail_fast, chunk, progress)
-        })?;
+        let rec = pool.install(|| build_unit(unit, files, size, work, version, opts.fail_fast, chunk, progress))?;
         records[unit.index] = Some(rec);
     }
     progress.finish();
     let complete = records.iter().all(Option::is_some);
     let mut stage = Stage { resumed, built: todo.len(), complete, ..Stage::default() };
     if complete {
-        stage.kept = vec![true; df.height()];
+        stage.kept = vec![true; n_rows];
         for (unit, rec) in units.iter().zip(records.into_iter().flatten()) {
             for (k, st, reason) in rec.rejected {
                 let row = unit.first + k;
                 stage.kept[row] = false;
-                let (dicom_id, path) = rows[row].clone();
-                stage.rejects.push(RejectRow { dicom_id, path, stage: st, reason });
+                let ImageRow { id, path, .. } = files.rows[row].clone();
+                stage.rejects.push(RejectRow { dicom_id: id, path, stage: st, reason });
             }
             stage.shards.push(ShardInfo { file: rec.file, rows: rec.images, bytes: rec.bytes, sha256: rec.sha256 });
         }
@@ -349,7 +377,7 @@ pub fn run(
 /// Fingerprint of the image files of a build, in row order: path, size, modification time
 /// and a sha256 of the first 64 KiB (the DICOM header and the start of the pixels), or of
 /// the whole file with `full`. A missing file has a fingerprint too (it becomes a reject).
-pub fn fingerprint(project_root: &Path, rows: &[(String, String)], full: bool, progress: &dyn Progress) -> String {
+pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress: &dyn Progress) -> String {
     const HEAD: u64 = 64 * 1024;
     progress.start("fingerprints", rows.len() as u64);
     let one = |rel: &str| -> String {
@@ -377,7 +405,13 @@ pub fn fingerprint(project_root: &Path, rows: &[(String, String)], full: bool, p
     };
     let mut h = Sha256::new();
     for chunk in rows.chunks(1024) {
-        let lines: Vec<String> = chunk.par_iter().map(|(_, rel)| one(rel)).collect();
+        let lines: Vec<String> = chunk
+            .par_iter()
+            .map(|row| match &row.invalid {
+                Some(why) => format!("{} invalid {why}\n", row.path),
+                None => one(&row.path),
+            })
+            .collect();
         for l in lines {
             h.update(l);
         }
