@@ -21,6 +21,7 @@ pub mod dicom_meta;
 pub mod discover;
 pub mod encode;
 mod error;
+pub mod eval;
 pub mod images;
 pub mod ingest;
 pub mod labels;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use pipeline::build::{self, BuildConfig, BuildSummary};
 use pipeline::discover::Roots;
 use pipeline::encode::MissingPolicy;
+use pipeline::eval::EvalKind;
 use pipeline::images::{ImageSource, RunOptions, Subset};
 use pipeline::labels::{Labeler, SplitSource, Uncertain};
 use pipeline::link::MatchRule;
@@ -37,6 +38,9 @@ enum Command {
     /// attach labels and splits, preprocess the images, and publish Parquet parts and image
     /// shards under a content-addressed version.
     Build(BuildArgs),
+    /// Build CheXpert or NIH ChestX-ray14 as an evaluation dataset (same format as `build`,
+    /// no EHR features): labels by name, official test sets, a seeded train/validate split.
+    BuildEval(BuildEvalArgs),
     /// Publish a version whose image shards were built by separate `build --shard-index`
     /// runs; takes the same options as those runs (without --shard-index/--num-shards) and
     /// fails, listing them, if shards are missing.
@@ -79,6 +83,45 @@ struct BenchArgs {
     /// preprocess of full-size 16-bit uncompressed DICOMs).
     #[arg(long, default_value = "table", value_parser = ["table", "images"])]
     stage: String,
+}
+
+#[derive(Debug, Args)]
+struct BuildEvalArgs {
+    /// Which dataset: chexpert (train.csv/valid.csv of CheXpert-v1.0-small) or nih
+    /// (Data_Entry_2017*.csv, train_val_list.txt, test_list.txt, images*/).
+    #[arg(value_parser = ["chexpert", "nih"])]
+    dataset: String,
+    /// CheXpert: the folder holding CheXpert-v1.0-small/ (or that folder itself); NIH: the
+    /// folder holding Data_Entry_2017.csv.
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Output folder; the dataset goes to OUT/<version>/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Uncertain (-1) CheXpert labels become: zeros, ones, or ignore (null).
+    #[arg(long, default_value = "zeros", value_parser = ["zeros", "ones", "ignore"])]
+    uncertain: String,
+    /// Fraction of training patients put in the validation split.
+    #[arg(long, default_value_t = 0.1)]
+    validate_fraction: f64,
+    /// Seed of the patient-level train/validate split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per Parquet part and per image shard.
+    #[arg(long, default_value_t = 4096)]
+    shard_size: usize,
+    /// Side of the square 8-bit images in the shards.
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// Stop at the first unreadable image instead of listing it in rejects.parquet.
+    #[arg(long)]
+    fail_fast: bool,
+    /// How image files enter the version id: fast (size, mtime, first 64 KiB) or full.
+    #[arg(long, default_value = "fast", value_parser = ["fast", "full"])]
+    verify_inputs: String,
+    /// Image decoding threads (default: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Debug, Args)]
@@ -321,6 +364,11 @@ struct SynthArgs {
     /// Replace an existing archive in --out.
     #[arg(long)]
     force: bool,
+    /// What to write: mimic (MIMIC-CXR, MIMIC-CXR-JPG, MIMIC-IV), chexpert
+    /// (CheXpert-v1.0-small, --subjects training patients) or nih (ChestX-ray14,
+    /// --subjects patients). --image-size applies to all three.
+    #[arg(long, default_value = "mimic", value_parser = ["mimic", "chexpert", "nih"])]
+    dataset: String,
 }
 
 #[derive(Debug, Args)]
@@ -393,6 +441,27 @@ fn print_summary(s: &SynthSummary) {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let progress = pipeline::progress::Stderr::default();
     match cli.command {
+        Command::Synth(args) if args.dataset != "mimic" => {
+            let size = synth::parse_size(&args.image_size)
+                .with_context(|| format!("--image-size {}: expected COLUMNSxROWS", args.image_size))?;
+            if args.out.exists() && fs_err::read_dir(&args.out)?.next().is_some() && !args.force {
+                bail!("{} is not empty; pass --force to write into it", args.out.display());
+            }
+            let started = std::time::Instant::now();
+            let s = if args.dataset == "nih" {
+                synth::eval::write_nih(&args.out, args.subjects, args.seed, size)?
+            } else {
+                synth::eval::write_chexpert(&args.out, args.subjects, args.seed, size)?
+            };
+            println!(
+                "synthetic {}: {} ({} patients, {} images) in {:.1} s",
+                args.dataset,
+                s.out.display(),
+                s.patients,
+                s.images,
+                started.elapsed().as_secs_f64()
+            );
+        }
         Command::Synth(args) => {
             let cfg = args.resolve()?;
             let summary = synth::run(&cfg, &progress)?;
@@ -405,6 +474,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if args.report_peak_memory {
                 eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
             }
+        }
+        Command::BuildEval(args) => {
+            if args.shard_size == 0 || !(8..=4096).contains(&args.image_size) {
+                bail!("--shard-size must be at least 1 and --image-size 8 to 4096");
+            }
+            let cfg = pipeline::eval::EvalConfig {
+                kind: if args.dataset == "nih" { EvalKind::Nih } else { EvalKind::Chexpert },
+                root: args.root,
+                out: args.out,
+                uncertain: match args.uncertain.as_str() {
+                    "ones" => Uncertain::Ones,
+                    "ignore" => Uncertain::Ignore,
+                    _ => Uncertain::Zeros,
+                },
+                validate_fraction: args.validate_fraction,
+                seed: args.seed,
+                shard_size: args.shard_size,
+                image_size: args.image_size,
+                verify_inputs_full: args.verify_inputs == "full",
+                run: RunOptions { fail_fast: args.fail_fast, subset: None, merge_only: false, workers: args.workers },
+            };
+            let s = pipeline::eval::build_eval(&cfg, &progress)?;
+            if s.reused {
+                println!("dataset {} already built with these inputs and settings: {}", s.version, s.dir.display());
+            } else {
+                println!("dataset {}: {}", s.version, s.dir.display());
+                println!(
+                    "  {} images listed, {} in the dataset, {} rejected, {} in neither split list, {} invalid ages",
+                    s.listed, s.images, s.rejected, s.unlisted, s.invalid_ages
+                );
+                let splits: Vec<String> = s.splits.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!("  splits: {}", splits.join(", "));
+            }
+            println!("{}", s.version);
         }
         Command::Merge(args) => {
             if args.shard_index.is_some() {

@@ -7,6 +7,7 @@ mod build_images;
 mod build_table;
 mod cxr_format;
 mod dicom_files;
+mod eval_datasets;
 mod fixture;
 mod from_demo;
 mod mimic_iv_format;

@@ -31,6 +31,7 @@
 mod canvas;
 pub mod cxr;
 pub mod dicom;
+pub mod eval;
 pub mod import;
 pub mod mimic_iv;
 pub mod population;

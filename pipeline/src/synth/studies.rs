@@ -271,7 +271,7 @@ fn sigmoid(x: f64) -> f64 {
 
 /// The latent finding model: a severity driven by the care setting, death in the stay and
 /// age, plus a subject-level heart size; findings depend on these and on each other.
-fn findings(rng: &mut Rng, s: &Study) -> [bool; 14] {
+pub(crate) fn findings(rng: &mut Rng, s: &Study) -> [bool; 14] {
     let age = (f64::from(s.age) - 60.0) / 15.0;
     let setting = match s.setting {
         Setting::Outpatient => -1.5,
@@ -311,7 +311,7 @@ fn findings(rng: &mut Rng, s: &Study) -> [bool; 14] {
 
 /// What a report labeller reads out of the report: positives (some hedged as uncertain),
 /// explicit negations for findings radiologists rule out, the rest not mentioned.
-fn report_labels(rng: &mut Rng, truth: &[bool; 14], p_uncertain: f64, negation_scale: f64) -> [Label; 14] {
+pub(crate) fn report_labels(rng: &mut Rng, truth: &[bool; 14], p_uncertain: f64, negation_scale: f64) -> [Label; 14] {
     // Some reports mention nothing the labeller knows: an all-blank row.
     if rng.bernoulli(0.01) {
         return [Label::Blank; 14];
@@ -342,7 +342,7 @@ fn report_labels(rng: &mut Rng, truth: &[bool; 14], p_uncertain: f64, negation_s
 }
 
 /// View positions with their ViewCodeSequence code (SNOMED-RT, scheme `SNM3`).
-fn view_code(view: &str) -> (&'static str, &'static str) {
+pub(crate) fn view_code(view: &str) -> (&'static str, &'static str) {
     match view {
         "PA" => ("R-10214", "postero-anterior"),
         "AP" | "AP AXIAL" | "AP LLD" | "AP RLD" => ("R-10206", "antero-posterior"),
