@@ -18,6 +18,7 @@
 pub mod features;
 pub mod shard;
 mod split;
+pub mod tensors;
 
 pub use split::{ParseSplitError, Split};
 

@@ -1,0 +1,25 @@
+//! EHR-augmented Masked Siamese Network pretraining and evaluation of Vision Transformers on a
+//! dataset built by `pipeline` (METHOD.md). Built on burn; the CPU backend is burn-flex.
+//!
+//! In data-flow order: [`model`] (the ViT backbone, its position-embedding resize, the MSN
+//! projection head), [`msn`] (the loss), [`weights`] (loading PyTorch weights by name).
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use trainer::model::VitConfig;
+//! let device = Device::flex();
+//! let cfg = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
+//! let vit = cfg.init(&device, &mut trainer::rng::Rng::new(24));
+//! let cls = vit.forward(Tensor::zeros([2, 3, 32, 32], &device), None);
+//! assert_eq!(cls.dims(), [2, 16]);
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod error;
+pub mod model;
+pub mod msn;
+pub mod rng;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,124 @@
+//! The EHR-augmented MSN network (METHOD.md section 5): an anchor ViT + projection head that
+//! sees the masked anchor view and the masked focal views, fused with an embedding of the
+//! image's EHR vector; a target (EMA) ViT + head that sees the full target view; and the
+//! prototypes. Vanilla MSN (no EHR) skips `f_ehr` and `g`.
+//!
+//! ```text
+//! e   = tile(f_ehr(ehr), 11)               Linear(ehr_in -> ehr_dim), one copy per view
+//! h   = anchor(masked views)               (11B, dim) CLS outputs, view-major
+//! z_a = anchor_head(g(concat(h, e)))       g: Linear(dim + ehr_dim -> dim); BN over all 11B rows
+//! z_t = target_head(target(target view))   (B, dim), no gradient
+//! ```
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::{Device, Int, Tensor};
+
+use super::head::ProjectionHead;
+use super::init::Init;
+use super::vit::{Vit, VitConfig};
+use crate::rng::Rng;
+
+/// The network's shape besides the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FusionShape {
+    /// Width of the EHR vector (0: vanilla MSN).
+    pub ehr_in: usize,
+    /// Width of the EHR embedding (128 in the paper).
+    pub ehr_dim: usize,
+    /// Number of prototypes (1024 in the paper).
+    pub prototypes: usize,
+}
+
+/// The network.
+#[derive(Module, Debug)]
+pub struct MsnNet {
+    pub anchor: Vit,
+    pub anchor_head: ProjectionHead,
+    pub target: Vit,
+    pub target_head: ProjectionHead,
+    pub f_ehr: Option<Linear>,
+    pub g: Option<Linear>,
+    /// `[K, dim]`.
+    pub prototypes: Param<Tensor<2>>,
+}
+
+/// What a forward pass gives the loss.
+#[derive(Debug, Clone)]
+pub struct MsnOutput {
+    /// `[views * B, dim]`, view-major: anchor rows first, then each focal view's rows.
+    pub anchors: Tensor<2>,
+    /// `[B, dim]`, detached.
+    pub targets: Tensor<2>,
+}
+
+/// The views of a batch of `B` images, with the kept-token indices of the masked ones.
+#[derive(Debug, Clone)]
+pub struct Views {
+    /// `[B, C, S, S]`.
+    pub target: Tensor<4>,
+    /// `[B, C, S, S]`.
+    pub anchor: Tensor<4>,
+    /// `[B, kept]`, indices into [CLS, patches...]; `None`: unmasked.
+    pub anchor_keep: Option<Tensor<2, Int>>,
+    /// `[F * B, C, s, s]`, view-major (focal view 1 of every image, then view 2, ...).
+    pub focal: Option<Tensor<4>>,
+    /// `[F * B, kept]`.
+    pub focal_keep: Option<Tensor<2, Int>>,
+    /// `[B, ehr_in]` (ignored without EHR fusion).
+    pub ehr: Option<Tensor<2>>,
+}
+
+impl MsnNet {
+    /// A new network: anchor and target start identical; prototypes U(-1/sqrt(dim), 1/sqrt(dim)).
+    pub fn new(vit: &VitConfig, shape: FusionShape, device: &Device, rng: &mut Rng) -> Self {
+        let d = vit.hidden;
+        let anchor = vit.init(device, rng);
+        let anchor_head = ProjectionHead::new(d, 4 * d, d, device, rng);
+        let init = Init::new(device, rng);
+        let (f_ehr, g) = if shape.ehr_in > 0 {
+            (
+                Some(init.linear_default(shape.ehr_in, shape.ehr_dim, true)),
+                Some(init.linear_default(d + shape.ehr_dim, d, true)),
+            )
+        } else {
+            (None, None)
+        };
+        let prototypes = Param::from_tensor(init.uniform([shape.prototypes, d], 1.0 / (d as f64).sqrt()));
+        Self {
+            target: anchor.clone().no_grad(),
+            target_head: anchor_head.clone().no_grad(),
+            anchor,
+            anchor_head,
+            f_ehr,
+            g,
+            prototypes,
+        }
+    }
+
+    /// Anchor-branch outputs and target outputs of a batch.
+    pub fn forward(&self, views: Views) -> MsnOutput {
+        let [b, _, _, _] = views.anchor.dims();
+        let h_anchor = self.anchor.forward(views.anchor, views.anchor_keep);
+        let h_focal = views.focal.map(|f| self.anchor.forward(f, views.focal_keep));
+        let anchors = match (&self.f_ehr, &self.g, views.ehr) {
+            (Some(f_ehr), Some(g), Some(ehr)) => {
+                let mut rows = vec![h_anchor];
+                rows.extend(h_focal);
+                let h = Tensor::cat(rows, 0);
+                let [n, _] = h.dims();
+                let e = f_ehr.forward(ehr).repeat_dim(0, n / b);
+                self.anchor_head.forward(g.forward(Tensor::cat(vec![h, e], 1)))
+            }
+            // Vanilla MSN: the reference runs the head on the anchors and on the focal rows
+            // separately (BatchNorm statistics per group).
+            _ => {
+                let mut rows = vec![self.anchor_head.forward(h_anchor)];
+                rows.extend(h_focal.map(|h| self.anchor_head.forward(h)));
+                Tensor::cat(rows, 0)
+            }
+        };
+        let targets = self.target_head.forward(self.target.forward(views.target, None)).detach();
+        MsnOutput { anchors, targets }
+    }
+}

@@ -1,0 +1,11 @@
+//! The networks: the ViT backbone, its position-embedding resize, the MSN projection head and
+//! their initialisation.
+
+pub mod fusion;
+pub mod head;
+pub mod init;
+pub mod pos;
+pub mod vit;
+
+pub use head::ProjectionHead;
+pub use vit::{Vit, VitConfig};

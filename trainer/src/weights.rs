@@ -1,0 +1,89 @@
+//! Loading PyTorch weights by name: torchvision's `VisionTransformer` state dict into [`Vit`],
+//! lightly's `MSNProjectionHead` into [`ProjectionHead`], `nn.Linear` layers. PyTorch stores
+//! linear weights `[out, in]`; burn's [`Linear`] holds `[in, out]`, so they are transposed.
+//! A missing tensor or a shape that does not match is an error naming it.
+
+use std::collections::BTreeMap;
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+use cxr_dataset::tensors::RawTensor;
+
+use crate::model::head::BatchNorm1d;
+use crate::model::{ProjectionHead, Vit};
+use crate::{Error, Result};
+
+/// Named tensors (a state dict), read from safetensors.
+pub type StateDict = BTreeMap<String, RawTensor>;
+
+/// Reads `name` as an f32 tensor of exactly `shape`.
+pub fn tensor<const D: usize>(sd: &StateDict, name: &str, shape: [usize; D], device: &Device) -> Result<Tensor<D>> {
+    let t = sd.get(name).ok_or_else(|| Error::Weights(format!("missing tensor {name}")))?;
+    if t.shape != shape {
+        return Err(Error::Weights(format!("{name}: shape {:?}, expected {shape:?}", t.shape)));
+    }
+    let values = t.to_f32().map_err(|e| Error::Weights(format!("{name}: {e}")))?;
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// A PyTorch `nn.Linear` (`{prefix}.weight` `[out, in]`, optional `{prefix}.bias`).
+pub fn load_linear(l: &mut Linear, sd: &StateDict, prefix: &str, device: &Device) -> Result<()> {
+    let [d_in, d_out] = l.weight.dims();
+    let w: Tensor<2> = tensor(sd, &format!("{prefix}.weight"), [d_out, d_in], device)?;
+    l.weight = Param::from_tensor(w.transpose());
+    if l.bias.is_some() {
+        l.bias = Some(Param::from_tensor(tensor(sd, &format!("{prefix}.bias"), [d_out], device)?));
+    }
+    Ok(())
+}
+
+fn load_layer_norm(n: &mut LayerNorm, sd: &StateDict, prefix: &str, device: &Device) -> Result<()> {
+    let [d] = n.gamma.dims();
+    n.gamma = Param::from_tensor(tensor(sd, &format!("{prefix}.weight"), [d], device)?);
+    n.beta = Some(Param::from_tensor(tensor(sd, &format!("{prefix}.bias"), [d], device)?));
+    Ok(())
+}
+
+fn load_batch_norm(n: &mut BatchNorm1d, sd: &StateDict, prefix: &str, device: &Device) -> Result<()> {
+    let [d] = n.gamma.dims();
+    n.gamma = Param::from_tensor(tensor(sd, &format!("{prefix}.weight"), [d], device)?);
+    n.beta = Param::from_tensor(tensor(sd, &format!("{prefix}.bias"), [d], device)?);
+    Ok(())
+}
+
+/// torchvision `VisionTransformer` weights under `prefix` (e.g. `w.` or `backbone.`); the
+/// classification head (`heads.*`) is ignored.
+pub fn load_vit(vit: &mut Vit, sd: &StateDict, prefix: &str, device: &Device) -> Result<()> {
+    let d = vit.dim();
+    let [patch_in, _] = vit.patch.weight.dims();
+    let p = vit.patch_size;
+    let conv: Tensor<4> = tensor(sd, &format!("{prefix}conv_proj.weight"), [d, vit.channels, p, p], device)?;
+    vit.patch.weight = Param::from_tensor(conv.reshape([d, patch_in]).transpose());
+    vit.patch.bias = Some(Param::from_tensor(tensor(sd, &format!("{prefix}conv_proj.bias"), [d], device)?));
+    vit.cls = Param::from_tensor(tensor(sd, &format!("{prefix}class_token"), [1, 1, d], device)?);
+    let tokens = vit.pos.dims()[1];
+    vit.pos = Param::from_tensor(tensor(sd, &format!("{prefix}encoder.pos_embedding"), [1, tokens, d], device)?);
+    for (i, block) in vit.blocks.iter_mut().enumerate() {
+        let b = format!("{prefix}encoder.layers.encoder_layer_{i}");
+        load_layer_norm(&mut block.norm1, sd, &format!("{b}.ln_1"), device)?;
+        let w: Tensor<2> = tensor(sd, &format!("{b}.self_attention.in_proj_weight"), [3 * d, d], device)?;
+        block.attn.qkv.weight = Param::from_tensor(w.transpose());
+        block.attn.qkv.bias =
+            Some(Param::from_tensor(tensor(sd, &format!("{b}.self_attention.in_proj_bias"), [3 * d], device)?));
+        load_linear(&mut block.attn.out, sd, &format!("{b}.self_attention.out_proj"), device)?;
+        load_layer_norm(&mut block.norm2, sd, &format!("{b}.ln_2"), device)?;
+        load_linear(&mut block.fc1, sd, &format!("{b}.mlp.0"), device)?;
+        load_linear(&mut block.fc2, sd, &format!("{b}.mlp.3"), device)?;
+    }
+    load_layer_norm(&mut vit.norm, sd, &format!("{prefix}encoder.ln"), device)
+}
+
+/// lightly `MSNProjectionHead` weights under `prefix` (`layers.0`, `.1`, `.3`, `.4`, `.6`).
+pub fn load_head(head: &mut ProjectionHead, sd: &StateDict, prefix: &str, device: &Device) -> Result<()> {
+    load_linear(&mut head.fc1, sd, &format!("{prefix}layers.0"), device)?;
+    load_batch_norm(&mut head.bn1, sd, &format!("{prefix}layers.1"), device)?;
+    load_linear(&mut head.fc2, sd, &format!("{prefix}layers.3"), device)?;
+    load_batch_norm(&mut head.bn2, sd, &format!("{prefix}layers.4"), device)?;
+    load_linear(&mut head.fc3, sd, &format!("{prefix}layers.6"), device)
+}
