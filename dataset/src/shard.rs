@@ -1,18 +1,37 @@
-//! Image shards: safetensors files holding one tensor `images`, `u8 [N, H, W]`, whose rows
-//! are in the same order as the matching Parquet part of the feature table. Any safetensors
-//! reader (Python `safetensors`, numpy via the header) can read them.
+//! Image shards: safetensors files holding the tensor `images`, `u8 [N, H, W]`, whose rows
+//! are in the same order as the matching Parquet part of the feature table, and (from the
+//! pipeline) the tensor `features`, `f32 [N, F]`: the numeric columns of those rows (EHR
+//! encodings, labels, split code; null as NaN), named in order by the metadata entry
+//! `feature_columns` (a JSON list). The trainer reads only shards; Python, PyTorch and numpy
+//! users read them with any safetensors reader.
 //!
-//! Layout: an 8-byte little-endian header length, a JSON header
-//! `{"images":{"dtype":"U8","shape":[N,H,W],"data_offsets":[0,N*H*W]},"__metadata__":{..}}`
-//! padded with spaces to a multiple of 8 bytes, then the pixel bytes.
+//! Layout: an 8-byte little-endian header length, a JSON header padded with spaces to a
+//! multiple of 8 bytes, then the data: `features` first (so its f32 values are aligned), then
+//! the pixel bytes.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Name of the tensor in every shard.
+/// Name of the image tensor in every shard.
 pub const TENSOR: &str = "images";
+
+/// Name of the feature tensor.
+pub const FEATURES: &str = "features";
+
+/// Metadata key listing the feature columns (a JSON array of names).
+pub const FEATURE_COLUMNS: &str = "feature_columns";
+
+/// Code of each split in the `split` feature column.
+pub fn split_code(split: &str) -> Option<f32> {
+    match split {
+        "train" => Some(0.0),
+        "validate" => Some(1.0),
+        "test" => Some(2.0),
+        _ => None,
+    }
+}
 
 /// What can go wrong reading or writing a shard.
 #[derive(Debug, thiserror::Error)]
@@ -31,18 +50,49 @@ struct TensorInfo {
 }
 
 /// A shard in memory: `n` images of `height x width` bytes, row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Shard {
     pub height: usize,
     pub width: usize,
     pub pixels: Vec<u8>,
     /// Free-form string metadata (e.g. dataset version, dicom ids are in the Parquet part).
     pub metadata: BTreeMap<String, String>,
+    /// Names of the feature columns (empty: no `features` tensor).
+    pub feature_names: Vec<String>,
+    /// `[N, F]` row-major, F = `feature_names.len()`.
+    pub features: Vec<f32>,
 }
 
 impl Shard {
     pub fn new(height: usize, width: usize) -> Self {
-        Self { height, width, pixels: Vec::new(), metadata: BTreeMap::new() }
+        Self {
+            height,
+            width,
+            pixels: Vec::new(),
+            metadata: BTreeMap::new(),
+            feature_names: Vec::new(),
+            features: Vec::new(),
+        }
+    }
+
+    /// Feature row `i`.
+    pub fn feature_row(&self, i: usize) -> &[f32] {
+        let f = self.feature_names.len();
+        &self.features[i * f..(i + 1) * f]
+    }
+
+    /// Appends one image and its feature row (`feature_names.len()` values).
+    pub fn push_with_features(&mut self, image: &[u8], features: &[f32]) -> Result<(), ShardError> {
+        if features.len() != self.feature_names.len() {
+            return Err(ShardError::Format(format!(
+                "{} feature values for {} columns",
+                features.len(),
+                self.feature_names.len()
+            )));
+        }
+        self.push(image)?;
+        self.features.extend_from_slice(features);
+        Ok(())
     }
 
     /// Number of images.
@@ -76,18 +126,29 @@ impl Shard {
 
     /// Serialises to safetensors bytes.
     pub fn write(&self, mut w: impl Write) -> Result<(), ShardError> {
+        let feature_bytes = 4 * self.features.len();
         let info = TensorInfo {
             dtype: "U8".into(),
             shape: vec![self.len(), self.height, self.width],
-            data_offsets: [0, self.pixels.len()],
+            data_offsets: [feature_bytes, feature_bytes + self.pixels.len()],
         };
+        fn json(v: &impl Serialize) -> Result<serde_json::Value, ShardError> {
+            serde_json::to_value(v).map_err(|e| ShardError::Format(e.to_string()))
+        }
         let mut header = serde_json::Map::new();
-        header.insert(TENSOR.into(), serde_json::to_value(&info).map_err(|e| ShardError::Format(e.to_string()))?);
-        if !self.metadata.is_empty() {
-            header.insert(
-                "__metadata__".into(),
-                serde_json::to_value(&self.metadata).map_err(|e| ShardError::Format(e.to_string()))?,
-            );
+        header.insert(TENSOR.into(), json(&info)?);
+        let mut metadata = self.metadata.clone();
+        if !self.feature_names.is_empty() {
+            let features = TensorInfo {
+                dtype: "F32".into(),
+                shape: vec![self.len(), self.feature_names.len()],
+                data_offsets: [0, feature_bytes],
+            };
+            header.insert(FEATURES.into(), json(&features)?);
+            metadata.insert(FEATURE_COLUMNS.into(), json(&self.feature_names)?.to_string());
+        }
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), json(&metadata)?);
         }
         let mut text = serde_json::to_vec(&header).map_err(|e| ShardError::Format(e.to_string()))?;
         while text.len() % 8 != 0 {
@@ -95,6 +156,11 @@ impl Shard {
         }
         w.write_all(&(text.len() as u64).to_le_bytes())?;
         w.write_all(&text)?;
+        let mut floats = Vec::with_capacity(feature_bytes);
+        for v in &self.features {
+            floats.extend_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&floats)?;
         w.write_all(&self.pixels)?;
         Ok(())
     }
@@ -122,19 +188,52 @@ impl Shard {
         let [n, h, w] = info.shape[..] else {
             return Err(ShardError::Format(format!("shape {:?} is not [N, H, W]", info.shape)));
         };
-        if info.dtype != "U8" || info.data_offsets != [0, n * h * w] {
+        let [start, end] = info.data_offsets;
+        if info.dtype != "U8" || end.checked_sub(start) != Some(n * h * w) {
             return Err(ShardError::Format(format!("dtype {} with offsets {:?}", info.dtype, info.data_offsets)));
         }
-        let metadata = header
+        let mut metadata: BTreeMap<String, String> = header
             .get("__metadata__")
             .cloned()
             .map(serde_json::from_value)
             .transpose()
             .map_err(|e| ShardError::Format(format!("metadata: {e}")))?
             .unwrap_or_default();
+        let feature_names: Vec<String> = match metadata.remove(FEATURE_COLUMNS) {
+            Some(text) => {
+                serde_json::from_str(&text).map_err(|e| ShardError::Format(format!("{FEATURE_COLUMNS}: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let features_info: Option<TensorInfo> = header
+            .get(FEATURES)
+            .cloned()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| ShardError::Format(format!("tensor {FEATURES}: {e}")))?;
+        let feature_bytes = match &features_info {
+            Some(fi) => {
+                let want = 4 * n * feature_names.len();
+                if fi.dtype != "F32" || fi.data_offsets != [0, want] || start != want {
+                    return Err(ShardError::Format(format!(
+                        "features: dtype {} offsets {:?} for {n} rows of {} columns",
+                        fi.dtype,
+                        fi.data_offsets,
+                        feature_names.len()
+                    )));
+                }
+                want
+            }
+            None if start == 0 => 0,
+            None => return Err(ShardError::Format(format!("images start at {start} with no features tensor"))),
+        };
+        let mut floats = vec![0u8; feature_bytes];
+        r.read_exact(&mut floats)?;
+        let features = floats.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let feature_names = if feature_bytes == 0 && n > 0 { Vec::new() } else { feature_names };
         let mut pixels = vec![0u8; n * h * w];
         r.read_exact(&mut pixels)?;
-        Ok(Self { height: h, width: w, pixels, metadata })
+        Ok(Self { height: h, width: w, pixels, metadata, feature_names, features })
     }
 }
 
@@ -160,5 +259,25 @@ mod tests {
         assert_eq!(back, s);
         assert_eq!(back.image(1), &[7, 8, 9, 10, 11, 12]);
         assert!(Shard::read(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+    }
+
+    #[test]
+    fn features_travel_with_the_images() {
+        let mut s = Shard::new(1, 2);
+        s.feature_names = vec!["sex_male".into(), "label_edema".into()];
+        s.push_with_features(&[1, 2], &[1.0, f32::NAN]).unwrap();
+        s.push_with_features(&[3, 4], &[0.0, 1.0]).unwrap();
+        assert!(s.push_with_features(&[5, 6], &[0.0]).is_err());
+        let mut bytes = Vec::new();
+        s.write(&mut bytes).unwrap();
+        let back = Shard::read(&bytes[..]).unwrap();
+        assert_eq!(back.feature_names, s.feature_names);
+        assert_eq!(back.feature_row(1), &[0.0, 1.0]);
+        assert!(back.feature_row(0)[1].is_nan());
+        assert_eq!(back.image(1), &[3, 4]);
+        // Any safetensors reader sees both tensors.
+        let t = crate::tensors::parse(&bytes).unwrap();
+        assert_eq!(t["features"].shape, vec![2, 2]);
+        assert_eq!(t["images"].to_i64().unwrap(), vec![1, 2, 3, 4]);
     }
 }

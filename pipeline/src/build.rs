@@ -419,7 +419,9 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     // processes of a sharded build share it.
     let work = job.out.join(format!(".tmp-{version}"));
     fs_err::create_dir_all(work.join(FEATURES_DIR))?;
-    let files = job.files.map(|rows| images::Files { root: job.images_root, rows, decode: job.decode });
+    let features = feature_matrix(job.table)?;
+    let files =
+        job.files.map(|rows| images::Files { root: job.images_root, rows, decode: job.decode, features: &features });
     let n = job.table.height();
     let stage = images::run(n, files, job.image_size, job.shard_size, &work, &version, job.run, progress)?;
     // A subset run never publishes (two finishing at once would race); `merge` does.
@@ -446,6 +448,39 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     let (md, json) = report(&kept, stage.rejects.len(), &version)?;
     publish(job, &stage, (&md, &json), &work, &dir, &version)?;
     Ok(Outcome::Published { version, dir })
+}
+
+/// Identifier columns, not stored as features.
+const ID_COLUMNS: [&str; 4] = ["subject_id", "study_id", "hadm_id", "stay_id"];
+
+/// The numeric columns of the table (and `split` as its code), as `f32` with null as NaN: what
+/// the trainer reads from the image shards.
+pub fn feature_matrix(df: &DataFrame) -> Result<images::FeatureMatrix> {
+    let mut names = Vec::new();
+    let mut columns: Vec<Vec<f32>> = Vec::new();
+    for c in df.columns() {
+        let name = c.name().to_string();
+        if ID_COLUMNS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<f32> = if name == "split" {
+            let s = c.str().map_err(pe("split"))?;
+            s.iter().map(|v| v.and_then(cxr_dataset::shard::split_code).unwrap_or(f32::NAN)).collect()
+        } else if c.dtype().is_primitive_numeric() || c.dtype().is_bool() {
+            let f = c.cast(&DataType::Float32).map_err(pe("feature column"))?;
+            f.f32().map_err(pe("feature column"))?.iter().map(|v| v.unwrap_or(f32::NAN)).collect()
+        } else {
+            continue;
+        };
+        names.push(name);
+        columns.push(values);
+    }
+    let n = df.height();
+    let mut values = Vec::with_capacity(n * names.len());
+    for r in 0..n {
+        values.extend(columns.iter().map(|c| c[r]));
+    }
+    Ok(images::FeatureMatrix { names, values })
 }
 
 /// The report files of a version.

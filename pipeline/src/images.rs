@@ -150,12 +150,27 @@ pub struct ImageRow {
     pub invalid: Option<Reject>,
 }
 
-/// The image files of an image stage.
+/// The numeric columns of a table, row-major (null as NaN), stored with the images.
+#[derive(Debug, Clone, Default)]
+pub struct FeatureMatrix {
+    pub names: Vec<String>,
+    pub values: Vec<f32>,
+}
+
+impl FeatureMatrix {
+    fn row(&self, i: usize) -> &[f32] {
+        let f = self.names.len();
+        &self.values[i * f..(i + 1) * f]
+    }
+}
+
+/// The image files of an image stage, and the feature rows stored with them.
 #[derive(Debug, Clone, Copy)]
 pub struct Files<'a> {
     pub root: &'a Path,
     pub rows: &'a [ImageRow],
     pub decode: Decoder,
+    pub features: &'a FeatureMatrix,
 }
 
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
@@ -261,6 +276,7 @@ fn build_unit(
 ) -> Result<UnitRecord> {
     let mut shard = Shard::new(size, size);
     shard.metadata.insert("dataset_version".into(), version.into());
+    shard.feature_names = files.features.names.clone();
     let mut rejected = Vec::new();
     let mine = &files.rows[unit.first..unit.first + unit.rows];
     for (c, part) in mine.chunks(chunk).enumerate() {
@@ -273,7 +289,9 @@ fn build_unit(
             .collect();
         for (k, (row, result)) in part.iter().zip(done).enumerate() {
             match result {
-                Ok(pixels) => shard.push(&pixels).map_err(|e| Error::Config(e.to_string()))?,
+                Ok(pixels) => shard
+                    .push_with_features(&pixels, files.features.row(unit.first + c * chunk + k))
+                    .map_err(|e| Error::Config(e.to_string()))?,
                 Err(reason) if fail_fast => {
                     return Err(Error::Config(format!("{}: {reason} (--fail-fast)", row.path)));
                 }

@@ -157,3 +157,32 @@ fn a_build_where_every_image_is_rejected_fails_and_publishes_nothing() {
     let err = build(&images_config(root, out.path(), ImageSource::Jpg), &Silent).unwrap_err().to_string();
     assert!(err.contains("no MIMIC-CXR-JPG image tree"), "{err}");
 }
+
+/// The trainer reads only shards: each carries the numeric columns of its rows (EHR
+/// encodings, labels, split code; null as NaN), equal to the Parquet part's values.
+#[test]
+fn shards_carry_the_numeric_columns_of_their_rows() {
+    let root = &small().root;
+    let out = tempfile::tempdir().unwrap();
+    let built = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap();
+    let shard = Shard::read(fs_err::File::open(built.dir.join(IMAGES_DIR).join(shard_name(0))).unwrap()).unwrap();
+    let (part, _) = fs_err::File::open(built.dir.join(FEATURES_DIR).join(part_name(0))).unwrap().into_parts();
+    let part = ParquetReader::new(part).finish().unwrap();
+    for name in ["sex_male", "age_norm", "view_AP", "icu_icu", "label_edema", "raw_label_edema", "split"] {
+        assert!(shard.feature_names.iter().any(|n| n == name), "{name} in {:?}", shard.feature_names);
+    }
+    assert!(!shard.feature_names.iter().any(|n| n == "subject_id" || n == "dicom_id"));
+    for (j, name) in shard.feature_names.iter().enumerate() {
+        let expected: Vec<f32> = if name == "split" {
+            let s = part.column("split").unwrap().str().unwrap().clone();
+            s.iter().map(|v| cxr_dataset::shard::split_code(v.unwrap()).unwrap()).collect()
+        } else {
+            let c = part.column(name).unwrap().cast(&DataType::Float32).unwrap();
+            c.f32().unwrap().iter().map(|v| v.unwrap_or(f32::NAN)).collect()
+        };
+        for (i, e) in expected.iter().enumerate() {
+            let got = shard.feature_row(i)[j];
+            assert!(got == *e || (got.is_nan() && e.is_nan()), "row {i} {name}: {got} vs {e}");
+        }
+    }
+}
