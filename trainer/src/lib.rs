@@ -1,8 +1,10 @@
 //! EHR-augmented Masked Siamese Network pretraining and evaluation of Vision Transformers on a
 //! dataset built by `pipeline` (METHOD.md). Built on burn; the CPU backend is burn-flex.
 //!
-//! In data-flow order: [`model`] (the ViT backbone, its position-embedding resize, the MSN
-//! projection head), [`msn`] (the loss), [`weights`] (loading PyTorch weights by name).
+//! In data-flow order: [`data`] (a verified dataset version, read from its image shards),
+//! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its
+//! position-embedding resize, the projection head, the EHR-fused network), [`msn`] (the loss),
+//! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -16,10 +18,13 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod data;
 mod error;
 pub mod model;
 pub mod msn;
+pub mod pretrain;
 pub mod rng;
+pub mod views;
 pub mod weights;
 
 pub use error::{Error, Result};

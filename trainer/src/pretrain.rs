@@ -1,0 +1,306 @@
+//! MSN pretraining (METHOD.md sections 3-8): views and masks made on CPU threads ahead of the
+//! model, the EHR-fused network, the MSN loss, AdamW with a per-epoch cosine schedule, and the
+//! EMA target update before every step. Metrics go to `metrics.jsonl`; the resolved config to
+//! `config.json` (with the dataset version).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use cxr_dataset::Split;
+use cxr_dataset::features::EhrSelection;
+
+use crate::data::Dataset;
+use crate::model::VitConfig;
+use crate::model::fusion::{FusionShape, MsnNet, Views};
+use crate::msn::MsnLossConfig;
+use crate::rng::Rng;
+use crate::views::{Batch, Masking, ViewConfig, make_batch};
+use crate::{Error, Result};
+
+/// Everything a pretraining run depends on; saved as `config.json`.
+#[derive(Config, Debug)]
+pub struct PretrainConfig {
+    /// `paper` or `msn` (see [`PretrainConfig::paper`], [`PretrainConfig::msn`]).
+    pub preset: String,
+    pub vit: VitConfig,
+    /// `--ehr` selection (`none`: vanilla MSN).
+    pub ehr: String,
+    #[config(default = 128)]
+    pub ehr_dim: usize,
+    #[config(default = 1024)]
+    pub prototypes: usize,
+    #[config(default = 100)]
+    pub epochs: usize,
+    #[config(default = 64)]
+    pub batch_size: usize,
+    #[config(default = 1e-4)]
+    pub lr: f64,
+    #[config(default = 1e-3)]
+    pub weight_decay: f64,
+    /// EMA momentum at the start and the end of training (linear ramp; equal = constant).
+    #[config(default = 0.996)]
+    pub ema_start: f64,
+    #[config(default = 0.996)]
+    pub ema_end: f64,
+    /// Linear warmup epochs before the cosine schedule.
+    #[config(default = 0)]
+    pub warmup_epochs: usize,
+    #[config(default = false)]
+    pub train_prototypes: bool,
+    pub masking: Masking,
+    #[config(default = 0.15)]
+    pub mask_ratio: f64,
+    pub views: ViewConfig,
+    pub loss: MsnLossConfig,
+    #[config(default = 24)]
+    pub seed: u64,
+    /// Pretrain on the training split only (`train`, the default) or every image (`all`, the
+    /// reference's behaviour).
+    #[config(default = "String::from(\"train\")")]
+    pub pretrain_split: String,
+    /// Stop after this many steps (benchmarks, smoke tests).
+    #[config(default = "None")]
+    pub max_steps: Option<usize>,
+}
+
+impl PretrainConfig {
+    /// The reference code's behaviour: 6-head ViT, masking of all anchor views with its
+    /// off-by-one, frozen prototypes, constant EMA 0.996, lr 1e-4, wd 1e-3, batch 64, seed 24.
+    pub fn paper(vit: VitConfig, ehr: &str) -> Self {
+        Self::new("paper".into(), vit, ehr.into(), Masking::Paper, ViewConfig::new(), MsnLossConfig::new())
+    }
+
+    /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking.
+    pub fn msn(vit: VitConfig, ehr: &str) -> Self {
+        Self::new("msn".into(), vit, ehr.into(), Masking::Msn, ViewConfig::new(), MsnLossConfig::new())
+            .with_train_prototypes(true)
+            .with_ema_end(1.0)
+            .with_warmup_epochs(15)
+    }
+
+    /// Learning rate of `epoch` (warmup, then cosine to 0 over the remaining epochs).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        if epoch < self.warmup_epochs {
+            return self.lr * (epoch + 1) as f64 / self.warmup_epochs as f64;
+        }
+        let span = (self.epochs - self.warmup_epochs).max(1) as f64;
+        let t = (epoch - self.warmup_epochs) as f64 / span;
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// EMA momentum after `step` of `total`.
+    pub fn ema_at(&self, step: usize, total: usize) -> f64 {
+        self.ema_start + (self.ema_end - self.ema_start) * step as f64 / total.max(1) as f64
+    }
+}
+
+/// Collects a module's float parameters, flattened, in visiting order.
+struct Collect(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val().detach();
+        let n = t.shape().num_elements();
+        self.0.push(t.reshape([n]));
+    }
+}
+
+/// `target = m * target + (1 - m) * anchor`, parameter by parameter in visiting order.
+struct Ema {
+    anchor: Vec<Tensor<1>>,
+    next: usize,
+    momentum: f64,
+}
+
+impl ModuleMapper for Ema {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let a = self.anchor[self.next].clone();
+        self.next += 1;
+        let m = self.momentum;
+        param.map(|t| {
+            let dims = t.dims();
+            (t.mul_scalar(m) + a.reshape(dims).mul_scalar(1.0 - m)).detach()
+        })
+    }
+}
+
+/// The EMA update of the target encoder and head from the anchor's.
+pub fn ema_update(net: MsnNet, momentum: f64) -> MsnNet {
+    let mut c = Collect(Vec::new());
+    net.anchor.visit(&mut c);
+    net.anchor_head.visit(&mut c);
+    let MsnNet { anchor, anchor_head, target, target_head, f_ehr, g, prototypes } = net;
+    let mut ema = Ema { anchor: c.0, next: 0, momentum };
+    let target = target.map(&mut ema);
+    let target_head = target_head.map(&mut ema);
+    MsnNet { anchor, anchor_head, target, target_head, f_ehr, g, prototypes }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub loss: f32,
+    pub cross_entropy: f32,
+    pub me_max: f32,
+    pub lr: f64,
+    pub momentum: f64,
+    pub images_per_second: f64,
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct PretrainSummary {
+    pub run: PathBuf,
+    pub steps: usize,
+    pub images: usize,
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub seconds: f64,
+    pub net: MsnNet,
+}
+
+fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views {
+    let v = &cfg.views;
+    let (n, c, g, f) = (b.size, v.channels, v.global_size, v.focal_size);
+    let t4 = |data: &[f32], rows: usize, side: usize| {
+        Tensor::<4>::from_data(TensorData::new(data.to_vec(), [rows, c, side, side]), device)
+    };
+    let keep = |data: &[i64], rows: usize, kept: usize| {
+        (!data.is_empty()).then(|| Tensor::<2, Int>::from_data(TensorData::new(data.to_vec(), [rows, kept]), device))
+    };
+    let fv = v.focal_views * n;
+    let e = b.ehr.len() / n.max(1);
+    Views {
+        target: t4(&b.target, n, g),
+        anchor: t4(&b.anchor, n, g),
+        anchor_keep: keep(&b.anchor_keep, n, b.anchor_kept),
+        focal: (v.focal_views > 0).then(|| t4(&b.focal, fv, f)),
+        focal_keep: keep(&b.focal_keep, fv, b.focal_kept),
+        ehr: (e > 0).then(|| Tensor::<2>::from_data(TensorData::new(b.ehr.clone(), [n, e]), device)),
+    }
+}
+
+fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+}
+
+/// Pretrains on `dataset` into the run folder `run`, on `device` (an autodiff device).
+pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Device) -> Result<PretrainSummary> {
+    let ds = Dataset::open(dataset)?;
+    let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
+    let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
+    let splits: Vec<Split> = match cfg.pretrain_split.as_str() {
+        "all" => Vec::new(),
+        "train" => vec![Split::Train],
+        other => return Err(Error::Config(format!("--pretrain-split {other}: expected train or all"))),
+    };
+    let images = ds.load(&splits, &columns)?;
+    if images.len() < cfg.batch_size {
+        return Err(Error::Config(format!(
+            "{} pretraining images, fewer than one batch of {}",
+            images.len(),
+            cfg.batch_size
+        )));
+    }
+    std::fs::create_dir_all(run)?;
+    let mut saved = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    saved["dataset_version"] = ds.version.clone().into();
+    saved["ehr_columns"] = columns.clone().into();
+    std::fs::write(run.join("config.json"), serde_json::to_string_pretty(&saved).unwrap_or_default())?;
+
+    let mut rng = Rng::new(cfg.seed);
+    let shape = FusionShape { ehr_in: columns.len(), ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
+    let mut net = MsnNet::new(&cfg.vit, shape, device, &mut rng);
+    if !cfg.train_prototypes {
+        net.prototypes = net.prototypes.set_require_grad(false);
+    }
+    // Taken and put back by each step (the step closure cannot move it).
+    let mut slot = Some(net);
+    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8).init();
+    let per_epoch = images.len() / cfg.batch_size;
+    let total = cfg.max_steps.unwrap_or(per_epoch * cfg.epochs).min(per_epoch * cfg.epochs);
+    let mut metrics = std::io::BufWriter::new(std::fs::File::create(run.join("metrics.jsonl"))?);
+    let started = Instant::now();
+    let (mut step, mut first, mut last) = (0, f32::NAN, f32::NAN);
+    'epochs: for epoch in 0..cfg.epochs {
+        let lr = cfg.lr_at(epoch);
+        let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(images.len());
+        // Views of the next batch are made on a worker thread while the model runs.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let result = std::thread::scope(|s| -> Result<bool> {
+            let images = &images;
+            let order = &order;
+            s.spawn(move || {
+                for (k, chunk) in order.chunks_exact(cfg.batch_size).enumerate() {
+                    let b = make_batch(
+                        images,
+                        chunk,
+                        &cfg.views,
+                        cfg.masking,
+                        cfg.mask_ratio,
+                        cfg.vit.patch_size,
+                        cfg.seed,
+                        epoch,
+                        k,
+                    );
+                    if tx.send(b).is_err() {
+                        break;
+                    }
+                }
+            });
+            // Owned here, so returning early drops it and stops the producer.
+            let rx = rx;
+            for batch in rx.iter() {
+                if step >= total {
+                    return Ok(false);
+                }
+                let t0 = Instant::now();
+                let momentum = cfg.ema_at(step, total);
+                let net = ema_update(slot.take().ok_or_else(|| Error::Config("no network".into()))?, momentum);
+                let out = net.forward(batch_tensors(&batch, cfg, device));
+                let prototypes =
+                    if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
+                let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
+                let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
+                slot = Some(optim.step(lr, net, grads));
+                let m = StepMetrics {
+                    epoch,
+                    step,
+                    loss: scalar(loss.loss),
+                    cross_entropy: scalar(loss.cross_entropy),
+                    me_max: scalar(loss.me_max),
+                    lr,
+                    momentum,
+                    images_per_second: batch.size as f64 / t0.elapsed().as_secs_f64(),
+                };
+                if step == 0 {
+                    first = m.loss;
+                }
+                last = m.loss;
+                writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
+                step += 1;
+            }
+            Ok(true)
+        })?;
+        if !result || step >= total {
+            break 'epochs;
+        }
+    }
+    metrics.flush()?;
+    Ok(PretrainSummary {
+        run: run.to_path_buf(),
+        steps: step,
+        images: step * cfg.batch_size,
+        first_loss: first,
+        last_loss: last,
+        seconds: started.elapsed().as_secs_f64(),
+        net: slot.ok_or_else(|| Error::Config("no network".into()))?,
+    })
+}

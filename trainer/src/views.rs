@@ -1,0 +1,261 @@
+//! The MSN views of an image (METHOD.md section 3) and the token masks (section 4), made on
+//! CPU threads from the u8 shard images, deterministic for a seed, epoch and image.
+//!
+//! Per image: a target and an anchor view (random resized crop to `global_size`, scale
+//! 0.3-1.0, ratio 3/4-4/3), `focal_views` focal views (to `focal_size`, scale 0.05-0.3), each
+//! flipped horizontally with probability 0.5, bilinear resampling, gray replicated to
+//! `channels` and normalised with `mean`/`std`.
+
+use burn::config::Config;
+use rayon::prelude::*;
+
+use crate::data::Images;
+use crate::rng::Rng;
+
+/// View settings.
+#[derive(Config, Debug)]
+pub struct ViewConfig {
+    #[config(default = 224)]
+    pub global_size: usize,
+    #[config(default = 96)]
+    pub focal_size: usize,
+    #[config(default = 10)]
+    pub focal_views: usize,
+    #[config(default = "(0.3, 1.0)")]
+    pub global_scale: (f64, f64),
+    #[config(default = "(0.05, 0.3)")]
+    pub focal_scale: (f64, f64),
+    #[config(default = "(0.75, 1.3333333333333333)")]
+    pub ratio: (f64, f64),
+    #[config(default = 0.5)]
+    pub flip: f64,
+    /// Input channels of the ViT (gray replicated).
+    #[config(default = 3)]
+    pub channels: usize,
+    /// Per-channel normalisation (ImageNet's, as the reference's pretraining).
+    #[config(default = "[0.485, 0.456, 0.406]")]
+    pub mean: [f32; 3],
+    #[config(default = "[0.229, 0.224, 0.225]")]
+    pub std: [f32; 3],
+}
+
+/// Which tokens the anchor branch keeps.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Masking {
+    /// The reference: per sample, on the anchor and every focal view, `int(P * (1 - r))`
+    /// tokens counting CLS, drawn among [CLS, patch 1..P-1] (the last patch never kept).
+    Paper,
+    /// The original MSN: `int(P * (1 - r))` patches plus CLS among all P, one draw for the whole
+    /// batch, on the anchor view only.
+    Msn,
+    /// No masking.
+    None,
+}
+
+/// A batch of views on the CPU, ready to become tensors.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub size: usize,
+    /// `[B, C, G, G]`.
+    pub target: Vec<f32>,
+    /// `[B, C, G, G]`.
+    pub anchor: Vec<f32>,
+    /// `[F * B, C, g, g]`, view-major.
+    pub focal: Vec<f32>,
+    /// `[B, kept]` (empty: no mask).
+    pub anchor_keep: Vec<i64>,
+    pub anchor_kept: usize,
+    /// `[F * B, kept]` (empty: no mask).
+    pub focal_keep: Vec<i64>,
+    pub focal_kept: usize,
+    /// `[B, E]`.
+    pub ehr: Vec<f32>,
+}
+
+/// `(y0, x0, h, w)` of a random resized crop of a `side x side` image (torchvision's
+/// `RandomResizedCrop.get_params`: ten tries, then the centre crop).
+fn crop_box(side: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut Rng) -> (f64, f64, f64, f64) {
+    let area = (side * side) as f64;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.uniform(scale.0, scale.1);
+        let aspect = rng.uniform(lr0, lr1).exp();
+        let w = (target * aspect).sqrt().round();
+        let h = (target / aspect).sqrt().round();
+        if w > 0.0 && h > 0.0 && w <= side as f64 && h <= side as f64 {
+            let y0 = rng.below(side - h as usize + 1) as f64;
+            let x0 = rng.below(side - w as usize + 1) as f64;
+            return (y0, x0, h, w);
+        }
+    }
+    (0.0, 0.0, side as f64, side as f64)
+}
+
+/// One view: crop, bilinear resize to `out`, optional flip, replicate and normalise.
+fn view(img: &[u8], side: usize, out: usize, scale: (f64, f64), cfg: &ViewConfig, rng: &mut Rng, dst: &mut [f32]) {
+    let (y0, x0, h, w) = crop_box(side, scale, cfg.ratio, rng);
+    let flip = rng.f64() < cfg.flip;
+    let px = |y: usize, x: usize| f32::from(img[y * side + x]) / 255.0;
+    let plane = out * out;
+    for oy in 0..out {
+        let sy = (y0 + (oy as f64 + 0.5) * h / out as f64 - 0.5).clamp(0.0, side as f64 - 1.0);
+        let (ya, fy) = (sy.floor() as usize, (sy - sy.floor()) as f32);
+        let yb = (ya + 1).min(side - 1);
+        for ox in 0..out {
+            let tx = if flip { out - 1 - ox } else { ox };
+            let sx = (x0 + (tx as f64 + 0.5) * w / out as f64 - 0.5).clamp(0.0, side as f64 - 1.0);
+            let (xa, fx) = (sx.floor() as usize, (sx - sx.floor()) as f32);
+            let xb = (xa + 1).min(side - 1);
+            let top = px(ya, xa) * (1.0 - fx) + px(ya, xb) * fx;
+            let bottom = px(yb, xa) * (1.0 - fx) + px(yb, xb) * fx;
+            let v = top * (1.0 - fy) + bottom * fy;
+            for c in 0..cfg.channels {
+                dst[c * plane + oy * out + ox] = (v - cfg.mean[c.min(2)]) / cfg.std[c.min(2)];
+            }
+        }
+    }
+}
+
+/// Kept-token indices of one masked view of `patches` patches.
+fn keep_paper(patches: usize, ratio: f64, rng: &mut Rng) -> Vec<i64> {
+    let keep = ((patches as f64) * (1.0 - ratio)) as usize;
+    // Candidates 0..P-1 of the P+1-token sequence, CLS (0) forced: patch P is never kept.
+    let mut idx: Vec<i64> = vec![0];
+    let perm = rng.permutation(patches.saturating_sub(1));
+    idx.extend(perm.into_iter().take(keep.saturating_sub(1)).map(|p| p as i64 + 1));
+    idx.sort_unstable();
+    idx
+}
+
+fn keep_msn(patches: usize, ratio: f64, rng: &mut Rng) -> Vec<i64> {
+    let keep = ((patches as f64) * (1.0 - ratio)) as usize;
+    let mut idx: Vec<i64> = vec![0];
+    idx.extend(rng.permutation(patches).into_iter().take(keep).map(|p| p as i64 + 1));
+    idx.sort_unstable();
+    idx
+}
+
+/// Makes the batch of `indices` (rows of `images`), for `(seed, epoch, step)`.
+#[allow(clippy::too_many_arguments)]
+pub fn make_batch(
+    images: &Images,
+    indices: &[usize],
+    cfg: &ViewConfig,
+    masking: Masking,
+    mask_ratio: f64,
+    patch_size: usize,
+    seed: u64,
+    epoch: usize,
+    step: usize,
+) -> Batch {
+    let b = indices.len();
+    let (g, f, c) = (cfg.global_size, cfg.focal_size, cfg.channels);
+    let (gsz, fsz) = (c * g * g, c * f * f);
+    let side = images.side;
+    // Per image: target, anchor, focal views, each from the image's own random stream.
+    let per_image: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = indices
+        .par_iter()
+        .map(|&i| {
+            let mut rng = Rng::derive(seed, 1 + epoch as u64, i as u64);
+            let img = images.image(i);
+            let mut t = vec![0f32; gsz];
+            let mut a = vec![0f32; gsz];
+            view(img, side, g, cfg.global_scale, cfg, &mut rng, &mut t);
+            view(img, side, g, cfg.global_scale, cfg, &mut rng, &mut a);
+            let mut fo = vec![0f32; fsz * cfg.focal_views];
+            for k in 0..cfg.focal_views {
+                view(img, side, f, cfg.focal_scale, cfg, &mut rng, &mut fo[k * fsz..(k + 1) * fsz]);
+            }
+            (t, a, fo)
+        })
+        .collect();
+    let mut batch = Batch {
+        size: b,
+        target: Vec::with_capacity(b * gsz),
+        anchor: Vec::with_capacity(b * gsz),
+        focal: vec![0f32; cfg.focal_views * b * fsz],
+        anchor_keep: Vec::new(),
+        anchor_kept: 0,
+        focal_keep: Vec::new(),
+        focal_kept: 0,
+        ehr: Vec::new(),
+    };
+    for (j, (t, a, fo)) in per_image.into_iter().enumerate() {
+        batch.target.extend(t);
+        batch.anchor.extend(a);
+        for k in 0..cfg.focal_views {
+            // View-major: focal view k of image j is row k * B + j.
+            let row = k * b + j;
+            batch.focal[row * fsz..(row + 1) * fsz].copy_from_slice(&fo[k * fsz..(k + 1) * fsz]);
+        }
+        batch.ehr.extend_from_slice(images.feature_row(indices[j]));
+    }
+    let (pg, pf) = ((g / patch_size).pow(2), (f / patch_size).pow(2));
+    let mut rng = Rng::derive(seed, 0x3A5C, (epoch as u64) << 32 | step as u64);
+    match masking {
+        Masking::Paper => {
+            for _ in 0..b {
+                batch.anchor_keep.extend(keep_paper(pg, mask_ratio, &mut rng));
+            }
+            for _ in 0..cfg.focal_views * b {
+                batch.focal_keep.extend(keep_paper(pf, mask_ratio, &mut rng));
+            }
+            batch.anchor_kept = batch.anchor_keep.len() / b.max(1);
+            batch.focal_kept = batch.focal_keep.len() / (cfg.focal_views * b).max(1);
+        }
+        Masking::Msn => {
+            let shared = keep_msn(pg, mask_ratio, &mut rng);
+            batch.anchor_kept = shared.len();
+            for _ in 0..b {
+                batch.anchor_keep.extend(&shared);
+            }
+        }
+        Masking::None => {}
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_masking_keeps_cls_and_never_the_last_patch() {
+        let mut rng = Rng::new(3);
+        for _ in 0..50 {
+            let k = keep_paper(196, 0.15, &mut rng);
+            assert_eq!(k.len(), 166, "CLS + 165 at 224");
+            assert_eq!(k[0], 0);
+            assert!(!k.contains(&196));
+            let mut d = k.clone();
+            d.dedup();
+            assert_eq!(d.len(), k.len());
+        }
+        assert_eq!(keep_paper(36, 0.15, &mut rng).len(), 30, "CLS + 29 at 96");
+        let m = keep_msn(196, 0.15, &mut rng);
+        assert_eq!(m.len(), 167, "CLS + 166 patches");
+    }
+
+    #[test]
+    fn crops_stay_inside_and_views_are_reproducible() {
+        let mut rng = Rng::new(1);
+        for _ in 0..200 {
+            let (y, x, h, w) = crop_box(64, (0.05, 0.3), (0.75, 4.0 / 3.0), &mut rng);
+            assert!(y + h <= 64.0 && x + w <= 64.0 && h >= 1.0 && w >= 1.0);
+        }
+        let images = Images {
+            side: 16,
+            pixels: (0..512).map(|i| (i % 251) as u8).collect(),
+            features: vec![1.0, 0.0, 0.0, 1.0],
+            columns: vec!["a".into(), "b".into()],
+        };
+        let cfg = ViewConfig::new().with_global_size(8).with_focal_size(4).with_focal_views(2);
+        let a = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0);
+        let b = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0);
+        assert_eq!(a.target, b.target);
+        assert_eq!(a.focal.len(), 2 * 2 * 3 * 16);
+        assert_eq!(a.ehr, vec![0.0, 1.0, 1.0, 0.0], "feature rows follow the batch order");
+        let c = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 1, 0);
+        assert_ne!(a.target, c.target, "another epoch, other crops");
+    }
+}
