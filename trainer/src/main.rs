@@ -71,6 +71,13 @@ struct PretrainArgs {
     /// train (training-split images only) or all (every image, as the reference).
     #[arg(long, value_parser = ["train", "all"])]
     pretrain_split: Option<String>,
+    /// Continue the run in --out from its last checkpoint, with its config.json (only
+    /// --max-steps may change).
+    #[arg(long)]
+    resume: bool,
+    /// Write a checkpoint every this many steps (and at each epoch end and when stopping).
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
     /// Side of the target and anchor views (224 in the paper) and of the focal views (96).
     #[arg(long)]
     global_size: Option<usize>,
@@ -85,6 +92,12 @@ impl PretrainArgs {
             "vit-tiny-deit" => VitConfig::vit_tiny_deit(),
             _ => VitConfig::vit_tiny(),
         };
+        if self.resume {
+            let path = self.out.join("config.json");
+            let mut cfg = PretrainConfig::load(&path).with_context(|| format!("reading {}", path.display()))?;
+            cfg.max_steps = self.max_steps;
+            return Ok(cfg);
+        }
         let mut cfg = match &self.config {
             Some(path) => PretrainConfig::load(path).with_context(|| format!("reading {}", path.display()))?,
             None if self.preset == "msn" => PretrainConfig::msn(vit, &self.ehr),
@@ -105,6 +118,9 @@ impl PretrainArgs {
         }
         if self.max_steps.is_some() {
             cfg.max_steps = self.max_steps;
+        }
+        if let Some(v) = self.checkpoint_every {
+            cfg.checkpoint_every = v;
         }
         if let Some(v) = &self.pretrain_split {
             cfg.pretrain_split.clone_from(v);
@@ -138,7 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.ehr,
                 args.out.display()
             );
-            let s = pretrain(&cfg, &args.dataset, &args.out, &device)?;
+            let s = pretrain(&cfg, &args.dataset, &args.out, &device, args.resume)?;
             println!(
                 "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
                 s.steps,

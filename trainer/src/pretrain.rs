@@ -63,9 +63,14 @@ pub struct PretrainConfig {
     /// reference's behaviour).
     #[config(default = "String::from(\"train\")")]
     pub pretrain_split: String,
-    /// Stop after this many steps (benchmarks, smoke tests).
+    /// Stop after this many steps (benchmarks, smoke tests); the schedules still span all
+    /// epochs, so a stopped run can be resumed to the same result.
     #[config(default = "None")]
     pub max_steps: Option<usize>,
+    /// Write a checkpoint every this many steps (and always at the end of an epoch and when
+    /// the run stops).
+    #[config(default = 200)]
+    pub checkpoint_every: usize,
 }
 
 impl PretrainConfig {
@@ -191,8 +196,49 @@ fn scalar(t: Tensor<1>) -> f32 {
     t.into_data().convert::<f32>().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
 }
 
-/// Pretrains on `dataset` into the run folder `run`, on `device` (an autodiff device).
-pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Device) -> Result<PretrainSummary> {
+/// Where a run stands: written atomically as `checkpoint.json` after the model and optimizer
+/// files it names, so a run killed at any point resumes from a consistent state.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub dataset_version: String,
+    /// Steps done.
+    pub step: usize,
+    /// Epoch and batch index within it of the next step.
+    pub epoch: usize,
+    pub batch: usize,
+    pub first_loss: f32,
+    pub model: String,
+    pub optimizer: String,
+}
+
+/// Name of the checkpoint state file in a run folder.
+pub const CHECKPOINT: &str = "checkpoint.json";
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a run's checkpoint state.
+pub fn read_checkpoint(run: &Path) -> Result<Checkpoint> {
+    let path = run.join(CHECKPOINT);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::Config(format!("{}: no checkpoint to resume from ({e})", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Pretrains on `dataset` into the run folder `run`, on `device` (an autodiff device);
+/// with `resume`, continues from the run's last checkpoint (same config and dataset) and ends
+/// with the same weights as an uninterrupted run.
+pub fn pretrain(
+    cfg: &PretrainConfig,
+    dataset: &Path,
+    run: &Path,
+    device: &Device,
+    resume: bool,
+) -> Result<PretrainSummary> {
     let ds = Dataset::open(dataset)?;
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
@@ -210,6 +256,15 @@ pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Devic
         )));
     }
     std::fs::create_dir_all(run)?;
+    let checkpoint = if resume { Some(read_checkpoint(run)?) } else { None };
+    if let Some(c) = &checkpoint
+        && c.dataset_version != ds.version
+    {
+        return Err(Error::Config(format!(
+            "the run was trained on dataset {}, not {}; resume with the same dataset",
+            c.dataset_version, ds.version
+        )));
+    }
     let mut saved = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
     saved["dataset_version"] = ds.version.clone().into();
     saved["ehr_columns"] = columns.clone().into();
@@ -221,15 +276,86 @@ pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Devic
     if !cfg.train_prototypes {
         net.prototypes = net.prototypes.set_require_grad(false);
     }
+    let record_err = |what: &str, e: burn::store::RecordError| Error::Config(format!("{what}: {e}"));
+    if let Some(c) = &checkpoint {
+        let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
+        net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
+    }
     // Taken and put back by each step (the step closure cannot move it).
     let mut slot = Some(net);
     let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8).init();
+    if let Some(c) = &checkpoint {
+        let record =
+            burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))?;
+        optim = optim.load_record(record);
+    }
     let per_epoch = images.len() / cfg.batch_size;
-    let total = cfg.max_steps.unwrap_or(per_epoch * cfg.epochs).min(per_epoch * cfg.epochs);
-    let mut metrics = std::io::BufWriter::new(std::fs::File::create(run.join("metrics.jsonl"))?);
+    // The schedules span every epoch; --max-steps only stops early.
+    let total = per_epoch * cfg.epochs;
+    let stop = cfg.max_steps.unwrap_or(total).min(total);
+    let metrics_path = run.join("metrics.jsonl");
+    let (start_epoch, start_batch, mut step, mut first) = match &checkpoint {
+        Some(c) => (c.epoch, c.batch, c.step, c.first_loss),
+        None => (0, 0, 0, f32::NAN),
+    };
+    // Keep the metrics of the steps the checkpoint holds; later lines are redone.
+    let kept: Vec<String> = if checkpoint.is_some() {
+        std::fs::read_to_string(&metrics_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| (s as usize) < step)
+            })
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut metrics = std::io::BufWriter::new(std::fs::File::create(&metrics_path)?);
+    for l in kept {
+        writeln!(metrics, "{l}")?;
+    }
     let started = Instant::now();
-    let (mut step, mut first, mut last) = (0, f32::NAN, f32::NAN);
-    'epochs: for epoch in 0..cfg.epochs {
+    let (steps_before, mut last) = (step, f32::NAN);
+    let save = |net: &MsnNet,
+                optim_record: burn::optim::OptimizerRecord,
+                step: usize,
+                epoch: usize,
+                batch: usize,
+                first: f32|
+     -> Result<()> {
+        let model = format!("model-{step:08}.bpk");
+        let optimizer = format!("optimizer-{step:08}.bpk");
+        let tmp = run.join("model.bpk.tmp");
+        net.clone().into_record().save(&tmp).map_err(|e| record_err(&model, e))?;
+        std::fs::rename(&tmp, run.join(&model))?;
+        let tmp = run.join("optimizer.bpk.tmp");
+        optim_record.save(&tmp).map_err(|e| record_err(&optimizer, e))?;
+        std::fs::rename(&tmp, run.join(&optimizer))?;
+        let c = Checkpoint {
+            dataset_version: ds.version.clone(),
+            step,
+            epoch,
+            batch,
+            first_loss: first,
+            model: model.clone(),
+            optimizer: optimizer.clone(),
+        };
+        write_atomic(&run.join(CHECKPOINT), serde_json::to_string_pretty(&c).unwrap_or_default().as_bytes())?;
+        // Older checkpoints are no longer referenced.
+        for e in std::fs::read_dir(run)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".bpk") && name != model && name != optimizer {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
+    };
+    'epochs: for epoch in start_epoch..cfg.epochs {
+        let skip = if epoch == start_epoch { start_batch } else { 0 };
         let lr = cfg.lr_at(epoch);
         let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(images.len());
         // Views of the next batch are made on a worker thread while the model runs.
@@ -238,7 +364,7 @@ pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Devic
             let images = &images;
             let order = &order;
             s.spawn(move || {
-                for (k, chunk) in order.chunks_exact(cfg.batch_size).enumerate() {
+                for (k, chunk) in order.chunks_exact(cfg.batch_size).enumerate().skip(skip) {
                     let b = make_batch(
                         images,
                         chunk,
@@ -257,8 +383,9 @@ pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Devic
             });
             // Owned here, so returning early drops it and stops the producer.
             let rx = rx;
-            for batch in rx.iter() {
-                if step >= total {
+            for (k, batch) in rx.iter().enumerate() {
+                let k = k + skip;
+                if step >= stop {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
@@ -286,18 +413,24 @@ pub fn pretrain(cfg: &PretrainConfig, dataset: &Path, run: &Path, device: &Devic
                 last = m.loss;
                 writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
                 step += 1;
+                let (next_epoch, next_batch) = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
+                if step % cfg.checkpoint_every.max(1) == 0 || next_batch == 0 || step == stop {
+                    metrics.flush()?;
+                    let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
+                    save(net, optim.to_record(), step, next_epoch, next_batch, first)?;
+                }
             }
             Ok(true)
         })?;
-        if !result || step >= total {
+        if !result || step >= stop {
             break 'epochs;
         }
     }
     metrics.flush()?;
     Ok(PretrainSummary {
         run: run.to_path_buf(),
-        steps: step,
-        images: step * cfg.batch_size,
+        steps: step - steps_before,
+        images: (step - steps_before) * cfg.batch_size,
         first_loss: first,
         last_loss: last,
         seconds: started.elapsed().as_secs_f64(),

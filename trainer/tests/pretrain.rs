@@ -91,7 +91,7 @@ fn a_short_run_lowers_the_loss_and_moves_the_ema_target() {
         &mut trainer::rng::Rng::new(cfg.seed),
     );
     let run = dir.path().join("run");
-    let s = pretrain(&cfg, &data, &run, &device).unwrap();
+    let s = pretrain(&cfg, &data, &run, &device, false).unwrap();
     assert_eq!(s.steps, 4 * 80 / 8, "train split only, 10 batches an epoch");
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -115,11 +115,52 @@ fn a_short_run_lowers_the_loss_and_moves_the_ema_target() {
     assert_ne!(t1, a1, "the target is not the anchor");
 
     // The same seed gives the same run.
-    let again = pretrain(&cfg, &data, &dir.path().join("run2"), &device).unwrap();
+    let again = pretrain(&cfg, &data, &dir.path().join("run2"), &device, false).unwrap();
     assert_eq!(flat(&again.net.anchor), a1);
     // --max-steps stops part-way through an epoch (the view producer is stopped too).
-    let short = pretrain(&cfg.clone().with_max_steps(Some(3)), &data, &dir.path().join("run3"), &device).unwrap();
+    let short =
+        pretrain(&cfg.clone().with_max_steps(Some(3)), &data, &dir.path().join("run3"), &device, false).unwrap();
     assert_eq!(short.steps, 3);
+}
+
+/// A run stopped part-way (here by --max-steps, as a kill would) and resumed from its
+/// checkpoint ends with the same weights and metrics as an uninterrupted run.
+#[test]
+fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let device = Device::flex().autodiff();
+    let cfg = tiny("sex").with_epochs(2).with_checkpoint_every(4);
+    let whole = pretrain(&cfg, &data, &dir.path().join("whole"), &device, false).unwrap();
+    let run = dir.path().join("resumed");
+    let first = pretrain(&cfg.clone().with_max_steps(Some(7)), &data, &run, &device, false).unwrap();
+    assert_eq!(first.steps, 7);
+    assert_eq!(trainer::pretrain::read_checkpoint(&run).unwrap().step, 7);
+    let rest = pretrain(&cfg, &data, &run, &device, true).unwrap();
+    assert_eq!(rest.steps, 20 - 7);
+    assert_eq!(flat(&rest.net.anchor), flat(&whole.net.anchor), "anchor");
+    assert_eq!(flat(&rest.net.target), flat(&whole.net.target), "target");
+    let losses = |p: &Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                format!("{} {}", v["step"], v["loss"])
+            })
+            .collect()
+    };
+    assert_eq!(losses(&run), losses(&dir.path().join("whole")));
+    // Resuming against another dataset is refused.
+    let other = dir.path().join("other");
+    write_dataset(&other);
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("manifest.json")).unwrap()).unwrap();
+    m["dataset_version"] = "other000".into();
+    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+    let err = pretrain(&cfg, &other, &run, &device, true).unwrap_err().to_string();
+    assert!(err.contains("resume with the same dataset"), "{err}");
 }
 
 /// Every EHR choice of the paper trains from the one dataset (here: those its columns allow),
@@ -131,7 +172,7 @@ fn ehr_choices_select_columns_by_name() {
     write_dataset(&data);
     let device = Device::flex().autodiff();
     for ehr in ["none", "sex"] {
-        let s = pretrain(&tiny(ehr).with_max_steps(Some(1)), &data, &dir.path().join(ehr), &device).unwrap();
+        let s = pretrain(&tiny(ehr).with_max_steps(Some(1)), &data, &dir.path().join(ehr), &device, false).unwrap();
         assert_eq!(s.steps, 1);
         assert_eq!(s.net.f_ehr.is_some(), ehr != "none", "{ehr}");
     }
@@ -143,13 +184,13 @@ fn an_unknown_ehr_column_and_a_changed_shard_are_refused() {
     let data = dir.path().join("data");
     write_dataset(&data);
     let device = Device::flex().autodiff();
-    let err = pretrain(&tiny("view"), &data, &dir.path().join("r"), &device).unwrap_err().to_string();
+    let err = pretrain(&tiny("view"), &data, &dir.path().join("r"), &device, false).unwrap_err().to_string();
     assert!(err.contains("no column \"view_PA\"") && err.contains("sex_male"), "{err}");
     let shard = data.join("images/part-00001.safetensors");
     let mut bytes = std::fs::read(&shard).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&shard, bytes).unwrap();
-    let err = pretrain(&tiny("none"), &data, &dir.path().join("r2"), &device).unwrap_err().to_string();
+    let err = pretrain(&tiny("none"), &data, &dir.path().join("r2"), &device, false).unwrap_err().to_string();
     assert!(err.contains("does not verify"), "{err}");
 }
