@@ -163,6 +163,75 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     assert!(err.contains("resume with the same dataset"), "{err}");
 }
 
+/// Run by [`a_killed_run_resumes_to_the_same_weights`] in a child process: pretraining of
+/// the test dataset in `CXR_TRAIN_DATA` into `CXR_TRAIN_RUN`, resuming when the run has a
+/// checkpoint. Ignored so that it runs only when asked for.
+#[test]
+#[ignore = "child process of a_killed_run_resumes_to_the_same_weights"]
+fn child_pretrain() {
+    let data = std::path::PathBuf::from(std::env::var_os("CXR_TRAIN_DATA").unwrap());
+    let run = std::path::PathBuf::from(std::env::var_os("CXR_TRAIN_RUN").unwrap());
+    let resume = run.join(trainer::pretrain::CHECKPOINT).is_file();
+    pretrain(&kill_config(), &data, &run, &Device::flex().autodiff(), resume).unwrap();
+}
+
+fn kill_config() -> PretrainConfig {
+    tiny("sex").with_epochs(3).with_checkpoint_every(2)
+}
+
+/// SIGKILLs a real training process once it has checkpointed, twice, then lets it finish: the
+/// weights equal an uninterrupted run's.
+#[test]
+fn a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let run = dir.path().join("killed");
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["child_pretrain", "--exact", "--ignored", "--test-threads", "1"])
+            .env("CXR_TRAIN_DATA", &data)
+            .env("CXR_TRAIN_RUN", &run)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let step = || trainer::pretrain::read_checkpoint(&run).map(|c| c.step).unwrap_or(0);
+    let mut kills = Vec::new();
+    for at_least in [2, 8] {
+        let mut child = spawn();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            if step() >= at_least {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("training ended ({status}) before step {at_least}; nothing to resume");
+            }
+            assert!(std::time::Instant::now() < deadline, "no progress");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        kills.push(step());
+    }
+    assert!(kills[1] > kills[0] && kills[1] < 30, "killed at steps {kills:?}");
+    assert!(spawn().wait().unwrap().success(), "the resumed run finishes");
+    let device = Device::flex().autodiff();
+    let whole = pretrain(&kill_config(), &data, &dir.path().join("whole"), &device, false).unwrap();
+    // The finished run's last checkpoint holds its final weights.
+    let c = trainer::pretrain::read_checkpoint(&run).unwrap();
+    assert_eq!(c.step, 30);
+    let record = burn::store::ModuleRecord::load(run.join(&c.model)).unwrap();
+    let shape = trainer::model::fusion::FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
+    let loaded =
+        trainer::model::fusion::MsnNet::new(&kill_config().vit, shape, &device, &mut trainer::rng::Rng::new(0))
+            .try_load_record(record)
+            .unwrap();
+    assert_eq!(flat(&loaded.anchor), flat(&whole.net.anchor));
+    assert_eq!(flat(&loaded.target), flat(&whole.net.target));
+}
+
 /// Every EHR choice of the paper trains from the one dataset (here: those its columns allow),
 /// and vanilla MSN has no EHR layers.
 #[test]
