@@ -59,7 +59,7 @@ impl Images {
 
 fn sha256_file(path: &Path) -> Result<String> {
     use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::Dataset { path: path.into(), message: e.to_string() })?;
+    let mut f = fs_err::File::open(path).map_err(|e| Error::Dataset { path: path.into(), message: e.to_string() })?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -77,7 +77,7 @@ impl Dataset {
     /// in its manifest; a dataset that does not verify is refused.
     pub fn open(dir: &Path) -> Result<Self> {
         let bad = |message: String| Error::Dataset { path: dir.to_path_buf(), message };
-        let text = std::fs::read_to_string(dir.join("manifest.json"))
+        let text = fs_err::read_to_string(dir.join("manifest.json"))
             .map_err(|e| bad(format!("no readable manifest.json ({e}); is this an OUT/<version> folder?")))?;
         let m: Value = serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
         let version = m["dataset_version"].as_str().ok_or_else(|| bad("manifest without dataset_version".into()))?;
@@ -124,8 +124,7 @@ impl Dataset {
 
     fn read_shard(&self, i: usize) -> Result<Shard> {
         let path = self.dir.join(&self.shards[i].0);
-        let f =
-            std::fs::File::open(&path).map_err(|e| Error::Dataset { path: path.clone(), message: e.to_string() })?;
+        let f = fs_err::File::open(&path).map_err(|e| Error::Dataset { path: path.clone(), message: e.to_string() })?;
         Shard::read(std::io::BufReader::new(f)).map_err(|e| Error::Dataset { path, message: e.to_string() })
     }
 

@@ -216,15 +216,15 @@ pub const CHECKPOINT: &str = "checkpoint.json";
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
+    fs_err::write(&tmp, bytes)?;
+    fs_err::rename(&tmp, path)?;
     Ok(())
 }
 
 /// Reads a run's checkpoint state.
 pub fn read_checkpoint(run: &Path) -> Result<Checkpoint> {
     let path = run.join(CHECKPOINT);
-    let text = std::fs::read_to_string(&path)
+    let text = fs_err::read_to_string(&path)
         .map_err(|e| Error::Config(format!("{}: no checkpoint to resume from ({e})", path.display())))?;
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
@@ -255,7 +255,7 @@ pub fn pretrain(
             cfg.batch_size
         )));
     }
-    std::fs::create_dir_all(run)?;
+    fs_err::create_dir_all(run)?;
     let checkpoint = if resume { Some(read_checkpoint(run)?) } else { None };
     if let Some(c) = &checkpoint
         && c.dataset_version != ds.version
@@ -268,7 +268,7 @@ pub fn pretrain(
     let mut saved = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
     saved["dataset_version"] = ds.version.clone().into();
     saved["ehr_columns"] = columns.clone().into();
-    std::fs::write(run.join("config.json"), serde_json::to_string_pretty(&saved).unwrap_or_default())?;
+    fs_err::write(run.join("config.json"), serde_json::to_string_pretty(&saved).unwrap_or_default())?;
 
     let mut rng = Rng::new(cfg.seed);
     let shape = FusionShape { ehr_in: columns.len(), ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
@@ -300,7 +300,7 @@ pub fn pretrain(
     };
     // Keep the metrics of the steps the checkpoint holds; later lines are redone.
     let kept: Vec<String> = if checkpoint.is_some() {
-        std::fs::read_to_string(&metrics_path)
+        fs_err::read_to_string(&metrics_path)
             .unwrap_or_default()
             .lines()
             .filter(|l| {
@@ -314,7 +314,7 @@ pub fn pretrain(
     } else {
         Vec::new()
     };
-    let mut metrics = std::io::BufWriter::new(std::fs::File::create(&metrics_path)?);
+    let mut metrics = std::io::BufWriter::new(fs_err::File::create(&metrics_path)?);
     for l in kept {
         writeln!(metrics, "{l}")?;
     }
@@ -331,10 +331,10 @@ pub fn pretrain(
         let optimizer = format!("optimizer-{step:08}.bpk");
         let tmp = run.join("model.bpk.tmp");
         net.clone().into_record().save(&tmp).map_err(|e| record_err(&model, e))?;
-        std::fs::rename(&tmp, run.join(&model))?;
+        fs_err::rename(&tmp, run.join(&model))?;
         let tmp = run.join("optimizer.bpk.tmp");
         optim_record.save(&tmp).map_err(|e| record_err(&optimizer, e))?;
-        std::fs::rename(&tmp, run.join(&optimizer))?;
+        fs_err::rename(&tmp, run.join(&optimizer))?;
         let c = Checkpoint {
             dataset_version: ds.version.clone(),
             step,
@@ -346,10 +346,10 @@ pub fn pretrain(
         };
         write_atomic(&run.join(CHECKPOINT), serde_json::to_string_pretty(&c).unwrap_or_default().as_bytes())?;
         // Older checkpoints are no longer referenced.
-        for e in std::fs::read_dir(run)?.flatten() {
+        for e in fs_err::read_dir(run)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".bpk") && name != model && name != optimizer {
-                std::fs::remove_file(e.path())?;
+                fs_err::remove_file(e.path())?;
             }
         }
         Ok(())
