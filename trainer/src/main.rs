@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
 use trainer::model::VitConfig;
-use trainer::pretrain::{PretrainConfig, pretrain};
+use trainer::pretrain::{PretrainConfig, StepMetrics, pretrain_with};
 
 /// See `mimalloc` in the workspace manifest.
 #[global_allocator]
@@ -154,7 +154,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.ehr,
                 args.out.display()
             );
-            let s = pretrain(&cfg, &args.dataset, &args.out, &device, args.resume)?;
+            let started = std::time::Instant::now();
+            let mut first_step = None;
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut report = |m: &StepMetrics, stop: usize| {
+                let first = *first_step.get_or_insert(m.step);
+                let done = m.step + 1 - first;
+                let rate = done as f64 / started.elapsed().as_secs_f64();
+                let eta = (stop - m.step - 1) as f64 / rate.max(1e-9);
+                let line = format!(
+                    "step {}/{stop}  epoch {}  loss {:.4} (ce {:.4}, me-max {:.4})  lr {:.2e}  {:.2} images/s  ETA {:.0} s",
+                    m.step + 1,
+                    m.epoch,
+                    m.loss,
+                    m.cross_entropy,
+                    m.me_max,
+                    m.lr,
+                    m.images_per_second,
+                    eta
+                );
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else if (m.step + 1) % 50 == 0 || m.step + 1 == stop {
+                    eprintln!("{line}");
+                }
+            };
+            let s = pretrain_with(&cfg, &args.dataset, &args.out, &device, args.resume, &mut report)?;
+            if tty {
+                eprintln!();
+            }
             println!(
                 "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
                 s.steps,

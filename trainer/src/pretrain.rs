@@ -239,6 +239,19 @@ pub fn pretrain(
     device: &Device,
     resume: bool,
 ) -> Result<PretrainSummary> {
+    pretrain_with(cfg, dataset, run, device, resume, &mut |_, _| {})
+}
+
+/// [`pretrain`], calling `on_step` with each step's metrics and the step the run stops at
+/// (for progress display).
+pub fn pretrain_with(
+    cfg: &PretrainConfig,
+    dataset: &Path,
+    run: &Path,
+    device: &Device,
+    resume: bool,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+) -> Result<PretrainSummary> {
     let ds = Dataset::open(dataset)?;
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
@@ -412,6 +425,7 @@ pub fn pretrain(
                 }
                 last = m.loss;
                 writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
+                on_step(&m, stop);
                 step += 1;
                 let (next_epoch, next_batch) = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
                 if step % cfg.checkpoint_every.max(1) == 0 || next_batch == 0 || step == stop {
