@@ -175,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
                 if tty {
                     eprint!("\r{line}\x1b[K");
-                } else if (m.step + 1) % 50 == 0 || m.step + 1 == stop {
+                } else if (m.step + 1).is_multiple_of(50) || m.step + 1 == stop {
                     eprintln!("{line}");
                 }
             };
