@@ -52,6 +52,9 @@ pub struct PretrainConfig {
     pub warmup_epochs: usize,
     #[config(default = false)]
     pub train_prototypes: bool,
+    /// Clip each parameter's gradient to this L2 norm (burn clips per parameter tensor).
+    #[config(default = "None")]
+    pub grad_clip_norm: Option<f64>,
     pub masking: Masking,
     #[config(default = 0.15)]
     pub mask_ratio: f64,
@@ -80,12 +83,15 @@ impl PretrainConfig {
         Self::new("paper".into(), vit, ehr.into(), Masking::Paper, ViewConfig::new(), MsnLossConfig::new())
     }
 
-    /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking.
+    /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking,
+    /// gradient clipping at 3. (Its exemption of norms and biases from weight decay is not
+    /// implemented yet.)
     pub fn msn(vit: VitConfig, ehr: &str) -> Self {
         Self::new("msn".into(), vit, ehr.into(), Masking::Msn, ViewConfig::new(), MsnLossConfig::new())
             .with_train_prototypes(true)
             .with_ema_end(1.0)
             .with_warmup_epochs(15)
+            .with_grad_clip_norm(Some(3.0))
     }
 
     /// Learning rate of `epoch` (warmup, then cosine to 0 over the remaining epochs).
@@ -296,7 +302,12 @@ pub fn pretrain_with(
     }
     // Taken and put back by each step (the step closure cannot move it).
     let mut slot = Some(net);
-    let mut optim = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8).init();
+    let clip = cfg.grad_clip_norm.map(|n| burn::grad_clipping::GradientClippingConfig::Norm(n as f32));
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .with_epsilon(1e-8)
+        .with_grad_clipping(clip)
+        .init();
     if let Some(c) = &checkpoint {
         let record =
             burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))?;

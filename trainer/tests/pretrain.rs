@@ -263,3 +263,32 @@ fn an_unknown_ehr_column_and_a_changed_shard_are_refused() {
     let err = pretrain(&tiny("none"), &data, &dir.path().join("r2"), &device, false).unwrap_err().to_string();
     assert!(err.contains("does not verify"), "{err}");
 }
+
+/// The `msn` preset trains the prototypes (the `paper` preset keeps them frozen).
+#[test]
+fn the_msn_preset_trains_prototypes_and_the_paper_preset_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let device = Device::flex().autodiff();
+    let paper = tiny("sex").with_max_steps(Some(3));
+    let vit = paper.vit.clone();
+    let mut msn = PretrainConfig::msn(vit, "sex")
+        .with_prototypes(16)
+        .with_ehr_dim(8)
+        .with_batch_size(8)
+        .with_epochs(4)
+        .with_lr(1e-3)
+        .with_warmup_epochs(1)
+        .with_max_steps(Some(3));
+    msn.views = paper.views.clone();
+    let shape = trainer::model::fusion::FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
+    let initial = trainer::model::fusion::MsnNet::new(&paper.vit, shape, &device, &mut trainer::rng::Rng::new(24));
+    let proto = |net: &trainer::model::fusion::MsnNet| {
+        net.prototypes.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
+    let a = pretrain(&paper, &data, &dir.path().join("paper"), &device, false).unwrap();
+    let b = pretrain(&msn, &data, &dir.path().join("msn"), &device, false).unwrap();
+    assert_eq!(proto(&a.net), proto(&initial), "paper: frozen");
+    assert_ne!(proto(&b.net), proto(&initial), "msn: trained");
+}
