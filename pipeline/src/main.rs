@@ -600,8 +600,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 report_peak_memory: false,
             }
             .resolve()?;
-            print_build(&build::build(&build_cfg, &progress)?);
-            eprintln!("Training is not implemented yet; the dataset above is its input.");
+            let built = build::build(&build_cfg, &progress)?;
+            print_build(&built);
+            eprintln!(
+                "next: cargo run --release -p trainer -- pretrain --dataset {} --out out/demo/run (the demo does not train yet)",
+                built.dir.display()
+            );
         }
     }
     Ok(())
