@@ -1,6 +1,6 @@
 //! Generated archives, built once per test binary, and readers for their tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -112,4 +112,22 @@ pub fn header_line(path: &Path) -> String {
     let mut s = String::new();
     flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).unwrap();
     s.lines().next().unwrap().to_string()
+}
+
+/// Every file under `root`: relative path -> bytes.
+pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs_err::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, fs_err::read(&p).unwrap());
+            }
+        }
+    }
+    out
 }

@@ -1,29 +1,11 @@
 //! A seed and options give the same bytes; another seed gives another archive.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use pipeline::synth::studies::Syntax;
 use pipeline::synth::{self, SynthConfig};
 
-use crate::fixture::{BOTH, CXR_JPG, config, generate};
-
-fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs_err::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, fs_err::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
+use crate::fixture::{BOTH, CXR_JPG, config, files, generate};
 
 fn mixed(out: &Path, seed: u64) -> SynthConfig {
     SynthConfig { syntaxes: vec![Syntax::Rle, Syntax::ExplicitLittle], ..config(out, 12, seed, "3.1", BOTH) }

@@ -2,7 +2,6 @@
 //! same bytes, three `--shard-index` builds plus `merge` equal one build, image files are
 //! fingerprinted into the version id, and `diff` names what changed.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::OnceLock;
@@ -15,7 +14,7 @@ use pipeline::synth::ImageKinds;
 use pipeline::synth::SynthConfig;
 
 use crate::build_table::{config, copy_tree};
-use crate::fixture::{Archive, CXR_DCM, generate, small};
+use crate::fixture::{Archive, CXR_DCM, files, generate, small};
 
 /// 30 subjects with 512x512 DICOMs (larger than the 64 KiB fingerprinted head, and slow
 /// enough to decode that a build can be killed part-way).
@@ -35,28 +34,11 @@ fn shard_config(root: &Path, out: &Path) -> BuildConfig {
     cfg
 }
 
-/// Every file under `dir` (relative path -> bytes).
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs_err::read_dir(&d).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                files.insert(p.strip_prefix(dir).unwrap().to_path_buf(), fs_err::read(&p).unwrap());
-            }
-        }
-    }
-    files
-}
-
 fn assert_same_tree(a: &Path, b: &Path) {
-    let (ta, tb) = (tree(a), tree(b));
+    let (ta, tb) = (files(a), files(b));
     assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>(), "same files");
     for (name, bytes) in &ta {
-        assert!(bytes == &tb[name], "{} differs", name.display());
+        assert!(bytes == &tb[name], "{name} differs");
     }
 }
 
