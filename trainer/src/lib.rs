@@ -19,6 +19,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod data;
+pub mod metrics;
 mod error;
 pub mod model;
 pub mod msn;

@@ -222,3 +222,35 @@ fn golden_msn_ehr_step() {
         1e-3,
     );
 }
+
+/// AUROC and average precision as scikit-learn computes them (ties, a single-class label).
+#[test]
+fn golden_auroc_and_average_precision() {
+    let c = case("auroc");
+    let shape = &c.t["scores"].shape;
+    let (rows, labels) = (shape[0], shape[1]);
+    let scores = c.f32("scores");
+    let y = c.f32("labels");
+    let names: Vec<String> = (0..labels).map(|k| format!("label{k}")).collect();
+    let ev = trainer::metrics::evaluate(&scores, &y, &names, 100, 1);
+    assert_eq!(ev.rows, rows);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    for k in 0..labels {
+        let want_auc = c.json["auroc_per_label"][k].as_f64();
+        let want_ap = c.json["average_precision_per_label"][k].as_f64();
+        let got = &ev.labels[k];
+        match (want_auc, got.auroc) {
+            (Some(w), Some(g)) => assert!(close(g.value, w), "label {k}: AUROC {} vs {w}", g.value),
+            (None, None) => assert!(ev.undefined.contains(&names[k])),
+            (w, g) => panic!("label {k}: AUROC {g:?}, golden {w:?}"),
+        }
+        match (want_ap, got.average_precision) {
+            (Some(w), Some(g)) => assert!(close(g.value, w), "label {k}: AP {} vs {w}", g.value),
+            (None, None) => {}
+            (w, g) => panic!("label {k}: AP {g:?}, golden {w:?}"),
+        }
+    }
+    let macro_auc = ev.macro_auroc.unwrap().value;
+    let want = c.json["auroc_macro_defined"].as_f64().unwrap();
+    assert!(close(macro_auc, want), "macro {macro_auc} vs {want}");
+}

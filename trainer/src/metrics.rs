@@ -1,0 +1,294 @@
+//! Multi-label evaluation (METHOD.md section 9): per-label AUROC and average precision as
+//! scikit-learn computes them (ties share a threshold), macro means over the labels that are
+//! defined, and seeded percentile bootstrap confidence intervals.
+//!
+//! A label whose evaluated rows hold a single class has no AUROC: it is reported as undefined
+//! (`None`) and left out of the macro mean. Rows whose label is NaN (the `ignore` uncertainty
+//! policy, a missing value) are left out of that label only.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::rng::Rng;
+
+/// One label's rows sorted by descending score, NaN labels dropped.
+#[derive(Debug, Clone)]
+struct Sorted {
+    /// Row index in the evaluated set, by descending score.
+    rows: Vec<usize>,
+    scores: Vec<f32>,
+    positive: Vec<bool>,
+}
+
+impl Sorted {
+    fn new(scores: impl Iterator<Item = f32>, labels: impl Iterator<Item = f32>) -> Self {
+        let mut v: Vec<(usize, f32, bool)> = scores
+            .zip(labels)
+            .enumerate()
+            .filter(|(_, (_, y))| !y.is_nan())
+            .map(|(i, (s, y))| (i, s, y > 0.5))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Self {
+            rows: v.iter().map(|r| r.0).collect(),
+            scores: v.iter().map(|r| r.1).collect(),
+            positive: v.iter().map(|r| r.2).collect(),
+        }
+    }
+
+    /// AUROC and average precision with each row weighted by `weight(row)` (1 for the plain
+    /// metric, the bootstrap count for a resample); `None` when one class has no weight.
+    fn metrics(&self, weight: impl Fn(usize) -> f64) -> Option<(f64, f64)> {
+        let (mut tp, mut fp, mut area, mut ap) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        let (mut tp_prev, mut fp_prev) = (0.0f64, 0.0f64);
+        let n = self.rows.len();
+        let mut i = 0;
+        let mut steps: Vec<(f64, f64)> = Vec::new();
+        while i < n {
+            // One threshold per distinct score: tied rows enter the curve together.
+            let mut j = i;
+            while j < n && self.scores[j] == self.scores[i] {
+                let w = weight(self.rows[j]);
+                if self.positive[j] {
+                    tp += w;
+                } else {
+                    fp += w;
+                }
+                j += 1;
+            }
+            area += (fp - fp_prev) * (tp + tp_prev) / 2.0;
+            steps.push((tp - tp_prev, tp / (tp + fp).max(f64::MIN_POSITIVE)));
+            tp_prev = tp;
+            fp_prev = fp;
+            i = j;
+        }
+        if tp <= 0.0 || fp <= 0.0 {
+            return None;
+        }
+        for (dtp, precision) in steps {
+            ap += dtp / tp * precision;
+        }
+        Some((area / (tp * fp), ap))
+    }
+}
+
+/// AUROC and average precision of one label (`None` when undefined).
+pub fn auroc_ap(scores: &[f32], labels: &[f32]) -> Option<(f64, f64)> {
+    Sorted::new(scores.iter().copied(), labels.iter().copied()).metrics(|_| 1.0)
+}
+
+/// A value with its 95% bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One label's results; `None` fields are undefined (one class in the evaluated rows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelResult {
+    pub label: String,
+    pub positives: usize,
+    pub rows: usize,
+    pub auroc: Option<Estimate>,
+    pub average_precision: Option<Estimate>,
+}
+
+/// Metrics of an N x L score matrix against its labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub rows: usize,
+    pub labels: Vec<LabelResult>,
+    /// Means over the defined labels, with bootstrap intervals.
+    pub macro_auroc: Option<Estimate>,
+    pub macro_average_precision: Option<Estimate>,
+    /// Labels left out of the macro means.
+    pub undefined: Vec<String>,
+    pub bootstrap_resamples: usize,
+    pub bootstrap_seed: u64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    // Linear interpolation between closest ranks (numpy's default).
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+fn interval(value: f64, mut samples: Vec<f64>) -> Estimate {
+    samples.retain(|v| v.is_finite());
+    samples.sort_by(f64::total_cmp);
+    Estimate { value, low: percentile(&samples, 0.025), high: percentile(&samples, 0.975) }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Evaluates `scores` and `labels` (both row-major `[rows, names.len()]`) with `resamples`
+/// bootstrap resamples of the rows drawn from `seed`. In a resample, a label with one class is
+/// left out of that resample's macro mean; the macro interval is over the labels defined on
+/// the full set.
+pub fn evaluate(scores: &[f32], labels: &[f32], names: &[String], resamples: usize, seed: u64) -> Evaluation {
+    let l = names.len();
+    let rows = scores.len() / l.max(1);
+    let sorted: Vec<Sorted> = (0..l)
+        .map(|k| {
+            Sorted::new((0..rows).map(|i| scores[i * l + k]), (0..rows).map(|i| labels[i * l + k]))
+        })
+        .collect();
+    let full: Vec<Option<(f64, f64)>> = sorted.iter().map(|s| s.metrics(|_| 1.0)).collect();
+    // Each resample is a multinomial count per row, from its own stream of `seed`.
+    let boot: Vec<Vec<Option<(f64, f64)>>> = (0..resamples)
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = Rng::derive(seed, 0xB007, b as u64);
+            let mut counts = vec![0u32; rows];
+            for _ in 0..rows {
+                counts[rng.below(rows)] += 1;
+            }
+            sorted.iter().map(|s| s.metrics(|r| f64::from(counts[r]))).collect()
+        })
+        .collect();
+    let defined: Vec<usize> = (0..l).filter(|&k| full[k].is_some()).collect();
+    let mut results = Vec::with_capacity(l);
+    for k in 0..l {
+        let s = &sorted[k];
+        let pick = |f: fn(&(f64, f64)) -> f64| {
+            full[k].as_ref().map(|m| interval(f(m), boot.iter().filter_map(|b| b[k].as_ref().map(f)).collect()))
+        };
+        results.push(LabelResult {
+            label: names[k].clone(),
+            positives: s.positive.iter().filter(|&&p| p).count(),
+            rows: s.rows.len(),
+            auroc: pick(|m| m.0),
+            average_precision: pick(|m| m.1),
+        });
+    }
+    let macro_of = |f: fn(&(f64, f64)) -> f64| {
+        let value = mean(&defined.iter().filter_map(|&k| full[k].as_ref().map(f)).collect::<Vec<_>>())?;
+        let samples = boot
+            .iter()
+            .filter_map(|b| mean(&defined.iter().filter_map(|&k| b[k].as_ref().map(f)).collect::<Vec<_>>()))
+            .collect();
+        Some(interval(value, samples))
+    };
+    Evaluation {
+        rows,
+        macro_auroc: macro_of(|m| m.0),
+        macro_average_precision: macro_of(|m| m.1),
+        undefined: (0..l).filter(|&k| full[k].is_none()).map(|k| names[k].clone()).collect(),
+        labels: results,
+        bootstrap_resamples: resamples,
+        bootstrap_seed: seed,
+    }
+}
+
+fn fmt_estimate(e: &Option<Estimate>) -> String {
+    match e {
+        Some(e) => format!("{:.3} ({:.3}-{:.3})", e.value, e.low, e.high),
+        None => "undefined".into(),
+    }
+}
+
+impl Evaluation {
+    /// A Markdown table: one row per label, then the macro means.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("| label | positives / rows | AUROC (95% CI) | AP (95% CI) |\n|---|---|---|---|\n");
+        for r in &self.labels {
+            s += &format!(
+                "| {} | {} / {} | {} | {} |\n",
+                r.label,
+                r.positives,
+                r.rows,
+                fmt_estimate(&r.auroc),
+                fmt_estimate(&r.average_precision)
+            );
+        }
+        s += &format!(
+            "| **macro** | {} labels defined | {} | {} |\n",
+            self.labels.len() - self.undefined.len(),
+            fmt_estimate(&self.macro_auroc),
+            fmt_estimate(&self.macro_average_precision)
+        );
+        if !self.undefined.is_empty() {
+            s += &format!(
+                "\nUndefined (one class in the evaluated rows), left out of the macro means: {}.\n",
+                self.undefined.join(", ")
+            );
+        }
+        s
+    }
+}
+
+/// The ROC curve of one label as (false positive rate, true positive rate) points, one per
+/// distinct score, from (0, 0) to (1, 1); empty when the label is undefined.
+pub fn roc_curve(scores: &[f32], labels: &[f32]) -> Vec<(f64, f64)> {
+    let s = Sorted::new(scores.iter().copied(), labels.iter().copied());
+    let p = s.positive.iter().filter(|&&x| x).count() as f64;
+    let n = s.positive.len() as f64 - p;
+    if p == 0.0 || n == 0.0 {
+        return Vec::new();
+    }
+    let mut out = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    for i in 0..s.scores.len() {
+        if s.positive[i] {
+            tp += 1.0;
+        } else {
+            fp += 1.0;
+        }
+        if i + 1 == s.scores.len() || s.scores[i + 1] != s.scores[i] {
+            out.push((fp / n, tp / p));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn perfect_reversed_tied_and_single_class() {
+        let y = [0.0, 0.0, 1.0, 1.0];
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9], &y), Some((1.0, 1.0)));
+        assert_eq!(auroc_ap(&[0.9, 0.8, 0.2, 0.1], &y).map(|m| m.0), Some(0.0));
+        // All tied: one threshold, AUROC 0.5, AP = prevalence.
+        assert_eq!(auroc_ap(&[0.5; 4], &y), Some((0.5, 0.5)));
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.3, 0.4], &[1.0; 4]), None);
+        // NaN labels are left out.
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9, 0.0], &[0.0, 0.0, 1.0, 1.0, f32::NAN]), Some((1.0, 1.0)));
+    }
+
+    #[test]
+    fn bootstrap_is_seeded_and_brackets_the_value() {
+        let mut rng = Rng::new(5);
+        let n = 200;
+        let mut scores = Vec::new();
+        let mut labels = Vec::new();
+        for _ in 0..n {
+            let y = if rng.f64() < 0.3 { 1.0 } else { 0.0 };
+            labels.extend([y, 1.0]);
+            scores.extend([(y as f64 + rng.normal()) as f32, rng.f64() as f32]);
+        }
+        let names = vec!["a".to_string(), "b".to_string()];
+        let a = evaluate(&scores, &labels, &names, 200, 9);
+        let b = evaluate(&scores, &labels, &names, 200, 9);
+        let c = evaluate(&scores, &labels, &names, 200, 10);
+        assert_eq!(a, b);
+        assert_ne!(a.macro_auroc, c.macro_auroc);
+        let m = a.macro_auroc.unwrap();
+        assert!(m.low < m.value && m.value < m.high, "{m:?}");
+        assert_eq!(a.undefined, vec!["b".to_string()]);
+        assert_eq!(m.value, a.labels[0].auroc.unwrap().value, "macro over the defined label only");
+        assert!(a.markdown().contains("| b | 200 / 200 | undefined | undefined |"));
+        let roc = roc_curve(&scores.iter().step_by(2).copied().collect::<Vec<_>>(), &labels.iter().step_by(2).copied().collect::<Vec<_>>());
+        assert_eq!(roc.first(), Some(&(0.0, 0.0)));
+        assert_eq!(roc.last(), Some(&(1.0, 1.0)));
+    }
+}
