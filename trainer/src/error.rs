@@ -7,6 +7,8 @@ pub enum Error {
     Weights(String),
     #[error("dataset {path}: {message}")]
     Dataset { path: std::path::PathBuf, message: String },
+    #[error("report: {0}")]
+    Report(String),
     #[error("invalid setting: {0}")]
     Config(String),
 }

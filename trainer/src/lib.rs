@@ -19,12 +19,16 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod data;
+pub mod experiment;
+pub mod linear;
 pub mod metrics;
 mod error;
 pub mod model;
 pub mod msn;
 pub mod pretrain;
+pub mod report;
 pub mod rng;
+pub mod transform;
 pub mod views;
 pub mod weights;
 

@@ -8,8 +8,12 @@ use burn::config::Config;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
+use trainer::experiment::{self, RunSummary};
+use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::pretrain::{PretrainConfig, StepMetrics, pretrain_with};
+use trainer::report;
+use trainer::transform::ProbeTransform;
 
 /// See `mimalloc` in the workspace manifest.
 #[global_allocator]
@@ -27,6 +31,18 @@ struct Cli {
 enum Command {
     /// Pretrain a ViT with (EHR-augmented) MSN on a dataset built by `pipeline build`.
     Pretrain(Box<PretrainArgs>),
+    /// Linear evaluation of a pretrained (or random) encoder: frozen or fine-tuned, a linear
+    /// head per label, early stopping on validation macro AUROC, test AUROC/AP with bootstrap
+    /// CIs, external test sets, figures and report.html.
+    LinearEval(Box<LinearEvalArgs>),
+    /// Pretrain, then linear-evaluate, into one run folder with its report.html (resumable).
+    Run(Box<RunArgs>),
+    /// Run vanilla MSN and every EHR choice of a grid with the same seed and budget
+    /// (resumable), then write the comparison table (Markdown, CSV), chart and page.
+    Ablate(Box<AblateArgs>),
+    /// The whole story on a small synthetic archive: generate it, build the dataset, pretrain
+    /// a vit-micro with and without EHR, linear-evaluate both, print the table and the report.
+    Demo(DemoArgs),
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
@@ -41,15 +57,27 @@ struct PretrainArgs {
     /// The dataset version folder, OUT/<version> (verified before use).
     #[arg(long)]
     dataset: PathBuf,
-    /// Run folder: config.json and metrics.jsonl go there.
+    /// Run folder: config.json, metrics.jsonl and checkpoints go there.
     #[arg(long)]
     out: PathBuf,
     /// EHR groups and/or variables fused into the anchor branch (see `ehr-columns`); `none`
     /// is vanilla MSN.
     #[arg(long, default_value = "demographics,scan,stay")]
     ehr: String,
-    /// Backbone: vit-tiny (192 wide, 6 heads, the paper's), vit-small, vit-tiny-deit (3 heads).
-    #[arg(long, default_value = "vit-tiny", value_parser = ["vit-tiny", "vit-small", "vit-tiny-deit"])]
+    /// Continue the run in --out from its last checkpoint, with its config.json (only
+    /// --max-steps may change).
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    train: TrainOpts,
+}
+
+/// Pretraining settings shared by `pretrain`, `run`, `ablate` and `demo`.
+#[derive(Debug, Args)]
+struct TrainOpts {
+    /// Backbone: vit-tiny (192 wide, 6 heads, the paper's), vit-small, vit-tiny-deit (3 heads),
+    /// vit-micro (96 wide, 4 layers, 64x64 input: demos and laptops).
+    #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
     model: String,
     /// paper (the reference code's behaviour) or msn (the original MSN's).
     #[arg(long, default_value = "paper", value_parser = ["paper", "msn"])]
@@ -57,53 +85,42 @@ struct PretrainArgs {
     /// A config.json to start from (e.g. a previous run's); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Pretraining epochs (100 in the paper).
     #[arg(long)]
     epochs: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of initialisation, views, masks and the probe (24 by default).
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop after this many steps.
+    /// Stop pretraining after this many steps.
     #[arg(long)]
     max_steps: Option<usize>,
     /// train (training-split images only) or all (every image, as the reference).
     #[arg(long, value_parser = ["train", "all"])]
     pretrain_split: Option<String>,
-    /// Continue the run in --out from its last checkpoint, with its config.json (only
-    /// --max-steps may change).
-    #[arg(long)]
-    resume: bool,
     /// Write a checkpoint every this many steps (and at each epoch end and when stopping).
     #[arg(long)]
     checkpoint_every: Option<usize>,
-    /// Side of the target and anchor views (224 in the paper) and of the focal views (96).
+    /// Side of the target and anchor views (the model's input size: 224 for vit-tiny) and of
+    /// the focal views (96).
     #[arg(long)]
     global_size: Option<usize>,
     #[arg(long)]
     focal_size: Option<usize>,
 }
 
-impl PretrainArgs {
-    fn resolve(&self) -> anyhow::Result<PretrainConfig> {
-        let vit = match self.model.as_str() {
-            "vit-small" => VitConfig::vit_small(),
-            "vit-tiny-deit" => VitConfig::vit_tiny_deit(),
-            _ => VitConfig::vit_tiny(),
-        };
-        if self.resume {
-            let path = self.out.join("config.json");
-            let mut cfg = PretrainConfig::load(&path).with_context(|| format!("reading {}", path.display()))?;
-            cfg.max_steps = self.max_steps;
-            return Ok(cfg);
-        }
+impl TrainOpts {
+    fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
+        let vit = VitConfig::preset(&self.model).with_context(|| format!("--model {}", self.model))?;
         let mut cfg = match &self.config {
             Some(path) => PretrainConfig::load(path).with_context(|| format!("reading {}", path.display()))?,
-            None if self.preset == "msn" => PretrainConfig::msn(vit, &self.ehr),
-            None => PretrainConfig::paper(vit, &self.ehr),
+            None if self.preset == "msn" => PretrainConfig::msn(vit, ehr),
+            None => PretrainConfig::paper(vit, ehr),
         };
-        cfg.ehr.clone_from(&self.ehr);
+        cfg.ehr = ehr.to_string();
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }
@@ -141,48 +158,214 @@ impl PretrainArgs {
     }
 }
 
+impl PretrainArgs {
+    fn resolve(&self) -> anyhow::Result<PretrainConfig> {
+        if self.resume {
+            let path = self.out.join("config.json");
+            let mut cfg = PretrainConfig::load(&path).with_context(|| format!("reading {}", path.display()))?;
+            cfg.max_steps = self.train.max_steps;
+            return Ok(cfg);
+        }
+        self.train.resolve(&self.ehr)
+    }
+}
+
+/// Linear-evaluation settings shared by `linear-eval`, `run`, `ablate` and `demo`.
+#[derive(Debug, Args)]
+struct EvalOpts {
+    /// Fraction of the training images the probe trains on (0.01, 0.05, 0.1, 1.0 in the paper),
+    /// sampled at random with the seed.
+    #[arg(long, default_value_t = 1.0)]
+    fraction: f64,
+    /// Fine-tune the encoder with the probe instead of freezing it (slow: every epoch runs the
+    /// encoder forward and backward on augmented images).
+    #[arg(long)]
+    finetune: bool,
+    /// With a frozen encoder, train on augmented images (the reference probe's flips and
+    /// affine maps) instead of cached eval-transform features.
+    #[arg(long)]
+    no_cache: bool,
+    /// Most probe epochs (early stopping on validation macro AUROC usually ends sooner).
+    #[arg(long, default_value_t = 100)]
+    probe_epochs: usize,
+    /// Probe epochs without a better validation macro AUROC before stopping.
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    #[arg(long, default_value_t = 64)]
+    probe_batch_size: usize,
+    /// Adam learning rate of the probe (cosine schedule).
+    #[arg(long, default_value_t = 1e-4)]
+    probe_lr: f64,
+    /// Uncertain labels: dataset (as built), zeros, ones, ignore (out of loss and metrics).
+    #[arg(long, default_value = "dataset", value_parser = ["dataset", "zeros", "ones", "ignore"])]
+    uncertain: String,
+    /// Bootstrap resamples of the test set for the 95% intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Probe input side (default: the pretraining view size, 224 for vit-tiny) and the side
+    /// images are resized to before the centre crop (default: crop * 256 / 224).
+    #[arg(long)]
+    crop: Option<usize>,
+    #[arg(long)]
+    resize: Option<usize>,
+    /// Another dataset built by `pipeline build-eval` (e.g. CheXpert) to test the probe on,
+    /// labels matched by name; repeatable.
+    #[arg(long, value_name = "DIR")]
+    test_dataset: Vec<PathBuf>,
+}
+
+impl EvalOpts {
+    fn resolve(&self, default_crop: usize, seed: u64) -> LinearEvalConfig {
+        let crop = self.crop.unwrap_or(default_crop);
+        let mut t = ProbeTransform::for_crop(crop);
+        if let Some(r) = self.resize {
+            t.resize = r;
+        }
+        LinearEvalConfig::new(t)
+            .with_fraction(self.fraction)
+            .with_finetune(self.finetune)
+            .with_cache_features(!self.no_cache)
+            .with_epochs(self.probe_epochs)
+            .with_patience(self.patience)
+            .with_batch_size(self.probe_batch_size)
+            .with_lr(self.probe_lr)
+            .with_uncertain(self.uncertain.clone())
+            .with_bootstrap(self.bootstrap)
+            .with_seed(seed)
+    }
+}
+
+#[derive(Debug, Args)]
+struct LinearEvalArgs {
+    /// A pretraining run folder: its last checkpoint's target (EMA) encoder is evaluated.
+    #[arg(long, value_name = "RUN", required_unless_present = "random_init", conflicts_with = "random_init")]
+    checkpoint: Option<PathBuf>,
+    /// Evaluate a randomly initialised encoder of this model instead (a baseline).
+    #[arg(long, value_name = "MODEL", value_parser = VitConfig::PRESETS)]
+    random_init: Option<String>,
+    /// The dataset the probe trains, validates and tests on (MIMIC-CXR, or NIH with its own
+    /// labels).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Output folder (default: RUN/linear-eval-<dataset kind>-<fraction>[-finetune]).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 24)]
+    seed: u64,
+    #[command(flatten)]
+    eval: EvalOpts,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Run folder (resumed if it holds an unfinished run).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "demographics,scan,stay")]
+    ehr: String,
+    #[command(flatten)]
+    train: TrainOpts,
+    #[command(flatten)]
+    eval: EvalOpts,
+}
+
+#[derive(Debug, Args)]
+struct AblateArgs {
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Folder of the runs (one per EHR choice) and of the comparison table.
+    #[arg(long)]
+    out: PathBuf,
+    /// quick: vanilla MSN, each group, all three (5 runs); paper: vanilla, every combination
+    /// of the groups and each single variable (16 runs).
+    #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
+    grid: String,
+    #[command(flatten)]
+    train: TrainOpts,
+    #[command(flatten)]
+    eval: EvalOpts,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Working folder (the archive, the dataset and the runs; replaced on each run).
+    #[arg(long, default_value = "out/demo")]
+    out: PathBuf,
+    /// Subjects in the synthetic archive.
+    #[arg(long, default_value_t = 200)]
+    subjects: usize,
+    /// Pretraining epochs of each of the two models.
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    /// The pipeline executable (default: next to this one, then on PATH).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
+}
+
+/// Prints pretraining progress: a status line on a terminal, a line every 50 steps otherwise.
+fn step_printer() -> impl FnMut(&StepMetrics, usize) {
+    let mut started = None;
+    let mut first_step = None;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |m: &StepMetrics, stop: usize| {
+        let t0 = *started.get_or_insert_with(std::time::Instant::now);
+        let first = *first_step.get_or_insert(m.step);
+        let done = m.step + 1 - first;
+        let rate = done as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        let eta = (stop - m.step - 1) as f64 / rate.max(1e-9);
+        let line = format!(
+            "step {}/{stop}  epoch {}  loss {:.4} (ce {:.4}, me-max {:.4})  lr {:.2e}  {:.2} images/s  ETA {:.0} s",
+            m.step + 1,
+            m.epoch,
+            m.loss,
+            m.cross_entropy,
+            m.me_max,
+            m.lr,
+            m.images_per_second,
+            eta
+        );
+        if tty {
+            eprint!("\r{line}\x1b[K");
+            if m.step + 1 == stop {
+                eprintln!();
+            }
+        } else if (m.step + 1).is_multiple_of(50) || m.step + 1 == stop {
+            eprintln!("{line}");
+        }
+        if m.step + 1 == stop {
+            started = None;
+            first_step = None;
+        }
+    }
+}
+
+fn log_line(line: &str) {
+    eprintln!("{line}");
+}
+
+/// The one place the backend is chosen: burn-flex on the CPU, with autodiff.
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Result<()> {
+    let md = fs_err::read_to_string(dir.join("ablation.md"))?;
+    println!("{md}");
+    for s in summaries {
+        println!("{}: {}/report.html", s.ehr, s.run);
+    }
+    println!("comparison: {}", dir.join("ablation.html").display());
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
-            // The one place the backend is chosen: burn-flex on the CPU, with autodiff.
-            let device = Device::flex().autodiff();
-            eprintln!(
-                "pretraining {} ({} preset), ehr {}, into {}",
-                args.model,
-                cfg.preset,
-                cfg.ehr,
-                args.out.display()
-            );
-            let started = std::time::Instant::now();
-            let mut first_step = None;
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut report = |m: &StepMetrics, stop: usize| {
-                let first = *first_step.get_or_insert(m.step);
-                let done = m.step + 1 - first;
-                let rate = done as f64 / started.elapsed().as_secs_f64();
-                let eta = (stop - m.step - 1) as f64 / rate.max(1e-9);
-                let line = format!(
-                    "step {}/{stop}  epoch {}  loss {:.4} (ce {:.4}, me-max {:.4})  lr {:.2e}  {:.2} images/s  ETA {:.0} s",
-                    m.step + 1,
-                    m.epoch,
-                    m.loss,
-                    m.cross_entropy,
-                    m.me_max,
-                    m.lr,
-                    m.images_per_second,
-                    eta
-                );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else if (m.step + 1).is_multiple_of(50) || m.step + 1 == stop {
-                    eprintln!("{line}");
-                }
-            };
-            let s = pretrain_with(&cfg, &args.dataset, &args.out, &device, args.resume, &mut report)?;
-            if tty {
-                eprintln!();
-            }
+            eprintln!("pretraining {} ({} preset), ehr {}, into {}", args.train.model, cfg.preset, cfg.ehr, args.out.display());
+            let s = pretrain_with(&cfg, &args.dataset, &args.out, &device(), args.resume, &mut step_printer())?;
             println!(
                 "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
                 s.steps,
@@ -194,6 +377,82 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.run.join("metrics.jsonl").display()
             );
         }
+        Command::LinearEval(args) => {
+            let device = device();
+            let (encoder, cache) = match (&args.checkpoint, &args.random_init) {
+                (Some(run), _) => (load_encoder(run, &device)?, run.join("features")),
+                (None, Some(model)) => {
+                    let vit = VitConfig::preset(model).with_context(|| format!("--random-init {model}"))?;
+                    (random_encoder(&vit, args.seed, &device), PathBuf::new())
+                }
+                (None, None) => bail!("give --checkpoint RUN or --random-init MODEL"),
+            };
+            let cfg = args.eval.resolve(encoder.crop, args.seed);
+            let out = match (&args.out, &args.checkpoint) {
+                (Some(o), _) => o.clone(),
+                (None, Some(run)) => {
+                    let kind = trainer::data::Dataset::open(&args.dataset)?.kind;
+                    let ft = if cfg.finetune { "-finetune" } else { "" };
+                    run.join(format!("linear-eval-{kind}-{}{ft}", cfg.fraction))
+                }
+                (None, None) => bail!("--out is required with --random-init"),
+            };
+            let cache = if cache.as_os_str().is_empty() { out.join("features") } else { cache };
+            let r = linear_eval(&cfg, encoder, &args.dataset, &args.eval.test_dataset, &out, &cache, &device, &mut |l| {
+                log_line(l)
+            })?;
+            report::linear_eval_report(&out, &r.result, &r.history, &r.test)?;
+            let figures = [
+                ("probe-curves.svg", "Linear probe: loss and validation AUROC"),
+                ("auroc.svg", "Test AUROC per label (95% CI)"),
+                ("roc.svg", "ROC curves"),
+                ("embedding.svg", "Test embeddings (PCA)"),
+                ("external-0-auroc.svg", "External test AUROC per label"),
+                ("external-1-auroc.svg", "External test AUROC per label"),
+            ];
+            report::page(&out, "report.html", "Linear evaluation", &report::linear_eval_sections(&r.result), &figures)?;
+            println!("{}", r.result.markdown());
+            println!("results: {}", out.join("results.json").display());
+            println!("report: {}", out.join("report.html").display());
+        }
+        Command::Run(args) => {
+            let cfg = args.train.resolve(&args.ehr)?;
+            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed);
+            let s = experiment::run(
+                &cfg,
+                &eval,
+                &args.dataset,
+                &args.eval.test_dataset,
+                &args.out,
+                &device(),
+                &mut step_printer(),
+                &mut |l| log_line(l),
+            )?;
+            println!(
+                "ehr {}: test macro AUROC {}",
+                s.ehr,
+                s.macro_auroc.map_or("undefined".into(), |e| format!("{:.4} ({:.4}-{:.4})", e.value, e.low, e.high))
+            );
+            println!("report: {}", args.out.join("report.html").display());
+        }
+        Command::Ablate(args) => {
+            let cfg = args.train.resolve("none")?;
+            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed);
+            let choices = experiment::grid(&args.grid)?;
+            let s = experiment::ablate(
+                &cfg,
+                &eval,
+                &choices,
+                &args.dataset,
+                &args.eval.test_dataset,
+                &args.out,
+                &device(),
+                &mut step_printer(),
+                &mut |l| log_line(l),
+            )?;
+            print_table(&s, &args.out)?;
+        }
+        Command::Demo(args) => demo(&args)?,
         Command::EhrColumns { ehr } => {
             let sel: EhrSelection = ehr.parse().map_err(|e| anyhow::anyhow!("--ehr {ehr}: {e}"))?;
             println!("ehr: {sel}");
@@ -203,6 +462,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// The `pipeline` executable: --pipeline, else beside this executable, else on PATH.
+fn pipeline_exe(given: Option<&PathBuf>) -> PathBuf {
+    if let Some(p) = given {
+        return p.clone();
+    }
+    let name = format!("pipeline{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(&name)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let exe = pipeline_exe(args.pipeline.as_ref());
+    eprintln!("demo 1/3: synthetic archive and dataset, with {}", exe.display());
+    let status = std::process::Command::new(&exe)
+        .args(["demo", "--out"])
+        .arg(&args.out)
+        .args(["--subjects", &args.subjects.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| {
+            format!("running {} (build it with `cargo build --release`, or pass --pipeline)", exe.display())
+        })?;
+    if !status.success() {
+        bail!("{} demo failed ({status})", exe.display());
+    }
+    let datasets = args.out.join("datasets");
+    let dataset = fs_err::read_dir(&datasets)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("manifest.json").is_file())
+        .with_context(|| format!("no dataset in {}", datasets.display()))?;
+    let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none").with_epochs(args.epochs).with_batch_size(32);
+    cfg.lr = 5e-4;
+    let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_lr(1e-3);
+    let choices = vec!["none".to_string(), "demographics,scan,stay".to_string()];
+    eprintln!(
+        "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay)",
+        args.epochs
+    );
+    let runs = args.out.join("runs");
+    let s = experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &device(), &mut step_printer(), &mut |l| {
+        log_line(l)
+    })?;
+    eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());
+    print_table(&s, &runs)?;
     Ok(())
 }
 

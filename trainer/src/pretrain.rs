@@ -80,14 +80,16 @@ impl PretrainConfig {
     /// The reference code's behaviour: 6-head ViT, masking of all anchor views with its
     /// off-by-one, frozen prototypes, constant EMA 0.996, lr 1e-4, wd 1e-3, batch 64, seed 24.
     pub fn paper(vit: VitConfig, ehr: &str) -> Self {
-        Self::new("paper".into(), vit, ehr.into(), Masking::Paper, ViewConfig::new(), MsnLossConfig::new())
+        let views = ViewConfig::for_vit(&vit);
+        Self::new("paper".into(), vit, ehr.into(), Masking::Paper, views, MsnLossConfig::new())
     }
 
     /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking,
     /// gradient clipping at 3. (Its exemption of norms and biases from weight decay is not
     /// implemented yet.)
     pub fn msn(vit: VitConfig, ehr: &str) -> Self {
-        Self::new("msn".into(), vit, ehr.into(), Masking::Msn, ViewConfig::new(), MsnLossConfig::new())
+        let views = ViewConfig::for_vit(&vit);
+        Self::new("msn".into(), vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
             .with_train_prototypes(true)
             .with_ema_end(1.0)
             .with_warmup_epochs(15)

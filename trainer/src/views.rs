@@ -39,6 +39,16 @@ pub struct ViewConfig {
     pub std: [f32; 3],
 }
 
+impl ViewConfig {
+    /// The paper's proportions for a ViT: global views at its `image_size` (224), focal views
+    /// at 96/224 of that, rounded to a multiple of the patch size.
+    pub fn for_vit(vit: &crate::model::VitConfig) -> Self {
+        let p = vit.patch_size.max(1);
+        let focal = ((vit.image_size as f64 * 96.0 / 224.0 / p as f64).round() as usize).max(1) * p;
+        Self::new().with_global_size(vit.image_size).with_focal_size(focal)
+    }
+}
+
 /// Which tokens the anchor branch keeps.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Masking {

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::rng::Rng;
 
 /// A ViT's shape. Presets: [`VitConfig::vit_tiny`], [`VitConfig::vit_small`],
-/// [`VitConfig::vit_tiny_deit`].
+/// [`VitConfig::vit_tiny_deit`], [`VitConfig::vit_micro`].
 #[derive(Config, Debug)]
 pub struct VitConfig {
     /// Side of the square input the position embedding is learned for.
@@ -50,6 +50,26 @@ impl VitConfig {
     pub fn vit_tiny_deit() -> Self {
         Self::new(192, 12, 3, 768)
     }
+
+    /// A small ViT for demos, tests and laptops: 64x64 input, 8x8 patches, 96 wide, 4 layers,
+    /// 3 heads.
+    pub fn vit_micro() -> Self {
+        Self::new(96, 4, 3, 384).with_image_size(64).with_patch_size(8)
+    }
+
+    /// A preset by its command-line name.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "vit-tiny" => Some(Self::vit_tiny()),
+            "vit-small" => Some(Self::vit_small()),
+            "vit-tiny-deit" => Some(Self::vit_tiny_deit()),
+            "vit-micro" => Some(Self::vit_micro()),
+            _ => None,
+        }
+    }
+
+    /// Names accepted by [`VitConfig::preset`].
+    pub const PRESETS: [&'static str; 4] = ["vit-tiny", "vit-small", "vit-tiny-deit", "vit-micro"];
 
     /// Patches per side at `image_size`.
     pub fn grid(&self) -> usize {

@@ -1,0 +1,250 @@
+//! Whole experiments on one built dataset: [`run`] (pretrain, then linear-evaluate, then the
+//! report) and [`ablate`] (a grid of EHR choices with the same seed and budget, resumable,
+//! with a comparison table and chart).
+//!
+//! A run folder holds `config.json`, `metrics.jsonl` and checkpoints (pretraining),
+//! `pretrain-done.json`, `linear-eval/` (results, probe, figures), `pretrain-curves.svg`,
+//! `report.html` and, last, `summary.json`; a folder with `summary.json` is finished and
+//! skipped, one without resumes where it stopped.
+
+use std::path::{Path, PathBuf};
+
+use burn::config::Config;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::linear::{LinearEvalConfig, linear_eval, load_encoder};
+use crate::metrics::Estimate;
+use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
+use crate::report;
+use crate::{Error, Result};
+
+/// What a finished run reports (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run: String,
+    pub ehr: String,
+    pub dataset_version: String,
+    pub pretrain_steps: usize,
+    pub pretrain_seconds: f64,
+    pub macro_auroc: Option<Estimate>,
+    pub macro_average_precision: Option<Estimate>,
+    /// (label, AUROC) on the test split; `None` = undefined.
+    pub auroc: Vec<(String, Option<Estimate>)>,
+    pub linear_eval_seconds: f64,
+}
+
+/// Pretraining outcome kept between sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PretrainDone {
+    steps: usize,
+    seconds: f64,
+    first_loss: f32,
+    last_loss: f32,
+}
+
+/// Pretrains with `pretrain` (resuming a stopped run), linear-evaluates the result with
+/// `eval` (plus `external` test datasets) and writes the report, in the folder `dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    pretrain: &PretrainConfig,
+    eval: &LinearEvalConfig,
+    dataset: &Path,
+    external: &[PathBuf],
+    dir: &Path,
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+    log: &mut dyn FnMut(&str),
+) -> Result<RunSummary> {
+    let summary_path = dir.join("summary.json");
+    if let Ok(text) = fs_err::read_to_string(&summary_path)
+        && let Ok(s) = serde_json::from_str::<RunSummary>(&text)
+    {
+        log(&format!("{}: finished before, skipped", dir.display()));
+        return Ok(s);
+    }
+    let done_path = dir.join("pretrain-done.json");
+    let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok()) {
+        Some(d) => d,
+        None => {
+            let resume = dir.join(CHECKPOINT).is_file();
+            // A resumed run continues with the configuration it started with.
+            let cfg = if resume {
+                PretrainConfig::load(dir.join("config.json")).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
+            } else {
+                pretrain.clone()
+            };
+            log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
+            let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
+            let d = PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
+            fs_err::write(&done_path, serde_json::to_string_pretty(&d).unwrap_or_default())?;
+            d
+        }
+    };
+    let encoder = load_encoder(dir, device)?;
+    let eval_dir = dir.join("linear-eval");
+    log(&format!("linear evaluation in {}", eval_dir.display()));
+    let out = linear_eval(eval, encoder, dataset, external, &eval_dir, &dir.join("features"), device, log)?;
+    report::linear_eval_report(&eval_dir, &out.result, &out.history, &out.test)?;
+    report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
+    let mut sections = vec![(
+        "Run".to_string(),
+        format!(
+            "<p>EHR: <b>{}</b>; dataset version {}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
+            pretrain.ehr, out.result.dataset_version, done.steps, done.seconds, done.first_loss, done.last_loss
+        ),
+    )];
+    sections.extend(report::linear_eval_sections(&out.result));
+    let mut figures = vec![
+        ("pretrain-curves.svg", "Pretraining curves"),
+        ("linear-eval/probe-curves.svg", "Linear probe: loss and validation AUROC"),
+        ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
+        ("linear-eval/roc.svg", "ROC curves"),
+        ("linear-eval/embedding.svg", "Test embeddings (PCA)"),
+    ];
+    let external_figs: Vec<String> =
+        (0..out.result.external.len()).map(|k| format!("linear-eval/external-{k}-auroc.svg")).collect();
+    for f in &external_figs {
+        figures.push((f.as_str(), "External test AUROC per label"));
+    }
+    report::page(dir, "report.html", &format!("Run: ehr {}", pretrain.ehr), &sections, &figures)?;
+    let summary = RunSummary {
+        run: dir.display().to_string(),
+        ehr: pretrain.ehr.clone(),
+        dataset_version: out.result.dataset_version.clone(),
+        pretrain_steps: done.steps,
+        pretrain_seconds: done.seconds,
+        macro_auroc: out.result.test.macro_auroc,
+        macro_average_precision: out.result.test.macro_average_precision,
+        auroc: out.result.test.labels.iter().map(|r| (r.label.clone(), r.auroc)).collect(),
+        linear_eval_seconds: out.result.seconds,
+    };
+    let tmp = dir.join("summary.json.tmp");
+    fs_err::write(&tmp, serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    fs_err::rename(&tmp, &summary_path)?;
+    Ok(summary)
+}
+
+/// The EHR choices of a grid: `quick` (vanilla, each group, all three) or `paper` (vanilla,
+/// every non-empty combination of the groups, each single variable with age as norm, 5- and
+/// 10-year bins). `none` (vanilla MSN) comes first.
+pub fn grid(name: &str) -> Result<Vec<String>> {
+    let groups = ["demographics", "scan", "stay"];
+    let mut v = vec!["none".to_string()];
+    match name {
+        "quick" => {
+            v.extend(groups.iter().map(|g| g.to_string()));
+            v.push(groups.join(","));
+        }
+        "paper" => {
+            for mask in 1..8usize {
+                v.push(groups.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g).collect::<Vec<_>>().join(","));
+            }
+            v.sort_by_key(|s| (s != "none", s.matches(',').count(), s.clone()));
+            for var in ["sex", "age-norm", "age-bins5", "age-bins10", "view", "orientation", "mortality", "icu"] {
+                v.push(var.to_string());
+            }
+        }
+        other => return Err(Error::Config(format!("--grid {other}: expected quick or paper"))),
+    }
+    Ok(v)
+}
+
+/// The folder name of an EHR choice.
+pub fn run_name(ehr: &str) -> String {
+    if ehr == "none" { "vanilla-msn".into() } else { format!("ehr-{}", ehr.replace(',', "+")) }
+}
+
+/// Runs every EHR choice of `choices` into `dir/<run_name>` with the same configuration
+/// (`base`'s seed and budget), skipping finished runs, then writes `ablation.md`,
+/// `ablation.csv`, `ablation.svg` and `ablation.html`. Returns the summaries in order.
+#[allow(clippy::too_many_arguments)]
+pub fn ablate(
+    base: &PretrainConfig,
+    eval: &LinearEvalConfig,
+    choices: &[String],
+    dataset: &Path,
+    external: &[PathBuf],
+    dir: &Path,
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+    log: &mut dyn FnMut(&str),
+) -> Result<Vec<RunSummary>> {
+    fs_err::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for (k, ehr) in choices.iter().enumerate() {
+        log(&format!("ablation {}/{}: ehr {ehr}", k + 1, choices.len()));
+        let mut cfg = base.clone();
+        cfg.ehr.clone_from(ehr);
+        out.push(run(&cfg, eval, dataset, external, &dir.join(run_name(ehr)), device, on_step, log)?);
+    }
+    write_table(&out, dir)?;
+    Ok(out)
+}
+
+fn est(e: &Option<Estimate>) -> String {
+    e.map_or("undefined".into(), |v| format!("{:.3} ({:.3}-{:.3})", v.value, v.low, v.high))
+}
+
+/// The comparison table (Markdown and CSV), its bar chart and page.
+pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
+    let vanilla = runs.iter().find(|r| r.ehr == "none").and_then(|r| r.macro_auroc).map(|e| e.value);
+    let labels: Vec<String> = runs.first().map(|r| r.auroc.iter().map(|a| a.0.clone()).collect()).unwrap_or_default();
+    let delta = |r: &RunSummary| match (r.macro_auroc, vanilla) {
+        (Some(m), Some(v)) => format!("{:+.3}", m.value - v),
+        _ => "n/a".into(),
+    };
+    let mut md = String::from("| EHR | macro AUROC (95% CI) | delta vs vanilla MSN | macro AP |");
+    for l in &labels {
+        md += &format!(" {l} |");
+    }
+    md += "\n|---|---|---|---|";
+    md += &"---|".repeat(labels.len());
+    md += "\n";
+    let mut csv = String::from("ehr,macro_auroc,macro_auroc_low,macro_auroc_high,delta_vs_vanilla,macro_ap");
+    for l in &labels {
+        csv += &format!(",\"{l}\"");
+    }
+    csv += "\n";
+    let num = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+    for r in runs {
+        md += &format!(
+            "| {} | {} | {} | {} |",
+            r.ehr,
+            est(&r.macro_auroc),
+            delta(r),
+            r.macro_average_precision.map_or("undefined".into(), |e| format!("{:.3}", e.value))
+        );
+        csv += &format!(
+            "{},{},{},{},{},{}",
+            r.ehr.replace(',', "+"),
+            num(r.macro_auroc.map(|e| e.value)),
+            num(r.macro_auroc.map(|e| e.low)),
+            num(r.macro_auroc.map(|e| e.high)),
+            num(r.macro_auroc.zip(vanilla).map(|(m, v)| m.value - v)),
+            num(r.macro_average_precision.map(|e| e.value)),
+        );
+        for (_, a) in &r.auroc {
+            md += &format!(" {} |", a.map_or("undef.".into(), |e| format!("{:.3}", e.value)));
+            csv += &format!(",{}", num(a.map(|e| e.value)));
+        }
+        md += "\n";
+        csv += "\n";
+    }
+    fs_err::write(dir.join("ablation.md"), &md)?;
+    fs_err::write(dir.join("ablation.csv"), &csv)?;
+    let rows: Vec<(String, Option<Estimate>)> = runs.iter().map(|r| (r.ehr.clone(), r.macro_auroc)).collect();
+    report::bars(&dir.join("ablation.svg"), "Test macro AUROC per EHR choice (95% CI)", "macro AUROC", &rows, vanilla)?;
+    let mut table = String::from("<table><tr><th>EHR</th><th>macro AUROC (95% CI)</th><th>delta vs vanilla</th><th>run</th></tr>\n");
+    for r in runs {
+        let name = Path::new(&r.run).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        table += &format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><a href=\"{name}/report.html\">{name}</a></td></tr>\n",
+            r.ehr,
+            est(&r.macro_auroc),
+            delta(r)
+        );
+    }
+    table += "</table>\n<p>Per label: <a href=\"ablation.md\">ablation.md</a>, <a href=\"ablation.csv\">ablation.csv</a>.</p>";
+    report::page(dir, "ablation.html", "Ablation: EHR choices", &[("Comparison".into(), table)], &[("ablation.svg", "Macro AUROC per EHR choice")])
+}

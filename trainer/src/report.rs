@@ -1,0 +1,412 @@
+//! Figures (SVG, drawn with plotters) and a self-contained HTML page per run: pretraining
+//! curves (loss, cross-entropy, me-max, learning rate), the probe's curves, per-label AUROC
+//! with confidence intervals, ROC curves, a PCA projection of the test embeddings coloured by
+//! a label, sex, view and age band, and for an ablation a bar chart of macro AUROC per EHR
+//! choice.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::linear::{EpochMetrics, LinearEvalResult, Scored};
+use crate::metrics::{Estimate, Evaluation, roc_curve};
+use crate::{Error, Result};
+
+fn err<E: std::fmt::Display>(what: &Path) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Report(format!("{}: {e}", what.display()))
+}
+
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-6);
+    (lo - pad, hi + pad)
+}
+
+/// Named series over a shared x axis, one panel each (stacked vertically).
+fn panels(path: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    let e = err(path);
+    let h = 220 * series.len().max(1) as u32;
+    let root = SVGBackend::new(path, (760, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(&e)?;
+    let areas = root.split_evenly((series.len().max(1), 1));
+    for (k, (name, points)) in series.iter().enumerate() {
+        let (x0, x1) = range(points.iter().map(|p| p.0));
+        let (y0, y1) = range(points.iter().map(|p| p.1));
+        let mut chart = ChartBuilder::on(&areas[k])
+            .margin(8)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(&e)?;
+        chart.configure_mesh().x_desc(x_desc).y_desc(*name).draw().map_err(&e)?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), &Palette99::pick(k))).map_err(&e)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// Loss, cross-entropy, me-max and learning rate per step of a pretraining run's
+/// `metrics.jsonl`.
+pub fn pretrain_curves(metrics: &Path, out: &Path) -> Result<()> {
+    let text = fs_err::read_to_string(metrics)?;
+    let rows: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let get = |k: &str| -> Vec<(f64, f64)> {
+        rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[k].as_f64()?))).collect()
+    };
+    panels(
+        out,
+        "Pretraining",
+        "step",
+        &[("loss", get("loss")), ("cross-entropy", get("cross_entropy")), ("me-max", get("me_max")), ("lr", get("lr"))],
+    )
+}
+
+/// The probe's training loss and validation macro AUROC per epoch.
+pub fn probe_curves(history: &[EpochMetrics], out: &Path) -> Result<()> {
+    let loss = history.iter().map(|m| (m.epoch as f64, m.train_loss)).collect();
+    let auc = history.iter().filter_map(|m| Some((m.epoch as f64, m.validate_macro_auroc?))).collect();
+    panels(out, "Linear probe", "epoch", &[("train BCE", loss), ("validate macro AUROC", auc)])
+}
+
+/// Horizontal bars with 95% intervals: `(name, estimate)`; undefined entries are listed but
+/// drawn empty.
+pub fn bars(path: &Path, title: &str, x_desc: &str, rows: &[(String, Option<Estimate>)], mark: Option<f64>) -> Result<()> {
+    let e = err(path);
+    let n = rows.len().max(1);
+    let root = SVGBackend::new(path, (760, 80 + 26 * n as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let (lo, hi) = range(rows.iter().filter_map(|r| r.1).flat_map(|v| [v.low, v.high, v.value]).chain(mark));
+    let lo = lo.min(0.5).max(0.0);
+    let hi = hi.max(lo + 0.05).min(1.0);
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(230)
+        .build_cartesian_2d(lo..hi, 0f64..n as f64)
+        .map_err(&e)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n + 1)
+        .y_label_formatter(&|y| {
+            let k = (n as f64 - y - 0.5).round();
+            if (n as f64 - y - 0.5 - k).abs() < 0.26 && k >= 0.0 && (k as usize) < names.len() {
+                names[k as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(x_desc)
+        .draw()
+        .map_err(&e)?;
+    for (k, (_, est)) in rows.iter().enumerate() {
+        let y = (n - 1 - k) as f64;
+        if let Some(v) = est {
+            chart
+                .draw_series([Rectangle::new([(lo, y + 0.2), (v.value, y + 0.8)], Palette99::pick(k).mix(0.7).filled())])
+                .map_err(&e)?;
+            chart
+                .draw_series([PathElement::new(vec![(v.low, y + 0.5), (v.high, y + 0.5)], BLACK.stroke_width(2))])
+                .map_err(&e)?;
+        }
+    }
+    if let Some(m) = mark {
+        chart.draw_series([PathElement::new(vec![(m, 0.0), (m, n as f64)], RED.stroke_width(1))]).map_err(&e)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// Per-label AUROC with intervals, and the macro mean.
+pub fn auroc_bars(ev: &Evaluation, title: &str, out: &Path) -> Result<()> {
+    let mut rows: Vec<(String, Option<Estimate>)> = ev.labels.iter().map(|r| (r.label.clone(), r.auroc)).collect();
+    rows.push(("macro".into(), ev.macro_auroc));
+    bars(out, title, "AUROC (95% bootstrap CI)", &rows, Some(0.5))
+}
+
+/// ROC curves of every defined label.
+pub fn roc_curves(scored: &Scored, names: &[String], out: &Path) -> Result<()> {
+    let e = err(out);
+    let l = names.len();
+    let rows = scored.scores.len() / l.max(1);
+    let root = SVGBackend::new(out, (760, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("ROC curves (test)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(&e)?;
+    chart.configure_mesh().x_desc("false positive rate").y_desc("true positive rate").draw().map_err(&e)?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(&e)?;
+    for (k, name) in names.iter().enumerate() {
+        let s: Vec<f32> = (0..rows).map(|i| scored.scores[i * l + k]).collect();
+        let y: Vec<f32> = (0..rows).map(|i| scored.labels[i * l + k]).collect();
+        let curve = roc_curve(&s, &y);
+        if curve.is_empty() {
+            continue;
+        }
+        let color = Palette99::pick(k);
+        chart
+            .draw_series(LineSeries::new(curve, color.stroke_width(2)))
+            .map_err(&e)?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], Palette99::pick(k).stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(&e)?;
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+/// The first two principal components of `x` (`[n, d]`), by power iteration on the
+/// covariance with deflation; returns `[n]` pairs.
+pub fn pca2(x: &[f32], d: usize) -> Vec<(f64, f64)> {
+    let n = x.len() / d.max(1);
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut mean = vec![0f64; d];
+    for i in 0..n {
+        for j in 0..d {
+            mean[j] += f64::from(x[i * d + j]) / n as f64;
+        }
+    }
+    let mut cov = vec![0f64; d * d];
+    for i in 0..n {
+        let r: Vec<f64> = (0..d).map(|j| f64::from(x[i * d + j]) - mean[j]).collect();
+        for a in 0..d {
+            for b in 0..d {
+                cov[a * d + b] += r[a] * r[b];
+            }
+        }
+    }
+    let mut comps: Vec<Vec<f64>> = Vec::new();
+    for c in 0..2 {
+        let mut v: Vec<f64> = (0..d).map(|j| if j % 2 == c { 1.0 } else { 0.5 } + j as f64 * 1e-3).collect();
+        for _ in 0..200 {
+            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| cov[a * d + b] * v[b]).sum()).collect();
+            for u in &comps {
+                let dot: f64 = w.iter().zip(u).map(|(a, b)| a * b).sum();
+                w.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = w.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if norm == 0.0 {
+                break;
+            }
+            v = w.into_iter().map(|a| a / norm).collect();
+        }
+        comps.push(v);
+    }
+    (0..n)
+        .map(|i| {
+            let p = |u: &Vec<f64>| (0..d).map(|j| (f64::from(x[i * d + j]) - mean[j]) * u[j]).sum::<f64>();
+            (p(&comps[0]), p(&comps[1]))
+        })
+        .collect()
+}
+
+fn age_band(age: f32) -> String {
+    match age {
+        a if a.is_nan() => "unknown".into(),
+        a if a < 40.0 => "<40".into(),
+        a if a < 60.0 => "40-59".into(),
+        a if a < 80.0 => "60-79".into(),
+        _ => "80+".into(),
+    }
+}
+
+/// PCA of the test embeddings in four panels: coloured by a label (No Finding when the task
+/// has it), sex, view and age band.
+pub fn embedding(scored: &Scored, names: &[String], out: &Path) -> Result<()> {
+    let e = err(out);
+    // At most 3000 points, evenly spaced.
+    let n = scored.meta.len();
+    let step = n.div_ceil(3000).max(1);
+    let rows: Vec<usize> = (0..n).step_by(step).collect();
+    let x: Vec<f32> =
+        rows.iter().flat_map(|&i| scored.features[i * scored.dim..(i + 1) * scored.dim].iter().copied()).collect();
+    let pts = pca2(&x, scored.dim);
+    let l = names.len();
+    let k = names.iter().position(|s| s == "No Finding").unwrap_or(0);
+    let label_name = names.get(k).cloned().unwrap_or_default();
+    let groups: [(String, Vec<String>); 4] = [
+        (
+            label_name.clone(),
+            rows.iter()
+                .map(|&i| match scored.labels.get(i * l + k) {
+                    Some(v) if *v > 0.5 => format!("{label_name}: yes"),
+                    Some(v) if *v <= 0.5 => format!("{label_name}: no"),
+                    _ => "unknown".into(),
+                })
+                .collect(),
+        ),
+        (
+            "sex".into(),
+            rows.iter()
+                .map(|&i| match scored.meta[i].0 {
+                    v if v.is_nan() => "unknown".into(),
+                    v if v > 0.5 => "male".into(),
+                    _ => "female".into(),
+                })
+                .collect(),
+        ),
+        (
+            "view".into(),
+            rows.iter()
+                .map(|&i| if scored.meta[i].2.is_empty() { "unknown".into() } else { scored.meta[i].2.clone() })
+                .collect(),
+        ),
+        ("age band".into(), rows.iter().map(|&i| age_band(scored.meta[i].1)).collect()),
+    ];
+    let root = SVGBackend::new(out, (1000, 860)).into_drawing_area();
+    root.fill(&WHITE).map_err(&e)?;
+    let root = root.titled("Test embeddings (PCA of the encoder's CLS features)", ("sans-serif", 20)).map_err(&e)?;
+    let areas = root.split_evenly((2, 2));
+    let (x0, x1) = range(pts.iter().map(|p| p.0));
+    let (y0, y1) = range(pts.iter().map(|p| p.1));
+    for (area, (title, classes)) in areas.iter().zip(groups.iter()) {
+        let mut names: Vec<&String> = classes.iter().collect();
+        names.sort();
+        names.dedup();
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("by {title}"), ("sans-serif", 15))
+            .margin(6)
+            .x_label_area_size(20)
+            .y_label_area_size(30)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(&e)?;
+        chart.configure_mesh().disable_mesh().draw().map_err(&e)?;
+        for (c, class) in names.iter().enumerate() {
+            let color = Palette99::pick(c);
+            let points = pts.iter().zip(classes).filter(|(_, k)| k == class).map(|(p, _)| *p);
+            chart
+                .draw_series(points.map(|p| Circle::new(p, 2, color.mix(0.6).filled())))
+                .map_err(&e)?
+                .label(class.as_str())
+                .legend(move |(x, y)| Circle::new((x + 6, y), 4, Palette99::pick(c).filled()));
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(&e)?;
+    }
+    root.present().map_err(&e)?;
+    Ok(())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn cell(e: &Option<Estimate>) -> String {
+    e.map_or("undefined".into(), |v| format!("{:.3} ({:.3}&ndash;{:.3})", v.value, v.low, v.high))
+}
+
+/// An evaluation as an HTML table.
+pub fn evaluation_table(ev: &Evaluation) -> String {
+    let mut s = String::from(
+        "<table><tr><th>label</th><th>positives / rows</th><th>AUROC (95% CI)</th><th>AP (95% CI)</th></tr>\n",
+    );
+    for r in &ev.labels {
+        s += &format!(
+            "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&r.label),
+            r.positives,
+            r.rows,
+            cell(&r.auroc),
+            cell(&r.average_precision)
+        );
+    }
+    s += &format!(
+        "<tr class=\"macro\"><td>macro</td><td>{} defined</td><td>{}</td><td>{}</td></tr></table>\n",
+        ev.labels.len() - ev.undefined.len(),
+        cell(&ev.macro_auroc),
+        cell(&ev.macro_average_precision)
+    );
+    if !ev.undefined.is_empty() {
+        s += &format!("<p>Undefined (one class), left out of the macro means: {}.</p>\n", escape(&ev.undefined.join(", ")));
+    }
+    s
+}
+
+/// A self-contained page: `title`, a preamble (HTML), sections of HTML, and figures (file names
+/// relative to the page, shown if they exist in `dir`).
+pub fn page(dir: &Path, file: &str, title: &str, sections: &[(String, String)], figures: &[(&str, &str)]) -> Result<()> {
+    let mut s = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
+         body{{font-family:sans-serif;max-width:1040px;margin:2em auto;color:#222}}\
+         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}\
+         tr.macro{{font-weight:bold}}img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}\
+         pre{{background:#f6f6f6;padding:0.6em;overflow-x:auto}}</style></head><body>\n<h1>{t}</h1>\n",
+        t = escape(title)
+    );
+    for (h, body) in sections {
+        s += &format!("<h2>{}</h2>\n{body}\n", escape(h));
+    }
+    for (name, caption) in figures {
+        if dir.join(name).is_file() {
+            s += &format!("<h2>{}</h2>\n<a href=\"{name}\"><img src=\"{name}\" alt=\"{}\"></a>\n", escape(caption), escape(caption));
+        }
+    }
+    s += "</body></html>\n";
+    fs_err::write(dir.join(file), s)?;
+    Ok(())
+}
+
+/// The figures and page of one linear evaluation in `dir` (its output folder).
+pub fn linear_eval_report(
+    dir: &Path,
+    result: &LinearEvalResult,
+    history: &[EpochMetrics],
+    test: &Scored,
+) -> Result<()> {
+    probe_curves(history, &dir.join("probe-curves.svg"))?;
+    auroc_bars(&result.test, "Test AUROC per label", &dir.join("auroc.svg"))?;
+    roc_curves(test, &result.labels, &dir.join("roc.svg"))?;
+    embedding(test, &result.labels, &dir.join("embedding.svg"))?;
+    for (k, e) in result.external.iter().enumerate() {
+        auroc_bars(&e.test, &format!("External test ({}) AUROC per label", e.kind), &dir.join(format!("external-{k}-auroc.svg")))?;
+    }
+    Ok(())
+}
+
+/// The sections of a linear evaluation for a page.
+pub fn linear_eval_sections(result: &LinearEvalResult) -> Vec<(String, String)> {
+    let mut v = vec![
+        (
+            "Linear evaluation".to_string(),
+            format!(
+                "<p>Dataset {} ({}); probe trained on {} images, {} validation, {} test; {} epochs, best validation macro \
+                 AUROC {} at epoch {}.</p><pre>{}</pre>",
+                escape(&result.dataset_version),
+                escape(&result.dataset_kind),
+                result.train_rows,
+                result.validate_rows,
+                result.test_rows,
+                result.epochs_run,
+                result.best_validate_macro_auroc.map_or("undefined".into(), |a| format!("{a:.4}")),
+                result.best_epoch,
+                escape(&serde_json::to_string_pretty(&result.encoder).unwrap_or_default())
+            ),
+        ),
+        ("Test".to_string(), evaluation_table(&result.test)),
+    ];
+    for e in &result.external {
+        v.push((format!("External test: {} ({})", e.kind, e.version), evaluation_table(&e.test)));
+    }
+    v
+}
