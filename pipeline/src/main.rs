@@ -53,7 +53,8 @@ enum Command {
         /// The second version folder.
         b: PathBuf,
     },
-    /// Run the whole job end to end on an embedded default (a small synthetic archive).
+    /// The data half of the demo: generate a small synthetic archive and build its dataset
+    /// (`trainer demo` runs this, then pretrains and evaluates).
     Demo(DemoArgs),
     /// Re-check every file of a built version against its manifest (sha256, row counts).
     Verify {
@@ -603,8 +604,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let built = build::build(&build_cfg, &progress)?;
             print_build(&built);
             eprintln!(
-                "next: cargo run --release -p trainer -- pretrain --dataset {} --out out/demo/run (the demo does not train yet)",
-                built.dir.display()
+                "next: cargo run --release -p trainer -- run --dataset {} --out {} (or `trainer demo`, which runs this \
+                 step too and then pretrains and evaluates with and without EHR)",
+                built.dir.display(),
+                args.out.join("run").display()
             );
         }
     }

@@ -13,7 +13,7 @@ use polars::prelude::*;
 use crate::build_table::{config, copy_tree};
 use crate::fixture::{CXR_DCM, small};
 
-fn archive_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+pub fn archive_copy() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("archive");
     fs_err::create_dir_all(&root).unwrap();

@@ -11,6 +11,7 @@ mod eval_datasets;
 mod fixture;
 mod from_demo;
 mod mimic_iv_format;
+mod probe_transfer;
 mod real_dicom;
 mod reproducible;
 mod resume;

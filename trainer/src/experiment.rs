@@ -13,8 +13,8 @@ use burn::config::Config;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{LinearEvalConfig, linear_eval, load_encoder};
-use crate::metrics::Estimate;
+use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder};
+use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
 use crate::{Error, Result};
@@ -32,6 +32,10 @@ pub struct RunSummary {
     /// (label, AUROC) on the test split; `None` = undefined.
     pub auroc: Vec<(String, Option<Estimate>)>,
     pub linear_eval_seconds: f64,
+    /// Macro AUROC minus vanilla MSN's on the same test images, with a paired bootstrap
+    /// interval (filled in by [`ablate`]).
+    #[serde(default)]
+    pub delta_vs_vanilla: Option<Estimate>,
 }
 
 /// Pretraining outcome kept between sessions.
@@ -64,19 +68,22 @@ pub fn run(
         return Ok(s);
     }
     let done_path = dir.join("pretrain-done.json");
-    let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok()) {
+    let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
+    {
         Some(d) => d,
         None => {
             let resume = dir.join(CHECKPOINT).is_file();
             // A resumed run continues with the configuration it started with.
             let cfg = if resume {
-                PretrainConfig::load(dir.join("config.json")).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
+                PretrainConfig::load(dir.join("config.json"))
+                    .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
             } else {
                 pretrain.clone()
             };
             log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
             let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
-            let d = PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
+            let d =
+                PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
             fs_err::write(&done_path, serde_json::to_string_pretty(&d).unwrap_or_default())?;
             d
         }
@@ -118,6 +125,7 @@ pub fn run(
         macro_average_precision: out.result.test.macro_average_precision,
         auroc: out.result.test.labels.iter().map(|r| (r.label.clone(), r.auroc)).collect(),
         linear_eval_seconds: out.result.seconds,
+        delta_vs_vanilla: None,
     };
     let tmp = dir.join("summary.json.tmp");
     fs_err::write(&tmp, serde_json::to_string_pretty(&summary).unwrap_or_default())?;
@@ -138,7 +146,15 @@ pub fn grid(name: &str) -> Result<Vec<String>> {
         }
         "paper" => {
             for mask in 1..8usize {
-                v.push(groups.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g).collect::<Vec<_>>().join(","));
+                v.push(
+                    groups
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| mask >> i & 1 == 1)
+                        .map(|(_, g)| *g)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                );
             }
             v.sort_by_key(|s| (s != "none", s.matches(',').count(), s.clone()));
             for var in ["sex", "age-norm", "age-bins5", "age-bins10", "view", "orientation", "mortality", "icu"] {
@@ -178,6 +194,25 @@ pub fn ablate(
         cfg.ehr.clone_from(ehr);
         out.push(run(&cfg, eval, dataset, external, &dir.join(run_name(ehr)), device, on_step, log)?);
     }
+    // Paired deltas against vanilla MSN: both probes scored on the same bootstrap resamples.
+    if let Some(v) = out.iter().position(|r| r.ehr == "none") {
+        let base = TestScores::read(&Path::new(&out[v].run).join("linear-eval"))?;
+        let targets = base.targets_f32();
+        for r in &mut out {
+            let other = TestScores::read(&Path::new(&r.run).join("linear-eval"))?;
+            if other.targets != base.targets || other.labels != base.labels {
+                continue;
+            }
+            r.delta_vs_vanilla = paired_macro_auroc_delta(
+                &base.scores,
+                &other.scores,
+                &targets,
+                base.labels.len(),
+                eval.bootstrap,
+                eval.seed,
+            );
+        }
+    }
     write_table(&out, dir)?;
     Ok(out)
 }
@@ -190,18 +225,19 @@ fn est(e: &Option<Estimate>) -> String {
 pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
     let vanilla = runs.iter().find(|r| r.ehr == "none").and_then(|r| r.macro_auroc).map(|e| e.value);
     let labels: Vec<String> = runs.first().map(|r| r.auroc.iter().map(|a| a.0.clone()).collect()).unwrap_or_default();
-    let delta = |r: &RunSummary| match (r.macro_auroc, vanilla) {
-        (Some(m), Some(v)) => format!("{:+.3}", m.value - v),
-        _ => "n/a".into(),
+    let delta = |r: &RunSummary| match r.delta_vs_vanilla {
+        Some(d) => format!("{:+.3} ({:+.3} to {:+.3})", d.value, d.low, d.high),
+        None => "n/a".into(),
     };
-    let mut md = String::from("| EHR | macro AUROC (95% CI) | delta vs vanilla MSN | macro AP |");
+    let mut md = String::from("| EHR | macro AUROC (95% CI) | delta vs vanilla MSN (paired 95% CI) | macro AP |");
     for l in &labels {
         md += &format!(" {l} |");
     }
     md += "\n|---|---|---|---|";
     md += &"---|".repeat(labels.len());
     md += "\n";
-    let mut csv = String::from("ehr,macro_auroc,macro_auroc_low,macro_auroc_high,delta_vs_vanilla,macro_ap");
+    let mut csv =
+        String::from("ehr,macro_auroc,macro_auroc_low,macro_auroc_high,delta_vs_vanilla,delta_low,delta_high,macro_ap");
     for l in &labels {
         csv += &format!(",\"{l}\"");
     }
@@ -216,12 +252,14 @@ pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
             r.macro_average_precision.map_or("undefined".into(), |e| format!("{:.3}", e.value))
         );
         csv += &format!(
-            "{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.ehr.replace(',', "+"),
             num(r.macro_auroc.map(|e| e.value)),
             num(r.macro_auroc.map(|e| e.low)),
             num(r.macro_auroc.map(|e| e.high)),
-            num(r.macro_auroc.zip(vanilla).map(|(m, v)| m.value - v)),
+            num(r.delta_vs_vanilla.map(|e| e.value)),
+            num(r.delta_vs_vanilla.map(|e| e.low)),
+            num(r.delta_vs_vanilla.map(|e| e.high)),
             num(r.macro_average_precision.map(|e| e.value)),
         );
         for (_, a) in &r.auroc {
@@ -235,7 +273,9 @@ pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
     fs_err::write(dir.join("ablation.csv"), &csv)?;
     let rows: Vec<(String, Option<Estimate>)> = runs.iter().map(|r| (r.ehr.clone(), r.macro_auroc)).collect();
     report::bars(&dir.join("ablation.svg"), "Test macro AUROC per EHR choice (95% CI)", "macro AUROC", &rows, vanilla)?;
-    let mut table = String::from("<table><tr><th>EHR</th><th>macro AUROC (95% CI)</th><th>delta vs vanilla</th><th>run</th></tr>\n");
+    let mut table = String::from(
+        "<table><tr><th>EHR</th><th>macro AUROC (95% CI)</th><th>delta vs vanilla (paired 95% CI)</th><th>run</th></tr>\n",
+    );
     for r in runs {
         let name = Path::new(&r.run).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         table += &format!(
@@ -246,5 +286,11 @@ pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
         );
     }
     table += "</table>\n<p>Per label: <a href=\"ablation.md\">ablation.md</a>, <a href=\"ablation.csv\">ablation.csv</a>.</p>";
-    report::page(dir, "ablation.html", "Ablation: EHR choices", &[("Comparison".into(), table)], &[("ablation.svg", "Macro AUROC per EHR choice")])
+    report::page(
+        dir,
+        "ablation.html",
+        "Ablation: EHR choices",
+        &[("Comparison".into(), table)],
+        &[("ablation.svg", "Macro AUROC per EHR choice")],
+    )
 }

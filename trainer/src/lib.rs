@@ -19,10 +19,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod data;
+mod error;
 pub mod experiment;
+pub mod import;
 pub mod linear;
 pub mod metrics;
-mod error;
 pub mod model;
 pub mod msn;
 pub mod pretrain;

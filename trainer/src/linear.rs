@@ -97,8 +97,8 @@ pub fn load_encoder(run: &Path, device: &Device) -> Result<Encoder> {
     let id = hex(&Sha256::digest(&bytes))[..16].to_string();
     let shape = FusionShape { ehr_in, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
     let net = MsnNet::new(&cfg.vit, shape, device, &mut Rng::new(cfg.seed));
-    let record = burn::store::ModuleRecord::load(&file)
-        .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let record =
+        burn::store::ModuleRecord::load(&file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
     let net = net.try_load_record(record).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
     Ok(Encoder {
         vit: net.target,
@@ -265,7 +265,14 @@ fn eval_batch(images: &Images, rows: &[usize], t: &ProbeTransform, device: &Devi
     Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device)
 }
 
-fn train_batch(images: &Images, rows: &[usize], t: &ProbeTransform, seed: u64, epoch: usize, device: &Device) -> Tensor<4> {
+fn train_batch(
+    images: &Images,
+    rows: &[usize],
+    t: &ProbeTransform,
+    seed: u64,
+    epoch: usize,
+    device: &Device,
+) -> Tensor<4> {
     let n = t.len();
     let mut data = vec![0f32; rows.len() * n];
     data.par_chunks_mut(n).zip(rows.par_iter()).for_each(|(dst, &i)| {
@@ -286,7 +293,7 @@ fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Vec<f32>, dim: usize)
         && bytes.len() % 4 == 0
     {
         let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        if v.len() % dim.max(1) == 0 {
+        if v.len().is_multiple_of(dim.max(1)) {
             return Ok(v);
         }
     }
@@ -300,7 +307,8 @@ fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Vec<f32>, dim: usize)
 
 /// Masked binary cross-entropy with logits: mean over the defined (mask 1) entries.
 pub fn bce(logits: Tensor<2>, targets: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
-    let stable = logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().add_scalar(1.0).log();
+    let stable =
+        logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().add_scalar(1.0).log();
     (stable * mask.clone()).sum() / mask.sum().clamp_min(1.0)
 }
 
@@ -315,6 +323,31 @@ fn label_tensors(labels: &[f32], rows: &[usize], l: usize, device: &Device) -> (
     }
     let t = |d: Vec<f32>| Tensor::<2>::from_data(TensorData::new(d, [rows.len(), l]), device);
     (t(y), t(m))
+}
+
+/// The test split's probe outputs, saved as `test-scores.json` (for paired comparisons).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestScores {
+    pub labels: Vec<String>,
+    /// `[rows, labels]` sigmoid outputs.
+    pub scores: Vec<f32>,
+    /// `[rows, labels]`; `None` = left out.
+    pub targets: Vec<Option<f32>>,
+}
+
+/// File name of [`TestScores`] in a linear-evaluation folder.
+pub const TEST_SCORES: &str = "test-scores.json";
+
+impl TestScores {
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join(TEST_SCORES);
+        let text = fs_err::read_to_string(&path)?;
+        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn targets_f32(&self) -> Vec<f32> {
+        self.targets.iter().map(|v| v.unwrap_or(f32::NAN)).collect()
+    }
 }
 
 /// One line of the probe's `metrics.jsonl`.
@@ -543,6 +576,12 @@ pub fn linear_eval(
             test: evaluate(&s, &data.labels, &names, cfg.bootstrap, cfg.seed),
         });
     }
+    let saved = TestScores {
+        labels: names.clone(),
+        scores: test_scores.clone(),
+        targets: test.labels.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
+    };
+    fs_err::write(out.join(TEST_SCORES), serde_json::to_string(&saved).unwrap_or_default())?;
     best.clone().into_record().save(out.join("probe.bpk")).map_err(|e| Error::Config(format!("probe.bpk: {e}")))?;
     let result = LinearEvalResult {
         encoder: encoder.source.clone(),

@@ -43,6 +43,22 @@ enum Command {
     /// The whole story on a small synthetic archive: generate it, build the dataset, pretrain
     /// a vit-micro with and without EHR, linear-evaluate both, print the table and the report.
     Demo(DemoArgs),
+    /// Import a PyTorch checkpoint of the reference code (a Lightning .ckpt whose state_dict
+    /// holds the target encoder as `backbone.*`, torchvision's ViT names; or .pt/.pth, or
+    /// .safetensors) as a run folder for `linear-eval --checkpoint`.
+    ImportTorch {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// The ViT it holds.
+        #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
+        model: String,
+        /// Prefix of the encoder's tensors.
+        #[arg(long, default_value = "backbone.")]
+        prefix: String,
+        /// The run folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
@@ -282,6 +298,10 @@ struct AblateArgs {
     /// of the groups and each single variable (16 runs).
     #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
     grid: String,
+    /// Your own list of EHR choices instead of a grid, separated by `;` (e.g.
+    /// "none;sex;demographics,stay"); include `none` for the deltas against vanilla MSN.
+    #[arg(long, conflicts_with = "grid")]
+    choices: Option<String>,
     #[command(flatten)]
     train: TrainOpts,
     #[command(flatten)]
@@ -297,7 +317,7 @@ struct DemoArgs {
     #[arg(long, default_value_t = 200)]
     subjects: usize,
     /// Pretraining epochs of each of the two models.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 16)]
     epochs: usize,
     /// The pipeline executable (default: next to this one, then on PATH).
     #[arg(long)]
@@ -364,7 +384,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
-            eprintln!("pretraining {} ({} preset), ehr {}, into {}", args.train.model, cfg.preset, cfg.ehr, args.out.display());
+            eprintln!(
+                "pretraining {} ({} preset), ehr {}, into {}",
+                args.train.model,
+                cfg.preset,
+                cfg.ehr,
+                args.out.display()
+            );
             let s = pretrain_with(&cfg, &args.dataset, &args.out, &device(), args.resume, &mut step_printer())?;
             println!(
                 "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
@@ -398,9 +424,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, None) => bail!("--out is required with --random-init"),
             };
             let cache = if cache.as_os_str().is_empty() { out.join("features") } else { cache };
-            let r = linear_eval(&cfg, encoder, &args.dataset, &args.eval.test_dataset, &out, &cache, &device, &mut |l| {
-                log_line(l)
-            })?;
+            let r =
+                linear_eval(&cfg, encoder, &args.dataset, &args.eval.test_dataset, &out, &cache, &device, &mut |l| {
+                    log_line(l)
+                })?;
             report::linear_eval_report(&out, &r.result, &r.history, &r.test)?;
             let figures = [
                 ("probe-curves.svg", "Linear probe: loss and validation AUROC"),
@@ -438,7 +465,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ablate(args) => {
             let cfg = args.train.resolve("none")?;
             let eval = args.eval.resolve(cfg.views.global_size, cfg.seed);
-            let choices = experiment::grid(&args.grid)?;
+            let choices = match &args.choices {
+                Some(c) => c.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                None => experiment::grid(&args.grid)?,
+            };
             let s = experiment::ablate(
                 &cfg,
                 &eval,
@@ -453,6 +483,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_table(&s, &args.out)?;
         }
         Command::Demo(args) => demo(&args)?,
+        Command::ImportTorch { file, model, prefix, out } => {
+            let vit = VitConfig::preset(&model).with_context(|| format!("--model {model}"))?;
+            let i = trainer::import::import_torch(&file, &vit, &prefix, &out, &device())?;
+            println!(
+                "imported {} encoder tensors ({prefix}*) from {} (sha256 {}); {} other tensors not read",
+                i.tensors,
+                file.display(),
+                &i.sha256[..16],
+                i.other
+            );
+            println!("next: trainer linear-eval --checkpoint {} --dataset OUT/<version>", out.display());
+        }
         Command::EhrColumns { ehr } => {
             let sel: EhrSelection = ehr.parse().map_err(|e| anyhow::anyhow!("--ehr {ehr}: {e}"))?;
             println!("ehr: {sel}");
@@ -509,9 +551,10 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         args.epochs
     );
     let runs = args.out.join("runs");
-    let s = experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &device(), &mut step_printer(), &mut |l| {
-        log_line(l)
-    })?;
+    let s =
+        experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &device(), &mut step_printer(), &mut |l| {
+            log_line(l)
+        })?;
     eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());
     print_table(&s, &runs)?;
     Ok(())

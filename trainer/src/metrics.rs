@@ -137,9 +137,7 @@ pub fn evaluate(scores: &[f32], labels: &[f32], names: &[String], resamples: usi
     let l = names.len();
     let rows = scores.len() / l.max(1);
     let sorted: Vec<Sorted> = (0..l)
-        .map(|k| {
-            Sorted::new((0..rows).map(|i| scores[i * l + k]), (0..rows).map(|i| labels[i * l + k]))
-        })
+        .map(|k| Sorted::new((0..rows).map(|i| scores[i * l + k]), (0..rows).map(|i| labels[i * l + k])))
         .collect();
     let full: Vec<Option<(f64, f64)>> = sorted.iter().map(|s| s.metrics(|_| 1.0)).collect();
     // Each resample is a multinomial count per row, from its own stream of `seed`.
@@ -186,6 +184,47 @@ pub fn evaluate(scores: &[f32], labels: &[f32], names: &[String], resamples: usi
         bootstrap_resamples: resamples,
         bootstrap_seed: seed,
     }
+}
+
+/// The difference in macro AUROC, `b - a`, of two score matrices on the same rows and labels,
+/// with a paired 95% bootstrap interval (both scored on the same resamples): the interval of
+/// "does model b differ from model a on this test set". Labels undefined on the full set are
+/// left out; `None` when no label is defined.
+pub fn paired_macro_auroc_delta(
+    a: &[f32],
+    b: &[f32],
+    labels: &[f32],
+    l: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<Estimate> {
+    let rows = labels.len() / l.max(1);
+    let sort = |s: &[f32], k: usize| Sorted::new((0..rows).map(|i| s[i * l + k]), (0..rows).map(|i| labels[i * l + k]));
+    let pairs: Vec<(Sorted, Sorted)> = (0..l).map(|k| (sort(a, k), sort(b, k))).collect();
+    let defined: Vec<usize> = (0..l).filter(|&k| pairs[k].0.metrics(|_| 1.0).is_some()).collect();
+    let delta = |w: &dyn Fn(usize) -> f64| -> Option<f64> {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for &k in &defined {
+            if let (Some(x), Some(y)) = (pairs[k].0.metrics(w), pairs[k].1.metrics(w)) {
+                sum += y.0 - x.0;
+                n += 1;
+            }
+        }
+        (n > 0).then(|| sum / n as f64)
+    };
+    let value = delta(&|_| 1.0)?;
+    let samples: Vec<f64> = (0..resamples)
+        .into_par_iter()
+        .filter_map(|r| {
+            let mut rng = Rng::derive(seed, 0xD17A, r as u64);
+            let mut counts = vec![0u32; rows];
+            for _ in 0..rows {
+                counts[rng.below(rows)] += 1;
+            }
+            delta(&|i| f64::from(counts[i]))
+        })
+        .collect();
+    Some(interval(value, samples))
 }
 
 fn fmt_estimate(e: &Option<Estimate>) -> String {
@@ -287,7 +326,16 @@ mod tests {
         assert_eq!(a.undefined, vec!["b".to_string()]);
         assert_eq!(m.value, a.labels[0].auroc.unwrap().value, "macro over the defined label only");
         assert!(a.markdown().contains("| b | 200 / 200 | undefined | undefined |"));
-        let roc = roc_curve(&scores.iter().step_by(2).copied().collect::<Vec<_>>(), &labels.iter().step_by(2).copied().collect::<Vec<_>>());
+        // A model against itself differs by exactly 0; against the reversed scores, clearly.
+        let d = paired_macro_auroc_delta(&scores, &scores, &labels, 2, 100, 1).unwrap();
+        assert_eq!((d.value, d.low, d.high), (0.0, 0.0, 0.0));
+        let reversed: Vec<f32> = scores.iter().map(|s| -s).collect();
+        let d = paired_macro_auroc_delta(&scores, &reversed, &labels, 2, 100, 1).unwrap();
+        assert!(d.high < 0.0 && (d.value - (1.0 - 2.0 * m.value)).abs() < 1e-9, "{d:?}");
+        let roc = roc_curve(
+            &scores.iter().step_by(2).copied().collect::<Vec<_>>(),
+            &labels.iter().step_by(2).copied().collect::<Vec<_>>(),
+        );
         assert_eq!(roc.first(), Some(&(0.0, 0.0)));
         assert_eq!(roc.last(), Some(&(1.0, 1.0)));
     }

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::linear::{EpochMetrics, LinearEvalResult, Scored};
 use crate::metrics::{Estimate, Evaluation, roc_curve};
@@ -78,13 +79,19 @@ pub fn probe_curves(history: &[EpochMetrics], out: &Path) -> Result<()> {
 
 /// Horizontal bars with 95% intervals: `(name, estimate)`; undefined entries are listed but
 /// drawn empty.
-pub fn bars(path: &Path, title: &str, x_desc: &str, rows: &[(String, Option<Estimate>)], mark: Option<f64>) -> Result<()> {
+pub fn bars(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    rows: &[(String, Option<Estimate>)],
+    mark: Option<f64>,
+) -> Result<()> {
     let e = err(path);
     let n = rows.len().max(1);
     let root = SVGBackend::new(path, (760, 80 + 26 * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let (lo, hi) = range(rows.iter().filter_map(|r| r.1).flat_map(|v| [v.low, v.high, v.value]).chain(mark));
-    let lo = lo.min(0.5).max(0.0);
+    let lo = lo.clamp(0.0, 0.5);
     let hi = hi.max(lo + 0.05).min(1.0);
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
@@ -94,26 +101,22 @@ pub fn bars(path: &Path, title: &str, x_desc: &str, rows: &[(String, Option<Esti
         .y_label_area_size(230)
         .build_cartesian_2d(lo..hi, 0f64..n as f64)
         .map_err(&e)?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_labels(n + 1)
-        .y_label_formatter(&|y| {
-            let k = (n as f64 - y - 0.5).round();
-            if (n as f64 - y - 0.5 - k).abs() < 0.26 && k >= 0.0 && (k as usize) < names.len() {
-                names[k as usize].clone()
-            } else {
-                String::new()
-            }
-        })
-        .x_desc(x_desc)
-        .draw()
-        .map_err(&e)?;
+    chart.configure_mesh().disable_y_mesh().y_labels(0).x_desc(x_desc).draw().map_err(&e)?;
+    // Row names, right-aligned left of the plot area.
+    let font = ("sans-serif", 13).into_font().color(&BLACK);
+    let style = font.pos(Pos::new(HPos::Right, VPos::Center));
+    for (k, name) in names.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(lo, (n - 1 - k) as f64 + 0.5));
+        root.draw(&Text::new(name.clone(), (px - 8, py), style.clone())).map_err(&e)?;
+    }
     for (k, (_, est)) in rows.iter().enumerate() {
         let y = (n - 1 - k) as f64;
         if let Some(v) = est {
             chart
-                .draw_series([Rectangle::new([(lo, y + 0.2), (v.value, y + 0.8)], Palette99::pick(k).mix(0.7).filled())])
+                .draw_series([Rectangle::new(
+                    [(lo, y + 0.2), (v.value, y + 0.8)],
+                    Palette99::pick(k).mix(0.7).filled(),
+                )])
                 .map_err(&e)?;
             chart
                 .draw_series([PathElement::new(vec![(v.low, y + 0.5), (v.high, y + 0.5)], BLACK.stroke_width(2))])
@@ -338,14 +341,23 @@ pub fn evaluation_table(ev: &Evaluation) -> String {
         cell(&ev.macro_average_precision)
     );
     if !ev.undefined.is_empty() {
-        s += &format!("<p>Undefined (one class), left out of the macro means: {}.</p>\n", escape(&ev.undefined.join(", ")));
+        s += &format!(
+            "<p>Undefined (one class), left out of the macro means: {}.</p>\n",
+            escape(&ev.undefined.join(", "))
+        );
     }
     s
 }
 
 /// A self-contained page: `title`, a preamble (HTML), sections of HTML, and figures (file names
 /// relative to the page, shown if they exist in `dir`).
-pub fn page(dir: &Path, file: &str, title: &str, sections: &[(String, String)], figures: &[(&str, &str)]) -> Result<()> {
+pub fn page(
+    dir: &Path,
+    file: &str,
+    title: &str,
+    sections: &[(String, String)],
+    figures: &[(&str, &str)],
+) -> Result<()> {
     let mut s = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
          body{{font-family:sans-serif;max-width:1040px;margin:2em auto;color:#222}}\
@@ -359,7 +371,11 @@ pub fn page(dir: &Path, file: &str, title: &str, sections: &[(String, String)], 
     }
     for (name, caption) in figures {
         if dir.join(name).is_file() {
-            s += &format!("<h2>{}</h2>\n<a href=\"{name}\"><img src=\"{name}\" alt=\"{}\"></a>\n", escape(caption), escape(caption));
+            s += &format!(
+                "<h2>{}</h2>\n<a href=\"{name}\"><img src=\"{name}\" alt=\"{}\"></a>\n",
+                escape(caption),
+                escape(caption)
+            );
         }
     }
     s += "</body></html>\n";
@@ -379,7 +395,11 @@ pub fn linear_eval_report(
     roc_curves(test, &result.labels, &dir.join("roc.svg"))?;
     embedding(test, &result.labels, &dir.join("embedding.svg"))?;
     for (k, e) in result.external.iter().enumerate() {
-        auroc_bars(&e.test, &format!("External test ({}) AUROC per label", e.kind), &dir.join(format!("external-{k}-auroc.svg")))?;
+        auroc_bars(
+            &e.test,
+            &format!("External test ({}) AUROC per label", e.kind),
+            &dir.join(format!("external-{k}-auroc.svg")),
+        )?;
     }
     Ok(())
 }

@@ -53,7 +53,13 @@ fn write_dataset(dir: &Path, version: &str, labels: &[&str]) {
             })
             .collect();
         let c = class as f32;
-        let split = if k < 80 { 0.0 } else if k < 100 { 1.0 } else { 2.0 };
+        let split = if k < 80 {
+            0.0
+        } else if k < 100 {
+            1.0
+        } else {
+            2.0
+        };
         let mut f = vec![c, 1.0 - c, c - 0.5, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0 - c, c, c, 1.0 - c];
         f.extend([40.0 + 30.0 * c, c, if k == 3 || k == 5 { 1.0 } else { 0.0 }, split]);
         shard.push_with_features(&img, &f).unwrap();
@@ -63,10 +69,8 @@ fn write_dataset(dir: &Path, version: &str, labels: &[&str]) {
     let file = "images/part-00000.safetensors";
     std::fs::write(dir.join(file), &bytes).unwrap();
     let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let columns: Vec<String> = labels
-        .iter()
-        .map(|l| if *l == "Edema" { "label_edema".into() } else { "label_fracture".into() })
-        .collect();
+    let columns: Vec<String> =
+        labels.iter().map(|l| if *l == "Edema" { "label_edema".into() } else { "label_fracture".into() }).collect();
     let manifest = serde_json::json!({
         "dataset_version": version,
         "parts": [{"images": file, "images_sha256": sha, "rows": 120}],
@@ -110,8 +114,9 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     // A random encoder: every field, the undefined label, a macro over Edema only.
     let out = dir.path().join("random");
     let cfg = probe();
-    let r = linear_eval(&cfg, random_encoder(&vit(), 3, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
-        .unwrap();
+    let r =
+        linear_eval(&cfg, random_encoder(&vit(), 3, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
+            .unwrap();
     let json = read_json(&out.join("results.json"));
     for key in [
         "encoder",
@@ -141,8 +146,9 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     assert!(r.result.epochs_run <= r.result.best_epoch + cfg.patience + 1);
 
     // The same seed gives the same numbers (the second run reads the cached features).
-    let again = linear_eval(&cfg, random_encoder(&vit(), 3, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
-        .unwrap();
+    let again =
+        linear_eval(&cfg, random_encoder(&vit(), 3, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
+            .unwrap();
     assert_eq!(again.result.test, r.result.test);
     assert_eq!(std::fs::read_dir(out.join("f")).unwrap().count(), 3, "train, validate, test features cached");
 
@@ -153,8 +159,9 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     let enc = load_encoder(&run, &device).unwrap();
     let out2 = dir.path().join("pre");
     let cfg2 = probe().with_fraction(0.25);
-    let p = linear_eval(&cfg2, enc, &data, std::slice::from_ref(&ext), &out2, &run.join("features"), &device, &mut |_| {})
-        .unwrap();
+    let p =
+        linear_eval(&cfg2, enc, &data, std::slice::from_ref(&ext), &out2, &run.join("features"), &device, &mut |_| {})
+            .unwrap();
     assert_eq!(p.result.train_rows, 20);
     assert_eq!(p.result.encoder["pretraining_dataset"], "data0001");
     let e = &p.result.external[0];
@@ -205,7 +212,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     assert_eq!(runs.len(), 5);
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + 5, "header, rule, one row per choice");
-    assert!(md.lines().nth(2).unwrap().starts_with("| none |") && md.contains("| +0.000 |"), "{md}");
+    assert!(md.lines().nth(2).unwrap().starts_with("| none |") && md.contains("| +0.000 (+0.000 to +0.000) |"), "{md}");
     let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 6);
     assert!(csv.lines().next().unwrap().ends_with(",\"Edema\",\"Fracture\""));

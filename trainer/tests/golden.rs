@@ -235,13 +235,13 @@ fn golden_auroc_and_average_precision() {
     let ev = trainer::metrics::evaluate(&scores, &y, &names, 100, 1);
     assert_eq!(ev.rows, rows);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
-    for k in 0..labels {
+    for (k, name) in names.iter().enumerate() {
         let want_auc = c.json["auroc_per_label"][k].as_f64();
         let want_ap = c.json["average_precision_per_label"][k].as_f64();
         let got = &ev.labels[k];
         match (want_auc, got.auroc) {
             (Some(w), Some(g)) => assert!(close(g.value, w), "label {k}: AUROC {} vs {w}", g.value),
-            (None, None) => assert!(ev.undefined.contains(&names[k])),
+            (None, None) => assert!(ev.undefined.contains(name)),
             (w, g) => panic!("label {k}: AUROC {g:?}, golden {w:?}"),
         }
         match (want_ap, got.average_precision) {
@@ -253,4 +253,73 @@ fn golden_auroc_and_average_precision() {
     let macro_auc = ev.macro_auroc.unwrap().value;
     let want = c.json["auroc_macro_defined"].as_f64().unwrap();
     assert!(close(macro_auc, want), "macro {macro_auc} vs {want}");
+}
+
+/// `import-torch`: the golden ViT weights as a Lightning checkpoint (written by
+/// `tests/write_ckpt.py` in torch.save's container, `backbone.*` = the encoder) and as the
+/// safetensors file itself become run folders whose encoder gives the golden CLS outputs;
+/// a checkpoint with a missing or an unexpected `backbone.*` tensor is refused, naming it.
+#[test]
+fn golden_import_torch_checkpoint() {
+    let c = case("vit_forward");
+    let dev = device();
+    let cfg = VitConfig::new(c.usize("hidden_dim"), c.usize("num_layers"), c.usize("num_heads"), c.usize("mlp_dim"))
+        .with_image_size(c.usize("image_size"))
+        .with_patch_size(c.usize("patch_size"));
+    let dir = tempfile::tempdir().unwrap();
+    let golden = golden_dir().join("vit_forward.safetensors");
+    let check = |run: &std::path::Path| {
+        let enc = trainer::linear::load_encoder(run, &dev).unwrap();
+        let images: Tensor<4> = c.tensor("images", &dev);
+        assert_close("cls_full (imported)", &values(enc.vit.forward(images, None)), &c.f32("cls_full"), 1e-4);
+    };
+    let run = dir.path().join("from-safetensors");
+    trainer::import::import_torch(&golden, &cfg, "w.", &run, &dev).unwrap();
+    check(&run);
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/write_ckpt.py");
+    let write = |dst: &std::path::Path, args: &[&str]| {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&golden)
+            .arg(dst)
+            .args(["w.", "backbone."])
+            .args(args)
+            .status()
+            .map(|s| s.success())
+    };
+    let ckpt = dir.path().join("reference.ckpt");
+    match write(&ckpt, &[]) {
+        Ok(true) => {}
+        other => {
+            eprintln!("python3 could not write a checkpoint ({other:?}); the .ckpt half of the test is skipped");
+            return;
+        }
+    }
+    let run = dir.path().join("from-ckpt");
+    let imported = trainer::import::import_torch(&ckpt, &cfg, "backbone.", &run, &dev).unwrap();
+    assert_eq!(imported.tensors, 6 + 12 * c.usize("num_layers"));
+    assert!(imported.other > 0, "the anchor_backbone copy is not read");
+    check(&run);
+
+    let bad = dir.path().join("bad.ckpt");
+    assert!(
+        write(
+            &bad,
+            &[
+                "--drop",
+                "backbone.encoder.layers.encoder_layer_1.mlp.3.bias",
+                "--extra",
+                "backbone.encoder.extra_norm.weight"
+            ]
+        )
+        .unwrap()
+    );
+    let err =
+        trainer::import::import_torch(&bad, &cfg, "backbone.", &dir.path().join("bad"), &dev).unwrap_err().to_string();
+    assert!(
+        err.contains("missing: backbone.encoder.layers.encoder_layer_1.mlp.3.bias")
+            && err.contains("unexpected: backbone.encoder.extra_norm.weight"),
+        "{err}"
+    );
 }
