@@ -380,6 +380,9 @@ struct DemoArgs {
     /// Subjects in the synthetic archive.
     #[arg(long, default_value_t = 200)]
     subjects: usize,
+    /// Fractions of subjects in train, validate and test (the archive's official split).
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    split_fractions: String,
 }
 
 impl SynthArgs {
@@ -569,7 +572,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");
             eprintln!("demo 1/2: generating a synthetic MIMIC archive in {}", archive.display());
-            let cfg = SynthConfig { image_size: (256, 256), ..SynthConfig::new(archive, args.subjects, 24) };
+            let cfg = SynthConfig {
+                image_size: (256, 256),
+                split_fractions: parse_fractions(&args.split_fractions)?,
+                ..SynthConfig::new(archive, args.subjects, 24)
+            };
             let summary = synth::run(&cfg, &progress)?;
             print_summary(&summary);
             let datasets = args.out.join("datasets");

@@ -16,7 +16,7 @@ const CHEXPERT_ROW: &str =
 const NIH_HEADER: &str = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]";
 const NIH_ROW: &str = "00000001_000.png,Cardiomegaly,0,1,57,M,PA,2682,2749,0.143,0.143";
 
-fn config(kind: EvalKind, root: &Path, out: &Path) -> EvalConfig {
+pub fn config(kind: EvalKind, root: &Path, out: &Path) -> EvalConfig {
     EvalConfig {
         kind,
         root: root.to_path_buf(),

@@ -8,8 +8,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use pipeline::build::{BuildConfig, build};
 use pipeline::eval::{EvalConfig, EvalKind, build_eval};
-use pipeline::images::{ImageSource, RunOptions};
-use pipeline::labels::Uncertain;
+use pipeline::images::ImageSource;
 use pipeline::progress::Silent;
 use trainer::linear::{LinearEvalConfig, linear_eval, random_encoder};
 use trainer::model::VitConfig;
@@ -19,18 +18,7 @@ use crate::build_images::archive_copy;
 use crate::build_table::config;
 
 fn eval_config(kind: EvalKind, root: &Path, out: &Path) -> EvalConfig {
-    EvalConfig {
-        kind,
-        root: root.to_path_buf(),
-        out: out.to_path_buf(),
-        uncertain: Uncertain::Zeros,
-        validate_fraction: 0.2,
-        seed: 3,
-        shard_size: 64,
-        image_size: 32,
-        verify_inputs_full: false,
-        run: RunOptions { fail_fast: false, subset: None, merge_only: false, workers: 0 },
-    }
+    EvalConfig { shard_size: 64, ..crate::eval_datasets::config(kind, root, out) }
 }
 
 #[test]

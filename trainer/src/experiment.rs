@@ -108,6 +108,7 @@ pub fn run(
         ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
         ("linear-eval/roc.svg", "ROC curves"),
         ("linear-eval/embedding.svg", "Test embeddings (PCA)"),
+        ("linear-eval/tsne.svg", "Test embeddings (t-SNE)"),
     ];
     let external_figs: Vec<String> =
         (0..out.result.external.len()).map(|k| format!("linear-eval/external-{k}-auroc.svg")).collect();

@@ -316,6 +316,9 @@ struct DemoArgs {
     /// Subjects in the synthetic archive.
     #[arg(long, default_value_t = 200)]
     subjects: usize,
+    /// Fractions of subjects in train, validate and test.
+    #[arg(long, default_value = "0.8,0.1,0.1")]
+    split_fractions: String,
     /// Pretraining epochs of each of the two models.
     #[arg(long, default_value_t = 16)]
     epochs: usize,
@@ -434,6 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ("auroc.svg", "Test AUROC per label (95% CI)"),
                 ("roc.svg", "ROC curves"),
                 ("embedding.svg", "Test embeddings (PCA)"),
+                ("tsne.svg", "Test embeddings (t-SNE)"),
                 ("external-0-auroc.svg", "External test AUROC per label"),
                 ("external-1-auroc.svg", "External test AUROC per label"),
             ];
@@ -528,6 +532,7 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .args(["demo", "--out"])
         .arg(&args.out)
         .args(["--subjects", &args.subjects.to_string()])
+        .args(["--split-fractions", &args.split_fractions])
         .stdout(std::process::Stdio::null())
         .status()
         .with_context(|| {

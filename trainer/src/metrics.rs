@@ -109,6 +109,16 @@ pub struct Evaluation {
     pub bootstrap_seed: u64,
 }
 
+/// Bootstrap resample `b` of `rows` rows as a count per row, from its own stream of `seed`.
+fn resample(seed: u64, stream: u64, b: usize, rows: usize) -> Vec<u32> {
+    let mut rng = Rng::derive(seed, stream, b as u64);
+    let mut counts = vec![0u32; rows];
+    for _ in 0..rows {
+        counts[rng.below(rows)] += 1;
+    }
+    counts
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -144,11 +154,7 @@ pub fn evaluate(scores: &[f32], labels: &[f32], names: &[String], resamples: usi
     let boot: Vec<Vec<Option<(f64, f64)>>> = (0..resamples)
         .into_par_iter()
         .map(|b| {
-            let mut rng = Rng::derive(seed, 0xB007, b as u64);
-            let mut counts = vec![0u32; rows];
-            for _ in 0..rows {
-                counts[rng.below(rows)] += 1;
-            }
+            let counts = resample(seed, 0xB007, b, rows);
             sorted.iter().map(|s| s.metrics(|r| f64::from(counts[r]))).collect()
         })
         .collect();
@@ -216,11 +222,7 @@ pub fn paired_macro_auroc_delta(
     let samples: Vec<f64> = (0..resamples)
         .into_par_iter()
         .filter_map(|r| {
-            let mut rng = Rng::derive(seed, 0xD17A, r as u64);
-            let mut counts = vec![0u32; rows];
-            for _ in 0..rows {
-                counts[rng.below(rows)] += 1;
-            }
+            let counts = resample(seed, 0xD17A, r, rows);
             delta(&|i| f64::from(counts[i]))
         })
         .collect();

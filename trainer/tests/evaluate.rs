@@ -172,7 +172,7 @@ fn linear_eval_of_random_and_pretrained_encoders() {
 
     // Reports: every figure is written.
     trainer::report::linear_eval_report(&out2, &p.result, &p.history, &p.test).unwrap();
-    for f in ["probe-curves.svg", "auroc.svg", "roc.svg", "embedding.svg", "external-0-auroc.svg"] {
+    for f in ["probe-curves.svg", "auroc.svg", "roc.svg", "embedding.svg", "tsne.svg", "external-0-auroc.svg"] {
         let svg = std::fs::read_to_string(out2.join(f)).unwrap();
         assert!(svg.starts_with("<svg") && svg.len() > 1000, "{f}");
     }
