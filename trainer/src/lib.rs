@@ -4,7 +4,10 @@
 //! In data-flow order: [`data`] (a verified dataset version, read from its image shards),
 //! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its
 //! position-embedding resize, the projection head, the EHR-fused network), [`msn`] (the loss),
-//! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name).
+//! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name),
+//! [`import`] (a reference checkpoint as a run), [`transform`] and [`linear`] (linear
+//! evaluation), [`metrics`] (AUROC/AP with bootstrap intervals), [`report`] (figures and HTML
+//! pages), [`experiment`] (`run` and `ablate`).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

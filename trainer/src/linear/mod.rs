@@ -18,13 +18,11 @@ use burn::nn::Linear;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 use cxr_dataset::Split;
-use cxr_dataset::shard::split_code;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::{Dataset, Images};
-use crate::metrics::{Evaluation, evaluate};
+use crate::metrics::evaluate;
 use crate::model::fusion::{FusionShape, MsnNet};
 use crate::model::init::Init;
 use crate::model::{Vit, VitConfig};
@@ -32,6 +30,11 @@ use crate::pretrain::{PretrainConfig, read_checkpoint};
 use crate::rng::Rng;
 use crate::transform::ProbeTransform;
 use crate::{Error, Result};
+
+mod results;
+mod splits;
+pub use results::{EpochMetrics, ExternalResult, LinearEvalResult, TEST_SCORES, TestScores};
+pub use splits::{SplitData, load_splits};
 
 /// Linear-evaluation settings; saved in the results.
 #[derive(Config, Debug)]
@@ -135,119 +138,6 @@ pub struct Probe {
     pub head: Linear,
 }
 
-/// One split of an evaluation dataset in memory: images, labels (NaN = left out) and the
-/// metadata the reports colour embeddings by.
-#[derive(Debug, Clone)]
-pub struct SplitData {
-    pub images: Images,
-    /// `[n, labels]`.
-    pub labels: Vec<f32>,
-    /// Per row: sex (1 male, 0 female, NaN unknown), age in years, view name.
-    pub meta: Vec<(f32, f32, String)>,
-}
-
-impl SplitData {
-    pub fn len(&self) -> usize {
-        self.images.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.images.is_empty()
-    }
-}
-
-/// Loads the `splits` of `ds` with the labels `names` (matched by name to the dataset's
-/// labels; a name the dataset lacks is an all-NaN column) under the `uncertain` policy.
-/// Returns one [`SplitData`] per split, in order.
-pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Split]) -> Result<Vec<SplitData>> {
-    let available = ds.feature_columns()?;
-    let has = |c: &str| available.iter().any(|a| a == c);
-    let raw_policy = uncertain != "dataset";
-    if !["dataset", "zeros", "ones", "ignore"].contains(&uncertain) {
-        return Err(Error::Config(format!("--uncertain {uncertain}: expected dataset, zeros, ones or ignore")));
-    }
-    // Column of each requested label in the dataset (by name), if any.
-    let mut columns = vec!["split".to_string()];
-    let mut label_at = Vec::new();
-    for name in names {
-        let pos = ds.labels.iter().position(|l| l.eq_ignore_ascii_case(name));
-        let col = pos.map(|p| {
-            let built = ds.label_columns[p].clone();
-            if raw_policy { format!("raw_{built}") } else { built }
-        });
-        match col {
-            Some(c) if has(&c) => {
-                label_at.push(Some(columns.len()));
-                columns.push(c);
-            }
-            Some(c) => {
-                return Err(Error::Dataset {
-                    path: ds.dir.clone(),
-                    message: format!("no column {c:?} for label {name:?} (--uncertain {uncertain})"),
-                });
-            }
-            None => label_at.push(None),
-        }
-    }
-    let sex_col = has("sex_male").then(|| {
-        columns.push("sex_male".into());
-        columns.len() - 1
-    });
-    let age_col = has("age").then(|| {
-        columns.push("age".into());
-        columns.len() - 1
-    });
-    let views: Vec<(usize, String)> = available
-        .iter()
-        .filter(|c| c.starts_with("view_") && *c != "view_imputed")
-        .map(|c| {
-            columns.push(c.clone());
-            (columns.len() - 1, c["view_".len()..].to_string())
-        })
-        .collect();
-    let all = ds.load(&[], &columns)?;
-    let mut out = Vec::new();
-    for split in splits {
-        let code = split_code(split.as_str());
-        let rows: Vec<usize> = (0..all.len()).filter(|&i| Some(all.feature_row(i)[0]) == code).collect();
-        let n_side = all.side * all.side;
-        let mut pixels = Vec::with_capacity(rows.len() * n_side);
-        let mut labels = Vec::with_capacity(rows.len() * names.len());
-        let mut meta = Vec::with_capacity(rows.len());
-        for &i in &rows {
-            pixels.extend_from_slice(all.image(i));
-            let f = all.feature_row(i);
-            for at in &label_at {
-                let v = at.map_or(f32::NAN, |c| f[c]);
-                labels.push(if raw_policy { resolve(v, uncertain) } else { v });
-            }
-            let view = views.iter().find(|(c, _)| f[*c] > 0.5).map(|(_, n)| n.clone()).unwrap_or_default();
-            meta.push((sex_col.map_or(f32::NAN, |c| f[c]), age_col.map_or(f32::NAN, |c| f[c]), view));
-        }
-        out.push(SplitData {
-            images: Images { side: all.side, pixels, features: Vec::new(), columns: Vec::new() },
-            labels,
-            meta,
-        });
-    }
-    Ok(out)
-}
-
-/// A raw CheXpert value (1, 0, -1, blank = NaN) under a policy.
-fn resolve(raw: f32, policy: &str) -> f32 {
-    if raw.is_nan() {
-        return 0.0;
-    }
-    if raw < -0.5 {
-        return match policy {
-            "ones" => 1.0,
-            "ignore" => f32::NAN,
-            _ => 0.0,
-        };
-    }
-    raw
-}
-
 /// The encoder's CLS features of `rows` of `images` with the eval transform, `[rows, dim]`.
 pub fn embed(vit: &Vit, images: &Images, rows: &[usize], t: &ProbeTransform, device: &Device) -> Vec<f32> {
     let mut out = Vec::with_capacity(rows.len() * vit.dim());
@@ -323,71 +213,6 @@ fn label_tensors(labels: &[f32], rows: &[usize], l: usize, device: &Device) -> (
     }
     let t = |d: Vec<f32>| Tensor::<2>::from_data(TensorData::new(d, [rows.len(), l]), device);
     (t(y), t(m))
-}
-
-/// The test split's probe outputs, saved as `test-scores.json` (for paired comparisons).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TestScores {
-    pub labels: Vec<String>,
-    /// `[rows, labels]` sigmoid outputs.
-    pub scores: Vec<f32>,
-    /// `[rows, labels]`; `None` = left out.
-    pub targets: Vec<Option<f32>>,
-}
-
-/// File name of [`TestScores`] in a linear-evaluation folder.
-pub const TEST_SCORES: &str = "test-scores.json";
-
-impl TestScores {
-    pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join(TEST_SCORES);
-        let text = fs_err::read_to_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
-    }
-
-    pub fn targets_f32(&self) -> Vec<f32> {
-        self.targets.iter().map(|v| v.unwrap_or(f32::NAN)).collect()
-    }
-}
-
-/// One line of the probe's `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub validate_macro_auroc: Option<f64>,
-}
-
-/// An external test set's results.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExternalResult {
-    pub dataset: String,
-    pub version: String,
-    pub kind: String,
-    /// Probe labels the external dataset has no column for.
-    pub unmatched_labels: Vec<String>,
-    pub test: Evaluation,
-}
-
-/// What `linear-eval` writes as `results.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LinearEvalResult {
-    pub encoder: serde_json::Value,
-    pub dataset: String,
-    pub dataset_version: String,
-    pub dataset_kind: String,
-    pub config: serde_json::Value,
-    pub labels: Vec<String>,
-    pub train_rows: usize,
-    pub validate_rows: usize,
-    pub test_rows: usize,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
-    pub best_validate_macro_auroc: Option<f64>,
-    pub test: Evaluation,
-    pub external: Vec<ExternalResult>,
-    pub seconds: f64,
 }
 
 /// Test scores and features kept for the reports.
@@ -607,36 +432,4 @@ pub fn linear_eval(
         result,
         history,
     })
-}
-
-impl LinearEvalResult {
-    /// The results as Markdown: settings, the test table, each external table.
-    pub fn markdown(&self) -> String {
-        let mut s = format!(
-            "# Linear evaluation\n\nEncoder: `{}`  \nDataset: `{}` ({}, version {})  \n\
-             Probe: {} training images ({}% of the split), {} validation, {} test; {} epochs run, \
-             best validation macro AUROC {} at epoch {}.\n\n## Test ({})\n\n",
-            self.encoder,
-            self.dataset,
-            self.dataset_kind,
-            self.dataset_version,
-            self.train_rows,
-            self.config["fraction"].as_f64().unwrap_or(1.0) * 100.0,
-            self.validate_rows,
-            self.test_rows,
-            self.epochs_run,
-            self.best_validate_macro_auroc.map_or("undefined".into(), |a| format!("{a:.4}")),
-            self.best_epoch,
-            self.dataset_kind,
-        );
-        s += &self.test.markdown();
-        for e in &self.external {
-            s += &format!("\n## External test: {} (version {})\n\n", e.kind, e.version);
-            if !e.unmatched_labels.is_empty() {
-                s += &format!("Labels the dataset lacks (undefined): {}.\n\n", e.unmatched_labels.join(", "));
-            }
-            s += &e.test.markdown();
-        }
-        s
-    }
 }

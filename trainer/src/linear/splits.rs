@@ -1,0 +1,121 @@
+//! The evaluation splits of a dataset in memory: images, labels under an uncertainty policy
+//! (matched by name), and the metadata the reports colour embeddings by.
+
+use cxr_dataset::Split;
+use cxr_dataset::shard::split_code;
+
+use crate::data::{Dataset, Images};
+use crate::{Error, Result};
+
+/// One split of an evaluation dataset in memory: images, labels (NaN = left out) and the
+/// metadata the reports colour embeddings by.
+#[derive(Debug, Clone)]
+pub struct SplitData {
+    pub images: Images,
+    /// `[n, labels]`.
+    pub labels: Vec<f32>,
+    /// Per row: sex (1 male, 0 female, NaN unknown), age in years, view name.
+    pub meta: Vec<(f32, f32, String)>,
+}
+
+impl SplitData {
+    pub fn len(&self) -> usize {
+        self.images.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty()
+    }
+}
+
+/// Loads the `splits` of `ds` with the labels `names` (matched by name to the dataset's
+/// labels; a name the dataset lacks is an all-NaN column) under the `uncertain` policy.
+/// Returns one [`SplitData`] per split, in order.
+pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Split]) -> Result<Vec<SplitData>> {
+    let available = ds.feature_columns()?;
+    let has = |c: &str| available.iter().any(|a| a == c);
+    let raw_policy = uncertain != "dataset";
+    if !["dataset", "zeros", "ones", "ignore"].contains(&uncertain) {
+        return Err(Error::Config(format!("--uncertain {uncertain}: expected dataset, zeros, ones or ignore")));
+    }
+    // Column of each requested label in the dataset (by name), if any.
+    let mut columns = vec!["split".to_string()];
+    let mut label_at = Vec::new();
+    for name in names {
+        let pos = ds.labels.iter().position(|l| l.eq_ignore_ascii_case(name));
+        let col = pos.map(|p| {
+            let built = ds.label_columns[p].clone();
+            if raw_policy { format!("raw_{built}") } else { built }
+        });
+        match col {
+            Some(c) if has(&c) => {
+                label_at.push(Some(columns.len()));
+                columns.push(c);
+            }
+            Some(c) => {
+                return Err(Error::Dataset {
+                    path: ds.dir.clone(),
+                    message: format!("no column {c:?} for label {name:?} (--uncertain {uncertain})"),
+                });
+            }
+            None => label_at.push(None),
+        }
+    }
+    let sex_col = has("sex_male").then(|| {
+        columns.push("sex_male".into());
+        columns.len() - 1
+    });
+    let age_col = has("age").then(|| {
+        columns.push("age".into());
+        columns.len() - 1
+    });
+    let views: Vec<(usize, String)> = available
+        .iter()
+        .filter(|c| c.starts_with("view_") && *c != "view_imputed")
+        .map(|c| {
+            columns.push(c.clone());
+            (columns.len() - 1, c["view_".len()..].to_string())
+        })
+        .collect();
+    let all = ds.load(&[], &columns)?;
+    let mut out = Vec::new();
+    for split in splits {
+        let code = split_code(split.as_str());
+        let rows: Vec<usize> = (0..all.len()).filter(|&i| Some(all.feature_row(i)[0]) == code).collect();
+        let n_side = all.side * all.side;
+        let mut pixels = Vec::with_capacity(rows.len() * n_side);
+        let mut labels = Vec::with_capacity(rows.len() * names.len());
+        let mut meta = Vec::with_capacity(rows.len());
+        for &i in &rows {
+            pixels.extend_from_slice(all.image(i));
+            let f = all.feature_row(i);
+            for at in &label_at {
+                let v = at.map_or(f32::NAN, |c| f[c]);
+                labels.push(if raw_policy { resolve(v, uncertain) } else { v });
+            }
+            let view = views.iter().find(|(c, _)| f[*c] > 0.5).map(|(_, n)| n.clone()).unwrap_or_default();
+            meta.push((sex_col.map_or(f32::NAN, |c| f[c]), age_col.map_or(f32::NAN, |c| f[c]), view));
+        }
+        out.push(SplitData {
+            images: Images { side: all.side, pixels, features: Vec::new(), columns: Vec::new() },
+            labels,
+            meta,
+        });
+    }
+    Ok(out)
+}
+
+/// A raw CheXpert value (1, 0, -1, blank = NaN) under a policy.
+fn resolve(raw: f32, policy: &str) -> f32 {
+    if raw.is_nan() {
+        return 0.0;
+    }
+    if raw < -0.5 {
+        return match policy {
+            "ones" => 1.0,
+            "ignore" => f32::NAN,
+            _ => 0.0,
+        };
+    }
+    raw
+}
