@@ -168,6 +168,17 @@ impl Shard {
     /// Reads a shard written by [`Shard::write`] (or any safetensors file with a `U8` rank-3
     /// tensor named `images`).
     pub fn read(mut r: impl Read) -> Result<Self, ShardError> {
+        let head = Self::read_head(&mut r)?;
+        let mut pixels = vec![0u8; head.rows * head.height * head.width];
+        r.read_exact(&mut pixels)?;
+        let ShardHead { height, width, metadata, feature_names, features, .. } = head;
+        Ok(Self { height, width, pixels, metadata, feature_names, features })
+    }
+
+    /// Reads everything of a shard but its pixels (the header and the feature rows, which come
+    /// first in the file), leaving `r` at the first image; [`ShardHead::pixels_offset`] says
+    /// where that is, for reading images one at a time.
+    pub fn read_head(r: &mut impl Read) -> Result<ShardHead, ShardError> {
         let mut len = [0u8; 8];
         r.read_exact(&mut len)?;
         let len = u64::from_le_bytes(len);
@@ -231,9 +242,32 @@ impl Shard {
         r.read_exact(&mut floats)?;
         let features = floats.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let feature_names = if feature_bytes == 0 && n > 0 { Vec::new() } else { feature_names };
-        let mut pixels = vec![0u8; n * h * w];
-        r.read_exact(&mut pixels)?;
-        Ok(Self { height: h, width: w, pixels, metadata, feature_names, features })
+        let pixels_offset = 8 + len + start as u64;
+        Ok(ShardHead { rows: n, height: h, width: w, metadata, feature_names, features, pixels_offset })
+    }
+}
+
+/// A shard without its pixels ([`Shard::read_head`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardHead {
+    /// Number of images.
+    pub rows: usize,
+    pub height: usize,
+    pub width: usize,
+    pub metadata: BTreeMap<String, String>,
+    pub feature_names: Vec<String>,
+    /// `[rows, F]` row-major.
+    pub features: Vec<f32>,
+    /// Byte offset of image 0 in the file; image `i` is `height * width` bytes at
+    /// `pixels_offset + i * height * width`.
+    pub pixels_offset: u64,
+}
+
+impl ShardHead {
+    /// Feature row `i`.
+    pub fn feature_row(&self, i: usize) -> &[f32] {
+        let f = self.feature_names.len();
+        &self.features[i * f..(i + 1) * f]
     }
 }
 
@@ -258,6 +292,10 @@ mod tests {
         let back = Shard::read(&bytes[..]).unwrap();
         assert_eq!(back, s);
         assert_eq!(back.image(1), &[7, 8, 9, 10, 11, 12]);
+        let head = Shard::read_head(&mut &bytes[..]).unwrap();
+        assert_eq!((head.rows, head.height, head.width), (2, 2, 3));
+        let at = head.pixels_offset as usize + 6;
+        assert_eq!(&bytes[at..at + 6], &[7, 8, 9, 10, 11, 12]);
         assert!(Shard::read(&bytes[..bytes.len() - 1]).is_err(), "truncated");
     }
 
@@ -275,6 +313,10 @@ mod tests {
         assert_eq!(back.feature_row(1), &[0.0, 1.0]);
         assert!(back.feature_row(0)[1].is_nan());
         assert_eq!(back.image(1), &[3, 4]);
+        let head = Shard::read_head(&mut &bytes[..]).unwrap();
+        assert_eq!(head.feature_row(1), &[0.0, 1.0]);
+        let at = head.pixels_offset as usize;
+        assert_eq!(&bytes[at..], &[1, 2, 3, 4]);
         // Any safetensors reader sees both tensors.
         let t = crate::tensors::parse(&bytes).unwrap();
         assert_eq!(t["features"].shape, vec![2, 2]);

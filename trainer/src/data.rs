@@ -2,10 +2,13 @@
 //! against every shard's sha256 before use), and the image shards with their feature columns.
 //! The trainer never reads Parquet: the shards carry the numeric columns it needs.
 
+use std::borrow::Cow;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use cxr_dataset::Split;
-use cxr_dataset::shard::{Shard, split_code};
+use cxr_dataset::shard::{Shard, ShardHead, split_code};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -26,35 +29,119 @@ pub struct Dataset {
     pub shards: Vec<(String, usize)>,
 }
 
-/// Images of one split in memory, with the selected feature columns.
+/// Where the images' bytes are.
+#[derive(Debug, Clone)]
+pub enum Pixels {
+    /// `[n, side, side]` bytes in memory.
+    Memory(Vec<u8>),
+    /// Read from the shard files when needed (datasets larger than memory): per image, the
+    /// index of its file and its byte offset there.
+    Files { files: Vec<Arc<Mutex<fs_err::File>>>, rows: Vec<(usize, u64)> },
+}
+
+/// How [`Dataset::load`] holds the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageSource {
+    /// In memory.
+    Memory,
+    /// Read from the shard files image by image ([`Pixels::Files`]).
+    Stream,
+    /// In memory when they take at most half of the memory available now, else streamed.
+    Auto,
+}
+
+impl std::str::FromStr for ImageSource {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "stream" => Ok(Self::Stream),
+            "auto" => Ok(Self::Auto),
+            other => Err(Error::Config(format!("images {other:?}: expected memory, stream or auto"))),
+        }
+    }
+}
+
+/// Images of one split, with the selected feature columns (always in memory).
 #[derive(Debug, Clone)]
 pub struct Images {
     pub side: usize,
-    /// `[n, side, side]` bytes.
-    pub pixels: Vec<u8>,
+    pub pixels: Pixels,
     /// `[n, columns.len()]`.
     pub features: Vec<f32>,
     pub columns: Vec<String>,
 }
 
 impl Images {
+    /// Images held in memory: `pixels` is `[n, side, side]`, `features` `[n, columns.len()]`.
+    pub fn in_memory(side: usize, pixels: Vec<u8>, features: Vec<f32>, columns: Vec<String>) -> Self {
+        Self { side, pixels: Pixels::Memory(pixels), features, columns }
+    }
+
     pub fn len(&self) -> usize {
-        self.pixels.len() / (self.side * self.side).max(1)
+        match &self.pixels {
+            Pixels::Memory(p) => p.len() / (self.side * self.side).max(1),
+            Pixels::Files { rows, .. } => rows.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pixels.is_empty()
+        self.len() == 0
     }
 
-    pub fn image(&self, i: usize) -> &[u8] {
+    /// Whether the pixels are read from the shard files.
+    pub fn is_streamed(&self) -> bool {
+        matches!(self.pixels, Pixels::Files { .. })
+    }
+
+    /// Image `i`, `side * side` bytes (read from its shard when streamed).
+    pub fn image(&self, i: usize) -> Result<Cow<'_, [u8]>> {
         let n = self.side * self.side;
-        &self.pixels[i * n..(i + 1) * n]
+        match &self.pixels {
+            Pixels::Memory(p) => Ok(Cow::Borrowed(&p[i * n..(i + 1) * n])),
+            Pixels::Files { files, rows } => {
+                let (file, offset) = rows[i];
+                let mut buf = vec![0u8; n];
+                let mut f = files[file].lock().map_err(|_| Error::Config("an image reader panicked".into()))?;
+                f.seek(SeekFrom::Start(offset))?;
+                f.read_exact(&mut buf)?;
+                Ok(Cow::Owned(buf))
+            }
+        }
     }
 
     pub fn feature_row(&self, i: usize) -> &[f32] {
         let f = self.columns.len();
         &self.features[i * f..(i + 1) * f]
     }
+
+    /// The images `rows` (indices into these), with the same columns; streamed images stay
+    /// streamed.
+    pub fn subset(&self, rows: &[usize]) -> Result<Self> {
+        let pixels = match &self.pixels {
+            Pixels::Memory(_) => {
+                let mut p = Vec::with_capacity(rows.len() * self.side * self.side);
+                for &i in rows {
+                    p.extend_from_slice(&self.image(i)?);
+                }
+                Pixels::Memory(p)
+            }
+            Pixels::Files { files, rows: all } => {
+                Pixels::Files { files: files.clone(), rows: rows.iter().map(|&i| all[i]).collect() }
+            }
+        };
+        let features = rows.iter().flat_map(|&i| self.feature_row(i).iter().copied()).collect();
+        Ok(Self { side: self.side, pixels, features, columns: self.columns.clone() })
+    }
+}
+
+/// Memory available now (Linux `MemAvailable`), bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -119,44 +206,68 @@ impl Dataset {
 
     /// The feature columns the shards carry.
     pub fn feature_columns(&self) -> Result<Vec<String>> {
-        Ok(self.read_shard(0)?.feature_names)
+        Ok(self.read_head(0)?.0.feature_names)
     }
 
-    fn read_shard(&self, i: usize) -> Result<Shard> {
+    /// Shard `i`'s header and features, and the open file positioned at its first image.
+    fn read_head(&self, i: usize) -> Result<(ShardHead, fs_err::File)> {
         let path = self.dir.join(&self.shards[i].0);
-        let f = fs_err::File::open(&path).map_err(|e| Error::Dataset { path: path.clone(), message: e.to_string() })?;
-        Shard::read(std::io::BufReader::new(f)).map_err(|e| Error::Dataset { path, message: e.to_string() })
+        let mut f =
+            fs_err::File::open(&path).map_err(|e| Error::Dataset { path: path.clone(), message: e.to_string() })?;
+        let head = Shard::read_head(&mut std::io::BufReader::new(&mut f))
+            .map_err(|e| Error::Dataset { path, message: e.to_string() })?;
+        Ok((head, f))
     }
 
-    /// Loads the images of `splits` (all when empty) with the feature `columns`; an unknown
-    /// column is an error listing the available ones.
-    pub fn load(&self, splits: &[Split], columns: &[String]) -> Result<Images> {
-        let mut out = Images { side: 0, pixels: Vec::new(), features: Vec::new(), columns: columns.to_vec() };
+    /// Loads the images of `splits` (all when empty) with the feature `columns`, held as
+    /// `source` says; an unknown column is an error listing the available ones.
+    pub fn load(&self, splits: &[Split], columns: &[String], source: ImageSource) -> Result<Images> {
         let codes: Vec<f32> = splits.iter().filter_map(|s| split_code(s.as_str())).collect();
+        let (mut side, mut features, mut rows, mut files) = (0, Vec::new(), Vec::new(), Vec::new());
         for i in 0..self.shards.len() {
-            let shard = self.read_shard(i)?;
-            if shard.height != shard.width {
-                return Err(Error::Dataset { path: self.dir.clone(), message: "images are not square".into() });
+            let path = self.dir.join(&self.shards[i].0);
+            let (head, file) = self.read_head(i)?;
+            if head.height != head.width || (side != 0 && head.height != side) {
+                return Err(Error::Dataset {
+                    path,
+                    message: "images are not square, or differ in size between shards".into(),
+                });
             }
-            out.side = shard.height;
-            let index = |name: &str| shard.feature_names.iter().position(|n| n == name);
+            side = head.height;
+            let index = |name: &str| head.feature_names.iter().position(|n| n == name);
             let mut cols = Vec::new();
             for c in columns {
                 cols.push(index(c).ok_or_else(|| Error::Dataset {
-                    path: self.dir.join(&self.shards[i].0),
-                    message: format!("no column {c:?}; the dataset has: {}", shard.feature_names.join(", ")),
+                    path: path.clone(),
+                    message: format!("no column {c:?}; the dataset has: {}", head.feature_names.join(", ")),
                 })?);
             }
             let split = index("split");
-            for r in 0..shard.len() {
-                let row = shard.feature_row(r);
+            let bytes = (side * side) as u64;
+            for r in 0..head.rows {
+                let row = head.feature_row(r);
                 if !codes.is_empty() && !split.is_some_and(|s| codes.contains(&row[s])) {
                     continue;
                 }
-                out.pixels.extend_from_slice(shard.image(r));
-                out.features.extend(cols.iter().map(|&c| row[c]));
+                rows.push((files.len(), head.pixels_offset + r as u64 * bytes));
+                features.extend(cols.iter().map(|&c| row[c]));
             }
+            files.push(Arc::new(Mutex::new(file)));
         }
-        Ok(out)
+        let total = rows.len() as u64 * (side * side) as u64;
+        let stream = match source {
+            ImageSource::Memory => false,
+            ImageSource::Stream => true,
+            ImageSource::Auto => available_memory().is_some_and(|m| total > m / 2),
+        };
+        let streamed = Images { side, pixels: Pixels::Files { files, rows }, features, columns: columns.to_vec() };
+        if stream {
+            return Ok(streamed);
+        }
+        let mut pixels = Vec::with_capacity(total as usize);
+        for i in 0..streamed.len() {
+            pixels.extend_from_slice(&streamed.image(i)?);
+        }
+        Ok(Images { pixels: Pixels::Memory(pixels), ..streamed })
     }
 }

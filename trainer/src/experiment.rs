@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::config::Config;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -74,12 +73,7 @@ pub fn run(
         None => {
             let resume = dir.join(CHECKPOINT).is_file();
             // A resumed run continues with the configuration it started with.
-            let cfg = if resume {
-                PretrainConfig::load(dir.join("config.json"))
-                    .map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?
-            } else {
-                pretrain.clone()
-            };
+            let cfg = if resume { PretrainConfig::read(&dir.join("config.json"))? } else { pretrain.clone() };
             log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
             let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
             let d =

@@ -7,7 +7,7 @@
 //! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name),
 //! [`import`] (a reference checkpoint as a run), [`transform`] and [`linear`] (linear
 //! evaluation), [`metrics`] (AUROC/AP with bootstrap intervals), [`report`] (figures and HTML
-//! pages), [`experiment`] (`run` and `ablate`).
+//! pages), [`experiment`] (`run` and `ablate`), [`bench`] (the speed of a pretraining step).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -21,6 +21,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod data;
 mod error;
 pub mod experiment;

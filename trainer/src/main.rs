@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use burn::config::Config;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
@@ -23,6 +22,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "trainer", version, about)]
 struct Cli {
+    /// Where the model runs: cpu (burn-flex) or wgpu (a GPU through Vulkan, Metal or DX12;
+    /// needs a build with `--features wgpu`).
+    #[arg(long, global = true, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
+    device: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +62,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Time pretraining steps on synthetic images in memory (no dataset): views, EMA,
+    /// forward, backward and optimizer, median seconds each, images/s and peak memory. The
+    /// PyTorch counterpart is trainer/bench/torch_msn_step.py.
+    Bench(Box<BenchArgs>),
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
@@ -88,7 +95,29 @@ struct PretrainArgs {
     train: TrainOpts,
 }
 
-/// Pretraining settings shared by `pretrain`, `run`, `ablate` and `demo`.
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// EHR groups and/or variables fused into the anchor branch; `none` is vanilla MSN.
+    #[arg(long, default_value = "demographics,scan,stay")]
+    ehr: String,
+    /// Timed steps (the medians are printed).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Side of the synthetic source images (the pipeline's shards are 256 by default).
+    #[arg(long, default_value_t = 256)]
+    image_side: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// The model and its settings; the batch size defaults to 8 here.
+    #[command(flatten)]
+    train: TrainOpts,
+}
+
+/// Pretraining settings shared by `pretrain`, `run`, `ablate`, `bench` and `demo`.
 #[derive(Debug, Args)]
 struct TrainOpts {
     /// Backbone: vit-tiny (192 wide, 6 heads, the paper's), vit-small, vit-tiny-deit (3 heads),
@@ -98,7 +127,9 @@ struct TrainOpts {
     /// paper (the reference code's behaviour) or msn (the original MSN's).
     #[arg(long, default_value = "paper", value_parser = ["paper", "msn"])]
     preset: String,
-    /// A config.json to start from (e.g. a previous run's); flags override it.
+    /// A JSON file of config fields (a previous run's whole config.json, or only the fields to
+    /// change, nested as in config.json, e.g. {"lr": 0.002, "views": {"focal_views": 4}}):
+    /// they replace those of --preset and --model; the other flags override the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Pretraining epochs (100 in the paper).
@@ -126,15 +157,20 @@ struct TrainOpts {
     global_size: Option<usize>,
     #[arg(long)]
     focal_size: Option<usize>,
+    /// Where the pretraining images are held: memory, stream (read from the shard files as
+    /// batches need them, for datasets larger than memory) or auto (streamed when they would
+    /// take more than half of the available memory).
+    #[arg(long, value_parser = ["memory", "stream", "auto"])]
+    images: Option<String>,
 }
 
 impl TrainOpts {
     fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
         let vit = VitConfig::preset(&self.model).with_context(|| format!("--model {}", self.model))?;
+        let base = if self.preset == "msn" { PretrainConfig::msn(vit, ehr) } else { PretrainConfig::paper(vit, ehr) };
         let mut cfg = match &self.config {
-            Some(path) => PretrainConfig::load(path).with_context(|| format!("reading {}", path.display()))?,
-            None if self.preset == "msn" => PretrainConfig::msn(vit, ehr),
-            None => PretrainConfig::paper(vit, ehr),
+            Some(path) => base.with_overrides_from(path)?,
+            None => base,
         };
         cfg.ehr = ehr.to_string();
         if let Some(v) = self.epochs {
@@ -164,6 +200,9 @@ impl TrainOpts {
         if let Some(v) = self.focal_size {
             cfg.views.focal_size = v;
         }
+        if let Some(v) = &self.images {
+            cfg.images.clone_from(v);
+        }
         if cfg.batch_size == 0 || cfg.epochs == 0 {
             bail!("--batch-size and --epochs must be at least 1");
         }
@@ -178,7 +217,7 @@ impl PretrainArgs {
     fn resolve(&self) -> anyhow::Result<PretrainConfig> {
         if self.resume {
             let path = self.out.join("config.json");
-            let mut cfg = PretrainConfig::load(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut cfg = PretrainConfig::read(&path)?;
             cfg.max_steps = self.train.max_steps;
             return Ok(cfg);
         }
@@ -322,6 +361,9 @@ struct DemoArgs {
     /// Pretraining epochs of each of the two models.
     #[arg(long, default_value_t = 16)]
     epochs: usize,
+    /// Seed of initialisation, views, masks and the probe (both models share it).
+    #[arg(long, default_value_t = 24)]
+    seed: u64,
     /// The pipeline executable (default: next to this one, then on PATH).
     #[arg(long)]
     pipeline: Option<PathBuf>,
@@ -368,9 +410,17 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
-/// The one place the backend is chosen: burn-flex on the CPU, with autodiff.
+/// `--device`, set once by `main`.
+static DEVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The one place the backend is chosen (`--device`), with autodiff: burn-flex on the CPU, or
+/// wgpu's default adapter.
 fn device() -> Device {
-    Device::flex().autodiff()
+    match DEVICE.get().map(String::as_str) {
+        #[cfg(feature = "wgpu")]
+        Some("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff(),
+        _ => Device::flex().autodiff(),
+    }
 }
 
 fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Result<()> {
@@ -384,6 +434,12 @@ fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Resul
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.device == "wgpu" && !cfg!(feature = "wgpu") {
+        bail!(
+            "--device wgpu: this trainer was built without GPU support; rebuild with `cargo build --release --features wgpu`"
+        );
+    }
+    let _ = DEVICE.set(cli.device.clone());
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
@@ -499,6 +555,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             println!("next: trainer linear-eval --checkpoint {} --dataset OUT/<version>", out.display());
         }
+        Command::Bench(args) => {
+            let mut pretrain = args.train.resolve(&args.ehr)?;
+            if args.train.batch_size.is_none() {
+                pretrain.batch_size = 8;
+            }
+            let cfg = trainer::bench::BenchConfig {
+                pretrain,
+                image_side: args.image_side,
+                warmup: args.warmup,
+                steps: args.steps,
+            };
+            let total = args.warmup + args.steps;
+            let r = trainer::bench::bench(&cfg, &device(), &mut |s| {
+                eprint!("\rstep {}/{total}{}", s + 1, if s < args.warmup { " (warmup)" } else { "" });
+            })?;
+            eprintln!();
+            let s = r.seconds;
+            println!(
+                "burn-flex, {} threads: {}, batch {}, views 2x{} + {}x{}, EHR width {}",
+                r.threads, r.model, r.batch_size, r.global_size, r.focal_views, r.focal_size, r.ehr_width
+            );
+            println!(
+                "median seconds over {} steps: views {:.3} (worker thread), ema {:.3}, forward {:.3}, backward {:.3}, optimizer {:.3}, step {:.3}",
+                r.steps, s.views, s.ema, s.forward, s.backward, s.optimizer, s.step
+            );
+            let rss = r.peak_rss_mb.map_or_else(|| "unknown".into(), |m| format!("{m:.0} MB"));
+            println!("{:.2} images/s (model step), peak RSS {rss}", r.images_per_second);
+            if let Some(path) = &args.json {
+                fs_err::write(path, serde_json::to_string_pretty(&r)?)?;
+            }
+        }
         Command::EhrColumns { ehr } => {
             let sel: EhrSelection = ehr.parse().map_err(|e| anyhow::anyhow!("--ehr {ehr}: {e}"))?;
             println!("ehr: {sel}");
@@ -547,9 +634,13 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .map(|e| e.path())
         .find(|p| p.join("manifest.json").is_file())
         .with_context(|| format!("no dataset in {}", datasets.display()))?;
-    let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none").with_epochs(args.epochs).with_batch_size(32);
+    let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none")
+        .with_epochs(args.epochs)
+        .with_batch_size(32)
+        .with_seed(args.seed);
     cfg.lr = 5e-4;
-    let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_lr(1e-3);
+    let eval =
+        LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_lr(1e-3).with_seed(args.seed);
     let choices = vec!["none".to_string(), "demographics,scan,stay".to_string()];
     eprintln!(
         "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay)",
@@ -562,6 +653,19 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         })?;
     eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());
     print_table(&s, &runs)?;
+    if let Some(d) = s.iter().filter(|r| r.ehr != "none").find_map(|r| r.delta_vs_vanilla) {
+        let verdict = if d.low > 0.0 {
+            "the EHR model is measurably better"
+        } else if d.high < 0.0 {
+            "the EHR model is measurably worse"
+        } else {
+            "no measurable difference on this test set (the interval includes 0)"
+        };
+        println!(
+            "EHR vs vanilla MSN: {:+.3} macro AUROC (paired 95% CI {:+.3} to {:+.3}): {verdict}",
+            d.value, d.low, d.high
+        );
+    }
     Ok(())
 }
 

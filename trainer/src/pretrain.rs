@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::config::Config;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::grad_clipping::GradientClippingConfig;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cxr_dataset::Split;
 use cxr_dataset::features::EhrSelection;
@@ -17,7 +18,7 @@ use cxr_dataset::features::EhrSelection;
 use crate::data::Dataset;
 use crate::model::VitConfig;
 use crate::model::fusion::{FusionShape, MsnNet, Views};
-use crate::msn::MsnLossConfig;
+use crate::msn::{MsnLossConfig, MsnLossOutput};
 use crate::rng::Rng;
 use crate::views::{Batch, Masking, ViewConfig, make_batch};
 use crate::{Error, Result};
@@ -55,6 +56,11 @@ pub struct PretrainConfig {
     /// Clip each parameter's gradient to this L2 norm (burn clips per parameter tensor).
     #[config(default = "None")]
     pub grad_clip_norm: Option<f64>,
+    /// No weight decay on 1-D parameters (biases, LayerNorm and BatchNorm scales and shifts)
+    /// nor on trained prototypes, as the original MSN; `false` decays every trained parameter,
+    /// as the reference.
+    #[config(default = false)]
+    pub decay_exempt_norms_biases: bool,
     pub masking: Masking,
     #[config(default = 0.15)]
     pub mask_ratio: f64,
@@ -66,6 +72,11 @@ pub struct PretrainConfig {
     /// reference's behaviour).
     #[config(default = "String::from(\"train\")")]
     pub pretrain_split: String,
+    /// Where the images are held: `memory`, `stream` (read from the shard files as batches
+    /// need them: datasets larger than memory) or `auto` (streamed when they would take more
+    /// than half of the available memory). The results are the same.
+    #[config(default = "String::from(\"auto\")")]
+    pub images: String,
     /// Stop after this many steps (benchmarks, smoke tests); the schedules still span all
     /// epochs, so a stopped run can be resumed to the same result.
     #[config(default = "None")]
@@ -85,8 +96,7 @@ impl PretrainConfig {
     }
 
     /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking,
-    /// gradient clipping at 3. (Its exemption of norms and biases from weight decay is not
-    /// implemented yet.)
+    /// gradient clipping at 3, no weight decay on biases, norms and prototypes.
     pub fn msn(vit: VitConfig, ehr: &str) -> Self {
         let views = ViewConfig::for_vit(&vit);
         Self::new("msn".into(), vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
@@ -94,6 +104,60 @@ impl PretrainConfig {
             .with_ema_end(1.0)
             .with_warmup_epochs(15)
             .with_grad_clip_norm(Some(3.0))
+            .with_decay_exempt_norms_biases(true)
+    }
+
+    /// This config with the fields of `overrides` (a JSON object, possibly partial and nested,
+    /// e.g. `{"lr": 0.002, "views": {"focal_views": 4}}`) replaced; `origin` names where the
+    /// overrides come from in errors. A field this config does not have is an error listing
+    /// the ones it has.
+    pub fn with_overrides(&self, overrides: &serde_json::Value, origin: &str) -> Result<Self> {
+        fn merge(base: &mut serde_json::Value, over: &serde_json::Value, path: &str, origin: &str) -> Result<()> {
+            let (Some(base), Some(over)) = (base.as_object_mut(), over.as_object()) else {
+                return Err(Error::Config(format!("{origin}: {path} must be a JSON object")));
+            };
+            for (key, value) in over {
+                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                let Some(slot) = base.get_mut(key) else {
+                    let known: Vec<&str> = base.keys().map(String::as_str).collect();
+                    return Err(Error::Config(format!(
+                        "{origin}: unknown field `{at}`; fields here: {}",
+                        known.join(", ")
+                    )));
+                };
+                if slot.is_object() && value.is_object() {
+                    merge(slot, value, &at, origin)?;
+                } else {
+                    *slot = value.clone();
+                }
+            }
+            Ok(())
+        }
+        let mut value = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        merge(&mut value, overrides, "", origin)?;
+        serde_json::from_value(value).map_err(|e| Error::Config(format!("{origin}: {e}")))
+    }
+
+    /// [`PretrainConfig::with_overrides`] from a JSON file (a whole `config.json` of an earlier
+    /// run, or only the fields to change).
+    pub fn with_overrides_from(&self, path: &Path) -> Result<Self> {
+        let origin = path.display().to_string();
+        let text = fs_err::read_to_string(path)?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        // What `pretrain` and `import-torch` add to the config.json they save.
+        if let Some(o) = value.as_object_mut() {
+            for k in ["dataset_version", "ehr_columns", "imported_from"] {
+                o.remove(k);
+            }
+        }
+        self.with_overrides(&value, &origin)
+    }
+
+    /// Reads a saved `config.json` (fields added since it was written take the `paper`
+    /// preset's values).
+    pub fn read(path: &Path) -> Result<Self> {
+        Self::paper(VitConfig::vit_tiny(), "none").with_overrides_from(path)
     }
 
     /// Learning rate of `epoch` (warmup, then cosine to 0 over the remaining epochs).
@@ -179,7 +243,72 @@ pub struct PretrainSummary {
     pub net: MsnNet,
 }
 
-fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views {
+/// AdamW as `cfg` sets it (decoupled weight decay, eps 1e-8, optional per-tensor gradient
+/// clipping), with a no-decay group for `net`'s 1-D parameters and prototypes when
+/// `decay_exempt_norms_biases`. Build it after loading a checkpoint into `net` (the groups
+/// hold parameter ids).
+pub fn optimizer(cfg: &PretrainConfig, net: &MsnNet) -> ModuleOptimizer {
+    let clip = cfg.grad_clip_norm.map(|n| GradientClippingConfig::Norm(n as f32));
+    let adamw = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8);
+    let optim = adamw.clone().with_grad_clipping(clip.clone()).init();
+    if !cfg.decay_exempt_norms_biases {
+        return optim;
+    }
+    /// Ids of 1-D parameters.
+    struct OneD(Vec<ParamId>);
+    impl ModuleVisitor for OneD {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if D == 1 {
+                self.0.push(param.id);
+            }
+        }
+    }
+    let mut exempt = OneD(vec![net.prototypes.id]);
+    net.anchor.visit(&mut exempt);
+    net.anchor_head.visit(&mut exempt);
+    net.f_ehr.visit(&mut exempt);
+    net.g.visit(&mut exempt);
+    optim.with_group(ParamGroup::from_ids(exempt.0), adamw.with_weight_decay(0.0).build(), clip.map(|c| c.init()))
+}
+
+/// Seconds spent in each part of a training step (exact on an eager backend such as
+/// burn-flex, where each part has finished when the next starts).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StepTimes {
+    pub ema: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+/// One training step: the EMA update of the target (momentum `momentum`), the forward pass
+/// and MSN loss, backward, and the optimizer step at `lr`.
+pub fn train_step(
+    net: MsnNet,
+    optim: &mut ModuleOptimizer,
+    views: Views,
+    cfg: &PretrainConfig,
+    lr: f64,
+    momentum: f64,
+) -> (MsnNet, MsnLossOutput, StepTimes) {
+    let t0 = Instant::now();
+    let net = ema_update(net, momentum);
+    let t1 = Instant::now();
+    let out = net.forward(views);
+    let prototypes = if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
+    let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
+    let t2 = Instant::now();
+    let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
+    let t3 = Instant::now();
+    let net = optim.step(lr, net, grads);
+    let t4 = Instant::now();
+    let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
+    let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
+    (net, loss, times)
+}
+
+/// The views of a batch as tensors on `device`.
+pub fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views {
     let v = &cfg.views;
     let (n, c, g, f) = (b.size, v.channels, v.global_size, v.focal_size);
     let t4 = |data: &[f32], rows: usize, side: usize| {
@@ -268,7 +397,7 @@ pub fn pretrain_with(
         "train" => vec![Split::Train],
         other => return Err(Error::Config(format!("--pretrain-split {other}: expected train or all"))),
     };
-    let images = ds.load(&splits, &columns)?;
+    let images = ds.load(&splits, &columns, cfg.images.parse()?)?;
     if images.len() < cfg.batch_size {
         return Err(Error::Config(format!(
             "{} pretraining images, fewer than one batch of {}",
@@ -302,14 +431,9 @@ pub fn pretrain_with(
         let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
         net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
     }
+    let mut optim = optimizer(cfg, &net);
     // Taken and put back by each step (the step closure cannot move it).
     let mut slot = Some(net);
-    let clip = cfg.grad_clip_norm.map(|n| burn::grad_clipping::GradientClippingConfig::Norm(n as f32));
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .with_grad_clipping(clip)
-        .init();
     if let Some(c) = &checkpoint {
         let record =
             burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))?;
@@ -385,7 +509,7 @@ pub fn pretrain_with(
         let lr = cfg.lr_at(epoch);
         let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(images.len());
         // Views of the next batch are made on a worker thread while the model runs.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
         let result = std::thread::scope(|s| -> Result<bool> {
             let images = &images;
             let order = &order;
@@ -410,19 +534,16 @@ pub fn pretrain_with(
             // Owned here, so returning early drops it and stops the producer.
             let rx = rx;
             for (k, batch) in rx.iter().enumerate() {
+                let batch = batch?;
                 let k = k + skip;
                 if step >= stop {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
                 let momentum = cfg.ema_at(step, total);
-                let net = ema_update(slot.take().ok_or_else(|| Error::Config("no network".into()))?, momentum);
-                let out = net.forward(batch_tensors(&batch, cfg, device));
-                let prototypes =
-                    if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
-                let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
-                let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
-                slot = Some(optim.step(lr, net, grads));
+                let net = slot.take().ok_or_else(|| Error::Config("no network".into()))?;
+                let (net, loss, _) = train_step(net, &mut optim, batch_tensors(&batch, cfg, device), cfg, lr, momentum);
+                slot = Some(net);
                 let m = StepMetrics {
                     epoch,
                     step,

@@ -9,6 +9,7 @@
 use burn::config::Config;
 use rayon::prelude::*;
 
+use crate::Result;
 use crate::data::Images;
 use crate::rng::Rng;
 
@@ -145,7 +146,8 @@ fn keep_msn(patches: usize, ratio: f64, rng: &mut Rng) -> Vec<i64> {
     idx
 }
 
-/// Makes the batch of `indices` (rows of `images`), for `(seed, epoch, step)`.
+/// Makes the batch of `indices` (rows of `images`), for `(seed, epoch, step)`; fails only
+/// when a streamed image cannot be read.
 #[allow(clippy::too_many_arguments)]
 pub fn make_batch(
     images: &Images,
@@ -157,7 +159,7 @@ pub fn make_batch(
     seed: u64,
     epoch: usize,
     step: usize,
-) -> Batch {
+) -> Result<Batch> {
     let b = indices.len();
     let (g, f, c) = (cfg.global_size, cfg.focal_size, cfg.channels);
     let (gsz, fsz) = (c * g * g, c * f * f);
@@ -167,7 +169,8 @@ pub fn make_batch(
         .par_iter()
         .map(|&i| {
             let mut rng = Rng::derive(seed, 1 + epoch as u64, i as u64);
-            let img = images.image(i);
+            let img = images.image(i)?;
+            let img = &img[..];
             let mut t = vec![0f32; gsz];
             let mut a = vec![0f32; gsz];
             view(img, side, g, cfg.global_scale, cfg, &mut rng, &mut t);
@@ -176,9 +179,9 @@ pub fn make_batch(
             for k in 0..cfg.focal_views {
                 view(img, side, f, cfg.focal_scale, cfg, &mut rng, &mut fo[k * fsz..(k + 1) * fsz]);
             }
-            (t, a, fo)
+            Ok((t, a, fo))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut batch = Batch {
         size: b,
         target: Vec::with_capacity(b * gsz),
@@ -222,7 +225,7 @@ pub fn make_batch(
         }
         Masking::None => {}
     }
-    batch
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -253,19 +256,19 @@ mod tests {
             let (y, x, h, w) = crop_box(64, (0.05, 0.3), (0.75, 4.0 / 3.0), &mut rng);
             assert!(y + h <= 64.0 && x + w <= 64.0 && h >= 1.0 && w >= 1.0);
         }
-        let images = Images {
-            side: 16,
-            pixels: (0..512).map(|i| (i % 251) as u8).collect(),
-            features: vec![1.0, 0.0, 0.0, 1.0],
-            columns: vec!["a".into(), "b".into()],
-        };
+        let images = Images::in_memory(
+            16,
+            (0..512).map(|i| (i % 251) as u8).collect(),
+            vec![1.0, 0.0, 0.0, 1.0],
+            vec!["a".into(), "b".into()],
+        );
         let cfg = ViewConfig::new().with_global_size(8).with_focal_size(4).with_focal_views(2);
-        let a = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0);
-        let b = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0);
+        let a = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0).unwrap();
+        let b = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 0, 0).unwrap();
         assert_eq!(a.target, b.target);
         assert_eq!(a.focal.len(), 2 * 2 * 3 * 16);
         assert_eq!(a.ehr, vec![0.0, 1.0, 1.0, 0.0], "feature rows follow the batch order");
-        let c = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 1, 0);
+        let c = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 1, 0).unwrap();
         assert_ne!(a.target, c.target, "another epoch, other crops");
     }
 }

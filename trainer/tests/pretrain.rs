@@ -292,3 +292,175 @@ fn the_msn_preset_trains_prototypes_and_the_paper_preset_does_not() {
     assert_eq!(proto(&a.net), proto(&initial), "paper: frozen");
     assert_ne!(proto(&b.net), proto(&initial), "msn: trained");
 }
+
+/// Sum of `0 * p` over every trained parameter: its gradients are all zero, so an AdamW step
+/// moves a parameter by weight decay alone.
+struct ZeroLoss(Option<Tensor<1>>);
+impl ModuleVisitor for ZeroLoss {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+        if p.is_require_grad() {
+            let term = p.val().mul_scalar(0.0).sum();
+            self.0 = Some(match self.0.take() {
+                Some(t) => t + term,
+                None => term,
+            });
+        }
+    }
+}
+
+/// The `msn` preset exempts 1-D parameters (biases, norms) and the prototypes from weight
+/// decay; the `paper` preset decays every trained parameter.
+#[test]
+fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
+    use trainer::model::fusion::{FusionShape, MsnNet};
+    let device = Device::flex().autodiff();
+    let vit = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
+    let (lr, wd) = (0.1, 0.5);
+    for preset in ["paper", "msn"] {
+        let cfg = match preset {
+            "msn" => PretrainConfig::msn(vit.clone(), "sex"),
+            _ => PretrainConfig::paper(vit.clone(), "sex").with_train_prototypes(true),
+        }
+        .with_weight_decay(wd)
+        .with_grad_clip_norm(None);
+        let shape = FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
+        let net = MsnNet::new(&vit, shape, &device, &mut trainer::rng::Rng::new(3));
+        let mut optim = trainer::pretrain::optimizer(&cfg, &net);
+        let mut zero = ZeroLoss(None);
+        net.visit(&mut zero);
+        let grads = burn::optim::GradientsParams::from_grads(zero.0.unwrap().backward(), &net);
+        let after = optim.step(lr, net.clone(), grads);
+        let ratio = |before: Vec<f32>, after: Vec<f32>| {
+            let (b, a): (f32, f32) = (before.iter().map(|x| x.abs()).sum(), after.iter().map(|x| x.abs()).sum());
+            a / b
+        };
+        let (b0, a0) = (&net.anchor.blocks[0], &after.anchor.blocks[0]);
+        let decayed = 1.0 - (lr * wd) as f32;
+        let expect_1d = if preset == "msn" { 1.0 } else { decayed };
+        let cases = [
+            ("fc1.weight", flat(&b0.fc1.weight), flat(&a0.fc1.weight), decayed),
+            ("norm1.gamma", flat(&b0.norm1.gamma), flat(&a0.norm1.gamma), expect_1d),
+            ("attn.qkv.weight", flat(&b0.attn.qkv.weight), flat(&a0.attn.qkv.weight), decayed),
+            ("fc2.bias", flat(&b0.fc2.bias), flat(&a0.fc2.bias), expect_1d),
+            ("prototypes", flat(&net.prototypes), flat(&after.prototypes), expect_1d),
+            ("g.weight", flat(&net.g.as_ref().unwrap().weight), flat(&after.g.as_ref().unwrap().weight), decayed),
+            ("g.bias", flat(&net.g.as_ref().unwrap().bias), flat(&after.g.as_ref().unwrap().bias), expect_1d),
+            ("target (not trained)", flat(&net.target), flat(&after.target), 1.0),
+        ];
+        for (name, before, after, want) in cases {
+            let r = ratio(before, after);
+            assert!((r - want).abs() < 1e-5, "{preset}: {name} scaled by {r}, expected {want}");
+        }
+    }
+}
+
+/// A config file replaces the fields it names, nested or not, over a preset; an unknown field
+/// is an error naming it; a saved config.json reads back as the same config.
+#[test]
+fn a_config_file_overrides_the_preset_field_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = PretrainConfig::paper(VitConfig::vit_tiny(), "sex");
+    let file = dir.path().join("over.json");
+    std::fs::write(&file, r#"{"lr": 0.002, "views": {"focal_views": 4}, "vit": {"layers": 2}, "grad_clip_norm": 1.5}"#)
+        .unwrap();
+    let cfg = base.with_overrides_from(&file).unwrap();
+    assert_eq!(cfg.lr, 0.002);
+    assert_eq!(cfg.views.focal_views, 4);
+    assert_eq!(cfg.views.global_size, base.views.global_size);
+    assert_eq!((cfg.vit.layers, cfg.vit.hidden, cfg.vit.heads), (2, 192, 6));
+    assert_eq!(cfg.grad_clip_norm, Some(1.5));
+    assert_eq!((cfg.batch_size, cfg.seed, &cfg.preset), (base.batch_size, base.seed, &base.preset));
+
+    std::fs::write(&file, r#"{"views": {"focal_veiws": 4}}"#).unwrap();
+    let err = base.with_overrides_from(&file).unwrap_err().to_string();
+    assert!(err.contains("views.focal_veiws") && err.contains("focal_views") && err.contains("over.json"), "{err}");
+    std::fs::write(&file, r#"{"lr": "fast"}"#).unwrap();
+    assert!(base.with_overrides_from(&file).is_err());
+
+    // A run's saved config.json (with the fields pretrain adds) reads back unchanged.
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let run = dir.path().join("run");
+    let msn =
+        PretrainConfig::msn(tiny("sex").vit, "sex").with_batch_size(8).with_prototypes(16).with_max_steps(Some(1));
+    let msn = PretrainConfig { views: tiny("sex").views, ..msn };
+    pretrain(&msn, &data, &run, &Device::flex().autodiff(), false).unwrap();
+    let read = PretrainConfig::read(&run.join("config.json")).unwrap();
+    assert_eq!(serde_json::to_value(&read).unwrap(), serde_json::to_value(&msn).unwrap());
+}
+
+/// Streaming the images from the shard files gives the same images, rows and features as
+/// holding them in memory, and the same pretrained weights.
+#[test]
+fn streamed_images_train_the_same_weights_as_images_in_memory() {
+    use trainer::data::{Dataset, ImageSource};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let ds = Dataset::open(&data).unwrap();
+    let cols = vec!["sex_male".to_string(), "label_edema".to_string()];
+    let mem = ds.load(&[cxr_dataset::Split::Train], &cols, ImageSource::Memory).unwrap();
+    let streamed = ds.load(&[cxr_dataset::Split::Train], &cols, ImageSource::Stream).unwrap();
+    assert!(streamed.is_streamed() && !mem.is_streamed());
+    assert_eq!((mem.len(), streamed.len()), (80, 80), "both shards, training rows only");
+    for i in [0, 47, 48, 79] {
+        assert_eq!(mem.image(i).unwrap(), streamed.image(i).unwrap(), "image {i}");
+        assert_eq!(mem.feature_row(i), streamed.feature_row(i));
+    }
+    let sub = streamed.subset(&[79, 3]).unwrap();
+    assert!(sub.is_streamed());
+    assert_eq!(sub.image(0).unwrap(), mem.image(79).unwrap());
+    assert_eq!(sub.feature_row(1), mem.feature_row(3));
+
+    let device = Device::flex().autodiff();
+    let run = |images: &str| {
+        let cfg = tiny("sex").with_max_steps(Some(4)).with_images(images.to_string());
+        pretrain(&cfg, &data, &dir.path().join(images), &device, false).unwrap()
+    };
+    let (a, b) = (run("memory"), run("stream"));
+    assert_eq!(flat(&a.net), flat(&b.net));
+    let bad = tiny("sex").with_images("disk".into());
+    let err = pretrain(&bad, &data, &dir.path().join("bad"), &device, false).unwrap_err().to_string();
+    assert!(err.contains("memory, stream or auto"), "{err}");
+}
+
+/// Every parameter of the anchor branch trains (LayerNorms included) and none of the EMA
+/// target's does, also after the target was made as a frozen copy of the anchor.
+#[test]
+fn the_anchor_branch_trains_every_parameter_and_the_target_none() {
+    use trainer::model::fusion::{FusionShape, MsnNet};
+    struct RequiresGrad(Vec<bool>);
+    impl ModuleVisitor for RequiresGrad {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.is_require_grad());
+        }
+    }
+    let grads = |m: &dyn Fn(&mut RequiresGrad)| {
+        let mut v = RequiresGrad(Vec::new());
+        m(&mut v);
+        v.0
+    };
+    let device = Device::flex().autodiff();
+    let vit = VitConfig::new(16, 2, 2, 32).with_image_size(32).with_patch_size(8);
+    let net = MsnNet::new(
+        &vit,
+        FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 },
+        &device,
+        &mut trainer::rng::Rng::new(3),
+    );
+    let anchor = grads(&|v| {
+        net.anchor.visit(v);
+        net.anchor_head.visit(v);
+        net.f_ehr.visit(v);
+        net.g.visit(v);
+    });
+    // Per block: 2 LayerNorms (2 each), qkv, out, fc1, fc2 (2 each); patch (2), cls, pos, final norm (2).
+    assert_eq!(anchor.iter().filter(|&&g| g).count(), anchor.len());
+    assert!(anchor.len() >= 2 * 12 + 6);
+    let target = grads(&|v| {
+        net.target.visit(v);
+        net.target_head.visit(v);
+    });
+    assert!(target.iter().all(|&g| !g), "the target is not trained");
+    assert!(net.anchor.blocks[0].norm1.gamma.is_require_grad() && net.anchor.norm.gamma.is_require_grad());
+}

@@ -91,7 +91,7 @@ pub fn load_encoder(run: &Path, device: &Device) -> Result<Encoder> {
     let path = run.join("config.json");
     let text = fs_err::read_to_string(&path)
         .map_err(|e| Error::Config(format!("{}: not a pretraining run folder ({e})", path.display())))?;
-    let cfg = PretrainConfig::load(&path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let cfg = PretrainConfig::read(&path)?;
     let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config(e.to_string()))?;
     let ehr_in = saved["ehr_columns"].as_array().map_or(0, Vec::len);
     let checkpoint = read_checkpoint(run)?;
@@ -139,20 +139,23 @@ pub struct Probe {
 }
 
 /// The encoder's CLS features of `rows` of `images` with the eval transform, `[rows, dim]`.
-pub fn embed(vit: &Vit, images: &Images, rows: &[usize], t: &ProbeTransform, device: &Device) -> Vec<f32> {
+pub fn embed(vit: &Vit, images: &Images, rows: &[usize], t: &ProbeTransform, device: &Device) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(rows.len() * vit.dim());
     for chunk in rows.chunks(64) {
-        let x = eval_batch(images, chunk, t, device);
+        let x = eval_batch(images, chunk, t, device)?;
         out.extend(to_vec(vit.forward(x, None).detach()));
     }
-    out
+    Ok(out)
 }
 
-fn eval_batch(images: &Images, rows: &[usize], t: &ProbeTransform, device: &Device) -> Tensor<4> {
+fn eval_batch(images: &Images, rows: &[usize], t: &ProbeTransform, device: &Device) -> Result<Tensor<4>> {
     let n = t.len();
     let mut data = vec![0f32; rows.len() * n];
-    data.par_chunks_mut(n).zip(rows.par_iter()).for_each(|(dst, &i)| t.eval(images.image(i), images.side, dst));
-    Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device)
+    data.par_chunks_mut(n).zip(rows.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
+        t.eval(&images.image(i)?, images.side, dst);
+        Ok(())
+    })?;
+    Ok(Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device))
 }
 
 fn train_batch(
@@ -162,14 +165,15 @@ fn train_batch(
     seed: u64,
     epoch: usize,
     device: &Device,
-) -> Tensor<4> {
+) -> Result<Tensor<4>> {
     let n = t.len();
     let mut data = vec![0f32; rows.len() * n];
-    data.par_chunks_mut(n).zip(rows.par_iter()).for_each(|(dst, &i)| {
+    data.par_chunks_mut(n).zip(rows.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
         let mut rng = Rng::derive(seed, 0x7A11 + epoch as u64, i as u64);
-        t.train(images.image(i), images.side, &mut rng, dst);
-    });
-    Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device)
+        t.train(&images.image(i)?, images.side, &mut rng, dst);
+        Ok(())
+    })?;
+    Ok(Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device))
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
@@ -177,7 +181,7 @@ fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// Reads or computes (and writes) the cached features `key` in `dir`.
-fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Vec<f32>, dim: usize) -> Result<Vec<f32>> {
+fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Result<Vec<f32>>, dim: usize) -> Result<Vec<f32>> {
     let path = dir.join(format!("{key}.f32"));
     if let Ok(bytes) = fs_err::read(&path)
         && bytes.len() % 4 == 0
@@ -187,7 +191,7 @@ fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Vec<f32>, dim: usize)
             return Ok(v);
         }
     }
-    let v = compute();
+    let v = compute()?;
     fs_err::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     fs_err::write(&tmp, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
@@ -286,7 +290,7 @@ pub fn linear_eval(
     let features = |split: &str, version: &str, data: &SplitData, vit: &Vit, log: &mut dyn FnMut(&str)| {
         log(&format!("embedding {} {split} images", data.len()));
         let compute = || embed(vit, &data.images, &all(data.len()), t, device);
-        if use_cache { cached(cache_dir, &key(split, version), compute, dim) } else { Ok(compute()) }
+        if use_cache { cached(cache_dir, &key(split, version), compute, dim) } else { compute() }
     };
     let vit = if frozen { encoder.vit.clone().no_grad() } else { encoder.vit.clone() };
     let train_feats = if use_cache { Some(features("train", &ds.version, &train, &vit, log)?) } else { None };
@@ -299,7 +303,7 @@ pub fn linear_eval(
     let (mut best, mut best_auc, mut best_epoch, mut since) = (probe.clone(), f64::NEG_INFINITY, 0, 0);
     fs_err::create_dir_all(out)?;
     let mut metrics = std::io::BufWriter::new(fs_err::File::create(out.join("metrics.jsonl"))?);
-    let score = |p: &Probe, feats: Option<&[f32]>, data: &SplitData| -> Vec<f32> {
+    let score = |p: &Probe, feats: Option<&[f32]>, data: &SplitData| -> Result<Vec<f32>> {
         let rows = all(data.len());
         let mut s = Vec::with_capacity(data.len() * l);
         for chunk in rows.chunks(256) {
@@ -308,12 +312,12 @@ pub fn linear_eval(
                     let v: Vec<f32> = chunk.iter().flat_map(|&i| f[i * dim..(i + 1) * dim].iter().copied()).collect();
                     Tensor::<2>::from_data(TensorData::new(v, [chunk.len(), dim]), device)
                 }
-                (None, Some(vit)) => vit.forward(eval_batch(&data.images, chunk, t, device), None),
+                (None, Some(vit)) => vit.forward(eval_batch(&data.images, chunk, t, device)?, None),
                 (None, None) => Tensor::zeros([chunk.len(), dim], device),
             };
             s.extend(to_vec(sigmoid(p.head.forward(x.detach())).detach()));
         }
-        s
+        Ok(s)
     };
     for epoch in 0..cfg.epochs {
         let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
@@ -328,7 +332,7 @@ pub fn linear_eval(
                     Tensor::<2>::from_data(TensorData::new(v, [chunk.len(), dim]), device)
                 }
                 (None, Some(vit)) => {
-                    let f = vit.forward(train_batch(&train.images, chunk, t, cfg.seed, epoch, device), None);
+                    let f = vit.forward(train_batch(&train.images, chunk, t, cfg.seed, epoch, device)?, None);
                     if frozen { f.detach() } else { f }
                 }
                 (None, None) => return Err(Error::Config("probe without an encoder or features".into())),
@@ -340,7 +344,7 @@ pub fn linear_eval(
             let grads = GradientsParams::from_grads(loss.backward(), &probe);
             probe = optim.step(lr, probe, grads);
         }
-        let val_scores = score(&probe, val_feats_frozen.as_deref(), &val);
+        let val_scores = score(&probe, val_feats_frozen.as_deref(), &val)?;
         let auc = macro_auroc(&val_scores, &val.labels, &names);
         let m = EpochMetrics { epoch, lr, train_loss: loss_sum / batches.max(1) as f64, validate_macro_auroc: auc };
         writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
@@ -369,10 +373,10 @@ pub fn linear_eval(
     let test_feats = if frozen {
         features("test", &ds.version, &test, &test_vit, log)?
     } else {
-        embed(&test_vit, &test.images, &all(test.len()), t, device)
+        embed(&test_vit, &test.images, &all(test.len()), t, device)?
     };
     let head_only = Probe { encoder: None, head: best.head.clone() };
-    let test_scores = score(&head_only, Some(&test_feats), &test);
+    let test_scores = score(&head_only, Some(&test_feats), &test)?;
     log(&format!("testing on {} images ({} bootstrap resamples)", test.len(), cfg.bootstrap));
     let test_eval = evaluate(&test_scores, &test.labels, &names, cfg.bootstrap, cfg.seed);
     let mut externals = Vec::new();
@@ -389,9 +393,9 @@ pub fn linear_eval(
         let f = if frozen {
             features("test", &ext.version, &data, &test_vit, log)?
         } else {
-            embed(&test_vit, &data.images, &all(data.len()), t, device)
+            embed(&test_vit, &data.images, &all(data.len()), t, device)?
         };
-        let s = score(&head_only, Some(&f), &data);
+        let s = score(&head_only, Some(&f), &data)?;
         log(&format!("external test on {} ({}, {} images)", ext.version, ext.kind, data.len()));
         externals.push(ExternalResult {
             dataset: dir.display().to_string(),

@@ -1,13 +1,14 @@
-//! The evaluation splits of a dataset in memory: images, labels under an uncertainty policy
+//! The evaluation splits of a dataset: images (in memory, or streamed when larger than
+//! memory), labels under an uncertainty policy
 //! (matched by name), and the metadata the reports colour embeddings by.
 
 use cxr_dataset::Split;
 use cxr_dataset::shard::split_code;
 
-use crate::data::{Dataset, Images};
+use crate::data::{Dataset, ImageSource, Images};
 use crate::{Error, Result};
 
-/// One split of an evaluation dataset in memory: images, labels (NaN = left out) and the
+/// One split of an evaluation dataset: images, labels (NaN = left out) and the
 /// metadata the reports colour embeddings by.
 #[derive(Debug, Clone)]
 pub struct SplitData {
@@ -77,17 +78,14 @@ pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Sp
             (columns.len() - 1, c["view_".len()..].to_string())
         })
         .collect();
-    let all = ds.load(&[], &columns)?;
+    let all = ds.load(&[], &columns, ImageSource::Auto)?;
     let mut out = Vec::new();
     for split in splits {
         let code = split_code(split.as_str());
         let rows: Vec<usize> = (0..all.len()).filter(|&i| Some(all.feature_row(i)[0]) == code).collect();
-        let n_side = all.side * all.side;
-        let mut pixels = Vec::with_capacity(rows.len() * n_side);
         let mut labels = Vec::with_capacity(rows.len() * names.len());
         let mut meta = Vec::with_capacity(rows.len());
         for &i in &rows {
-            pixels.extend_from_slice(all.image(i));
             let f = all.feature_row(i);
             for at in &label_at {
                 let v = at.map_or(f32::NAN, |c| f[c]);
@@ -96,11 +94,7 @@ pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Sp
             let view = views.iter().find(|(c, _)| f[*c] > 0.5).map(|(_, n)| n.clone()).unwrap_or_default();
             meta.push((sex_col.map_or(f32::NAN, |c| f[c]), age_col.map_or(f32::NAN, |c| f[c]), view));
         }
-        out.push(SplitData {
-            images: Images { side: all.side, pixels, features: Vec::new(), columns: Vec::new() },
-            labels,
-            meta,
-        });
+        out.push(SplitData { images: all.subset(&rows)?, labels, meta });
     }
     Ok(out)
 }

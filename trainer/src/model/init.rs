@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use burn::module::Param;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::rng::Rng;
@@ -48,6 +48,16 @@ impl<'a> Init<'a> {
     /// U(-a, a).
     pub fn uniform<const D: usize>(&self, shape: [usize; D], a: f64) -> Tensor<D> {
         self.draw(shape, |r| r.uniform(-a, a))
+    }
+
+    /// LayerNorm with scale 1 and shift 0, its parameters made now: burn's lazily initialised
+    /// ones share their pending state between clones, so freezing a clone (the EMA target)
+    /// would freeze the original too.
+    pub fn layer_norm(&self, d: usize, eps: f64) -> LayerNorm {
+        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(self.device);
+        ln.gamma = Param::from_tensor(Tensor::ones([d], self.device));
+        ln.beta = Some(Param::from_tensor(Tensor::zeros([d], self.device)));
+        ln
     }
 
     fn linear(&self, d_in: usize, d_out: usize, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {

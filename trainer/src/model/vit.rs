@@ -9,7 +9,7 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Int, Tensor};
 
@@ -88,18 +88,18 @@ impl VitConfig {
             pos: Param::from_tensor(init.normal([1, tokens, d], 0.02)),
             blocks: (0..self.layers)
                 .map(|_| Block {
-                    norm1: LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device),
+                    norm1: init.layer_norm(d, self.layer_norm_eps),
                     attn: Attention {
                         qkv: init.linear_xavier(d, 3 * d, 0.0),
                         out: init.linear_xavier_zero_bias(d, d),
                         heads: self.heads,
                     },
-                    norm2: LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device),
+                    norm2: init.layer_norm(d, self.layer_norm_eps),
                     fc1: init.linear_xavier(d, self.mlp, 1e-6),
                     fc2: init.linear_xavier(self.mlp, d, 1e-6),
                 })
                 .collect(),
-            norm: LayerNormConfig::new(d).with_epsilon(self.layer_norm_eps).init(device),
+            norm: init.layer_norm(d, self.layer_norm_eps),
             patch_size: self.patch_size,
             channels: self.channels,
         }
