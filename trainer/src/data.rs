@@ -260,14 +260,30 @@ impl Dataset {
             ImageSource::Stream => true,
             ImageSource::Auto => available_memory().is_some_and(|m| total > m / 2),
         };
-        let streamed = Images { side, pixels: Pixels::Files { files, rows }, features, columns: columns.to_vec() };
-        if stream {
-            return Ok(streamed);
-        }
-        let mut pixels = Vec::with_capacity(total as usize);
-        for i in 0..streamed.len() {
-            pixels.extend_from_slice(&streamed.image(i)?);
-        }
-        Ok(Images { pixels: Pixels::Memory(pixels), ..streamed })
+        let pixels = if stream {
+            Pixels::Files { files, rows }
+        } else {
+            Pixels::Memory(read_runs(&files, &rows, side * side, total as usize)?)
+        };
+        Ok(Images { side, pixels, features, columns: columns.to_vec() })
     }
+}
+
+/// The images at `rows` (file, byte offset), `bytes` each, read with one seek and read per run
+/// of consecutive images in a file (a whole shard is one read when every row is selected).
+fn read_runs(files: &[Arc<Mutex<fs_err::File>>], rows: &[(usize, u64)], bytes: usize, total: usize) -> Result<Vec<u8>> {
+    let mut pixels = vec![0u8; total];
+    let mut i = 0;
+    while i < rows.len() {
+        let (file, start) = rows[i];
+        let mut n = 1;
+        while rows.get(i + n).is_some_and(|&(f, o)| f == file && o == start + (n * bytes) as u64) {
+            n += 1;
+        }
+        let mut f = files[file].lock().map_err(|_| Error::Config("an image reader panicked".into()))?;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut pixels[i * bytes..(i + n) * bytes])?;
+        i += n;
+    }
+    Ok(pixels)
 }

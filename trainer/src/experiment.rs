@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder};
+use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder, random_encoder};
 use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
@@ -46,8 +46,13 @@ struct PretrainDone {
     last_loss: f32,
 }
 
+/// The choice that skips pretraining: the linear probe on a randomly initialised encoder (of
+/// the configured model and seed), the baseline pretraining has to beat.
+pub const RANDOM_INIT: &str = "random-init";
+
 /// Pretrains with `pretrain` (resuming a stopped run), linear-evaluates the result with
-/// `eval` (plus `external` test datasets) and writes the report, in the folder `dir`.
+/// `eval` (plus `external` test datasets) and writes the report, in the folder `dir`. With
+/// `pretrain.ehr` = [`RANDOM_INIT`] nothing is pretrained: the encoder is random.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     pretrain: &PretrainConfig,
@@ -67,9 +72,14 @@ pub fn run(
         return Ok(s);
     }
     let done_path = dir.join("pretrain-done.json");
+    let random = pretrain.ehr == RANDOM_INIT;
     let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
     {
         Some(d) => d,
+        None if random => {
+            fs_err::create_dir_all(dir)?;
+            PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN }
+        }
         None => {
             let resume = dir.join(CHECKPOINT).is_file();
             // A resumed run continues with the configuration it started with.
@@ -82,28 +92,34 @@ pub fn run(
             d
         }
     };
-    let encoder = load_encoder(dir, device)?;
+    let encoder =
+        if random { random_encoder(&pretrain.vit, pretrain.seed, device) } else { load_encoder(dir, device)? };
     let eval_dir = dir.join("linear-eval");
     log(&format!("linear evaluation in {}", eval_dir.display()));
     let out = linear_eval(eval, encoder, dataset, external, &eval_dir, &dir.join("features"), device, log)?;
     report::linear_eval_report(&eval_dir, &out.result, &out.history, &out.test)?;
-    report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
-    let mut sections = vec![(
-        "Run".to_string(),
+    let about = if random {
+        format!(
+            "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {}.</p>",
+            pretrain.seed, out.result.dataset_version
+        )
+    } else {
+        report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
         format!(
             "<p>EHR: <b>{}</b>; dataset version {}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
             pretrain.ehr, out.result.dataset_version, done.steps, done.seconds, done.first_loss, done.last_loss
-        ),
-    )];
+        )
+    };
+    let mut sections = vec![("Run".to_string(), about)];
     sections.extend(report::linear_eval_sections(&out.result));
-    let mut figures = vec![
-        ("pretrain-curves.svg", "Pretraining curves"),
+    let mut figures = if random { vec![] } else { vec![("pretrain-curves.svg", "Pretraining curves")] };
+    figures.extend([
         ("linear-eval/probe-curves.svg", "Linear probe: loss and validation AUROC"),
         ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
         ("linear-eval/roc.svg", "ROC curves"),
         ("linear-eval/embedding.svg", "Test embeddings (PCA)"),
         ("linear-eval/tsne.svg", "Test embeddings (t-SNE)"),
-    ];
+    ]);
     let external_figs: Vec<String> =
         (0..out.result.external.len()).map(|k| format!("linear-eval/external-{k}-auroc.svg")).collect();
     for f in &external_figs {
@@ -163,7 +179,11 @@ pub fn grid(name: &str) -> Result<Vec<String>> {
 
 /// The folder name of an EHR choice.
 pub fn run_name(ehr: &str) -> String {
-    if ehr == "none" { "vanilla-msn".into() } else { format!("ehr-{}", ehr.replace(',', "+")) }
+    match ehr {
+        "none" => "vanilla-msn".into(),
+        RANDOM_INIT => RANDOM_INIT.into(),
+        _ => format!("ehr-{}", ehr.replace(',', "+")),
+    }
 }
 
 /// Runs every EHR choice of `choices` into `dir/<run_name>` with the same configuration

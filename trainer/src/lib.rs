@@ -1,7 +1,7 @@
 //! EHR-augmented Masked Siamese Network pretraining and evaluation of Vision Transformers on a
 //! dataset built by `pipeline` (METHOD.md). Built on burn; the CPU backend is burn-flex.
 //!
-//! In data-flow order: [`data`] (a verified dataset version, read from its image shards),
+//! [`backend`] chooses where the model runs (CPU or wgpu). In data-flow order: [`data`] (a verified dataset version, read from its image shards),
 //! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its
 //! position-embedding resize, the projection head, the EHR-fused network), [`msn`] (the loss),
 //! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name),
@@ -21,6 +21,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod backend;
 pub mod bench;
 pub mod data;
 mod error;

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
+use trainer::backend::{Backend, Precision};
 use trainer::experiment::{self, RunSummary};
 use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
@@ -22,10 +23,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "trainer", version, about)]
 struct Cli {
-    /// Where the model runs: cpu (burn-flex) or wgpu (a GPU through Vulkan, Metal or DX12;
-    /// needs a build with `--features wgpu`).
-    #[arg(long, global = true, default_value = "cpu", value_parser = ["cpu", "wgpu"])]
+    /// Where the model runs: cpu (burn-flex), or, in a build with that feature, wgpu (a GPU
+    /// through Vulkan, Metal or DX12; `--features wgpu`) or ndarray (burn-ndarray on the CPU;
+    /// `--features ndarray`, or `openblas` for its matrix products through OpenBLAS).
+    #[arg(long, global = true, default_value = "cpu", value_parser = Backend::NAMES)]
     device: String,
+    /// Float type of parameters, activations and gradients: f32, or half precision (f16,
+    /// bf16) on --device wgpu.
+    #[arg(long, global = true, default_value = "f32", value_parser = Precision::NAMES)]
+    precision: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -338,7 +344,8 @@ struct AblateArgs {
     #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
     grid: String,
     /// Your own list of EHR choices instead of a grid, separated by `;` (e.g.
-    /// "none;sex;demographics,stay"); include `none` for the deltas against vanilla MSN.
+    /// "none;sex;demographics,stay"); include `none` for the deltas against vanilla MSN, and
+    /// `random-init` for the baseline of a randomly initialised encoder (no pretraining).
     #[arg(long, conflicts_with = "grid")]
     choices: Option<String>,
     #[command(flatten)]
@@ -410,17 +417,11 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
-/// `--device`, set once by `main`.
-static DEVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// The training device (with autodiff) of `--device` and `--precision`, set once by `run`.
+static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
 
-/// The one place the backend is chosen (`--device`), with autodiff: burn-flex on the CPU, or
-/// wgpu's default adapter.
 fn device() -> Device {
-    match DEVICE.get().map(String::as_str) {
-        #[cfg(feature = "wgpu")]
-        Some("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff(),
-        _ => Device::flex().autodiff(),
-    }
+    DEVICE.get().cloned().unwrap_or_else(|| Device::flex().autodiff())
 }
 
 fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Result<()> {
@@ -434,12 +435,9 @@ fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Resul
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.device == "wgpu" && !cfg!(feature = "wgpu") {
-        bail!(
-            "--device wgpu: this trainer was built without GPU support; rebuild with `cargo build --release --features wgpu`"
-        );
-    }
-    let _ = DEVICE.set(cli.device.clone());
+    let backend: Backend = cli.device.parse().context("--device")?;
+    let precision: Precision = cli.precision.parse().context("--precision")?;
+    let _ = DEVICE.set(backend.autodiff(precision).context("--device, --precision")?);
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
@@ -641,9 +639,11 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     cfg.lr = 5e-4;
     let eval =
         LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_lr(1e-3).with_seed(args.seed);
-    let choices = vec!["none".to_string(), "demographics,scan,stay".to_string()];
+    let choices: Vec<String> =
+        ["none", "demographics,scan,stay", experiment::RANDOM_INIT].iter().map(|s| s.to_string()).collect();
     eprintln!(
-        "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay)",
+        "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay), \
+         and the baseline of a random encoder",
         args.epochs
     );
     let runs = args.out.join("runs");
@@ -653,18 +653,13 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         })?;
     eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());
     print_table(&s, &runs)?;
-    if let Some(d) = s.iter().filter(|r| r.ehr != "none").find_map(|r| r.delta_vs_vanilla) {
-        let verdict = if d.low > 0.0 {
-            "the EHR model is measurably better"
-        } else if d.high < 0.0 {
-            "the EHR model is measurably worse"
-        } else {
-            "no measurable difference on this test set (the interval includes 0)"
-        };
-        println!(
-            "EHR vs vanilla MSN: {:+.3} macro AUROC (paired 95% CI {:+.3} to {:+.3}): {verdict}",
-            d.value, d.low, d.high
-        );
+    let delta = |ehr: &str| s.iter().find(|r| r.ehr == ehr).and_then(|r| r.delta_vs_vanilla);
+    if let Some(d) = delta("demographics,scan,stay") {
+        println!("EHR vs vanilla MSN: {}", verdict(d.value, d.low, d.high, "the EHR model"));
+    }
+    if let Some(d) = delta(experiment::RANDOM_INIT) {
+        // The table's delta is random minus vanilla; this line says what pretraining bought.
+        println!("vanilla MSN vs a random encoder: {}", verdict(-d.value, -d.high, -d.low, "pretraining"));
     }
     Ok(())
 }
@@ -680,4 +675,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line on a paired difference in macro AUROC and whether its interval excludes 0.
+fn verdict(value: f64, low: f64, high: f64, what: &str) -> String {
+    let v = if low > 0.0 {
+        format!("{what} is measurably better")
+    } else if high < 0.0 {
+        format!("{what} is measurably worse")
+    } else {
+        "no measurable difference on this test set (the interval includes 0)".to_string()
+    };
+    format!("{value:+.3} macro AUROC (paired 95% CI {low:+.3} to {high:+.3}): {v}")
 }

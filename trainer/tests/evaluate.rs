@@ -9,6 +9,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
+use trainer::backend::{Backend, Precision};
 use trainer::experiment::{ablate, grid, run_name};
 use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
@@ -107,7 +108,7 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0001", &["Edema", "Fracture"]);
-    let device = Device::flex().autodiff();
+    let device = device();
     let run = dir.path().join("run");
     pretrain(&tiny("sex"), &data, &run, &device, false).unwrap();
 
@@ -183,7 +184,7 @@ fn finetuning_trains_the_encoder() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0002", &["Edema"]);
-    let device = Device::flex().autodiff();
+    let device = device();
     let enc = random_encoder(&vit(), 5, &device);
     let out = dir.path().join("ft");
     let cfg = probe().with_finetune(true).with_epochs(2).with_bootstrap(10);
@@ -198,7 +199,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0003", &["Edema", "Fracture"]);
-    let device = Device::flex().autodiff();
+    let device = device();
     let choices = grid("quick").unwrap();
     assert_eq!(choices, ["none", "demographics", "scan", "stay", "demographics,scan,stay"]);
     assert_eq!(grid("paper").unwrap().len(), 16);
@@ -249,4 +250,9 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     assert!(!logs.iter().any(|l| l.starts_with("pretraining")), "{logs:?}");
     assert_eq!(std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap(), metrics_before);
     assert_eq!(third[2].macro_auroc, runs[2].macro_auroc);
+}
+
+/// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
+fn device() -> Device {
+    Backend::from_test_env().unwrap().autodiff(Precision::F32).unwrap()
 }

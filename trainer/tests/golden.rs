@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cxr_dataset::tensors::{RawTensor, read};
 use serde_json::Value;
+use trainer::backend::{Backend, Precision};
 use trainer::model::head::ProjectionHead;
 use trainer::model::{VitConfig, pos};
 use trainer::msn::MsnLossConfig;
@@ -72,8 +73,9 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f32) {
     assert!(worst <= tol * scale, "{what}: max difference {worst} (scale {scale}, tolerance {tol})");
 }
 
+/// The device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
 fn device() -> Device {
-    Device::flex()
+    Backend::from_test_env().unwrap().device(Precision::F32).unwrap()
 }
 
 fn vit_from(case: &Case, prefix: &str, device: &Device) -> trainer::model::Vit {

@@ -10,6 +10,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
+use trainer::backend::{Backend, Precision};
 use trainer::model::VitConfig;
 use trainer::pretrain::{PretrainConfig, pretrain};
 use trainer::views::ViewConfig;
@@ -82,7 +83,7 @@ fn a_short_run_lowers_the_loss_and_moves_the_ema_target() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data);
-    let device = Device::flex().autodiff();
+    let device = device();
     let cfg = tiny("sex");
     let initial = trainer::model::fusion::MsnNet::new(
         &cfg.vit,
@@ -130,7 +131,7 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data);
-    let device = Device::flex().autodiff();
+    let device = device();
     let cfg = tiny("sex").with_epochs(2).with_checkpoint_every(4);
     let whole = pretrain(&cfg, &data, &dir.path().join("whole"), &device, false).unwrap();
     let run = dir.path().join("resumed");
@@ -172,7 +173,7 @@ fn child_pretrain() {
     let data = std::path::PathBuf::from(std::env::var_os("CXR_TRAIN_DATA").unwrap());
     let run = std::path::PathBuf::from(std::env::var_os("CXR_TRAIN_RUN").unwrap());
     let resume = run.join(trainer::pretrain::CHECKPOINT).is_file();
-    pretrain(&kill_config(), &data, &run, &Device::flex().autodiff(), resume).unwrap();
+    pretrain(&kill_config(), &data, &run, &device(), resume).unwrap();
 }
 
 fn kill_config() -> PretrainConfig {
@@ -217,7 +218,7 @@ fn a_killed_run_resumes_to_the_same_weights() {
     }
     assert!(kills[1] > kills[0] && kills[1] < 30, "killed at steps {kills:?}");
     assert!(spawn().wait().unwrap().success(), "the resumed run finishes");
-    let device = Device::flex().autodiff();
+    let device = device();
     let whole = pretrain(&kill_config(), &data, &dir.path().join("whole"), &device, false).unwrap();
     // The finished run's last checkpoint holds its final weights.
     let c = trainer::pretrain::read_checkpoint(&run).unwrap();
@@ -239,7 +240,7 @@ fn ehr_choices_select_columns_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data);
-    let device = Device::flex().autodiff();
+    let device = device();
     for ehr in ["none", "sex"] {
         let s = pretrain(&tiny(ehr).with_max_steps(Some(1)), &data, &dir.path().join(ehr), &device, false).unwrap();
         assert_eq!(s.steps, 1);
@@ -252,7 +253,7 @@ fn an_unknown_ehr_column_and_a_changed_shard_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data);
-    let device = Device::flex().autodiff();
+    let device = device();
     let err = pretrain(&tiny("view"), &data, &dir.path().join("r"), &device, false).unwrap_err().to_string();
     assert!(err.contains("no column \"view_PA\"") && err.contains("sex_male"), "{err}");
     let shard = data.join("images/part-00001.safetensors");
@@ -270,7 +271,7 @@ fn the_msn_preset_trains_prototypes_and_the_paper_preset_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data);
-    let device = Device::flex().autodiff();
+    let device = device();
     let paper = tiny("sex").with_max_steps(Some(3));
     let vit = paper.vit.clone();
     let mut msn = PretrainConfig::msn(vit, "sex")
@@ -313,7 +314,7 @@ impl ModuleVisitor for ZeroLoss {
 #[test]
 fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
     use trainer::model::fusion::{FusionShape, MsnNet};
-    let device = Device::flex().autodiff();
+    let device = device();
     let vit = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
     let (lr, wd) = (0.1, 0.5);
     for preset in ["paper", "msn"] {
@@ -384,7 +385,7 @@ fn a_config_file_overrides_the_preset_field_by_field() {
     let msn =
         PretrainConfig::msn(tiny("sex").vit, "sex").with_batch_size(8).with_prototypes(16).with_max_steps(Some(1));
     let msn = PretrainConfig { views: tiny("sex").views, ..msn };
-    pretrain(&msn, &data, &run, &Device::flex().autodiff(), false).unwrap();
+    pretrain(&msn, &data, &run, &device(), false).unwrap();
     let read = PretrainConfig::read(&run.join("config.json")).unwrap();
     assert_eq!(serde_json::to_value(&read).unwrap(), serde_json::to_value(&msn).unwrap());
 }
@@ -412,7 +413,7 @@ fn streamed_images_train_the_same_weights_as_images_in_memory() {
     assert_eq!(sub.image(0).unwrap(), mem.image(79).unwrap());
     assert_eq!(sub.feature_row(1), mem.feature_row(3));
 
-    let device = Device::flex().autodiff();
+    let device = device();
     let run = |images: &str| {
         let cfg = tiny("sex").with_max_steps(Some(4)).with_images(images.to_string());
         pretrain(&cfg, &data, &dir.path().join(images), &device, false).unwrap()
@@ -440,7 +441,7 @@ fn the_anchor_branch_trains_every_parameter_and_the_target_none() {
         m(&mut v);
         v.0
     };
-    let device = Device::flex().autodiff();
+    let device = device();
     let vit = VitConfig::new(16, 2, 2, 32).with_image_size(32).with_patch_size(8);
     let net = MsnNet::new(
         &vit,
@@ -463,4 +464,9 @@ fn the_anchor_branch_trains_every_parameter_and_the_target_none() {
     });
     assert!(target.iter().all(|&g| !g), "the target is not trained");
     assert!(net.anchor.blocks[0].norm1.gamma.is_require_grad() && net.anchor.norm.gamma.is_require_grad());
+}
+
+/// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
+fn device() -> Device {
+    Backend::from_test_env().unwrap().autodiff(Precision::F32).unwrap()
 }
