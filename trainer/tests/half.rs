@@ -2,6 +2,8 @@
 //! has its own test binary. On wgpu (`CXR_TEST_DEVICE=wgpu`) a pretraining step runs in f16
 //! and stays finite; on the CPU backends f16 is refused with a message.
 
+#![allow(clippy::unwrap_used)]
+
 use burn::tensor::{DType, Tensor};
 use trainer::backend::{Backend, Precision};
 use trainer::model::VitConfig;
