@@ -39,6 +39,15 @@ impl Backend {
     /// Names `FromStr` takes.
     pub const NAMES: [&'static str; 3] = ["cpu", "wgpu", "ndarray"];
 
+    /// What runs the model, for printouts.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Cpu => "burn-flex",
+            Backend::Wgpu => "wgpu",
+            Backend::Ndarray => "burn-ndarray",
+        }
+    }
+
     /// Whether this build can run on it.
     pub fn compiled(self) -> bool {
         match self {
@@ -65,7 +74,9 @@ impl Backend {
             Backend::Cpu => Device::flex(),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            // Deprecated in burn 0.22 in favour of flex; kept opt-in for the comparison.
             #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
             Backend::Ndarray => Device::ndarray(),
             #[cfg(not(all(feature = "wgpu", feature = "ndarray")))]
             #[allow(unreachable_patterns)]

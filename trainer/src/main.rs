@@ -50,7 +50,8 @@ enum Command {
     /// (resumable), then write the comparison table (Markdown, CSV), chart and page.
     Ablate(Box<AblateArgs>),
     /// The whole story on a small synthetic archive: generate it, build the dataset, pretrain
-    /// a vit-micro with and without EHR, linear-evaluate both, print the table and the report.
+    /// a vit-micro with and without EHR, linear-evaluate both and a random encoder (the
+    /// baseline), print the table and the report.
     Demo(DemoArgs),
     /// Import a PyTorch checkpoint of the reference code (a Lightning .ckpt whose state_dict
     /// holds the target encoder as `backbone.*`, torchvision's ViT names; or .pt/.pth, or
@@ -360,10 +361,11 @@ struct DemoArgs {
     #[arg(long, default_value = "out/demo")]
     out: PathBuf,
     /// Subjects in the synthetic archive.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 600)]
     subjects: usize,
-    /// Fractions of subjects in train, validate and test.
-    #[arg(long, default_value = "0.8,0.1,0.1")]
+    /// Fractions of subjects in train, validate and test (most in test: the paired interval
+    /// narrows with the test images, while pretraining time grows with the training ones).
+    #[arg(long, default_value = "0.25,0.05,0.7")]
     split_fractions: String,
     /// Pretraining epochs of each of the two models.
     #[arg(long, default_value_t = 16)]
@@ -571,8 +573,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!();
             let s = r.seconds;
             println!(
-                "burn-flex, {} threads: {}, batch {}, views 2x{} + {}x{}, EHR width {}",
-                r.threads, r.model, r.batch_size, r.global_size, r.focal_views, r.focal_size, r.ehr_width
+                "{}, {} threads: {}, batch {}, views 2x{} + {}x{}, EHR width {}",
+                backend.label(),
+                r.threads,
+                r.model,
+                r.batch_size,
+                r.global_size,
+                r.focal_views,
+                r.focal_size,
+                r.ehr_width
             );
             println!(
                 "median seconds over {} steps: views {:.3} (worker thread), ema {:.3}, forward {:.3}, backward {:.3}, optimizer {:.3}, step {:.3}",

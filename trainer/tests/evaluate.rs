@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
-use trainer::experiment::{ablate, grid, run_name};
+use trainer::experiment::{RANDOM_INIT, ablate, grid, run_name};
 use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::pretrain::{PretrainConfig, pretrain};
@@ -250,6 +250,36 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     assert!(!logs.iter().any(|l| l.starts_with("pretraining")), "{logs:?}");
     assert_eq!(std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap(), metrics_before);
     assert_eq!(third[2].macro_auroc, runs[2].macro_auroc);
+}
+
+#[test]
+fn the_random_init_choice_evaluates_an_unpretrained_encoder_against_vanilla() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0004", &["Edema", "Fracture"]);
+    let device = device();
+    let choices = ["none".to_string(), RANDOM_INIT.to_string()];
+    let base = tiny("none").with_max_steps(Some(3));
+    let eval = probe().with_epochs(3).with_bootstrap(20);
+    let out = dir.path().join("ablate");
+    let mut logs = Vec::new();
+    let runs =
+        ablate(&base, &eval, &choices, &data, &[], &out, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
+            .unwrap();
+    let random = &runs[1];
+    assert_eq!((random.ehr.as_str(), random.pretrain_steps), (RANDOM_INIT, 0));
+    let r = out.join(run_name(RANDOM_INIT));
+    assert_eq!(r.file_name().unwrap(), RANDOM_INIT);
+    assert!(!r.join("config.json").exists() && !r.join("pretrain-curves.svg").exists(), "nothing pretrained");
+    assert!(r.join("report.html").is_file() && r.join("summary.json").is_file());
+    assert_eq!(logs.iter().filter(|l| l.starts_with("pretraining")).count(), 1, "{logs:?}");
+    let results = read_json(&r.join("linear-eval/results.json"));
+    assert_eq!(results["encoder"]["random_init"], true, "{results}");
+    // The paired delta against vanilla MSN is there, and the random encoder is a different model.
+    let d = random.delta_vs_vanilla.expect("paired delta vs vanilla");
+    assert!(d.low <= d.value && d.value <= d.high);
+    let vanilla = read_json(&out.join("vanilla-msn/linear-eval/results.json"));
+    assert_ne!(vanilla["encoder"], results["encoder"]);
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
