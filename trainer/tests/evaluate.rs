@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
-use trainer::experiment::{RANDOM_INIT, ablate, grid, run_name};
+use trainer::experiment::{RANDOM_INIT, RunSummary, ablate, grid, run_name};
 use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::pretrain::{PretrainConfig, pretrain};
@@ -199,17 +199,12 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0003", &["Edema", "Fracture"]);
-    let device = device();
     let choices = grid("quick").unwrap();
     assert_eq!(choices, ["none", "demographics", "scan", "stay", "demographics,scan,stay"]);
     assert_eq!(grid("paper").unwrap().len(), 16);
-    let base = tiny("none").with_max_steps(Some(3));
-    let eval = probe().with_epochs(3).with_bootstrap(20);
     let out = dir.path().join("ablate");
     let mut logs = Vec::new();
-    let runs =
-        ablate(&base, &eval, &choices, &data, &[], &out, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
-            .unwrap();
+    let runs = tiny_ablate(&data, &out, &choices, &mut logs);
     assert_eq!(runs.len(), 5);
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + 5, "header, rule, one row per choice");
@@ -232,9 +227,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
 
     // Again: every run is skipped, the table is the same.
     logs.clear();
-    let again =
-        ablate(&base, &eval, &choices, &data, &[], &out, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
-            .unwrap();
+    let again = tiny_ablate(&data, &out, &choices, &mut logs);
     assert_eq!(logs.iter().filter(|l| l.contains("skipped")).count(), 5, "{logs:?}");
     assert_eq!(std::fs::read_to_string(out.join("ablation.md")).unwrap(), md);
     assert_eq!(again[4].macro_auroc, runs[4].macro_auroc);
@@ -244,9 +237,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     std::fs::remove_file(scan.join("summary.json")).unwrap();
     let metrics_before = std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap();
     logs.clear();
-    let third =
-        ablate(&base, &eval, &choices, &data, &[], &out, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
-            .unwrap();
+    let third = tiny_ablate(&data, &out, &choices, &mut logs);
     assert!(!logs.iter().any(|l| l.starts_with("pretraining")), "{logs:?}");
     assert_eq!(std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap(), metrics_before);
     assert_eq!(third[2].macro_auroc, runs[2].macro_auroc);
@@ -257,15 +248,10 @@ fn the_random_init_choice_evaluates_an_unpretrained_encoder_against_vanilla() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0004", &["Edema", "Fracture"]);
-    let device = device();
     let choices = ["none".to_string(), RANDOM_INIT.to_string()];
-    let base = tiny("none").with_max_steps(Some(3));
-    let eval = probe().with_epochs(3).with_bootstrap(20);
     let out = dir.path().join("ablate");
     let mut logs = Vec::new();
-    let runs =
-        ablate(&base, &eval, &choices, &data, &[], &out, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
-            .unwrap();
+    let runs = tiny_ablate(&data, &out, &choices, &mut logs);
     let random = &runs[1];
     assert_eq!((random.ehr.as_str(), random.pretrain_steps), (RANDOM_INIT, 0));
     let r = out.join(run_name(RANDOM_INIT));
@@ -280,6 +266,13 @@ fn the_random_init_choice_evaluates_an_unpretrained_encoder_against_vanilla() {
     assert!(d.low <= d.value && d.value <= d.high);
     let vanilla = read_json(&out.join("vanilla-msn/linear-eval/results.json"));
     assert_ne!(vanilla["encoder"], results["encoder"]);
+}
+
+/// `ablate` of `choices` with a 3-step pretraining and a 3-epoch probe, logging into `logs`.
+fn tiny_ablate(data: &Path, out: &Path, choices: &[String], logs: &mut Vec<String>) -> Vec<RunSummary> {
+    let base = tiny("none").with_max_steps(Some(3));
+    let eval = probe().with_epochs(3).with_bootstrap(20);
+    ablate(&base, &eval, choices, data, &[], out, &device(), &mut |_, _| {}, &mut |l| logs.push(l.to_string())).unwrap()
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
