@@ -256,6 +256,36 @@ mod tests {
         assert_eq!(Variable::AgeBins10.columns()[7], "age10_80_90");
     }
 
+    /// Every `--ehr` group and variable resolves to exactly the columns of DATA.md section 5's
+    /// table, written out here from the table (not from the catalog).
+    #[test]
+    fn every_group_and_variable_resolves_to_the_data_md_columns() {
+        let bins5 = "age5_00_20 age5_20_25 age5_25_30 age5_30_35 age5_35_40 age5_40_45 age5_45_50 age5_50_55 \
+                     age5_55_60 age5_60_65 age5_65_70 age5_70_75 age5_75_80 age5_80_85 age5_85_90 age5_90_up";
+        let bins10 = "age10_00_20 age10_20_30 age10_30_40 age10_40_50 age10_50_60 age10_60_70 age10_70_80 \
+                      age10_80_90 age10_90_up";
+        let expected = [
+            ("sex", "sex_male sex_female".to_string()),
+            ("age-norm", "age_norm".to_string()),
+            ("age-bins5", bins5.to_string()),
+            ("age-bins10", bins10.to_string()),
+            ("view", "view_PA view_LATERAL view_AP view_LL".to_string()),
+            ("orientation", "orientation_Erect orientation_Recumbent".to_string()),
+            ("mortality", "mortality_alive mortality_died".to_string()),
+            ("icu", "icu_icu icu_not_icu".to_string()),
+            ("demographics", "sex_male sex_female age_norm".to_string()),
+            ("scan", "view_PA view_LATERAL view_AP view_LL orientation_Erect orientation_Recumbent".to_string()),
+            ("stay", "mortality_alive mortality_died icu_icu icu_not_icu".to_string()),
+            ("demographics,age-bins5", format!("sex_male sex_female {bins5}")),
+        ];
+        for (choice, columns) in expected {
+            let sel: EhrSelection = choice.parse().unwrap();
+            let want: Vec<&str> = columns.split_whitespace().collect();
+            assert_eq!(sel.columns(), want, "--ehr {choice}");
+        }
+        assert_eq!(Variable::ALL.len() + Group::ALL.len(), 11, "a new variable or group needs its row above");
+    }
+
     #[test]
     fn age_bins_are_right_closed() {
         assert_eq!(age_bin(18.0, &AGE_BINS5_EDGES), 0);

@@ -104,9 +104,47 @@ pub fn parse(bytes: &[u8]) -> Result<BTreeMap<String, RawTensor>, ShardError> {
     Ok(out)
 }
 
+/// Safetensors bytes of `tensors` (name, shape, `F32` values), in name order.
+pub fn to_bytes(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Vec<u8>, ShardError> {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, (shape, values)) in tensors {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(ShardError::Format(format!("tensor {name}: shape {shape:?} holds not {} values", values.len())));
+        }
+        let end = offset + 4 * values.len();
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut text = serde_json::to_vec(&header).map_err(|e| ShardError::Format(e.to_string()))?;
+    while text.len() % 8 != 0 {
+        text.push(b' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + text.len() + offset);
+    bytes.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&text);
+    for (_, values) in tensors.values() {
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_tensors_read_back() {
+        let mut t = BTreeMap::new();
+        t.insert("w".to_string(), (vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        t.insert("b".to_string(), (vec![1], vec![-0.5]));
+        let back = parse(&to_bytes(&t).unwrap()).unwrap();
+        assert_eq!(back["w"].shape, vec![2, 3]);
+        assert_eq!(back["w"].to_f32().unwrap(), t["w"].1);
+        assert_eq!(back["b"].to_f32().unwrap(), vec![-0.5]);
+        t.insert("bad".to_string(), (vec![2], vec![1.0]));
+        assert!(to_bytes(&t).is_err());
+    }
 
     #[test]
     fn reads_f32_and_i64_tensors() {

@@ -12,6 +12,7 @@ mod fixture;
 mod from_demo;
 mod mimic_iv_format;
 mod probe_transfer;
+mod python_reader;
 mod real_dicom;
 mod reproducible;
 mod resume;

@@ -1,5 +1,6 @@
 //! `trainer demo`: the whole story on a synthetic archive (the pipeline's demo, then an
-//! ablation of vanilla MSN, the EHR model and a random encoder, and the verdict lines).
+//! ablation of vanilla MSN, the EHR model and three baselines: a random encoder, the pixels
+//! and the EHR vector alone; and the verdict lines).
 
 use std::path::PathBuf;
 
@@ -77,13 +78,14 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .with_batch_size(32)
         .with_seed(args.seed);
     cfg.lr = 5e-4;
-    let eval =
-        LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_lr(1e-3).with_seed(args.seed);
-    let choices: Vec<String> =
-        ["none", "demographics,scan,stay", experiment::RANDOM_INIT].iter().map(|s| s.to_string()).collect();
+    let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(args.seed);
+    let choices: Vec<String> = ["none", "demographics,scan,stay", experiment::RANDOM_INIT, "pixels", "ehr-alone"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     eprintln!(
         "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay), \
-         and the baseline of a random encoder",
+         and the baselines: a random encoder, the pixels at 32x32, the EHR vector alone",
         args.epochs
     );
     let runs = args.out.join("runs");

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder, random_encoder};
+use crate::linear::{LinearEvalConfig, Source, TestScores, linear_eval, load_encoder, random_encoder};
 use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
@@ -50,9 +50,38 @@ struct PretrainDone {
 /// the configured model and seed), the baseline pretraining has to beat.
 pub const RANDOM_INIT: &str = "random-init";
 
+/// What one choice of an ablation runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arm {
+    /// MSN pretraining with this EHR selection (`none` = vanilla MSN), then its probe.
+    Msn(String),
+    /// The probe on a randomly initialised encoder ([`RANDOM_INIT`]).
+    RandomInit,
+    /// The probe on a baseline without an encoder ([`Source::BASELINES`]).
+    Baseline(String),
+}
+
+impl Arm {
+    /// The arm of an `--ehr` / `--choices` entry.
+    pub fn of(choice: &str) -> Self {
+        if choice == RANDOM_INIT {
+            Self::RandomInit
+        } else if Source::baseline(choice).is_some() {
+            Self::Baseline(choice.to_string())
+        } else {
+            Self::Msn(choice.to_string())
+        }
+    }
+
+    fn pretrains(&self) -> bool {
+        matches!(self, Self::Msn(_))
+    }
+}
+
 /// Pretrains with `pretrain` (resuming a stopped run), linear-evaluates the result with
 /// `eval` (plus `external` test datasets) and writes the report, in the folder `dir`. With
-/// `pretrain.ehr` = [`RANDOM_INIT`] nothing is pretrained: the encoder is random.
+/// `pretrain.ehr` = [`RANDOM_INIT`] or a baseline ([`Arm`]) nothing is pretrained: the
+/// probe reads a random encoder's features, or the baseline's.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     pretrain: &PretrainConfig,
@@ -72,11 +101,11 @@ pub fn run(
         return Ok(s);
     }
     let done_path = dir.join("pretrain-done.json");
-    let random = pretrain.ehr == RANDOM_INIT;
+    let arm = Arm::of(&pretrain.ehr);
     let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
     {
         Some(d) => d,
-        None if random => {
+        None if !arm.pretrains() => {
             fs_err::create_dir_all(dir)?;
             PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN }
         }
@@ -88,31 +117,42 @@ pub fn run(
             let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
             let d =
                 PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
-            fs_err::write(&done_path, serde_json::to_string_pretty(&d).unwrap_or_default())?;
+            fs_err::write(&done_path, to_json(&d)?)?;
             d
         }
     };
-    let encoder =
-        if random { random_encoder(&pretrain.vit, pretrain.seed, device) } else { load_encoder(dir, device)? };
+    let source: Source = match &arm {
+        Arm::Msn(_) => load_encoder(dir, eval.checkpoint, device)?.into(),
+        Arm::RandomInit => random_encoder(&pretrain.vit, pretrain.seed, device).into(),
+        Arm::Baseline(name) => {
+            Source::baseline(name).ok_or_else(|| Error::Config(format!("unknown baseline {name}")))?
+        }
+    };
     let eval_dir = dir.join("linear-eval");
     log(&format!("linear evaluation in {}", eval_dir.display()));
-    let out = linear_eval(eval, encoder, dataset, external, &eval_dir, &dir.join("features"), device, log)?;
+    let out = linear_eval(eval, source, dataset, external, &eval_dir, &dir.join("features"), device, log)?;
     report::linear_eval_report(&eval_dir, &out.result, &out.history, &out.test)?;
-    let about = if random {
-        format!(
-            "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {}.</p>",
-            pretrain.seed, out.result.dataset_version
-        )
-    } else {
-        report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
-        format!(
-            "<p>EHR: <b>{}</b>; dataset version {}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
-            pretrain.ehr, out.result.dataset_version, done.steps, done.seconds, done.first_loss, done.last_loss
-        )
+    let version = &out.result.dataset_version;
+    let about = match &arm {
+        Arm::RandomInit => format!(
+            "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {version}.</p>",
+            pretrain.seed
+        ),
+        Arm::Baseline(name) => format!(
+            "<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>",
+            out.result.encoder
+        ),
+        Arm::Msn(_) => {
+            report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
+            format!(
+                "<p>EHR: <b>{}</b>; dataset version {version}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
+                pretrain.ehr, done.steps, done.seconds, done.first_loss, done.last_loss
+            )
+        }
     };
     let mut sections = vec![("Run".to_string(), about)];
     sections.extend(report::linear_eval_sections(&out.result));
-    let mut figures = if random { vec![] } else { vec![("pretrain-curves.svg", "Pretraining curves")] };
+    let mut figures = if arm.pretrains() { vec![("pretrain-curves.svg", "Pretraining curves")] } else { vec![] };
     figures.extend([
         ("linear-eval/probe-curves.svg", "Linear probe: loss and validation AUROC"),
         ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
@@ -139,7 +179,7 @@ pub fn run(
         delta_vs_vanilla: None,
     };
     let tmp = dir.join("summary.json.tmp");
-    fs_err::write(&tmp, serde_json::to_string_pretty(&summary).unwrap_or_default())?;
+    fs_err::write(&tmp, to_json(&summary)?)?;
     fs_err::rename(&tmp, &summary_path)?;
     Ok(summary)
 }
@@ -177,13 +217,18 @@ pub fn grid(name: &str) -> Result<Vec<String>> {
     Ok(v)
 }
 
-/// The folder name of an EHR choice.
+/// The folder name of a choice.
 pub fn run_name(ehr: &str) -> String {
-    match ehr {
-        "none" => "vanilla-msn".into(),
-        RANDOM_INIT => RANDOM_INIT.into(),
-        _ => format!("ehr-{}", ehr.replace(',', "+")),
+    match Arm::of(ehr) {
+        Arm::Msn(e) if e == "none" => "vanilla-msn".into(),
+        Arm::Msn(e) => format!("ehr-{}", e.replace(',', "+")),
+        Arm::RandomInit => RANDOM_INIT.into(),
+        Arm::Baseline(name) => format!("baseline-{name}"),
     }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising a run summary: {e}")))
 }
 
 /// Runs every EHR choice of `choices` into `dir/<run_name>` with the same configuration

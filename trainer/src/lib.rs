@@ -7,7 +7,8 @@
 //! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name),
 //! [`import`] (a reference checkpoint as a run), [`transform`] and [`linear`] (linear
 //! evaluation), [`metrics`] (AUROC/AP with bootstrap intervals), [`report`] (figures and HTML
-//! pages), [`experiment`] (`run` and `ablate`), [`bench`] (the speed of a pretraining step).
+//! pages), [`experiment`] (`run` and `ablate`), [`parity`] (whole runs against the reference
+//! PyTorch MSN), [`bench`] (the speed of a pretraining step).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -31,6 +32,7 @@ pub mod linear;
 pub mod metrics;
 pub mod model;
 pub mod msn;
+pub mod parity;
 pub mod pretrain;
 pub mod report;
 pub mod rng;

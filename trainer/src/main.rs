@@ -9,13 +9,15 @@ use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
 use trainer::backend::{Backend, Precision};
 use trainer::experiment::{self, RunSummary};
-use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
+use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
-use trainer::pretrain::{PretrainConfig, StepMetrics, pretrain_with};
+use trainer::pretrain::{CheckpointChoice, PretrainConfig, StepMetrics, pretrain_with};
 use trainer::report;
 use trainer::transform::ProbeTransform;
 
+mod compare_command;
 mod demo_command;
+use compare_command::{CompareArgs, compare};
 use demo_command::{DemoArgs, demo};
 
 /// See `mimalloc` in the workspace manifest.
@@ -43,9 +45,11 @@ struct Cli {
 enum Command {
     /// Pretrain a ViT with (EHR-augmented) MSN on a dataset built by `pipeline build`.
     Pretrain(Box<PretrainArgs>),
-    /// Linear evaluation of a pretrained (or random) encoder: frozen or fine-tuned, a linear
-    /// head per label, early stopping on validation macro AUROC, test AUROC/AP with bootstrap
-    /// CIs, external test sets, figures and report.html.
+    /// Linear evaluation of a pretrained (or random) encoder, or of a baseline: by default a
+    /// logistic regression per label on standardised frozen features, its L2 strength chosen
+    /// on validation macro AUROC (or --probe sgd: the reference's Adam probe with early
+    /// stopping; fine-tuning); test AUROC/AP with bootstrap CIs, external test sets, figures
+    /// and report.html.
     LinearEval(Box<LinearEvalArgs>),
     /// Pretrain, then linear-evaluate, into one run folder with its report.html (resumable).
     Run(Box<RunArgs>),
@@ -53,9 +57,14 @@ enum Command {
     /// (resumable), then write the comparison table (Markdown, CSV), chart and page.
     Ablate(Box<AblateArgs>),
     /// The whole story on a small synthetic archive: generate it, build the dataset, pretrain
-    /// a vit-micro with and without EHR, linear-evaluate both and a random encoder (the
-    /// baseline), print the table and the report.
+    /// a vit-micro with and without EHR, linear-evaluate both and three baselines (a random
+    /// encoder, the pixels at 32x32, the EHR vector alone), print the table, the verdicts and
+    /// the report.
     Demo(DemoArgs),
+    /// Learning parity with the reference PyTorch MSN: pretrain both on the dataset with the
+    /// same config and seeds, probe each at 0, 1/8, 1/4, 1/2 and all of the budget, and write
+    /// the paired comparison table, the probe AUROC and loss-curve figures.
+    CompareReference(Box<CompareArgs>),
     /// Import a PyTorch checkpoint of the reference code (a Lightning .ckpt whose state_dict
     /// holds the target encoder as `backbone.*`, torchvision's ViT names; or .pt/.pth, or
     /// .safetensors) as a run folder for `linear-eval --checkpoint`.
@@ -129,7 +138,7 @@ struct BenchArgs {
 
 /// Pretraining settings shared by `pretrain`, `run`, `ablate`, `bench` and `demo`.
 #[derive(Debug, Args)]
-struct TrainOpts {
+pub(crate) struct TrainOpts {
     /// Backbone: vit-tiny (192 wide, 6 heads, the paper's), vit-small, vit-tiny-deit (3 heads),
     /// vit-micro (96 wide, 4 layers, 64x64 input: demos and laptops).
     #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
@@ -175,7 +184,7 @@ struct TrainOpts {
 }
 
 impl TrainOpts {
-    fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
+    pub(crate) fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
         let vit = VitConfig::preset(&self.model).with_context(|| format!("--model {}", self.model))?;
         let base = if self.preset == "msn" { PretrainConfig::msn(vit, ehr) } else { PretrainConfig::paper(vit, ehr) };
         let mut cfg = match &self.config {
@@ -237,7 +246,20 @@ impl PretrainArgs {
 
 /// Linear-evaluation settings shared by `linear-eval`, `run`, `ablate` and `demo`.
 #[derive(Debug, Args)]
-struct EvalOpts {
+pub(crate) struct EvalOpts {
+    /// The classifier on frozen features: logistic (a logistic regression per label on
+    /// standardised features, solved to convergence, L2 strength chosen on validation macro
+    /// AUROC) or sgd (a linear head trained by Adam with early stopping, as the reference).
+    /// --finetune and --no-cache always train by sgd.
+    #[arg(long, default_value = "logistic", value_parser = ProbeKind::NAMES)]
+    probe: String,
+    /// The pretraining checkpoint evaluated: lowest-loss (the end of the epoch with the lowest
+    /// mean training loss, as the reference; the last checkpoint when a run has none) or last.
+    #[arg(long, default_value = "lowest-loss", value_parser = CheckpointChoice::NAMES)]
+    select: String,
+    /// --probe sgd: train on the raw features instead of standardised ones.
+    #[arg(long)]
+    no_standardize: bool,
     /// Fraction of the training images the probe trains on (0.01, 0.05, 0.1, 1.0 in the paper),
     /// sampled at random with the seed.
     #[arg(long, default_value_t = 1.0)]
@@ -250,15 +272,16 @@ struct EvalOpts {
     /// affine maps) instead of cached eval-transform features.
     #[arg(long)]
     no_cache: bool,
-    /// Most probe epochs (early stopping on validation macro AUROC usually ends sooner).
+    /// sgd: most probe epochs (early stopping on validation macro AUROC usually ends sooner).
     #[arg(long, default_value_t = 100)]
     probe_epochs: usize,
-    /// Probe epochs without a better validation macro AUROC before stopping.
+    /// sgd: probe epochs without a better validation macro AUROC before stopping.
     #[arg(long, default_value_t = 5)]
     patience: usize,
+    /// sgd: probe batch size.
     #[arg(long, default_value_t = 64)]
     probe_batch_size: usize,
-    /// Adam learning rate of the probe (cosine schedule).
+    /// sgd: Adam learning rate of the probe (cosine schedule).
     #[arg(long, default_value_t = 1e-4)]
     probe_lr: f64,
     /// Uncertain labels: dataset (as built), zeros, ones, ignore (out of loss and metrics).
@@ -280,13 +303,16 @@ struct EvalOpts {
 }
 
 impl EvalOpts {
-    fn resolve(&self, default_crop: usize, seed: u64) -> LinearEvalConfig {
+    pub(crate) fn resolve(&self, default_crop: usize, seed: u64) -> anyhow::Result<LinearEvalConfig> {
         let crop = self.crop.unwrap_or(default_crop);
         let mut t = ProbeTransform::for_crop(crop);
         if let Some(r) = self.resize {
             t.resize = r;
         }
-        LinearEvalConfig::new(t)
+        Ok(LinearEvalConfig::new(t)
+            .with_probe(self.probe.parse()?)
+            .with_standardize(!self.no_standardize)
+            .with_checkpoint(self.select.parse()?)
             .with_fraction(self.fraction)
             .with_finetune(self.finetune)
             .with_cache_features(!self.no_cache)
@@ -296,18 +322,23 @@ impl EvalOpts {
             .with_lr(self.probe_lr)
             .with_uncertain(self.uncertain.clone())
             .with_bootstrap(self.bootstrap)
-            .with_seed(seed)
+            .with_seed(seed))
     }
 }
 
 #[derive(Debug, Args)]
 struct LinearEvalArgs {
-    /// A pretraining run folder: its last checkpoint's target (EMA) encoder is evaluated.
-    #[arg(long, value_name = "RUN", required_unless_present = "random_init", conflicts_with = "random_init")]
+    /// A pretraining run folder: the target (EMA) encoder of its checkpoint chosen by
+    /// --select is evaluated.
+    #[arg(long, value_name = "RUN", required_unless_present_any = ["random_init", "baseline"], conflicts_with_all = ["random_init", "baseline"])]
     checkpoint: Option<PathBuf>,
     /// Evaluate a randomly initialised encoder of this model instead (a baseline).
-    #[arg(long, value_name = "MODEL", value_parser = VitConfig::PRESETS)]
+    #[arg(long, value_name = "MODEL", value_parser = VitConfig::PRESETS, conflicts_with = "baseline")]
     random_init: Option<String>,
+    /// Evaluate a baseline without an encoder: pixels (the image area-downsampled to 32x32)
+    /// or ehr-alone (the EHR vector of demographics, scan and stay).
+    #[arg(long, value_parser = Source::BASELINES)]
+    baseline: Option<String>,
     /// The dataset the probe trains, validates and tests on (MIMIC-CXR, or NIH with its own
     /// labels).
     #[arg(long)]
@@ -349,7 +380,9 @@ struct AblateArgs {
     grid: String,
     /// Your own list of EHR choices instead of a grid, separated by `;` (e.g.
     /// "none;sex;demographics,stay"); include `none` for the deltas against vanilla MSN, and
-    /// `random-init` for the baseline of a randomly initialised encoder (no pretraining).
+    /// the baselines (no pretraining) `random-init` (a randomly initialised encoder),
+    /// `pixels` (the image at 32x32) and `ehr-alone` (the EHR vector of demographics, scan and
+    /// stay) to see what the encoder adds.
     #[arg(long, conflicts_with = "grid")]
     choices: Option<String>,
     #[command(flatten)]
@@ -444,15 +477,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::LinearEval(args) => {
             let device = device();
-            let (encoder, cache) = match (&args.checkpoint, &args.random_init) {
-                (Some(run), _) => (load_encoder(run, &device)?, run.join("features")),
-                (None, Some(model)) => {
-                    let vit = VitConfig::preset(model).with_context(|| format!("--random-init {model}"))?;
-                    (random_encoder(&vit, args.seed, &device), PathBuf::new())
-                }
-                (None, None) => bail!("give --checkpoint RUN or --random-init MODEL"),
-            };
-            let cfg = args.eval.resolve(encoder.crop, args.seed);
+            let (source, cache, crop): (Source, PathBuf, usize) =
+                match (&args.checkpoint, &args.random_init, &args.baseline) {
+                    (Some(run), _, _) => {
+                        let e = load_encoder(run, args.eval.select.parse()?, &device)?;
+                        let crop = e.crop;
+                        (e.into(), run.join("features"), crop)
+                    }
+                    (None, Some(model), _) => {
+                        let vit = VitConfig::preset(model).with_context(|| format!("--random-init {model}"))?;
+                        let crop = vit.image_size;
+                        (random_encoder(&vit, args.seed, &device).into(), PathBuf::new(), crop)
+                    }
+                    (None, None, Some(name)) => {
+                        let b = Source::baseline(name).with_context(|| format!("--baseline {name}"))?;
+                        (b, PathBuf::new(), 224)
+                    }
+                    (None, None, None) => bail!("give --checkpoint RUN, --random-init MODEL or --baseline NAME"),
+                };
+            let cfg = args.eval.resolve(crop, args.seed)?;
             let out = match (&args.out, &args.checkpoint) {
                 (Some(o), _) => o.clone(),
                 (None, Some(run)) => {
@@ -460,11 +503,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let ft = if cfg.finetune { "-finetune" } else { "" };
                     run.join(format!("linear-eval-{kind}-{}{ft}", cfg.fraction))
                 }
-                (None, None) => bail!("--out is required with --random-init"),
+                (None, None) => bail!("--out is required with --random-init and --baseline"),
             };
             let cache = if cache.as_os_str().is_empty() { out.join("features") } else { cache };
             let r =
-                linear_eval(&cfg, encoder, &args.dataset, &args.eval.test_dataset, &out, &cache, &device, &mut |l| {
+                linear_eval(&cfg, source, &args.dataset, &args.eval.test_dataset, &out, &cache, &device, &mut |l| {
                     log_line(l)
                 })?;
             report::linear_eval_report(&out, &r.result, &r.history, &r.test)?;
@@ -484,7 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let cfg = args.train.resolve(&args.ehr)?;
-            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed);
+            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
             let s = experiment::run(
                 &cfg,
                 &eval,
@@ -504,7 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ablate(args) => {
             let cfg = args.train.resolve("none")?;
-            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed);
+            let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
             let choices = match &args.choices {
                 Some(c) => c.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
                 None => experiment::grid(&args.grid)?,
@@ -523,6 +566,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_table(&s, &args.out)?;
         }
         Command::Demo(args) => demo(&args)?,
+        Command::CompareReference(args) => compare(&args)?,
         Command::ImportTorch { file, model, prefix, out } => {
             let vit = VitConfig::preset(&model).with_context(|| format!("--model {model}"))?;
             let i = trainer::import::import_torch(&file, &vit, &prefix, &out, &device())?;

@@ -37,8 +37,9 @@ impl Sorted {
     }
 
     /// AUROC and average precision with each row weighted by `weight(row)` (1 for the plain
-    /// metric, the bootstrap count for a resample); `None` when one class has no weight.
-    fn metrics(&self, weight: impl Fn(usize) -> f64) -> Option<(f64, f64)> {
+    /// metric, the bootstrap count for a resample). AUROC is `None` when one class has no
+    /// weight; AP is `None` without positives and 1 with positives only (as scikit-learn).
+    fn metrics(&self, weight: impl Fn(usize) -> f64) -> Metrics {
         let (mut tp, mut fp, mut area, mut ap) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         let (mut tp_prev, mut fp_prev) = (0.0f64, 0.0f64);
         let n = self.rows.len();
@@ -62,18 +63,25 @@ impl Sorted {
             fp_prev = fp;
             i = j;
         }
-        if tp <= 0.0 || fp <= 0.0 {
-            return None;
+        if tp <= 0.0 {
+            return Metrics { auroc: None, ap: None };
         }
         for (dtp, precision) in steps {
             ap += dtp / tp * precision;
         }
-        Some((area / (tp * fp), ap))
+        Metrics { auroc: (fp > 0.0).then(|| area / (tp * fp)), ap: Some(ap) }
     }
 }
 
-/// AUROC and average precision of one label (`None` when undefined).
-pub fn auroc_ap(scores: &[f32], labels: &[f32]) -> Option<(f64, f64)> {
+/// One label's AUROC and average precision (`None` = undefined).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metrics {
+    pub auroc: Option<f64>,
+    pub ap: Option<f64>,
+}
+
+/// AUROC and average precision of one label.
+pub fn auroc_ap(scores: &[f32], labels: &[f32]) -> Metrics {
     Sorted::new(scores.iter().copied(), labels.iter().copied()).metrics(|_| 1.0)
 }
 
@@ -149,43 +157,40 @@ pub fn evaluate(scores: &[f32], labels: &[f32], names: &[String], resamples: usi
     let sorted: Vec<Sorted> = (0..l)
         .map(|k| Sorted::new((0..rows).map(|i| scores[i * l + k]), (0..rows).map(|i| labels[i * l + k])))
         .collect();
-    let full: Vec<Option<(f64, f64)>> = sorted.iter().map(|s| s.metrics(|_| 1.0)).collect();
+    let full: Vec<Metrics> = sorted.iter().map(|s| s.metrics(|_| 1.0)).collect();
     // Each resample is a multinomial count per row, from its own stream of `seed`.
-    let boot: Vec<Vec<Option<(f64, f64)>>> = (0..resamples)
+    let boot: Vec<Vec<Metrics>> = (0..resamples)
         .into_par_iter()
         .map(|b| {
             let counts = resample(seed, 0xB007, b, rows);
             sorted.iter().map(|s| s.metrics(|r| f64::from(counts[r]))).collect()
         })
         .collect();
-    let defined: Vec<usize> = (0..l).filter(|&k| full[k].is_some()).collect();
-    let mut results = Vec::with_capacity(l);
-    for k in 0..l {
-        let s = &sorted[k];
-        let pick = |f: fn(&(f64, f64)) -> f64| {
-            full[k].as_ref().map(|m| interval(f(m), boot.iter().filter_map(|b| b[k].as_ref().map(f)).collect()))
-        };
-        results.push(LabelResult {
+    let pick = |k: usize, f: fn(&Metrics) -> Option<f64>| {
+        f(&full[k]).map(|v| interval(v, boot.iter().filter_map(|b| f(&b[k])).collect()))
+    };
+    let results: Vec<LabelResult> = (0..l)
+        .map(|k| LabelResult {
             label: names[k].clone(),
-            positives: s.positive.iter().filter(|&&p| p).count(),
-            rows: s.rows.len(),
-            auroc: pick(|m| m.0),
-            average_precision: pick(|m| m.1),
-        });
-    }
-    let macro_of = |f: fn(&(f64, f64)) -> f64| {
-        let value = mean(&defined.iter().filter_map(|&k| full[k].as_ref().map(f)).collect::<Vec<_>>())?;
-        let samples = boot
-            .iter()
-            .filter_map(|b| mean(&defined.iter().filter_map(|&k| b[k].as_ref().map(f)).collect::<Vec<_>>()))
-            .collect();
+            positives: sorted[k].positive.iter().filter(|&&p| p).count(),
+            rows: sorted[k].rows.len(),
+            auroc: pick(k, |m| m.auroc),
+            average_precision: pick(k, |m| m.ap),
+        })
+        .collect();
+    // A macro mean is over the labels where the metric is defined on the full set.
+    let macro_of = |f: fn(&Metrics) -> Option<f64>| {
+        let defined: Vec<usize> = (0..l).filter(|&k| f(&full[k]).is_some()).collect();
+        let value = mean(&defined.iter().filter_map(|&k| f(&full[k])).collect::<Vec<_>>())?;
+        let samples =
+            boot.iter().filter_map(|b| mean(&defined.iter().filter_map(|&k| f(&b[k])).collect::<Vec<_>>())).collect();
         Some(interval(value, samples))
     };
     Evaluation {
         rows,
-        macro_auroc: macro_of(|m| m.0),
-        macro_average_precision: macro_of(|m| m.1),
-        undefined: (0..l).filter(|&k| full[k].is_none()).map(|k| names[k].clone()).collect(),
+        macro_auroc: macro_of(|m| m.auroc),
+        macro_average_precision: macro_of(|m| m.ap),
+        undefined: (0..l).filter(|&k| full[k].auroc.is_none()).map(|k| names[k].clone()).collect(),
         labels: results,
         bootstrap_resamples: resamples,
         bootstrap_seed: seed,
@@ -204,19 +209,38 @@ pub fn paired_macro_auroc_delta(
     resamples: usize,
     seed: u64,
 ) -> Option<Estimate> {
+    paired_mean_macro_auroc_delta(&[(a, b)], labels, l, resamples, seed)
+}
+
+/// [`paired_macro_auroc_delta`] averaged over several pairs `(a_i, b_i)` scored on the same
+/// rows (e.g. one pair per seed): the mean over pairs of `macro AUROC(b_i) - macro
+/// AUROC(a_i)`, every pair scored on the same bootstrap resamples of the rows.
+pub fn paired_mean_macro_auroc_delta(
+    pairs: &[(&[f32], &[f32])],
+    labels: &[f32],
+    l: usize,
+    resamples: usize,
+    seed: u64,
+) -> Option<Estimate> {
     let rows = labels.len() / l.max(1);
     let sort = |s: &[f32], k: usize| Sorted::new((0..rows).map(|i| s[i * l + k]), (0..rows).map(|i| labels[i * l + k]));
-    let pairs: Vec<(Sorted, Sorted)> = (0..l).map(|k| (sort(a, k), sort(b, k))).collect();
-    let defined: Vec<usize> = (0..l).filter(|&k| pairs[k].0.metrics(|_| 1.0).is_some()).collect();
+    let sorted: Vec<Vec<(Sorted, Sorted)>> =
+        pairs.iter().map(|(a, b)| (0..l).map(|k| (sort(a, k), sort(b, k))).collect()).collect();
+    let first = sorted.first()?;
+    let defined: Vec<usize> = (0..l).filter(|&k| first[k].0.metrics(|_| 1.0).auroc.is_some()).collect();
     let delta = |w: &dyn Fn(usize) -> f64| -> Option<f64> {
-        let (mut sum, mut n) = (0.0, 0usize);
-        for &k in &defined {
-            if let (Some(x), Some(y)) = (pairs[k].0.metrics(w), pairs[k].1.metrics(w)) {
-                sum += y.0 - x.0;
-                n += 1;
+        let mut per_pair = Vec::with_capacity(sorted.len());
+        for pair in &sorted {
+            let (mut sum, mut n) = (0.0, 0usize);
+            for &k in &defined {
+                if let (Some(x), Some(y)) = (pair[k].0.metrics(w).auroc, pair[k].1.metrics(w).auroc) {
+                    sum += y - x;
+                    n += 1;
+                }
             }
+            per_pair.push((n > 0).then(|| sum / n as f64)?);
         }
-        (n > 0).then(|| sum / n as f64)
+        mean(&per_pair)
     };
     let value = delta(&|_| 1.0)?;
     let samples: Vec<f64> = (0..resamples)
@@ -297,13 +321,16 @@ mod tests {
     #[test]
     fn perfect_reversed_tied_and_single_class() {
         let y = [0.0, 0.0, 1.0, 1.0];
-        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9], &y), Some((1.0, 1.0)));
-        assert_eq!(auroc_ap(&[0.9, 0.8, 0.2, 0.1], &y).map(|m| m.0), Some(0.0));
+        let both = |a, p| Metrics { auroc: Some(a), ap: Some(p) };
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9], &y), both(1.0, 1.0));
+        assert_eq!(auroc_ap(&[0.9, 0.8, 0.2, 0.1], &y).auroc, Some(0.0));
         // All tied: one threshold, AUROC 0.5, AP = prevalence.
-        assert_eq!(auroc_ap(&[0.5; 4], &y), Some((0.5, 0.5)));
-        assert_eq!(auroc_ap(&[0.1, 0.2, 0.3, 0.4], &[1.0; 4]), None);
+        assert_eq!(auroc_ap(&[0.5; 4], &y), both(0.5, 0.5));
+        // Positives only: no AUROC, AP 1 (scikit-learn); negatives only: neither.
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.3, 0.4], &[1.0; 4]), Metrics { auroc: None, ap: Some(1.0) });
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.3, 0.4], &[0.0; 4]), Metrics { auroc: None, ap: None });
         // NaN labels are left out.
-        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9, 0.0], &[0.0, 0.0, 1.0, 1.0, f32::NAN]), Some((1.0, 1.0)));
+        assert_eq!(auroc_ap(&[0.1, 0.2, 0.8, 0.9, 0.0], &[0.0, 0.0, 1.0, 1.0, f32::NAN]), both(1.0, 1.0));
     }
 
     #[test]
@@ -327,13 +354,21 @@ mod tests {
         assert!(m.low < m.value && m.value < m.high, "{m:?}");
         assert_eq!(a.undefined, vec!["b".to_string()]);
         assert_eq!(m.value, a.labels[0].auroc.unwrap().value, "macro over the defined label only");
-        assert!(a.markdown().contains("| b | 200 / 200 | undefined | undefined |"));
+        // Label b has positives only: AUROC undefined, AP 1 (and in the macro AP).
+        assert!(a.markdown().contains("| b | 200 / 200 | undefined | 1.000 (1.000-1.000) |"), "{}", a.markdown());
+        let ap_a = a.labels[0].average_precision.unwrap().value;
+        assert!((a.macro_average_precision.unwrap().value - (ap_a + 1.0) / 2.0).abs() < 1e-12);
         // A model against itself differs by exactly 0; against the reversed scores, clearly.
         let d = paired_macro_auroc_delta(&scores, &scores, &labels, 2, 100, 1).unwrap();
         assert_eq!((d.value, d.low, d.high), (0.0, 0.0, 0.0));
         let reversed: Vec<f32> = scores.iter().map(|s| -s).collect();
         let d = paired_macro_auroc_delta(&scores, &reversed, &labels, 2, 100, 1).unwrap();
         assert!(d.high < 0.0 && (d.value - (1.0 - 2.0 * m.value)).abs() < 1e-9, "{d:?}");
+        // Averaged over pairs: (0 + d) / 2 on the same resamples.
+        let pooled =
+            paired_mean_macro_auroc_delta(&[(&scores, &scores), (&scores, &reversed)], &labels, 2, 100, 1).unwrap();
+        assert!((pooled.value - d.value / 2.0).abs() < 1e-12, "{pooled:?}");
+        assert!((pooled.low - d.low / 2.0).abs() < 1e-12 && (pooled.high - d.high / 2.0).abs() < 1e-12);
         let roc = roc_curve(
             &scores.iter().step_by(2).copied().collect::<Vec<_>>(),
             &labels.iter().step_by(2).copied().collect::<Vec<_>>(),

@@ -76,8 +76,38 @@ impl MsnLossConfig {
         let pt = sinkhorn(pt, self.sinkhorn_iterations).repeat_dim(0, mb / b);
         let cross_entropy = (pt * log_pa).sum_dim(1).mean().neg();
         let pbar = pa.mean_dim(0);
-        let me_max = (pbar.clone() * pbar.log()).sum().add_scalar((k as f64).ln());
+        // sum p log p with 0 log 0 = 0, as the reference's log(p^-p): a mean probability that
+        // underflowed to 0 (half precision) must not turn the loss or its gradient into NaN.
+        let safe = pbar.clone().mask_fill(pbar.clone().lower_equal_elem(0.0), 1.0);
+        let me_max = (pbar * safe.log()).sum().add_scalar((k as f64).ln());
         let loss = cross_entropy.clone() + me_max.clone().mul_scalar(self.me_max_weight);
         MsnLossOutput { loss, cross_entropy, me_max }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// Prototype probabilities that underflow to exactly 0 (a very sharp softmax) leave the
+    /// me-max term, the loss and the anchors' gradient finite.
+    #[test]
+    fn me_max_of_underflowed_probabilities_is_finite() {
+        let dev = Device::flex().autodiff();
+        let t = |v: Vec<f32>, shape: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v, shape), &dev);
+        // Two anchors on prototype 0, targets on prototype 0; prototypes 1 and 2 far away.
+        let anchors = t(vec![1.0, 0.0, 1.0, 0.01], [2, 2]).require_grad();
+        let targets = t(vec![1.0, 0.0], [1, 2]);
+        let prototypes = t(vec![1.0, 0.0, -1.0, 0.0, 0.0, -1.0], [3, 2]);
+        let cfg = MsnLossConfig::new().with_temperature(1e-3).with_sinkhorn_iterations(0);
+        let out = cfg.forward(anchors.clone(), targets, prototypes);
+        let value = |x: Tensor<1>| x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()[0];
+        let me_max = value(out.me_max.clone());
+        // pbar = (1, 0, 0): sum p log p = 0, so me-max = log 3.
+        assert!((me_max - 3f32.ln()).abs() < 1e-5, "{me_max}");
+        let grads = out.loss.backward();
+        let g = anchors.grad(&grads).unwrap().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
     }
 }

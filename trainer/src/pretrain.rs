@@ -1,15 +1,16 @@
 //! MSN pretraining (METHOD.md sections 3-8): views and masks made on CPU threads ahead of the
-//! model, the EHR-fused network, the MSN loss, AdamW with a per-epoch cosine schedule, and the
-//! EMA target update before every step. Metrics go to `metrics.jsonl`; the resolved config to
-//! `config.json` (with the dataset version).
+//! model, the EHR-fused network, the MSN loss, AdamW with the reference's per-epoch or the
+//! original MSN's per-step schedules, and the EMA target update before every step. Metrics go
+//! to `metrics.jsonl`; the resolved config to `config.json` (with the dataset version); the
+//! epoch with the lowest mean loss is kept as `best-model.bpk` (`best.json`).
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::config::Config;
-use burn::grad_clipping::GradientClippingConfig;
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use cxr_dataset::Split;
@@ -51,9 +52,31 @@ pub struct PretrainConfig {
     /// Linear warmup epochs before the cosine schedule.
     #[config(default = 0)]
     pub warmup_epochs: usize,
+    /// How the learning rate and weight decay move: `epoch` (the reference: the lr is constant
+    /// within an epoch, linear warmup over `warmup_epochs`, then cosine to 0 over the other
+    /// epochs; constant weight decay) or `step` (the original MSN: per step, linear warmup
+    /// from `start_lr` over `warmup_epochs`, then cosine to `final_lr`; the weight decay cosine
+    /// from `weight_decay` to `weight_decay_end`; both over `schedule_scale` times the run's
+    /// steps).
+    #[config(default = "Schedule::Epoch")]
+    pub schedule: Schedule,
+    /// `step` schedule: the learning rate the warmup starts from and the one the cosine ends at.
+    #[config(default = 0.0)]
+    pub start_lr: f64,
+    #[config(default = 0.0)]
+    pub final_lr: f64,
+    /// `step` schedule: the weight decay at the end of the cosine (`None`: constant).
+    #[config(default = "None")]
+    pub weight_decay_end: Option<f64>,
+    /// The `step` schedules and the EMA ramp span this many times the run's steps (1.25 in
+    /// the original MSN, so they never reach their end values).
+    #[config(default = 1.0)]
+    pub schedule_scale: f64,
     #[config(default = false)]
     pub train_prototypes: bool,
-    /// Clip each parameter's gradient to this L2 norm (burn clips per parameter tensor).
+    /// Clip the global L2 norm of the anchor branch's gradients (encoder, projection head,
+    /// EHR modules; not the prototypes) to this value, as the original MSN's
+    /// `clip_grad_norm_(encoder.parameters(), 3)`.
     #[config(default = "None")]
     pub grad_clip_norm: Option<f64>,
     /// No weight decay on 1-D parameters (biases, LayerNorm and BatchNorm scales and shifts)
@@ -81,6 +104,10 @@ pub struct PretrainConfig {
     /// epochs, so a stopped run can be resumed to the same result.
     #[config(default = "None")]
     pub max_steps: Option<usize>,
+    /// Drop each epoch's last, partial batch (the original MSN); `false` trains on it, as the
+    /// reference's data loader does.
+    #[config(default = false)]
+    pub drop_last: bool,
     /// Write a checkpoint every this many steps (and always at the end of an epoch and when
     /// the run stops).
     #[config(default = 200)]
@@ -95,16 +122,26 @@ impl PretrainConfig {
         Self::new("paper".into(), vit, ehr.into(), Masking::Paper, views, MsnLossConfig::new())
     }
 
-    /// The original MSN: trained prototypes, EMA ramp to 1, warmup, anchor-only masking,
-    /// gradient clipping at 3, no weight decay on biases, norms and prototypes.
+    /// The original MSN (its ViT-S/16 configuration): trained prototypes, anchor-only masking,
+    /// per-step schedules over 1.25 times the run (lr warmup 2e-4 -> 1e-3 over 15 epochs, then
+    /// cosine to 1e-6; weight decay 0.04 -> 0.4; EMA 0.996 -> 1), global gradient-norm
+    /// clipping at 3, no weight decay on biases, norms and prototypes.
     pub fn msn(vit: VitConfig, ehr: &str) -> Self {
         let views = ViewConfig::for_vit(&vit);
         Self::new("msn".into(), vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
             .with_train_prototypes(true)
+            .with_schedule(Schedule::Step)
+            .with_lr(1e-3)
+            .with_start_lr(2e-4)
+            .with_final_lr(1e-6)
+            .with_weight_decay(0.04)
+            .with_weight_decay_end(Some(0.4))
+            .with_schedule_scale(1.25)
             .with_ema_end(1.0)
             .with_warmup_epochs(15)
             .with_grad_clip_norm(Some(3.0))
             .with_decay_exempt_norms_biases(true)
+            .with_drop_last(true)
     }
 
     /// This config with the fields of `overrides` (a JSON object, possibly partial and nested,
@@ -160,20 +197,59 @@ impl PretrainConfig {
         Self::paper(VitConfig::vit_tiny(), "none").with_overrides_from(path)
     }
 
-    /// Learning rate of `epoch` (warmup, then cosine to 0 over the remaining epochs).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
-        if epoch < self.warmup_epochs {
-            return self.lr * (epoch + 1) as f64 / self.warmup_epochs as f64;
+    /// The learning rate, weight decay and EMA momentum of `step` (0-based; in `epoch`) of a
+    /// run of `per_epoch` steps an epoch.
+    pub fn schedule_at(&self, epoch: usize, step: usize, per_epoch: usize) -> StepSchedule {
+        let total = (per_epoch * self.epochs).max(1) as f64;
+        let span = self.schedule_scale * total;
+        let momentum = self.ema_start + (self.ema_end - self.ema_start) * step as f64 / span;
+        let cosine = |from: f64, to: f64, t: f64| to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+        match self.schedule {
+            Schedule::Epoch => {
+                let lr = if epoch < self.warmup_epochs {
+                    self.lr * (epoch + 1) as f64 / self.warmup_epochs as f64
+                } else {
+                    let t = (epoch - self.warmup_epochs) as f64 / self.epochs.saturating_sub(self.warmup_epochs).max(1) as f64;
+                    cosine(self.lr, 0.0, t)
+                };
+                StepSchedule { lr, weight_decay: self.weight_decay, momentum }
+            }
+            Schedule::Step => {
+                // The original steps its schedulers before the first update: step k uses k + 1.
+                let s = (step + 1) as f64;
+                let warm = (self.warmup_epochs * per_epoch) as f64;
+                let lr = if s < warm {
+                    self.start_lr + s / warm * (self.lr - self.start_lr)
+                } else {
+                    cosine(self.lr, self.final_lr, (s - warm) / (span - warm).max(1.0)).max(self.final_lr)
+                };
+                let weight_decay = match self.weight_decay_end {
+                    Some(end) => {
+                        let w = cosine(self.weight_decay, end, s / span);
+                        if end <= self.weight_decay { w.max(end) } else { w.min(end) }
+                    }
+                    None => self.weight_decay,
+                };
+                StepSchedule { lr, weight_decay, momentum }
+            }
         }
-        let span = (self.epochs - self.warmup_epochs).max(1) as f64;
-        let t = (epoch - self.warmup_epochs) as f64 / span;
-        0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
     }
+}
 
-    /// EMA momentum after `step` of `total`.
-    pub fn ema_at(&self, step: usize, total: usize) -> f64 {
-        self.ema_start + (self.ema_end - self.ema_start) * step as f64 / total.max(1) as f64
-    }
+/// How the per-step values move (see [`PretrainConfig::schedule`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Epoch,
+    Step,
+}
+
+/// The learning rate, weight decay and EMA momentum of one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepSchedule {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
 }
 
 /// Collects a module's float parameters, flattened, in visiting order.
@@ -227,6 +303,7 @@ pub struct StepMetrics {
     pub cross_entropy: f32,
     pub me_max: f32,
     pub lr: f64,
+    pub weight_decay: f64,
     pub momentum: f64,
     pub images_per_second: f64,
 }
@@ -243,32 +320,114 @@ pub struct PretrainSummary {
     pub net: MsnNet,
 }
 
-/// AdamW as `cfg` sets it (decoupled weight decay, eps 1e-8, optional per-tensor gradient
-/// clipping), with a no-decay group for `net`'s 1-D parameters and prototypes when
-/// `decay_exempt_norms_biases`. Build it after loading a checkpoint into `net` (the groups
-/// hold parameter ids).
-pub fn optimizer(cfg: &PretrainConfig, net: &MsnNet) -> ModuleOptimizer {
-    let clip = cfg.grad_clip_norm.map(|n| GradientClippingConfig::Norm(n as f32));
-    let adamw = AdamWConfig::new().with_weight_decay(cfg.weight_decay as f32).with_epsilon(1e-8);
-    let optim = adamw.clone().with_grad_clipping(clip.clone()).init();
-    if !cfg.decay_exempt_norms_biases {
-        return optim;
-    }
-    /// Ids of 1-D parameters.
-    struct OneD(Vec<ParamId>);
-    impl ModuleVisitor for OneD {
+/// Adam with AdamW's betas and eps; the decoupled weight decay and the gradient clipping are
+/// applied by [`update`], so both can follow a schedule and clipping can be global.
+pub fn optimizer() -> ModuleOptimizer {
+    AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init()
+}
+
+/// Ids of the parameters weight decay applies to: every trained parameter of the anchor
+/// branch and the prototypes, less the 1-D ones and the prototypes when
+/// `decay_exempt_norms_biases`.
+fn decayed(cfg: &PretrainConfig, net: &MsnNet) -> HashSet<ParamId> {
+    struct Ids<'a>(&'a mut HashSet<ParamId>, bool);
+    impl ModuleVisitor for Ids<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if D == 1 {
-                self.0.push(param.id);
+            if param.is_require_grad() && !(self.1 && D == 1) {
+                self.0.insert(param.id);
             }
         }
     }
-    let mut exempt = OneD(vec![net.prototypes.id]);
-    net.anchor.visit(&mut exempt);
-    net.anchor_head.visit(&mut exempt);
-    net.f_ehr.visit(&mut exempt);
-    net.g.visit(&mut exempt);
-    optim.with_group(ParamGroup::from_ids(exempt.0), adamw.with_weight_decay(0.0).build(), clip.map(|c| c.init()))
+    let exempt = cfg.decay_exempt_norms_biases;
+    let mut ids = HashSet::new();
+    net.anchor.visit(&mut Ids(&mut ids, exempt));
+    net.anchor_head.visit(&mut Ids(&mut ids, exempt));
+    net.f_ehr.visit(&mut Ids(&mut ids, exempt));
+    net.g.visit(&mut Ids(&mut ids, exempt));
+    if !exempt && net.prototypes.is_require_grad() {
+        ids.insert(net.prototypes.id);
+    }
+    ids
+}
+
+/// Multiplies the parameters `ids` by `factor`.
+struct Scale<'a> {
+    ids: &'a HashSet<ParamId>,
+    factor: f64,
+}
+
+impl ModuleMapper for Scale<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.ids.contains(&param.id) {
+            return param;
+        }
+        let f = self.factor;
+        param.map(|t| t.detach().mul_scalar(f).require_grad())
+    }
+}
+
+/// Scales the gradients of the anchor branch (encoder, head, EHR modules) so their global L2
+/// norm is at most `max` (torch's `clip_grad_norm_`: factor `max / (norm + 1e-6)` when below 1).
+pub fn clip_global_norm(grads: GradientsParams, net: &MsnNet, max: f64) -> GradientsParams {
+    struct Norm<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let sq = g.powf_scalar(2.0).sum();
+                self.1 = Some(match self.1.take() {
+                    Some(t) => t + sq,
+                    None => sq,
+                });
+            }
+        }
+    }
+    struct Rescale(GradientsParams, f64);
+    impl ModuleVisitor for Rescale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut norm = Norm(&grads, None);
+    net.anchor.visit(&mut norm);
+    net.anchor_head.visit(&mut norm);
+    net.f_ehr.visit(&mut norm);
+    net.g.visit(&mut norm);
+    let total = norm.1.map_or(0.0, |t| f64::from(scalar(t)).sqrt());
+    let factor = max / (total + 1e-6);
+    if factor >= 1.0 {
+        return grads;
+    }
+    let mut r = Rescale(grads, factor);
+    net.anchor.visit(&mut r);
+    net.anchor_head.visit(&mut r);
+    net.f_ehr.visit(&mut r);
+    net.g.visit(&mut r);
+    r.0
+}
+
+/// The parameter update of one step: global gradient clipping (`grad_clip_norm`), decoupled
+/// weight decay `p *= 1 - lr * wd` on the decayed parameters (as AdamW, before the Adam
+/// step), then the Adam step at `lr`.
+pub fn update(
+    net: MsnNet,
+    optim: &mut ModuleOptimizer,
+    grads: GradientsParams,
+    cfg: &PretrainConfig,
+    s: StepSchedule,
+) -> MsnNet {
+    let grads = match cfg.grad_clip_norm {
+        Some(max) => clip_global_norm(grads, &net, max),
+        None => grads,
+    };
+    let net = if s.weight_decay > 0.0 {
+        let ids = decayed(cfg, &net);
+        net.map(&mut Scale { ids: &ids, factor: 1.0 - s.lr * s.weight_decay })
+    } else {
+        net
+    };
+    optim.step(s.lr, net, grads)
 }
 
 /// Seconds spent in each part of a training step (exact on an eager backend such as
@@ -281,30 +440,29 @@ pub struct StepTimes {
     pub optimizer: f64,
 }
 
-/// One training step: the EMA update of the target (momentum `momentum`), the forward pass
-/// and MSN loss, backward, and the optimizer step at `lr`.
+/// One training step: the EMA update of the target, the forward pass and MSN loss, backward,
+/// and the [`update`] with the step's schedule.
 pub fn train_step(
     net: MsnNet,
     optim: &mut ModuleOptimizer,
     views: Views,
     cfg: &PretrainConfig,
-    lr: f64,
-    momentum: f64,
-) -> (MsnNet, MsnLossOutput, StepTimes) {
+    s: StepSchedule,
+) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
     let t0 = Instant::now();
-    let net = ema_update(net, momentum);
+    let net = ema_update(net, s.momentum);
     let t1 = Instant::now();
-    let out = net.forward(views);
+    let out = net.forward(views)?;
     let prototypes = if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
     let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
     let t2 = Instant::now();
     let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
     let t3 = Instant::now();
-    let net = optim.step(lr, net, grads);
+    let net = update(net, optim, grads, cfg, s);
     let t4 = Instant::now();
     let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
     let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
-    (net, loss, times)
+    Ok((net, loss, times))
 }
 
 /// The views of a batch as tensors on `device`.
@@ -350,6 +508,59 @@ pub struct Checkpoint {
 
 /// Name of the checkpoint state file in a run folder.
 pub const CHECKPOINT: &str = "checkpoint.json";
+
+/// The epoch with the lowest mean training loss so far, whose model is kept as
+/// [`BEST_MODEL`] (the checkpoint the reference evaluates); written as `best.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BestCheckpoint {
+    pub epoch: usize,
+    /// Steps done at the end of that epoch.
+    pub step: usize,
+    pub mean_loss: f32,
+    pub model: String,
+}
+
+/// File names of [`BestCheckpoint`] and its model in a run folder.
+pub const BEST: &str = "best.json";
+pub const BEST_MODEL: &str = "best-model.bpk";
+
+/// Which pretraining checkpoint an evaluation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointChoice {
+    /// The end of the epoch with the lowest mean training loss (the reference's choice);
+    /// runs without `best.json` (imported, or stopped within the first epoch) fall back to
+    /// the last checkpoint.
+    LowestLoss,
+    /// The last checkpoint.
+    Last,
+}
+
+impl CheckpointChoice {
+    pub const NAMES: [&'static str; 2] = ["lowest-loss", "last"];
+}
+
+impl std::str::FromStr for CheckpointChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lowest-loss" => Ok(Self::LowestLoss),
+            "last" => Ok(Self::Last),
+            other => Err(Error::Config(format!("checkpoint choice {other}: expected lowest-loss or last"))),
+        }
+    }
+}
+
+/// Reads a run's lowest-loss checkpoint, if it has one.
+pub fn read_best(run: &Path) -> Result<Option<BestCheckpoint>> {
+    let path = run.join(BEST);
+    match fs_err::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::Config(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -418,7 +629,17 @@ pub fn pretrain_with(
     let mut saved = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
     saved["dataset_version"] = ds.version.clone().into();
     saved["ehr_columns"] = columns.clone().into();
-    fs_err::write(run.join("config.json"), serde_json::to_string_pretty(&saved).unwrap_or_default())?;
+    let text = serde_json::to_string_pretty(&saved).map_err(|e| Error::Config(e.to_string()))?;
+    fs_err::write(run.join("config.json"), text)?;
+    // A fresh run forgets an earlier run's lowest-loss epoch in the same folder.
+    let mut best = if checkpoint.is_some() { read_best(run)? } else { None };
+    if checkpoint.is_none() {
+        for f in [BEST, BEST_MODEL] {
+            if run.join(f).exists() {
+                fs_err::remove_file(run.join(f))?;
+            }
+        }
+    }
 
     let mut rng = Rng::new(cfg.seed);
     let shape = FusionShape { ehr_in: columns.len(), ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
@@ -431,7 +652,7 @@ pub fn pretrain_with(
         let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
         net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
     }
-    let mut optim = optimizer(cfg, &net);
+    let mut optim = optimizer();
     // Taken and put back by each step (the step closure cannot move it).
     let mut slot = Some(net);
     if let Some(c) = &checkpoint {
@@ -439,7 +660,7 @@ pub fn pretrain_with(
             burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))?;
         optim = optim.load_record(record);
     }
-    let per_epoch = images.len() / cfg.batch_size;
+    let per_epoch = if cfg.drop_last { images.len() / cfg.batch_size } else { images.len().div_ceil(cfg.batch_size) };
     // The schedules span every epoch; --max-steps only stops early.
     let total = per_epoch * cfg.epochs;
     let stop = cfg.max_steps.unwrap_or(total).min(total);
@@ -464,12 +685,23 @@ pub fn pretrain_with(
     } else {
         Vec::new()
     };
+    // The running sum of the current epoch's losses (from the kept lines when resuming
+    // within an epoch), for the lowest-loss checkpoint.
+    let (mut epoch_sum, mut epoch_steps) = (0.0f64, 0usize);
+    for l in &kept {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
+            && v["epoch"].as_u64() == Some(start_epoch as u64)
+        {
+            epoch_sum += v["loss"].as_f64().unwrap_or(f64::NAN);
+            epoch_steps += 1;
+        }
+    }
     let mut metrics = std::io::BufWriter::new(fs_err::File::create(&metrics_path)?);
     for l in kept {
         writeln!(metrics, "{l}")?;
     }
     let started = Instant::now();
-    let (steps_before, mut last) = (step, f32::NAN);
+    let (steps_before, mut last, mut images_seen) = (step, f32::NAN, 0usize);
     let save = |net: &MsnNet,
                 optim_record: burn::optim::OptimizerRecord,
                 step: usize,
@@ -494,19 +726,24 @@ pub fn pretrain_with(
             model: model.clone(),
             optimizer: optimizer.clone(),
         };
-        write_atomic(&run.join(CHECKPOINT), serde_json::to_string_pretty(&c).unwrap_or_default().as_bytes())?;
+        let text = serde_json::to_string_pretty(&c).map_err(|e| Error::Config(e.to_string()))?;
+        write_atomic(&run.join(CHECKPOINT), text.as_bytes())?;
         // Older checkpoints are no longer referenced.
         for e in fs_err::read_dir(run)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".bpk") && name != model && name != optimizer {
+            if name.ends_with(".bpk") && name != model && name != optimizer && name != BEST_MODEL {
                 fs_err::remove_file(e.path())?;
             }
         }
         Ok(())
     };
+    // A fresh run asked for no steps still leaves its initial network as a checkpoint.
+    if checkpoint.is_none() && stop == 0 {
+        let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
+        save(net, optim.to_record(), 0, 0, 0, first)?;
+    }
     'epochs: for epoch in start_epoch..cfg.epochs {
         let skip = if epoch == start_epoch { start_batch } else { 0 };
-        let lr = cfg.lr_at(epoch);
         let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(images.len());
         // Views of the next batch are made on a worker thread while the model runs.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
@@ -514,7 +751,7 @@ pub fn pretrain_with(
             let images = &images;
             let order = &order;
             s.spawn(move || {
-                for (k, chunk) in order.chunks_exact(cfg.batch_size).enumerate().skip(skip) {
+                for (k, chunk) in order.chunks(cfg.batch_size).take(per_epoch).enumerate().skip(skip) {
                     let b = make_batch(
                         images,
                         chunk,
@@ -540,9 +777,9 @@ pub fn pretrain_with(
                     return Ok(false);
                 }
                 let t0 = Instant::now();
-                let momentum = cfg.ema_at(step, total);
+                let sched = cfg.schedule_at(epoch, step, per_epoch);
                 let net = slot.take().ok_or_else(|| Error::Config("no network".into()))?;
-                let (net, loss, _) = train_step(net, &mut optim, batch_tensors(&batch, cfg, device), cfg, lr, momentum);
+                let (net, loss, _) = train_step(net, &mut optim, batch_tensors(&batch, cfg, device), cfg, sched)?;
                 slot = Some(net);
                 let m = StepMetrics {
                     epoch,
@@ -550,18 +787,36 @@ pub fn pretrain_with(
                     loss: scalar(loss.loss),
                     cross_entropy: scalar(loss.cross_entropy),
                     me_max: scalar(loss.me_max),
-                    lr,
-                    momentum,
+                    lr: sched.lr,
+                    weight_decay: sched.weight_decay,
+                    momentum: sched.momentum,
                     images_per_second: batch.size as f64 / t0.elapsed().as_secs_f64(),
                 };
                 if step == 0 {
                     first = m.loss;
                 }
                 last = m.loss;
-                writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
+                writeln!(metrics, "{}", serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?)?;
                 on_step(&m, stop);
                 step += 1;
+                images_seen += batch.size;
+                epoch_sum += f64::from(m.loss);
+                epoch_steps += 1;
                 let (next_epoch, next_batch) = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
+                if next_batch == 0 {
+                    let mean_loss = (epoch_sum / epoch_steps.max(1) as f64) as f32;
+                    (epoch_sum, epoch_steps) = (0.0, 0);
+                    if best.as_ref().is_none_or(|b| mean_loss < b.mean_loss) {
+                        let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
+                        let b = BestCheckpoint { epoch, step, mean_loss, model: BEST_MODEL.into() };
+                        let tmp = run.join("best-model.bpk.tmp");
+                        net.clone().into_record().save(&tmp).map_err(|e| record_err(BEST_MODEL, e))?;
+                        fs_err::rename(&tmp, run.join(BEST_MODEL))?;
+                        let text = serde_json::to_string_pretty(&b).map_err(|e| Error::Config(e.to_string()))?;
+                        write_atomic(&run.join(BEST), text.as_bytes())?;
+                        best = Some(b);
+                    }
+                }
                 if step % cfg.checkpoint_every.max(1) == 0 || next_batch == 0 || step == stop {
                     metrics.flush()?;
                     let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
@@ -578,7 +833,7 @@ pub fn pretrain_with(
     Ok(PretrainSummary {
         run: run.to_path_buf(),
         steps: step - steps_before,
-        images: (step - steps_before) * cfg.batch_size,
+        images: images_seen,
         first_loss: first,
         last_loss: last,
         seconds: started.elapsed().as_secs_f64(),

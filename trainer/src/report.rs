@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::linear::{EpochMetrics, LinearEvalResult, Scored};
+use crate::linear::{CPoint, EpochMetrics, LinearEvalResult, Scored};
 use crate::metrics::{Estimate, Evaluation, roc_curve};
 use crate::{Error, Result};
 
@@ -32,15 +32,28 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 
 /// Named series over a shared x axis, one panel each (stacked vertically).
 fn panels(path: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
+    let overlays: Vec<(&str, Vec<(String, Vec<(f64, f64)>)>)> =
+        series.iter().map(|(name, points)| (*name, vec![(String::new(), points.clone())])).collect();
+    overlay_panels(path, title, x_desc, &overlays)
+}
+
+/// Panels stacked vertically over a shared x axis, each with one or more named lines (a
+/// legend when a line has a name).
+pub fn overlay_panels(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    panels: &[(&str, Vec<(String, Vec<(f64, f64)>)>)],
+) -> Result<()> {
     let e = err(path);
-    let h = 220 * series.len().max(1) as u32;
+    let h = 220 * panels.len().max(1) as u32;
     let root = SVGBackend::new(path, (760, h)).into_drawing_area();
     root.fill(&WHITE).map_err(&e)?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(&e)?;
-    let areas = root.split_evenly((series.len().max(1), 1));
-    for (k, (name, points)) in series.iter().enumerate() {
-        let (x0, x1) = range(points.iter().map(|p| p.0));
-        let (y0, y1) = range(points.iter().map(|p| p.1));
+    let areas = root.split_evenly((panels.len().max(1), 1));
+    for (k, (name, lines)) in panels.iter().enumerate() {
+        let (x0, x1) = range(lines.iter().flat_map(|l| l.1.iter().map(|p| p.0)));
+        let (y0, y1) = range(lines.iter().flat_map(|l| l.1.iter().map(|p| p.1)));
         let mut chart = ChartBuilder::on(&areas[k])
             .margin(8)
             .x_label_area_size(30)
@@ -48,7 +61,21 @@ fn panels(path: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(&e)?;
         chart.configure_mesh().x_desc(x_desc).y_desc(*name).draw().map_err(&e)?;
-        chart.draw_series(LineSeries::new(points.iter().copied(), &Palette99::pick(k))).map_err(&e)?;
+        for (j, (label, points)) in lines.iter().enumerate() {
+            let color = Palette99::pick(if lines.len() == 1 { k } else { j });
+            let drawn = chart.draw_series(LineSeries::new(points.iter().copied(), &color)).map_err(&e)?;
+            if !label.is_empty() {
+                drawn.label(label.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], &color));
+            }
+        }
+        if lines.iter().any(|l| !l.0.is_empty()) {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(&e)?;
+        }
     }
     root.present().map_err(&e)?;
     Ok(())
@@ -70,8 +97,19 @@ pub fn pretrain_curves(metrics: &Path, out: &Path) -> Result<()> {
     )
 }
 
-/// The probe's training loss and validation macro AUROC per epoch.
-pub fn probe_curves(history: &[EpochMetrics], out: &Path) -> Result<()> {
+/// The probe's training loss and validation macro AUROC: per epoch (SGD probe), or per
+/// regularisation strength (logistic probe, `path`).
+pub fn probe_curves(history: &[EpochMetrics], path: Option<&[CPoint]>, out: &Path) -> Result<()> {
+    if let Some(path) = path {
+        let loss = path.iter().map(|p| (p.c.log10(), p.train_loss)).collect();
+        let auc = path.iter().filter_map(|p| Some((p.c.log10(), p.validate_macro_auroc?))).collect();
+        return panels(
+            out,
+            "Logistic probe: regularisation path",
+            "log10 C",
+            &[("train BCE", loss), ("validate macro AUROC", auc)],
+        );
+    }
     let loss = history.iter().map(|m| (m.epoch as f64, m.train_loss)).collect();
     let auc = history.iter().filter_map(|m| Some((m.epoch as f64, m.validate_macro_auroc?))).collect();
     panels(out, "Linear probe", "epoch", &[("train BCE", loss), ("validate macro AUROC", auc)])
@@ -509,7 +547,7 @@ pub fn linear_eval_report(
     history: &[EpochMetrics],
     test: &Scored,
 ) -> Result<()> {
-    probe_curves(history, &dir.join("probe-curves.svg"))?;
+    probe_curves(history, result.regularization.as_deref(), &dir.join("probe-curves.svg"))?;
     auroc_bars(&result.test, "Test AUROC per label", &dir.join("auroc.svg"))?;
     roc_curves(test, &result.labels, &dir.join("roc.svg"))?;
     embedding(test, &result.labels, &dir.join("embedding.svg"))?;
@@ -530,16 +568,13 @@ pub fn linear_eval_sections(result: &LinearEvalResult) -> Vec<(String, String)> 
         (
             "Linear evaluation".to_string(),
             format!(
-                "<p>Dataset {} ({}); probe trained on {} images, {} validation, {} test; {} epochs, best validation macro \
-                 AUROC {} at epoch {}.</p><pre>{}</pre>",
+                "<p>Dataset {} ({}); probe trained on {} images, {} validation, {} test; {}.</p><pre>{}</pre>",
                 escape(&result.dataset_version),
                 escape(&result.dataset_kind),
                 result.train_rows,
                 result.validate_rows,
                 result.test_rows,
-                result.epochs_run,
-                result.best_validate_macro_auroc.map_or("undefined".into(), |a| format!("{a:.4}")),
-                result.best_epoch,
+                escape(&result.probe_summary()),
                 escape(&serde_json::to_string_pretty(&result.encoder).unwrap_or_default())
             ),
         ),

@@ -1,7 +1,8 @@
 //! Loading PyTorch weights by name: torchvision's `VisionTransformer` state dict into [`Vit`],
-//! lightly's `MSNProjectionHead` into [`ProjectionHead`], `nn.Linear` layers. PyTorch stores
-//! linear weights `[out, in]`; burn's [`Linear`] holds `[in, out]`, so they are transposed.
-//! A missing tensor or a shape that does not match is an error naming it.
+//! lightly's `MSNProjectionHead` into [`ProjectionHead`], `nn.Linear` layers; and a [`Vit`]
+//! as such a state dict ([`vit_state_dict`]). PyTorch stores linear weights `[out, in]`;
+//! burn's [`Linear`] holds `[in, out]`, so they are transposed. A missing tensor or a shape
+//! that does not match is an error naming it.
 
 use std::collections::BTreeMap;
 
@@ -86,4 +87,76 @@ pub fn load_head(head: &mut ProjectionHead, sd: &StateDict, prefix: &str, device
     load_linear(&mut head.fc2, sd, &format!("{prefix}layers.3"), device)?;
     load_batch_norm(&mut head.bn2, sd, &format!("{prefix}layers.4"), device)?;
     load_linear(&mut head.fc3, sd, &format!("{prefix}layers.6"), device)
+}
+
+/// The tensors of `vit` under torchvision's `VisionTransformer` names (what [`load_vit`]
+/// reads), `prefix` before each: the conv patch embedding, class token, position embedding,
+/// each encoder layer's norms, attention and MLP, and the final norm; `[out, in]` weights.
+pub fn vit_state_dict(vit: &Vit, prefix: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+    }
+    let mut sd = BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>, v: Vec<f32>| {
+        sd.insert(format!("{prefix}{name}"), (shape, v));
+    };
+    let linear = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>), name: &str, l: &Linear| {
+        let [d_in, d_out] = l.weight.dims();
+        put(format!("{name}.weight"), vec![d_out, d_in], values(l.weight.val().transpose()));
+        if let Some(b) = &l.bias {
+            put(format!("{name}.bias"), vec![d_out], values(b.val()));
+        }
+    };
+    let norm = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>), name: &str, n: &LayerNorm| {
+        let [d] = n.gamma.dims();
+        put(format!("{name}.weight"), vec![d], values(n.gamma.val()));
+        if let Some(b) = &n.beta {
+            put(format!("{name}.bias"), vec![d], values(b.val()));
+        }
+    };
+    let d = vit.dim();
+    let p = vit.patch_size;
+    put("conv_proj.weight".into(), vec![d, vit.channels, p, p], values(vit.patch.weight.val().transpose()));
+    if let Some(b) = &vit.patch.bias {
+        put("conv_proj.bias".into(), vec![d], values(b.val()));
+    }
+    put("class_token".into(), vec![1, 1, d], values(vit.cls.val()));
+    put("encoder.pos_embedding".into(), vit.pos.dims().to_vec(), values(vit.pos.val()));
+    for (i, block) in vit.blocks.iter().enumerate() {
+        let b = format!("encoder.layers.encoder_layer_{i}");
+        norm(&mut put, &format!("{b}.ln_1"), &block.norm1);
+        put(format!("{b}.self_attention.in_proj_weight"), vec![3 * d, d], values(block.attn.qkv.weight.val().transpose()));
+        if let Some(bias) = &block.attn.qkv.bias {
+            put(format!("{b}.self_attention.in_proj_bias"), vec![3 * d], values(bias.val()));
+        }
+        linear(&mut put, &format!("{b}.self_attention.out_proj"), &block.attn.out);
+        norm(&mut put, &format!("{b}.ln_2"), &block.norm2);
+        linear(&mut put, &format!("{b}.mlp.0"), &block.fc1);
+        linear(&mut put, &format!("{b}.mlp.3"), &block.fc2);
+    }
+    norm(&mut put, "encoder.ln", &vit.norm);
+    sd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::VitConfig;
+    use crate::rng::Rng;
+
+    /// A ViT written under torchvision's names and read back is the same network.
+    #[test]
+    fn a_vit_round_trips_through_its_state_dict() {
+        let device = Device::flex();
+        let cfg = VitConfig::new(16, 2, 2, 32).with_image_size(16).with_patch_size(8);
+        let a = cfg.init(&device, &mut Rng::new(1));
+        let mut b = cfg.init(&device, &mut Rng::new(2));
+        let bytes = cxr_dataset::tensors::to_bytes(&vit_state_dict(&a, "backbone.")).unwrap();
+        let sd = cxr_dataset::tensors::parse(&bytes).unwrap();
+        assert_eq!(sd.len(), crate::import::vit_tensor_names(&cfg, "backbone.").len());
+        load_vit(&mut b, &sd, "backbone.", &device).unwrap();
+        let x = Tensor::<4>::from_data(TensorData::new((0..768).map(|i| (i % 7) as f32 / 7.0).collect(), [1, 3, 16, 16]), &device);
+        let out = |v: &Vit| v.forward(x.clone(), None).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+        assert_eq!(out(&a), out(&b));
+    }
 }

@@ -11,9 +11,9 @@ use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
 use trainer::experiment::{RANDOM_INIT, RunSummary, ablate, grid, run_name};
-use trainer::linear::{LinearEvalConfig, linear_eval, load_encoder, random_encoder};
+use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
-use trainer::pretrain::{PretrainConfig, pretrain};
+use trainer::pretrain::{CheckpointChoice, PretrainConfig, pretrain};
 use trainer::transform::ProbeTransform;
 use trainer::views::ViewConfig;
 
@@ -112,7 +112,7 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     let run = dir.path().join("run");
     pretrain(&tiny("sex"), &data, &run, &device, false).unwrap();
 
-    // A random encoder: every field, the undefined label, a macro over Edema only.
+    // A random encoder, logistic probe: every field, the undefined label, a macro over Edema.
     let out = dir.path().join("random");
     let cfg = probe();
     let r =
@@ -124,16 +124,18 @@ fn linear_eval_of_random_and_pretrained_encoders() {
         "dataset_version",
         "config",
         "labels",
+        "probe",
         "train_rows",
         "validate_rows",
         "test_rows",
-        "epochs_run",
-        "best_epoch",
+        "chosen_c",
+        "regularization",
         "best_validate_macro_auroc",
         "test",
     ] {
         assert!(!json[key].is_null(), "{key} missing");
     }
+    assert_eq!(json["probe"], "logistic");
     assert_eq!(json["train_rows"], 80);
     assert_eq!(json["test_rows"], 20);
     assert_eq!(json["test"]["undefined"], serde_json::json!(["Fracture"]));
@@ -141,23 +143,46 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     assert_eq!(json["test"]["macro_auroc"]["value"].as_f64().unwrap(), edema);
     assert!(json["test"]["macro_auroc"]["low"].as_f64().unwrap() <= edema);
     assert!(std::fs::read_to_string(out.join("results.md")).unwrap().contains("| Fracture | 0 / 20 | undefined |"));
-    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), r.history.len());
-    assert!(out.join("probe.bpk").is_file());
-    // Early stopping: at most best + patience + 1 epochs.
-    assert!(r.result.epochs_run <= r.result.best_epoch + cfg.patience + 1);
+    let path = r.result.regularization.as_ref().unwrap();
+    assert_eq!(path.len(), cfg.logistic.cs.len());
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), path.len());
+    assert!(path.iter().all(|p| p.converged), "{path:?}");
+    assert!(out.join("probe.json").is_file());
 
     // The same seed gives the same numbers (the second run reads the cached features).
     let again =
         linear_eval(&cfg, random_encoder(&vit(), 3, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
             .unwrap();
     assert_eq!(again.result.test, r.result.test);
-    assert_eq!(std::fs::read_dir(out.join("f")).unwrap().count(), 3, "train, validate, test features cached");
+    let cached: Vec<_> = std::fs::read_dir(out.join("f")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cached.iter().filter(|p| p.extension().unwrap() == "f32").count(), 3, "train, validate, test");
+    let splits: Vec<String> = cached
+        .iter()
+        .filter(|p| p.extension().unwrap() == "json")
+        .map(|p| read_json(p)["split"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(splits.len(), 3, "each cached file says what it holds");
+    assert!(["train", "validate", "test"].iter().all(|s| splits.iter().any(|x| x == s)));
+
+    // The SGD probe on the same features: epochs, early stopping, the head saved.
+    let sgd_out = dir.path().join("sgd");
+    let sgd_cfg = probe().with_probe(ProbeKind::Sgd).with_patience(3);
+    let s = linear_eval(&sgd_cfg, random_encoder(&vit(), 3, &device), &data, &[], &sgd_out, &out.join("f"), &device, &mut |_| {})
+        .unwrap();
+    assert_eq!((s.result.probe, s.result.chosen_c), (ProbeKind::Sgd, None));
+    let (run_epochs, best) = (s.result.epochs_run.unwrap(), s.result.best_epoch.unwrap());
+    assert_eq!(std::fs::read_to_string(sgd_out.join("metrics.jsonl")).unwrap().lines().count(), s.history.len());
+    assert!(sgd_out.join("probe.bpk").is_file() && sgd_out.join("probe.json").is_file(), "head and standardisation");
+    assert!(run_epochs <= best + sgd_cfg.patience + 1, "early stopping");
+    let best_auc = s.history.iter().filter_map(|m| m.validate_macro_auroc).fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(s.history[best].validate_macro_auroc, Some(best_auc), "the best-validation epoch is kept");
 
     // The pretrained encoder, with a 25% fraction, and an external dataset whose labels are
     // in another order (and one the probe lacks): matched by name.
     let ext = dir.path().join("ext");
     write_dataset(&ext, "ext00001", &["Fracture", "Edema"]);
-    let enc = load_encoder(&run, &device).unwrap();
+    let enc = load_encoder(&run, CheckpointChoice::LowestLoss, &device).unwrap();
+    assert!(enc.source["selected"].as_str().unwrap().starts_with("lowest-loss"), "{}", enc.source);
     let out2 = dir.path().join("pre");
     let cfg2 = probe().with_fraction(0.25);
     let p =
@@ -179,19 +204,85 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     }
 }
 
+/// The logistic probe sees what the images show (the disc's side is the Edema label): far
+/// above chance on a random encoder's features and on the pixels; the EHR baseline reads the
+/// EHR columns (which agree with the class here). The test split is scored with the strength
+/// chosen on validation, not the last one tried: refitting at the chosen strength alone gives
+/// the same test scores.
 #[test]
-fn finetuning_trains_the_encoder() {
+fn the_probe_sees_the_labels_and_tests_with_the_validation_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0005", &["Edema"]);
+    let device = device();
+    let eval = |source: Source, cfg: &LinearEvalConfig, name: &str| {
+        let out = dir.path().join(name);
+        linear_eval(cfg, source, &data, &[], &out, &out.join("f"), &device, &mut |_| {}).unwrap().result
+    };
+    let auc = |r: &trainer::linear::LinearEvalResult| r.test.macro_auroc.unwrap().value;
+    let cfg = probe();
+    let random = eval(random_encoder(&vit(), 3, &device).into(), &cfg, "random");
+    assert!(auc(&random) > 0.8, "{}", auc(&random));
+    let pixels = eval(Source::baseline("pixels").unwrap(), &cfg, "pixels");
+    assert_eq!(pixels.encoder["baseline"], "pixels");
+    assert!(auc(&pixels) > 0.9, "{}", auc(&pixels));
+    let ehr = eval(Source::baseline("ehr-alone").unwrap(), &cfg, "ehr");
+    assert!(auc(&ehr) > 0.99, "{}", auc(&ehr));
+    let path = random.regularization.as_ref().unwrap();
+    let chosen = random.chosen_c.unwrap();
+    let best = path.iter().filter_map(|p| p.validate_macro_auroc).fold(f64::NEG_INFINITY, f64::max);
+    let at = path.iter().position(|p| p.c == chosen).unwrap();
+    assert_eq!(path[at].validate_macro_auroc, Some(best));
+    assert_eq!(path.iter().position(|p| p.validate_macro_auroc == Some(best)), Some(at), "the smallest C of a tie");
+    // Only the chosen strength: the same test scores up to the solver's tolerance; only the
+    // last strength tried: other scores.
+    let scores = |name: &str| trainer::linear::TestScores::read(&dir.path().join(name)).unwrap().scores;
+    let gap = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let mut alone = probe();
+    alone.logistic.cs = vec![chosen];
+    eval(random_encoder(&vit(), 3, &device).into(), &alone, "alone");
+    assert!(gap(&scores("alone"), &scores("random")) < 1e-3);
+    assert!(at + 1 < path.len(), "the toy data should not choose the weakest penalty: {path:?}");
+    let mut last = probe();
+    last.logistic.cs = vec![*cfg.logistic.cs.last().unwrap()];
+    eval(random_encoder(&vit(), 3, &device).into(), &last, "last");
+    assert!(gap(&scores("last"), &scores("random")) > 1e-2);
+}
+
+/// Fine-tuning changes the encoder's weights; a frozen probe on augmented images does not.
+#[test]
+fn finetuning_trains_the_encoder_and_frozen_probing_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0002", &["Edema"]);
     let device = device();
-    let enc = random_encoder(&vit(), 5, &device);
+    let weights = |vit: &trainer::model::Vit| {
+        vit.patch.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    };
+    let initial = weights(&random_encoder(&vit(), 5, &device).vit);
+    let saved = |out: &Path| {
+        let mut probe = trainer::linear::sgd::Probe {
+            encoder: Some(random_encoder(&vit(), 99, &device).vit),
+            head: burn::nn::LinearConfig::new(16, 1).init(&device),
+        };
+        let record = burn::store::ModuleRecord::load(out.join("probe.bpk")).unwrap();
+        probe = burn::module::Module::load_record(probe, record);
+        weights(probe.encoder.as_ref().unwrap())
+    };
     let out = dir.path().join("ft");
     let cfg = probe().with_finetune(true).with_epochs(2).with_bootstrap(10);
-    let r = linear_eval(&cfg, enc, &data, &[], &out, &out.join("f"), &device, &mut |_| {}).unwrap();
-    assert_eq!(r.history.len(), 2);
+    let r = linear_eval(&cfg, random_encoder(&vit(), 5, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
+        .unwrap();
+    assert_eq!((r.history.len(), r.result.probe), (2, ProbeKind::Sgd));
     assert!(!out.join("f").exists(), "fine-tuning caches nothing");
     assert!(r.result.test.macro_auroc.is_some());
+    assert_ne!(saved(&out), initial, "fine-tuning moved the encoder");
+
+    let frozen = dir.path().join("frozen");
+    let cfg = probe().with_cache_features(false).with_epochs(2).with_bootstrap(10);
+    linear_eval(&cfg, random_encoder(&vit(), 5, &device), &data, &[], &frozen, &frozen.join("f"), &device, &mut |_| {})
+        .unwrap();
+    assert_eq!(saved(&frozen), initial, "a frozen probe leaves the encoder as it was");
 }
 
 #[test]
@@ -244,11 +335,11 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
 }
 
 #[test]
-fn the_random_init_choice_evaluates_an_unpretrained_encoder_against_vanilla() {
+fn the_baseline_choices_evaluate_without_pretraining_against_vanilla() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0004", &["Edema", "Fracture"]);
-    let choices = ["none".to_string(), RANDOM_INIT.to_string()];
+    let choices = ["none", RANDOM_INIT, "pixels", "ehr-alone"].map(String::from);
     let out = dir.path().join("ablate");
     let mut logs = Vec::new();
     let runs = tiny_ablate(&data, &out, &choices, &mut logs);
@@ -266,6 +357,76 @@ fn the_random_init_choice_evaluates_an_unpretrained_encoder_against_vanilla() {
     assert!(d.low <= d.value && d.value <= d.high);
     let vanilla = read_json(&out.join("vanilla-msn/linear-eval/results.json"));
     assert_ne!(vanilla["encoder"], results["encoder"]);
+    // The pixel and EHR baselines: their own folders, no pretraining, a paired delta.
+    for (k, name) in [(2, "baseline-pixels"), (3, "baseline-ehr-alone")] {
+        assert_eq!(run_name(&choices[k]), name);
+        let r = out.join(name);
+        assert!(!r.join("config.json").exists() && r.join("summary.json").is_file(), "{name}");
+        assert_eq!(runs[k].pretrain_steps, 0);
+        assert!(runs[k].delta_vs_vanilla.is_some(), "{name}");
+    }
+    assert_eq!(read_json(&out.join("baseline-ehr-alone/linear-eval/results.json"))["encoder"]["baseline"], "ehr");
+    let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
+    assert!(md.contains("| pixels |") && md.contains("| ehr-alone |"), "{md}");
+}
+
+/// `compare-reference` with burn itself as the "reference" (its own snapshots exported under
+/// torchvision's names, its own metrics): every checkpoint is trained, snapshotted, exported,
+/// imported and probed, and the comparison finds exactly no difference; a second call
+/// redoes nothing.
+#[test]
+fn compare_reference_against_itself_finds_no_difference() {
+    use trainer::parity::{CompareConfig, compare_reference};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0006", &["Edema"]);
+    let device = device();
+    let cfg = CompareConfig {
+        pretrain: tiny("none"),
+        eval: probe().with_bootstrap(50),
+        seeds: vec![24, 25],
+        fractions: CompareConfig::FRACTIONS.to_vec(),
+    };
+    let mut calls = 0;
+    let mut itself = |config: &Path, out: &Path, steps: &[usize]| -> trainer::Result<()> {
+        calls += 1;
+        let burn = config.parent().unwrap();
+        std::fs::copy(burn.join("metrics.jsonl"), out.join("metrics.jsonl")).unwrap();
+        for &s in steps {
+            let enc = load_encoder(&burn.join(format!("step-{s:08}")), CheckpointChoice::Last, &device).unwrap();
+            let sd = trainer::weights::vit_state_dict(&enc.vit, "backbone.");
+            let bytes = cxr_dataset::tensors::to_bytes(&sd).unwrap();
+            std::fs::write(out.join(format!("step-{s:08}.safetensors")), bytes).unwrap();
+        }
+        Ok(())
+    };
+    let out = dir.path().join("compare");
+    let mut logs = Vec::new();
+    let c = compare_reference(&cfg, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
+        .unwrap();
+    // 80 training images, batches of 16, 2 epochs: 10 steps; checkpoints 0, 1, 2, 5, 10.
+    assert_eq!(c.steps, 10);
+    assert_eq!(c.rows.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 1, 2, 5, 10]);
+    for r in &c.rows {
+        let d = r.delta.unwrap();
+        assert_eq!((d.value, d.low, d.high), (0.0, 0.0, 0.0), "step {}", r.step);
+        assert!(r.within && r.burn == r.reference);
+    }
+    assert_eq!(c.probes.len(), 2 * 2 * 5);
+    assert_eq!(c.loss_epochs_within_spread, 2);
+    assert!(c.loss_gap.iter().all(|(gap, _)| *gap == 0.0));
+    assert_eq!(trainer::pretrain::read_checkpoint(&out.join("burn-seed24/step-00000000")).unwrap().step, 0);
+    for f in ["comparison.md", "comparison.json", "probe-auroc.svg", "loss-curves.svg"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
+    assert!(md.contains("| 1/8 | 1 |") && md.contains("| +0.000 (+0.000 to +0.000) | yes |"), "{md}");
+    // Everything is there: nothing is trained or probed again.
+    logs.clear();
+    compare_reference(&cfg, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
+        .unwrap();
+    assert!(logs.is_empty(), "{logs:?}");
+    assert_eq!(calls, 2, "the reference ran once per seed");
 }
 
 /// `ablate` of `choices` with a 3-step pretraining and a 3-epoch probe, logging into `logs`.

@@ -73,6 +73,18 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32], tol: f32) {
     assert!(worst <= tol * scale, "{what}: max difference {worst} (scale {scale}, tolerance {tol})");
 }
 
+/// Gradients, relative to the reference tensor's own scale: max |ours - reference| at most
+/// `rel * max |reference|` plus an absolute floor of 1e-7 (gradients of the MSN loss peak at
+/// 0.06-0.16, so a tolerance relative to 1 would leave most entries unchecked). Prints the
+/// measured relative error.
+fn assert_grad_close(what: &str, ours: &[f32], reference: &[f32], rel: f32) {
+    assert_eq!(ours.len(), reference.len(), "{what}: lengths");
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    eprintln!("{what}: max |error| {worst:.3e} = {:.2e} of max |reference| {scale:.3e}", worst / scale.max(f32::MIN_POSITIVE));
+    assert!(worst <= rel * scale + 1e-7, "{what}: max difference {worst} (scale {scale}, relative tolerance {rel})");
+}
+
 /// The device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).
 fn device() -> Device {
     Backend::from_test_env().unwrap().device(Precision::F32).unwrap()
@@ -153,13 +165,10 @@ fn msn_loss_case(name: &str) {
     let expected = c.json["loss"].as_f64().unwrap() as f32;
     assert!((loss - expected).abs() <= 1e-5 * expected.abs().max(1.0), "{name}: loss {loss}, reference {expected}");
     let grads = out.loss.backward();
-    assert_close(&format!("{name} grad_anchors"), &values(anchors.grad(&grads).unwrap()), &c.f32("grad_anchors"), 1e-3);
-    assert_close(
-        &format!("{name} grad_prototypes"),
-        &values(prototypes.grad(&grads).unwrap()),
-        &c.f32("grad_prototypes"),
-        1e-3,
-    );
+    let anchors_grad = values(anchors.grad(&grads).unwrap());
+    assert_grad_close(&format!("{name} grad_anchors"), &anchors_grad, &c.f32("grad_anchors"), 1e-4);
+    let prototypes_grad = values(prototypes.grad(&grads).unwrap());
+    assert_grad_close(&format!("{name} grad_prototypes"), &prototypes_grad, &c.f32("grad_prototypes"), 1e-4);
 }
 
 #[test]
@@ -205,7 +214,7 @@ fn golden_msn_ehr_step() {
         focal_keep: Some(c.int("idx_keep_focal", &dev)),
         ehr: Some(c.tensor("ehr", &dev)),
     };
-    let out = net.forward(views);
+    let out = net.forward(views).unwrap();
     assert_close("targets_out", &values(out.targets.clone()), &c.f32("targets_out"), 1e-4);
     assert_close("anchors_out", &values(out.anchors.clone()), &c.f32("anchors_out"), 1e-4);
     let loss = MsnLossConfig::new().forward(out.anchors, out.targets, net.prototypes.val().detach());
@@ -215,14 +224,11 @@ fn golden_msn_ehr_step() {
     let grads = loss.loss.backward();
     // PyTorch layout [out, in]; burn holds [in, out].
     let grad = |w: &burn::module::Param<Tensor<2>>| values(w.val().grad(&grads).unwrap().transpose());
-    assert_close("grad f_ehr.weight", &grad(&net.f_ehr.as_ref().unwrap().weight), &c.f32("grad_f_ehr.weight"), 1e-3);
-    assert_close("grad g.weight", &grad(&net.g.as_ref().unwrap().weight), &c.f32("grad_g.weight"), 1e-3);
-    assert_close(
-        "grad anchor head layers.0.weight",
-        &grad(&net.anchor_head.fc1.weight),
-        &c.f32("grad_anchor_head.layers.0.weight"),
-        1e-3,
-    );
+    let f_ehr = grad(&net.f_ehr.as_ref().unwrap().weight);
+    assert_grad_close("grad f_ehr.weight", &f_ehr, &c.f32("grad_f_ehr.weight"), 1e-4);
+    assert_grad_close("grad g.weight", &grad(&net.g.as_ref().unwrap().weight), &c.f32("grad_g.weight"), 1e-4);
+    let head = grad(&net.anchor_head.fc1.weight);
+    assert_grad_close("grad anchor head layers.0.weight", &head, &c.f32("grad_anchor_head.layers.0.weight"), 1e-4);
 }
 
 /// AUROC and average precision as scikit-learn computes them (ties, a single-class label).
@@ -271,7 +277,7 @@ fn golden_import_torch_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let golden = golden_dir().join("vit_forward.safetensors");
     let check = |run: &std::path::Path| {
-        let enc = trainer::linear::load_encoder(run, &dev).unwrap();
+        let enc = trainer::linear::load_encoder(run, trainer::pretrain::CheckpointChoice::LowestLoss, &dev).unwrap();
         let images: Tensor<4> = c.tensor("images", &dev);
         assert_close("cls_full (imported)", &values(enc.vit.forward(images, None)), &c.f32("cls_full"), 1e-4);
     };

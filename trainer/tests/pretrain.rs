@@ -12,7 +12,7 @@ use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
 use trainer::model::VitConfig;
-use trainer::pretrain::{PretrainConfig, pretrain};
+use trainer::pretrain::{PretrainConfig, Schedule, StepSchedule, pretrain};
 use trainer::views::ViewConfig;
 
 /// 96 images of 32x32 in two shards: a bright disc whose position depends on the class, with
@@ -248,6 +248,38 @@ fn ehr_choices_select_columns_by_name() {
     }
 }
 
+/// The last, partial batch of an epoch trains (as the reference's data loader), unless
+/// `drop_last` (the original MSN); the lowest-loss epoch is kept as its own checkpoint.
+#[test]
+fn the_last_partial_batch_trains_unless_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let device = device();
+    // 80 training images in batches of 12: 6 full batches and one of 8.
+    let cfg = tiny("none").with_batch_size(12).with_epochs(2);
+    let run = dir.path().join("keep");
+    let keep = pretrain(&cfg, &data, &run, &device, false).unwrap();
+    assert_eq!((keep.steps, keep.images), (14, 160));
+    let drop = pretrain(&cfg.clone().with_drop_last(true), &data, &dir.path().join("drop"), &device, false).unwrap();
+    assert_eq!((drop.steps, drop.images), (12, 144));
+    let best = trainer::pretrain::read_best(&run).unwrap().unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let epoch_mean = |e: u64| {
+        let l: Vec<f64> = lines.iter().filter(|v| v["epoch"] == e).map(|v| v["loss"].as_f64().unwrap()).collect();
+        l.iter().sum::<f64>() / l.len() as f64
+    };
+    let (m0, m1) = (epoch_mean(0), epoch_mean(1));
+    let want = if m1 < m0 { 1 } else { 0 };
+    assert_eq!(best.epoch, want, "epoch means {m0} {m1}");
+    assert!((f64::from(best.mean_loss) - m0.min(m1)).abs() < 1e-4);
+    assert!(run.join(trainer::pretrain::BEST_MODEL).is_file());
+}
+
 #[test]
 fn an_unknown_ehr_column_and_a_changed_shard_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,11 +358,12 @@ fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
         .with_grad_clip_norm(None);
         let shape = FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
         let net = MsnNet::new(&vit, shape, &device, &mut trainer::rng::Rng::new(3));
-        let mut optim = trainer::pretrain::optimizer(&cfg, &net);
+        let mut optim = trainer::pretrain::optimizer();
         let mut zero = ZeroLoss(None);
         net.visit(&mut zero);
         let grads = burn::optim::GradientsParams::from_grads(zero.0.unwrap().backward(), &net);
-        let after = optim.step(lr, net.clone(), grads);
+        let s = StepSchedule { lr, weight_decay: wd, momentum: 0.996 };
+        let after = trainer::pretrain::update(net.clone(), &mut optim, grads, &cfg, s);
         let ratio = |before: Vec<f32>, after: Vec<f32>| {
             let (b, a): (f32, f32) = (before.iter().map(|x| x.abs()).sum(), after.iter().map(|x| x.abs()).sum());
             a / b
@@ -464,6 +497,102 @@ fn the_anchor_branch_trains_every_parameter_and_the_target_none() {
     });
     assert!(target.iter().all(|&g| !g), "the target is not trained");
     assert!(net.anchor.blocks[0].norm1.gamma.is_require_grad() && net.anchor.norm.gamma.is_require_grad());
+}
+
+/// The schedules at chosen steps equal their formulas: the reference's per-epoch cosine, and
+/// the original MSN's per-step warmup, cosine lr and weight decay over 1.25 times the run,
+/// and the EMA ramp.
+#[test]
+fn the_schedules_follow_their_formulas() {
+    let vit = VitConfig::vit_micro();
+    let pi = std::f64::consts::PI;
+    // Reference: 10 epochs of 5 steps, lr 1e-4, no warmup; constant wd and EMA.
+    let paper = PretrainConfig::paper(vit.clone(), "none").with_epochs(10);
+    assert_eq!(paper.schedule, Schedule::Epoch);
+    let s = paper.schedule_at(3, 17, 5);
+    assert!((s.lr - 0.5 * 1e-4 * (1.0 + (pi * 0.3).cos())).abs() < 1e-15, "{s:?}");
+    assert_eq!(paper.schedule_at(3, 15, 5).lr, s.lr, "constant within an epoch");
+    assert_eq!((s.weight_decay, s.momentum), (1e-3, 0.996));
+    // Original MSN: 20 epochs of 10 steps; warmup 15 epochs; everything over 1.25 * 200 = 250.
+    let msn = PretrainConfig::msn(vit, "none").with_epochs(20);
+    assert_eq!(msn.schedule, Schedule::Step);
+    let at = |step: usize| msn.schedule_at(step / 10, step, 10);
+    let (warm, span) = (150.0, 250.0);
+    // Step k uses the scheduler's k + 1.
+    assert!((at(49).lr - (2e-4 + 50.0 / warm * (1e-3 - 2e-4))).abs() < 1e-15, "{:?}", at(49));
+    let t = (180.0 - warm) / (span - warm);
+    assert!((at(179).lr - (1e-6 + (1e-3 - 1e-6) * 0.5 * (1.0 + (pi * t).cos()))).abs() < 1e-15);
+    assert!((at(179).weight_decay - (0.4 + (0.04 - 0.4) * 0.5 * (1.0 + (pi * 180.0 / span).cos()))).abs() < 1e-15);
+    assert!((at(100).momentum - (0.996 + 0.004 * 100.0 / span)).abs() < 1e-15);
+    assert!(at(199).momentum < 1.0 && at(199).weight_decay < 0.4 && at(199).lr > 1e-6, "never reach their ends");
+}
+
+/// One EMA update: target = m * target + (1 - m) * anchor, for every parameter.
+#[test]
+fn one_ema_update_is_the_weighted_mean() {
+    use trainer::model::fusion::{FusionShape, MsnNet};
+    let device = device();
+    let vit = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
+    let shape = FusionShape { ehr_in: 0, ehr_dim: 8, prototypes: 16 };
+    let mut net = MsnNet::new(&vit, shape, &device, &mut trainer::rng::Rng::new(5));
+    // Make the anchor differ from the target.
+    net.anchor = MsnNet::new(&vit, shape, &device, &mut trainer::rng::Rng::new(6)).anchor;
+    let (t0, a0) = (flat(&net.target), flat(&net.anchor));
+    assert_ne!(t0, a0);
+    let m = 0.9;
+    let after = trainer::pretrain::ema_update(net, m);
+    let t1 = flat(&after.target);
+    for ((t, a), got) in t0.iter().zip(&a0).zip(&t1) {
+        let want = m as f32 * t + (1.0 - m as f32) * a;
+        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{got} vs {want}");
+    }
+    assert_eq!(flat(&after.anchor), a0, "the anchor is untouched");
+}
+
+/// Global gradient-norm clipping scales the anchor branch's gradients together so their
+/// joint norm is the limit (not each tensor's), and leaves the prototypes' alone.
+#[test]
+fn gradient_clipping_is_global_over_the_anchor_branch() {
+    use trainer::model::fusion::{FusionShape, MsnNet};
+    let device = device();
+    let vit = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
+    let shape = FusionShape { ehr_in: 0, ehr_dim: 8, prototypes: 16 };
+    let net = MsnNet::new(&vit, shape, &device, &mut trainer::rng::Rng::new(5));
+    // Loss = sum of 10 * p over the trained parameters: every gradient entry is 10.
+    struct Linear(Option<Tensor<1>>);
+    impl ModuleVisitor for Linear {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if p.is_require_grad() {
+                let term = p.val().mul_scalar(10.0).sum();
+                self.0 = Some(match self.0.take() {
+                    Some(t) => t + term,
+                    None => term,
+                });
+            }
+        }
+    }
+    let net = MsnNet { prototypes: net.prototypes.clone().set_require_grad(true), ..net };
+    let mut loss = Linear(None);
+    net.visit(&mut loss);
+    let grads = burn::optim::GradientsParams::from_grads(loss.0.unwrap().backward(), &net);
+    let clipped = trainer::pretrain::clip_global_norm(grads, &net, 3.0);
+    struct Sq<'a>(&'a burn::optim::GradientsParams, f64, usize);
+    impl ModuleVisitor for Sq<'_> {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(p.id) {
+                let v = g.into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
+                self.1 += v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>();
+                self.2 += v.len();
+            }
+        }
+    }
+    let mut anchor = Sq(&clipped, 0.0, 0);
+    net.anchor.visit(&mut anchor);
+    net.anchor_head.visit(&mut anchor);
+    assert!((anchor.1.sqrt() - 3.0).abs() < 1e-3, "global norm {}", anchor.1.sqrt());
+    let mut proto = Sq(&clipped, 0.0, 0);
+    proto.visit_float(&net.prototypes);
+    assert!((proto.1 - 100.0 * proto.2 as f64).abs() < 1e-3 * proto.1, "prototypes unclipped");
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).

@@ -1,44 +1,86 @@
 //! Linear evaluation (METHOD.md section 9): the target (EMA) encoder of a pretraining run,
-//! frozen (or fine-tuned), a Linear(dim, labels) head, sigmoid + binary cross-entropy, Adam
-//! with a per-epoch cosine schedule, early stopping on validation macro AUROC, and the test
-//! metrics of the best-validation head, in-domain and on external datasets (labels matched by
-//! name).
+//! frozen (or fine-tuned), one linear classifier per label, and the test metrics of the
+//! classifier chosen on the validation split, in-domain and on external datasets (labels
+//! matched by name).
+//!
+//! Two probes ([`ProbeKind`]). `logistic` (the default; [`logistic`]): frozen features are
+//! standardised with the training split's statistics and each label gets an L2-regularised
+//! logistic regression solved to convergence, its strength chosen on validation macro AUROC:
+//! the standard protocol for frozen features. `sgd` ([`sgd`]): the reference's probe, a
+//! Linear(dim, labels) head trained with Adam, a per-epoch cosine schedule and early stopping
+//! on validation macro AUROC (on standardised features unless `standardize` is off); it is
+//! the only probe that can fine-tune the encoder or train on augmented images.
 //!
 //! With a frozen encoder and `cache_features` (the default) the encoder runs once per image
 //! with the eval transform and the features are cached on disk, keyed by the encoder's
 //! weights, the dataset version and the transform, so the probe trains in seconds; otherwise
 //! every training batch is transformed with the reference probe's augmentations.
+//!
+//! Besides an encoder, a [`Source`] can be a baseline that shows what an encoder adds: the
+//! image itself, area-downsampled (`Pixels`), or the EHR vector alone (`Ehr`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::Linear;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
+use burn::tensor::{Device, Tensor, TensorData};
 use cxr_dataset::Split;
+use cxr_dataset::features::EhrSelection;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::{Dataset, Images};
 use crate::metrics::evaluate;
 use crate::model::fusion::{FusionShape, MsnNet};
-use crate::model::init::Init;
 use crate::model::{Vit, VitConfig};
-use crate::pretrain::{PretrainConfig, read_checkpoint};
+use crate::pretrain::{CheckpointChoice, PretrainConfig, read_best, read_checkpoint};
 use crate::rng::Rng;
 use crate::transform::ProbeTransform;
 use crate::{Error, Result};
 
+pub mod logistic;
 mod results;
+pub mod sgd;
 mod splits;
-pub use results::{EpochMetrics, ExternalResult, LinearEvalResult, TEST_SCORES, TestScores};
+pub use logistic::{LogisticConfig, LogisticModel, Standardizer};
+pub use results::{CPoint, EpochMetrics, ExternalResult, LinearEvalResult, TEST_SCORES, TestScores};
 pub use splits::{SplitData, load_splits};
+
+/// How the linear classifier is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// L2-regularised logistic regression per label on standardised frozen features, solved
+    /// to convergence (L-BFGS), the strength chosen on validation macro AUROC.
+    Logistic,
+    /// A linear head trained by Adam with early stopping (the reference's probe).
+    Sgd,
+}
+
+impl ProbeKind {
+    pub const NAMES: [&'static str; 2] = ["logistic", "sgd"];
+}
+
+impl std::str::FromStr for ProbeKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "logistic" => Ok(Self::Logistic),
+            "sgd" => Ok(Self::Sgd),
+            other => Err(Error::Config(format!("--probe {other}: expected logistic or sgd"))),
+        }
+    }
+}
 
 /// Linear-evaluation settings; saved in the results.
 #[derive(Config, Debug)]
 pub struct LinearEvalConfig {
+    /// The classifier on frozen features: `logistic` or `sgd`. Fine-tuning and training on
+    /// augmented images (`cache_features` off) always use `sgd`.
+    #[config(default = "ProbeKind::Logistic")]
+    pub probe: ProbeKind,
     /// Fraction of the training images the probe trains on (1%, 5%, 10%, 100% in the paper),
     /// sampled at random with `seed`.
     #[config(default = 1.0)]
@@ -49,10 +91,21 @@ pub struct LinearEvalConfig {
     /// Compute a frozen encoder's features once (eval transform) and cache them.
     #[config(default = true)]
     pub cache_features: bool,
-    /// Most epochs; early stopping usually ends the run before.
+    /// `sgd` on frozen features: standardise them with the training rows' mean and standard
+    /// deviation first (a parameter-free normalisation, as MAE and MSN probes use).
+    #[config(default = true)]
+    pub standardize: bool,
+    /// The pretraining checkpoint a run's encoder is read from: `lowest-loss` (the epoch with
+    /// the lowest mean training loss, as the reference) or `last`.
+    #[config(default = "CheckpointChoice::LowestLoss")]
+    pub checkpoint: CheckpointChoice,
+    /// `logistic`: the candidate strengths and the solver's tolerance.
+    #[config(default = "LogisticConfig::default()")]
+    pub logistic: LogisticConfig,
+    /// `sgd`: most epochs; early stopping usually ends the run before.
     #[config(default = 100)]
     pub epochs: usize,
-    /// Epochs without a better validation macro AUROC before stopping.
+    /// `sgd`: epochs without a better validation macro AUROC before stopping.
     #[config(default = 5)]
     pub patience: usize,
     #[config(default = 64)]
@@ -86,8 +139,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The target (EMA) encoder of the last checkpoint of a pretraining run folder.
-pub fn load_encoder(run: &Path, device: &Device) -> Result<Encoder> {
+/// The target (EMA) encoder of a pretraining run folder, from the checkpoint `choice` names
+/// (the lowest-loss epoch falls back to the last checkpoint when the run has none).
+pub fn load_encoder(run: &Path, choice: CheckpointChoice, device: &Device) -> Result<Encoder> {
     let path = run.join("config.json");
     let text = fs_err::read_to_string(&path)
         .map_err(|e| Error::Config(format!("{}: not a pretraining run folder ({e})", path.display())))?;
@@ -95,7 +149,15 @@ pub fn load_encoder(run: &Path, device: &Device) -> Result<Encoder> {
     let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config(e.to_string()))?;
     let ehr_in = saved["ehr_columns"].as_array().map_or(0, Vec::len);
     let checkpoint = read_checkpoint(run)?;
-    let file = run.join(&checkpoint.model);
+    let best = match choice {
+        CheckpointChoice::LowestLoss => read_best(run)?,
+        CheckpointChoice::Last => None,
+    };
+    let (model, step, selected) = match &best {
+        Some(b) => (b.model.clone(), b.step, format!("lowest-loss (epoch {}, mean loss {:.4})", b.epoch, b.mean_loss)),
+        None => (checkpoint.model.clone(), checkpoint.step, "last".to_string()),
+    };
+    let file = run.join(&model);
     let bytes = fs_err::read(&file)?;
     let id = hex(&Sha256::digest(&bytes))[..16].to_string();
     let shape = FusionShape { ehr_in, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
@@ -105,37 +167,33 @@ pub fn load_encoder(run: &Path, device: &Device) -> Result<Encoder> {
     let net = net.try_load_record(record).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
     Ok(Encoder {
         vit: net.target,
-        id,
-        crop: cfg.views.global_size,
         source: serde_json::json!({
             "run": run.display().to_string(),
-            "checkpoint": checkpoint.model,
-            "step": checkpoint.step,
-            "weights_sha256_16": hex(&Sha256::digest(&bytes))[..16],
+            "checkpoint": model,
+            "selected": selected,
+            "step": step,
+            "weights_sha256_16": id,
             "pretraining_dataset": checkpoint.dataset_version,
             "ehr": cfg.ehr,
             "preset": cfg.preset,
             "vit": cfg.vit,
         }),
+        id,
+        crop: cfg.views.global_size,
     })
 }
 
-/// A randomly initialised encoder (the baseline a pretrained one must beat).
+/// A randomly initialised encoder (the baseline a pretrained one must beat): exactly the
+/// initial network of a pretraining run with this model and seed, whatever its EHR choice.
 pub fn random_encoder(vit: &VitConfig, seed: u64, device: &Device) -> Encoder {
     let text = format!("random:{seed}:{}", serde_json::to_string(vit).unwrap_or_default());
+    let shape = FusionShape { ehr_in: 0, ehr_dim: 1, prototypes: 1 };
     Encoder {
-        vit: vit.init(device, &mut Rng::new(seed)),
+        vit: MsnNet::new(vit, shape, device, &mut Rng::new(seed)).target,
         id: hex(&Sha256::digest(text.as_bytes()))[..16].to_string(),
         crop: vit.image_size,
         source: serde_json::json!({ "random_init": true, "seed": seed, "vit": vit }),
     }
-}
-
-/// The probe: an encoder (absent when training on cached features) and the linear head.
-#[derive(Module, Debug)]
-pub struct Probe {
-    pub encoder: Option<Vit>,
-    pub head: Linear,
 }
 
 /// The encoder's CLS features of `rows` of `images` with the eval transform, `[rows, dim]`.
@@ -158,30 +216,20 @@ fn eval_batch(images: &Images, rows: &[usize], t: &ProbeTransform, device: &Devi
     Ok(Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device))
 }
 
-fn train_batch(
-    images: &Images,
-    rows: &[usize],
-    t: &ProbeTransform,
-    seed: u64,
-    epoch: usize,
-    device: &Device,
-) -> Result<Tensor<4>> {
-    let n = t.len();
-    let mut data = vec![0f32; rows.len() * n];
-    data.par_chunks_mut(n).zip(rows.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
-        let mut rng = Rng::derive(seed, 0x7A11 + epoch as u64, i as u64);
-        t.train(&images.image(i)?, images.side, &mut rng, dst);
-        Ok(())
-    })?;
-    Ok(Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device))
-}
-
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
 }
 
-/// Reads or computes (and writes) the cached features `key` in `dir`.
-fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Result<Vec<f32>>, dim: usize) -> Result<Vec<f32>> {
+/// Reads or computes (and writes) the cached features `key` in `dir`: `<key>.f32` (rows of
+/// `dim` little-endian f32) and `<key>.json` (`about`, plus `rows` and `dim`), which says
+/// what they are to other tools (e.g. `trainer/reference/probe_sklearn.py`).
+fn cached(
+    dir: &Path,
+    key: &str,
+    about: serde_json::Value,
+    compute: impl FnOnce() -> Result<Vec<f32>>,
+    dim: usize,
+) -> Result<Vec<f32>> {
     let path = dir.join(format!("{key}.f32"));
     if let Ok(bytes) = fs_err::read(&path)
         && bytes.len() % 4 == 0
@@ -193,30 +241,208 @@ fn cached(dir: &Path, key: &str, compute: impl FnOnce() -> Result<Vec<f32>>, dim
     }
     let v = compute()?;
     fs_err::create_dir_all(dir)?;
+    let mut about = about;
+    about["rows"] = (v.len() / dim.max(1)).into();
+    about["dim"] = dim.into();
+    fs_err::write(dir.join(format!("{key}.json")), to_json_pretty(&about)?)?;
     let tmp = path.with_extension("tmp");
     fs_err::write(&tmp, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
     fs_err::rename(&tmp, &path)?;
     Ok(v)
 }
 
-/// Masked binary cross-entropy with logits: mean over the defined (mask 1) entries.
-pub fn bce(logits: Tensor<2>, targets: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
-    let stable =
-        logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().add_scalar(1.0).log();
-    (stable * mask.clone()).sum() / mask.sum().clamp_min(1.0)
+/// What the probe reads: an encoder's features, or a baseline's.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Encoder(Encoder),
+    /// The stored image, area-downsampled to `side x side` and scaled to [0, 1].
+    Pixels { side: usize },
+    /// The EHR vector of an `--ehr` selection (its dataset columns; DATA.md section 5).
+    Ehr { selection: String },
 }
 
-fn label_tensors(labels: &[f32], rows: &[usize], l: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-    let mut y = Vec::with_capacity(rows.len() * l);
-    let mut m = Vec::with_capacity(rows.len() * l);
-    for &i in rows {
-        for &v in &labels[i * l..(i + 1) * l] {
-            y.push(if v.is_nan() { 0.0 } else { v });
-            m.push(if v.is_nan() { 0.0 } else { 1.0 });
+impl From<Encoder> for Source {
+    fn from(e: Encoder) -> Self {
+        Self::Encoder(e)
+    }
+}
+
+impl Source {
+    /// The baseline choices: `pixels` (the image at 32x32) and `ehr-alone` (the EHR vector of
+    /// demographics, scan and stay).
+    pub const BASELINES: [&'static str; 2] = ["pixels", "ehr-alone"];
+
+    /// The baseline of a name in [`Source::BASELINES`].
+    pub fn baseline(name: &str) -> Option<Self> {
+        match name {
+            "pixels" => Some(Self::Pixels { side: 32 }),
+            "ehr-alone" => Some(Self::Ehr { selection: "demographics,scan,stay".into() }),
+            _ => None,
         }
     }
-    let t = |d: Vec<f32>| Tensor::<2>::from_data(TensorData::new(d, [rows.len(), l]), device);
-    (t(y), t(m))
+
+    /// What the results record about the source.
+    fn describe(&self) -> serde_json::Value {
+        match self {
+            Self::Encoder(e) => e.source.clone(),
+            Self::Pixels { side } => serde_json::json!({ "baseline": "pixels", "side": side }),
+            Self::Ehr { selection } => serde_json::json!({ "baseline": "ehr", "ehr": selection }),
+        }
+    }
+
+    /// The dataset columns the source reads besides the labels.
+    fn columns(&self) -> Result<Vec<String>> {
+        match self {
+            Self::Ehr { selection } => {
+                let sel: EhrSelection =
+                    selection.parse().map_err(|e| Error::Config(format!("--ehr {selection}: {e}")))?;
+                if sel.is_none() {
+                    return Err(Error::Config("the EHR baseline needs an EHR selection other than none".into()));
+                }
+                Ok(sel.columns())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// `images` area-downsampled to `side x side`, scaled to [0, 1], `[rows, side * side]`.
+pub fn downsample(images: &Images, side: usize) -> Result<Vec<f32>> {
+    let s = images.side;
+    let bounds: Vec<(usize, usize)> =
+        (0..side).map(|o| (o * s / side, ((o + 1) * s).div_ceil(side).max(o * s / side + 1))).collect();
+    let rows: Vec<Vec<f32>> = (0..images.len())
+        .into_par_iter()
+        .map(|i| -> Result<Vec<f32>> {
+            let img = images.image(i)?;
+            let mut out = Vec::with_capacity(side * side);
+            for &(y0, y1) in &bounds {
+                for &(x0, x1) in &bounds {
+                    let mut sum = 0u64;
+                    for y in y0..y1 {
+                        sum += img[y * s + x0..y * s + x1].iter().map(|&v| u64::from(v)).sum::<u64>();
+                    }
+                    out.push(sum as f32 / ((y1 - y0) * (x1 - x0)) as f32 / 255.0);
+                }
+            }
+            Ok(out)
+        })
+        .collect::<Result<_>>()?;
+    Ok(rows.concat())
+}
+
+/// The selected feature `columns` of `data`'s rows, `[rows, columns.len()]`.
+fn columns_of(data: &SplitData, columns: &[String]) -> Result<Vec<f32>> {
+    let at: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            data.images.columns.iter().rposition(|n| n == c).ok_or_else(|| Error::Config(format!("no column {c:?}")))
+        })
+        .collect::<Result<_>>()?;
+    Ok((0..data.len()).flat_map(|i| at.iter().map(move |&k| data.images.feature_row(i)[k])).collect())
+}
+
+/// A trained classifier over feature rows.
+enum Classifier {
+    Logistic { standardizer: Standardizer, model: LogisticModel },
+    Linear { standardizer: Option<Standardizer>, probe: sgd::Probe },
+}
+
+impl Classifier {
+    /// Sigmoid outputs `[rows, labels]` of raw feature rows `x` (`[rows, dim]`).
+    fn score(&self, x: &[f32], dim: usize, device: &Device) -> Vec<f32> {
+        match self {
+            Self::Logistic { standardizer, model } => model.predict(&standardizer.apply(x)),
+            Self::Linear { standardizer: Some(s), probe } => sgd::score_features(&probe.head, &s.apply(x), dim, device),
+            Self::Linear { standardizer: None, probe } => sgd::score_features(&probe.head, x, dim, device),
+        }
+    }
+
+    /// Writes `probe.json` (logistic, or the SGD probe's standardisation) and, for the SGD
+    /// probe, `probe.bpk` (the head, and the encoder when fine-tuned).
+    fn save(&self, out: &Path, labels: &[String]) -> Result<()> {
+        let json = |s: &Standardizer| serde_json::json!({ "mean": s.mean, "scale": s.scale });
+        let doc = match self {
+            Self::Logistic { standardizer, model } => Some(serde_json::json!({
+                "probe": "logistic",
+                "labels": labels,
+                "c": model.c,
+                "standardize": json(standardizer),
+                "weights_then_intercept": model.labels.iter().map(|f| f.params.clone()).collect::<Vec<_>>(),
+            })),
+            Self::Linear { standardizer, probe } => {
+                probe
+                    .clone()
+                    .into_record()
+                    .save(out.join("probe.bpk"))
+                    .map_err(|e| Error::Config(format!("probe.bpk: {e}")))?;
+                standardizer.as_ref().map(|s| serde_json::json!({ "probe": "sgd", "standardize": json(s) }))
+            }
+        };
+        if let Some(doc) = doc {
+            let text = serde_json::to_string(&doc).map_err(|e| Error::Config(format!("probe.json: {e}")))?;
+            fs_err::write(out.join("probe.json"), text)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fits the logistic probe at every candidate strength (warm-started from the previous one),
+/// keeps the one with the best validation macro AUROC (the smaller strength on a tie), and
+/// writes one `metrics.jsonl` line per strength.
+#[allow(clippy::too_many_arguments)]
+fn fit_logistic(
+    cfg: &LinearEvalConfig,
+    train: &[f32],
+    train_labels: &[f32],
+    val: &[f32],
+    val_labels: &[f32],
+    dim: usize,
+    names: &[String],
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Classifier, Vec<CPoint>, f64)> {
+    let l = names.len();
+    if cfg.logistic.cs.is_empty() || cfg.logistic.cs.iter().any(|c| c.is_nan() || *c <= 0.0) {
+        return Err(Error::Config("logistic.cs: expected one or more positive strengths".into()));
+    }
+    let standardizer = Standardizer::fit(train, dim);
+    let (x, xv) = (standardizer.apply(train), standardizer.apply(val));
+    let mut cs = cfg.logistic.cs.clone();
+    cs.sort_by(f64::total_cmp);
+    let mut path = Vec::new();
+    let mut best: Option<(LogisticModel, f64)> = None;
+    let mut previous: Option<LogisticModel> = None;
+    let mut lines = String::new();
+    for &c in &cs {
+        let m = logistic::fit(&x, dim, train_labels, l, c, &cfg.logistic, previous.as_ref());
+        let auc = macro_auroc(&m.predict(&xv), val_labels, names);
+        let point = CPoint {
+            c,
+            train_loss: m.loss(&x, train_labels),
+            validate_macro_auroc: auc,
+            max_iterations: m.labels.iter().map(|f| f.iterations).max().unwrap_or(0),
+            converged: m.labels.iter().all(|f| f.converged),
+        };
+        log(&format!(
+            "C {c:.0e}: train loss {:.4}, validate macro AUROC {}, {} iterations{}",
+            point.train_loss,
+            auc.map_or("undefined".into(), |a| format!("{a:.4}")),
+            point.max_iterations,
+            if point.converged { "" } else { " (not converged)" }
+        ));
+        lines += &serde_json::to_string(&point).map_err(|e| Error::Config(e.to_string()))?;
+        lines.push('\n');
+        path.push(point);
+        let a = auc.unwrap_or(f64::NEG_INFINITY);
+        if best.as_ref().is_none_or(|(_, b)| a > *b) {
+            best = Some((m.clone(), a));
+        }
+        previous = Some(m);
+    }
+    fs_err::write(out.join("metrics.jsonl"), lines)?;
+    let (model, auc) = best.ok_or_else(|| Error::Config("no logistic fit".into()))?;
+    Ok((Classifier::Logistic { standardizer, model }, path, auc))
 }
 
 /// Test scores and features kept for the reports.
@@ -234,6 +460,8 @@ pub struct Scored {
 pub struct LinearEvalOutput {
     pub result: LinearEvalResult,
     pub test: Scored,
+    /// The SGD probe's epochs (empty for the logistic probe, whose path over strengths is
+    /// in `result.regularization`).
     pub history: Vec<EpochMetrics>,
 }
 
@@ -241,14 +469,15 @@ fn macro_auroc(scores: &[f32], labels: &[f32], names: &[String]) -> Option<f64> 
     evaluate(scores, labels, names, 0, 0).macro_auroc.map(|e| e.value)
 }
 
-/// Runs the linear evaluation of `encoder` on `dataset` (train/validate/test splits), tests
-/// the best-validation probe on the test split and on each of `external` (labels by name),
-/// and writes `results.json`, `results.md`, `metrics.jsonl` and `probe.bpk` into `out`.
-/// `cache_dir` holds cached features (a run's `features/` folder).
+/// Runs the linear evaluation of `source` (an [`Encoder`] or a baseline) on `dataset`
+/// (train/validate/test splits), tests the classifier chosen on validation on the test split
+/// and on each of `external` (labels by name), and writes `results.json`, `results.md`,
+/// `metrics.jsonl`, `test-scores.json` and the probe (`probe.json` and/or `probe.bpk`) into
+/// `out`. `cache_dir` holds cached encoder features (a run's `features/` folder).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_eval(
     cfg: &LinearEvalConfig,
-    encoder: Encoder,
+    source: impl Into<Source>,
     dataset: &Path,
     external: &[PathBuf],
     out: &Path,
@@ -257,16 +486,25 @@ pub fn linear_eval(
     log: &mut dyn FnMut(&str),
 ) -> Result<LinearEvalOutput> {
     let started = std::time::Instant::now();
+    let source = source.into();
     if !(cfg.fraction > 0.0 && cfg.fraction <= 1.0) {
         return Err(Error::Config(format!("--fraction {}: expected a value in (0, 1]", cfg.fraction)));
     }
     if cfg.batch_size == 0 || cfg.epochs == 0 {
         return Err(Error::Config("--batch-size and --epochs must be at least 1".into()));
     }
+    let encoder = match &source {
+        Source::Encoder(e) => Some(e),
+        _ if cfg.finetune => {
+            return Err(Error::Config("a baseline (pixels or EHR) has no encoder to fine-tune".into()));
+        }
+        _ => None,
+    };
     let ds = Dataset::open(dataset)?;
     let names = ds.labels.clone();
     let l = names.len();
-    let splits = load_splits(&ds, &names, &cfg.uncertain, &[Split::Train, Split::Validate, Split::Test])?;
+    let columns = source.columns()?;
+    let splits = load_splits(&ds, &names, &cfg.uncertain, &[Split::Train, Split::Validate, Split::Test], &columns)?;
     let [train, val, test]: [SplitData; 3] =
         splits.try_into().map_err(|_| Error::Config("expected three splits".into()))?;
     for (what, s) in [("train", &train), ("validate", &val), ("test", &test)] {
@@ -279,123 +517,100 @@ pub fn linear_eval(
     train_rows.truncate(((train.len() as f64 * cfg.fraction).ceil() as usize).max(1));
     train_rows.sort_unstable();
     let t = &cfg.transform;
-    let dim = encoder.vit.dim();
-    let frozen = !cfg.finetune;
-    let use_cache = frozen && cfg.cache_features;
-    let key = |split: &str, version: &str| {
-        let text = format!("{}|{version}|{split}|{}", encoder.id, serde_json::to_string(t).unwrap_or_default());
-        hex(&Sha256::digest(text.as_bytes()))[..24].to_string()
-    };
     let all = |n: usize| (0..n).collect::<Vec<usize>>();
-    let features = |split: &str, version: &str, data: &SplitData, vit: &Vit, log: &mut dyn FnMut(&str)| {
-        log(&format!("embedding {} {split} images", data.len()));
-        let compute = || embed(vit, &data.images, &all(data.len()), t, device);
-        if use_cache { cached(cache_dir, &key(split, version), compute, dim) } else { compute() }
+    let frozen_vit = encoder.map(|e| e.vit.clone().no_grad());
+    // Feature rows of a split of a dataset version through the source (the eval transform
+    // for an encoder, cached when asked).
+    let features = |split: &str, version: &str, data: &SplitData, vit: Option<&Vit>, log: &mut dyn FnMut(&str)| {
+        match (&source, vit) {
+            (Source::Encoder(e), Some(vit)) => {
+                log(&format!("embedding {} {split} images", data.len()));
+                let compute = || embed(vit, &data.images, &all(data.len()), t, device);
+                if cfg.cache_features && !cfg.finetune {
+                    let text = format!("{}|{version}|{split}|{}", e.id, serde_json::to_string(t).unwrap_or_default());
+                    let key = hex(&Sha256::digest(text.as_bytes()))[..24].to_string();
+                    let about = serde_json::json!({
+                        "split": split, "dataset_version": version, "encoder": e.id, "source": e.source,
+                    });
+                    cached(cache_dir, &key, about, compute, vit.dim())
+                } else {
+                    compute()
+                }
+            }
+            (Source::Pixels { side }, _) => downsample(&data.images, *side),
+            (Source::Ehr { .. }, _) => columns_of(data, &columns),
+            (Source::Encoder(_), None) => Err(Error::Config("an encoder source without its network".into())),
+        }
     };
-    let vit = if frozen { encoder.vit.clone().no_grad() } else { encoder.vit.clone() };
-    let train_feats = if use_cache { Some(features("train", &ds.version, &train, &vit, log)?) } else { None };
-    let val_feats_frozen = if frozen { Some(features("validate", &ds.version, &val, &vit, log)?) } else { None };
-    let mut init_rng = Rng::derive(cfg.seed, 0x4EAD, 0);
-    let head = Init::new(device, &mut init_rng).linear_default(dim, l, true);
-    let mut probe = Probe { encoder: (!use_cache).then_some(vit), head };
-    let mut optim = AdamConfig::new().with_epsilon(1e-8).init();
-    let mut history = Vec::new();
-    let (mut best, mut best_auc, mut best_epoch, mut since) = (probe.clone(), f64::NEG_INFINITY, 0, 0);
+    let dim = match &source {
+        Source::Encoder(e) => e.vit.dim(),
+        Source::Pixels { side } => side * side,
+        Source::Ehr { .. } => columns.len(),
+    };
     fs_err::create_dir_all(out)?;
-    let mut metrics = std::io::BufWriter::new(fs_err::File::create(out.join("metrics.jsonl"))?);
-    let score = |p: &Probe, feats: Option<&[f32]>, data: &SplitData| -> Result<Vec<f32>> {
-        let rows = all(data.len());
-        let mut s = Vec::with_capacity(data.len() * l);
-        for chunk in rows.chunks(256) {
-            let x = match (feats, &p.encoder) {
-                (Some(f), _) => {
-                    let v: Vec<f32> = chunk.iter().flat_map(|&i| f[i * dim..(i + 1) * dim].iter().copied()).collect();
-                    Tensor::<2>::from_data(TensorData::new(v, [chunk.len(), dim]), device)
-                }
-                (None, Some(vit)) => vit.forward(eval_batch(&data.images, chunk, t, device)?, None),
-                (None, None) => Tensor::zeros([chunk.len(), dim], device),
-            };
-            s.extend(to_vec(sigmoid(p.head.forward(x.detach())).detach()));
-        }
-        Ok(s)
-    };
-    for epoch in 0..cfg.epochs {
-        let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
-        let mut order = train_rows.clone();
-        let perm = Rng::derive(cfg.seed, 0x0DE2, epoch as u64).permutation(order.len());
-        order = perm.into_iter().map(|k| order[k]).collect();
-        let (mut loss_sum, mut batches) = (0.0f64, 0usize);
-        for chunk in order.chunks(cfg.batch_size) {
-            let x = match (&train_feats, &probe.encoder) {
-                (Some(f), _) => {
-                    let v: Vec<f32> = chunk.iter().flat_map(|&i| f[i * dim..(i + 1) * dim].iter().copied()).collect();
-                    Tensor::<2>::from_data(TensorData::new(v, [chunk.len(), dim]), device)
-                }
-                (None, Some(vit)) => {
-                    let f = vit.forward(train_batch(&train.images, chunk, t, cfg.seed, epoch, device)?, None);
-                    if frozen { f.detach() } else { f }
-                }
-                (None, None) => return Err(Error::Config("probe without an encoder or features".into())),
-            };
-            let (y, m) = label_tensors(&train.labels, chunk, l, device);
-            let loss = bce(probe.head.forward(x), y, m);
-            loss_sum += f64::from(to_vec(loss.clone().detach()).first().copied().unwrap_or(f32::NAN));
-            batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &probe);
-            probe = optim.step(lr, probe, grads);
-        }
-        let val_scores = score(&probe, val_feats_frozen.as_deref(), &val)?;
-        let auc = macro_auroc(&val_scores, &val.labels, &names);
-        let m = EpochMetrics { epoch, lr, train_loss: loss_sum / batches.max(1) as f64, validate_macro_auroc: auc };
-        writeln!(metrics, "{}", serde_json::to_string(&m).unwrap_or_default())?;
-        metrics.flush()?;
-        log(&format!(
-            "epoch {epoch}: loss {:.4}, validate macro AUROC {}",
-            m.train_loss,
-            auc.map_or("undefined".into(), |a| format!("{a:.4}"))
-        ));
-        history.push(m);
-        let a = auc.unwrap_or(f64::NEG_INFINITY);
-        if a > best_auc || epoch == 0 {
-            best_auc = a;
-            best_epoch = epoch;
-            best = probe.clone();
-            since = 0;
-        } else {
-            since += 1;
-            if since >= cfg.patience {
-                break;
+    let on_features = !cfg.finetune && (cfg.cache_features || encoder.is_none());
+    let train_labels: Vec<f32> = train_rows.iter().flat_map(|&i| train.labels[i * l..(i + 1) * l].to_vec()).collect();
+    let mut history = Vec::new();
+    let mut regularization = None;
+    let (classifier, best_epoch, best_auc, probe_kind) = if on_features {
+        let x_all = features("train", &ds.version, &train, frozen_vit.as_ref(), log)?;
+        let x: Vec<f32> = train_rows.iter().flat_map(|&i| x_all[i * dim..(i + 1) * dim].to_vec()).collect();
+        let xv = features("validate", &ds.version, &val, frozen_vit.as_ref(), log)?;
+        match cfg.probe {
+            ProbeKind::Logistic => {
+                let (c, path, auc) = fit_logistic(cfg, &x, &train_labels, &xv, &val.labels, dim, &names, out, log)?;
+                regularization = Some(path);
+                (c, None, auc, ProbeKind::Logistic)
+            }
+            ProbeKind::Sgd => {
+                let standardizer = cfg.standardize.then(|| Standardizer::fit(&x, dim));
+                let (xs, xvs) = match &standardizer {
+                    Some(s) => (s.apply(&x), s.apply(&xv)),
+                    None => (x, xv),
+                };
+                let input = sgd::Input::Features { train: &xs, validate: &xvs };
+                let rows = all(train_rows.len());
+                let r = sgd::train(cfg, None, &input, dim, &rows, &train_labels, &val.labels, &names, out, device, log)?;
+                history = r.history;
+                (Classifier::Linear { standardizer, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
             }
         }
-    }
-    // Test with the best-validation probe.
-    let test_vit = best.encoder.clone().unwrap_or_else(|| encoder.vit.clone().no_grad());
-    let test_feats = if frozen {
-        features("test", &ds.version, &test, &test_vit, log)?
     } else {
-        embed(&test_vit, &test.images, &all(test.len()), t, device)?
+        let vit = match (&frozen_vit, encoder) {
+            (Some(v), Some(e)) => if cfg.finetune { e.vit.clone() } else { v.clone() },
+            _ => return Err(Error::Config("training on images needs an encoder".into())),
+        };
+        let input = sgd::Input::Images { train: &train, validate: &val };
+        let r = sgd::train(cfg, Some(vit), &input, dim, &train_rows, &train.labels, &val.labels, &names, out, device, log)?;
+        history = r.history;
+        (Classifier::Linear { standardizer: None, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
     };
-    let head_only = Probe { encoder: None, head: best.head.clone() };
-    let test_scores = score(&head_only, Some(&test_feats), &test)?;
+    // Test with the classifier chosen on validation (and, fine-tuned, its encoder).
+    let test_vit = match &classifier {
+        Classifier::Linear { probe, .. } if cfg.finetune => probe.encoder.clone(),
+        _ => frozen_vit.clone(),
+    };
+    let test_feats = features("test", &ds.version, &test, test_vit.as_ref(), log)?;
+    let test_scores = classifier.score(&test_feats, dim, device);
     log(&format!("testing on {} images ({} bootstrap resamples)", test.len(), cfg.bootstrap));
     let test_eval = evaluate(&test_scores, &test.labels, &names, cfg.bootstrap, cfg.seed);
     let mut externals = Vec::new();
     for dir in external {
+        if matches!(source, Source::Ehr { .. }) {
+            log(&format!("{}: skipped, external datasets carry no MIMIC-IV EHR", dir.display()));
+            continue;
+        }
         let ext = Dataset::open(dir)?;
         let unmatched: Vec<String> =
             names.iter().filter(|n| !ext.labels.iter().any(|e| e.eq_ignore_ascii_case(n))).cloned().collect();
-        let [data]: [SplitData; 1] = load_splits(&ext, &names, &cfg.uncertain, &[Split::Test])?
+        let [data]: [SplitData; 1] = load_splits(&ext, &names, &cfg.uncertain, &[Split::Test], &[])?
             .try_into()
             .map_err(|_| Error::Config("expected one split".into()))?;
         if data.is_empty() {
             return Err(Error::Dataset { path: ext.dir.clone(), message: "the test split has no images".into() });
         }
-        let f = if frozen {
-            features("test", &ext.version, &data, &test_vit, log)?
-        } else {
-            embed(&test_vit, &data.images, &all(data.len()), t, device)?
-        };
-        let s = score(&head_only, Some(&f), &data)?;
+        let f = features("test", &ext.version, &data, test_vit.as_ref(), log)?;
+        let s = classifier.score(&f, dim, device);
         log(&format!("external test on {} ({}, {} images)", ext.version, ext.kind, data.len()));
         externals.push(ExternalResult {
             dataset: dir.display().to_string(),
@@ -410,30 +625,63 @@ pub fn linear_eval(
         scores: test_scores.clone(),
         targets: test.labels.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
     };
-    fs_err::write(out.join(TEST_SCORES), serde_json::to_string(&saved).unwrap_or_default())?;
-    best.clone().into_record().save(out.join("probe.bpk")).map_err(|e| Error::Config(format!("probe.bpk: {e}")))?;
+    fs_err::write(out.join(TEST_SCORES), to_json(&saved)?)?;
+    classifier.save(out, &names)?;
+    let chosen_c = match &classifier {
+        Classifier::Logistic { model, .. } => Some(model.c),
+        Classifier::Linear { .. } => None,
+    };
     let result = LinearEvalResult {
-        encoder: encoder.source.clone(),
+        encoder: source.describe(),
         dataset: dataset.display().to_string(),
         dataset_version: ds.version.clone(),
         dataset_kind: ds.kind.clone(),
-        config: serde_json::to_value(cfg).unwrap_or_default(),
+        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
         labels: names.clone(),
+        probe: probe_kind,
         train_rows: train_rows.len(),
         validate_rows: val.len(),
         test_rows: test.len(),
-        epochs_run: history.len(),
+        epochs_run: (probe_kind == ProbeKind::Sgd).then_some(history.len()),
         best_epoch,
+        chosen_c,
+        regularization,
         best_validate_macro_auroc: best_auc.is_finite().then_some(best_auc),
         test: test_eval,
         external: externals,
         seconds: started.elapsed().as_secs_f64(),
     };
-    fs_err::write(out.join("results.json"), serde_json::to_string_pretty(&result).unwrap_or_default())?;
+    fs_err::write(out.join("results.json"), to_json_pretty(&result)?)?;
     fs_err::write(out.join("results.md"), result.markdown())?;
     Ok(LinearEvalOutput {
         test: Scored { scores: test_scores, labels: test.labels.clone(), features: test_feats, dim, meta: test.meta },
         result,
         history,
     })
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
+}
+
+fn to_json_pretty<T: Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The random-init baseline is the initial target encoder of a pretraining run of the
+    /// same model and seed, with or without EHR.
+    #[test]
+    fn the_random_encoder_is_the_initial_network_of_a_run() {
+        let device = Device::flex();
+        let vit = VitConfig::new(16, 1, 2, 32).with_image_size(16).with_patch_size(8);
+        let weights = |v: &Vit| to_vec(v.patch.weight.val());
+        let shape = FusionShape { ehr_in: 13, ehr_dim: 8, prototypes: 16 };
+        let run = MsnNet::new(&vit, shape, &device, &mut Rng::new(24));
+        assert_eq!(weights(&random_encoder(&vit, 24, &device).vit), weights(&run.target));
+        assert_ne!(weights(&random_encoder(&vit, 25, &device).vit), weights(&run.target));
+    }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::ProbeKind;
 use crate::metrics::Evaluation;
 use crate::{Error, Result};
 
@@ -42,6 +43,20 @@ pub struct EpochMetrics {
     pub validate_macro_auroc: Option<f64>,
 }
 
+/// One strength on the logistic probe's regularisation path (a `metrics.jsonl` line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CPoint {
+    /// Inverse regularisation strength (scikit-learn's `C`).
+    pub c: f64,
+    /// Mean binary cross-entropy on the training rows.
+    pub train_loss: f64,
+    pub validate_macro_auroc: Option<f64>,
+    /// The most L-BFGS iterations any label took.
+    pub max_iterations: usize,
+    /// Whether every label met the gradient tolerance.
+    pub converged: bool,
+}
+
 /// An external test set's results.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExternalResult {
@@ -62,11 +77,17 @@ pub struct LinearEvalResult {
     pub dataset_kind: String,
     pub config: serde_json::Value,
     pub labels: Vec<String>,
+    /// The classifier that ran.
+    pub probe: ProbeKind,
     pub train_rows: usize,
     pub validate_rows: usize,
     pub test_rows: usize,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
+    /// SGD probe: epochs run and the best-validation epoch.
+    pub epochs_run: Option<usize>,
+    pub best_epoch: Option<usize>,
+    /// Logistic probe: the strength chosen on validation, and every strength tried.
+    pub chosen_c: Option<f64>,
+    pub regularization: Option<Vec<CPoint>>,
     pub best_validate_macro_auroc: Option<f64>,
     pub test: Evaluation,
     pub external: Vec<ExternalResult>,
@@ -74,12 +95,27 @@ pub struct LinearEvalResult {
 }
 
 impl LinearEvalResult {
+    /// One sentence on how the classifier was chosen.
+    pub fn probe_summary(&self) -> String {
+        let auc = self.best_validate_macro_auroc.map_or("undefined".into(), |a| format!("{a:.4}"));
+        match (self.probe, self.chosen_c, self.epochs_run, self.best_epoch) {
+            (ProbeKind::Logistic, Some(c), _, _) => format!(
+                "logistic regression per label on standardised features (L-BFGS to convergence), C = {c:.0e} of {} \
+                 strengths chosen on validation macro AUROC {auc}",
+                self.regularization.as_ref().map_or(0, Vec::len)
+            ),
+            (_, _, Some(run), Some(best)) => {
+                format!("linear head trained by Adam, {run} epochs run, best validation macro AUROC {auc} at epoch {best}")
+            }
+            _ => format!("best validation macro AUROC {auc}"),
+        }
+    }
+
     /// The results as Markdown: settings, the test table, each external table.
     pub fn markdown(&self) -> String {
         let mut s = format!(
             "# Linear evaluation\n\nEncoder: `{}`  \nDataset: `{}` ({}, version {})  \n\
-             Probe: {} training images ({}% of the split), {} validation, {} test; {} epochs run, \
-             best validation macro AUROC {} at epoch {}.\n\n## Test ({})\n\n",
+             Probe: {} training images ({}% of the split), {} validation, {} test; {}.\n\n## Test ({})\n\n",
             self.encoder,
             self.dataset,
             self.dataset_kind,
@@ -88,9 +124,7 @@ impl LinearEvalResult {
             self.config["fraction"].as_f64().unwrap_or(1.0) * 100.0,
             self.validate_rows,
             self.test_rows,
-            self.epochs_run,
-            self.best_validate_macro_auroc.map_or("undefined".into(), |a| format!("{a:.4}")),
-            self.best_epoch,
+            self.probe_summary(),
             self.dataset_kind,
         );
         s += &self.test.markdown();

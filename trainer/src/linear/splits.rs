@@ -30,9 +30,16 @@ impl SplitData {
 }
 
 /// Loads the `splits` of `ds` with the labels `names` (matched by name to the dataset's
-/// labels; a name the dataset lacks is an all-NaN column) under the `uncertain` policy.
-/// Returns one [`SplitData`] per split, in order.
-pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Split]) -> Result<Vec<SplitData>> {
+/// labels; a name the dataset lacks is an all-NaN column) under the `uncertain` policy, plus
+/// the feature columns `extra` (in `images.columns`; e.g. an EHR vector). Returns one
+/// [`SplitData`] per split, in order.
+pub fn load_splits(
+    ds: &Dataset,
+    names: &[String],
+    uncertain: &str,
+    splits: &[Split],
+    extra: &[String],
+) -> Result<Vec<SplitData>> {
     let available = ds.feature_columns()?;
     let has = |c: &str| available.iter().any(|a| a == c);
     let raw_policy = uncertain != "dataset";
@@ -78,6 +85,7 @@ pub fn load_splits(ds: &Dataset, names: &[String], uncertain: &str, splits: &[Sp
             (columns.len() - 1, c["view_".len()..].to_string())
         })
         .collect();
+    columns.extend(extra.iter().cloned());
     let all = ds.load(&[], &columns, ImageSource::Auto)?;
     let mut out = Vec::new();
     for split in splits {

@@ -18,6 +18,7 @@ use super::head::ProjectionHead;
 use super::init::Init;
 use super::vit::{Vit, VitConfig};
 use crate::rng::Rng;
+use crate::{Error, Result};
 
 /// The network's shape besides the backbone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,12 +72,21 @@ pub struct Views {
 
 impl MsnNet {
     /// A new network: anchor and target start identical; prototypes U(-1/sqrt(dim), 1/sqrt(dim)).
+    /// Each module draws from its own stream of one seed taken from `rng`, so networks that
+    /// differ only in the EHR modules (vanilla and EHR runs of one seed) share the backbone,
+    /// the head and the prototypes.
     pub fn new(vit: &VitConfig, shape: FusionShape, device: &Device, rng: &mut Rng) -> Self {
         let d = vit.hidden;
-        let anchor = vit.init(device, rng);
-        let anchor_head = ProjectionHead::new(d, 4 * d, d, device, rng);
-        let init = Init::new(device, rng);
+        let seed = rng.next_u64();
+        let stream = |k: u64| Rng::derive(seed, 0xF05E, k);
+        let anchor = vit.init(device, &mut stream(0));
+        let anchor_head = ProjectionHead::new(d, 4 * d, d, device, &mut stream(1));
+        let mut proto_rng = stream(2);
+        let prototypes =
+            Param::from_tensor(Init::new(device, &mut proto_rng).uniform([shape.prototypes, d], 1.0 / (d as f64).sqrt()));
         let (f_ehr, g) = if shape.ehr_in > 0 {
+            let mut ehr_rng = stream(3);
+            let init = Init::new(device, &mut ehr_rng);
             (
                 Some(init.linear_default(shape.ehr_in, shape.ehr_dim, true)),
                 Some(init.linear_default(d + shape.ehr_dim, d, true)),
@@ -84,7 +94,6 @@ impl MsnNet {
         } else {
             (None, None)
         };
-        let prototypes = Param::from_tensor(init.uniform([shape.prototypes, d], 1.0 / (d as f64).sqrt()));
         Self {
             target: anchor.clone().no_grad(),
             target_head: anchor_head.clone().no_grad(),
@@ -96,9 +105,19 @@ impl MsnNet {
         }
     }
 
-    /// Anchor-branch outputs and target outputs of a batch.
-    pub fn forward(&self, views: Views) -> MsnOutput {
+    /// Anchor-branch outputs and target outputs of a batch. A network with EHR modules given
+    /// a batch without an EHR vector, or the reverse, is an error (never a silent fallback to
+    /// the vanilla path).
+    pub fn forward(&self, views: Views) -> Result<MsnOutput> {
         let [b, _, _, _] = views.anchor.dims();
+        let want = self.f_ehr.as_ref().map_or(0, |f| f.weight.dims()[0]);
+        let got = views.ehr.as_ref().map_or(0, |e| e.dims()[1]);
+        if want != got {
+            return Err(Error::Config(format!(
+                "the network fuses an EHR vector of width {want} but the batch carries one of width {got}; \
+                 pretrain and evaluate with the same --ehr"
+            )));
+        }
         let h_anchor = self.anchor.forward(views.anchor, views.anchor_keep);
         let h_focal = views.focal.map(|f| self.anchor.forward(f, views.focal_keep));
         let anchors = match (&self.f_ehr, &self.g, views.ehr) {
@@ -119,6 +138,54 @@ impl MsnNet {
             }
         };
         let targets = self.target_head.forward(self.target.forward(views.target, None)).detach();
-        MsnOutput { anchors, targets }
+        Ok(MsnOutput { anchors, targets })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    fn data<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    fn net(ehr_in: usize) -> MsnNet {
+        let vit = VitConfig::new(16, 1, 2, 32).with_image_size(16).with_patch_size(8);
+        let shape = FusionShape { ehr_in, ehr_dim: 4, prototypes: 8 };
+        MsnNet::new(&vit, shape, &Device::flex(), &mut Rng::new(24))
+    }
+
+    /// Vanilla and EHR networks of one seed differ only in the EHR modules.
+    #[test]
+    fn vanilla_and_ehr_networks_share_all_but_the_ehr_modules() {
+        let (a, b) = (net(0), net(5));
+        assert_eq!(data(a.prototypes.val()), data(b.prototypes.val()));
+        assert_eq!(data(a.anchor.patch.weight.val()), data(b.anchor.patch.weight.val()));
+        assert_eq!(data(a.anchor.pos.val()), data(b.anchor.pos.val()));
+        let w = |n: &MsnNet| data(n.anchor_head.fc1.weight.val());
+        assert_eq!(w(&a), w(&b));
+        assert!(a.f_ehr.is_none() && b.f_ehr.is_some());
+    }
+
+    /// An EHR vector the network was not built for (or none when it was) is an error.
+    #[test]
+    fn a_batch_without_the_networks_ehr_is_an_error() {
+        let dev = Device::flex();
+        let views = |ehr: Option<usize>| Views {
+            target: Tensor::zeros([2, 3, 16, 16], &dev),
+            anchor: Tensor::zeros([2, 3, 16, 16], &dev),
+            anchor_keep: None,
+            focal: None,
+            focal_keep: None,
+            ehr: ehr.map(|w| Tensor::from_data(TensorData::new(vec![0.5f32; 2 * w], [2, w]), &dev)),
+        };
+        assert!(net(5).forward(views(Some(5))).is_ok());
+        assert!(net(0).forward(views(None)).is_ok());
+        let e = net(5).forward(views(None)).unwrap_err().to_string();
+        assert!(e.contains("width 5") && e.contains("width 0"), "{e}");
+        assert!(net(0).forward(views(Some(5))).is_err());
+        assert!(net(5).forward(views(Some(3))).is_err());
     }
 }

@@ -1,0 +1,103 @@
+//! The dataset from Python (`trainer/reference/cxr_reader.py`, README "Using the dataset from
+//! PyTorch"): a version built by `pipeline build` reads in Python to the same rows, labels,
+//! EHR columns and pixels as the trainer reads. The reader's Python packages (numpy,
+//! safetensors) go into a virtual environment in the test cache (`CXR_TEST_DATA_DIR`, default
+//! `~/.cache/cxr-test-data`), made once with `python3 -m venv` and pip; under CI a failure
+//! to make it fails the test, elsewhere the test says why and returns.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cxr_dataset::Split;
+use pipeline::build::{BuildConfig, build};
+use pipeline::images::ImageSource;
+use pipeline::progress::Silent;
+use trainer::data::{Dataset, ImageSource as Held};
+
+use crate::build_images::archive_copy;
+use crate::build_table::config;
+
+/// A Python with numpy and safetensors, or why there is none.
+fn python() -> Result<PathBuf, String> {
+    let cache = std::env::var_os("CXR_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".cache/cxr-test-data")
+    });
+    let venv = cache.join("venv-reader");
+    let py = venv.join("bin/python");
+    let ready = |py: &Path| Command::new(py).args(["-c", "import numpy, safetensors"]).output().is_ok_and(|o| o.status.success());
+    if ready(&py) {
+        return Ok(py);
+    }
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let o = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+        if o.status.success() { Ok(()) } else { Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr).trim())) }
+    };
+    fs_err::create_dir_all(&cache).map_err(|e| e.to_string())?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", "numpy", "safetensors"]))?;
+    if ready(&py) { Ok(py) } else { Err("numpy and safetensors did not import after installing them".into()) }
+}
+
+#[test]
+fn the_python_reader_reads_what_the_trainer_reads() {
+    let py = match python() {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("CI").is_some() => panic!("no Python reader environment under CI: {why}"),
+        Err(why) => {
+            eprintln!("not checked here, no Python environment for the reader: {why}");
+            return;
+        }
+    };
+    let (_d, root) = archive_copy();
+    let out = tempfile::tempdir().unwrap();
+    let built = build(
+        &BuildConfig { images: ImageSource::Dicom, image_size: 32, shard_size: 16, ..config(&root, out.path()) },
+        &Silent,
+    )
+    .unwrap();
+    let ds = Dataset::open(&built.dir).unwrap();
+    let ehr = ["sex_male", "age_norm", "view_PA", "icu_icu"].map(String::from);
+    let reader = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../trainer/reference");
+    let script = "import json, sys\n\
+                  sys.path.insert(0, sys.argv[1])\n\
+                  from cxr_reader import CxrDataset\n\
+                  clean = lambda m: [[None if v != v else v for v in r] for r in m.tolist()]\n\
+                  out = {}\n\
+                  for split in ('train', 'validate', 'test'):\n\
+                  \x20   d = CxrDataset(sys.argv[2], split=split, ehr_columns=sys.argv[3].split(','))\n\
+                  \x20   x = d[0]\n\
+                  \x20   out[split] = dict(rows=len(d), labels=clean(d.label_matrix()), ehr=clean(d.ehr()),\n\
+                  \x20       pixels=int(d.images.astype('int64').sum()), first=[int(x['image'].sum()), x['ehr'].tolist()],\n\
+                  \x20       version=d.version, label_names=d.labels)\n\
+                  print(json.dumps(out))\n";
+    let o = Command::new(&py).arg("-c").arg(script).arg(&reader).arg(&built.dir).arg(ehr.join(",")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for split in [Split::Train, Split::Validate, Split::Test] {
+        let p = &got[split.as_str()];
+        let mut columns = ds.label_columns.clone();
+        columns.extend(ehr.iter().cloned());
+        let rust = ds.load(&[split], &columns, Held::Memory).unwrap();
+        assert_eq!(p["rows"].as_u64().unwrap() as usize, rust.len(), "{split:?}");
+        assert_eq!(p["version"], ds.version.as_str());
+        assert_eq!(p["label_names"], serde_json::json!(ds.labels));
+        let l = ds.label_columns.len();
+        for i in 0..rust.len() {
+            let row = rust.feature_row(i);
+            let same = |a: &serde_json::Value, b: f32| match a.as_f64() {
+                Some(v) => v as f32 == b,
+                None => b.is_nan(),
+            };
+            for (k, &v) in row[..l].iter().enumerate() {
+                assert!(same(&p["labels"][i][k], v), "{split:?} row {i} label {k}");
+            }
+            for (k, name) in ehr.iter().enumerate() {
+                assert!(same(&p["ehr"][i][k], row[l + k]), "{split:?} row {i} {name}");
+            }
+        }
+        let pixels: u64 = (0..rust.len()).map(|i| rust.image(i).unwrap().iter().map(|&v| u64::from(v)).sum::<u64>()).sum();
+        assert_eq!(p["pixels"].as_u64().unwrap(), pixels, "{split:?} pixels");
+        let first: u64 = rust.image(0).unwrap().iter().map(|&v| u64::from(v)).sum();
+        assert_eq!(p["first"][0].as_u64().unwrap(), first);
+    }
+}

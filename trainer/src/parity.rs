@@ -1,0 +1,440 @@
+//! Learning parity with the reference PyTorch MSN (`trainer compare-reference`): both
+//! implementations pretrain on the same dataset version with the same configuration and
+//! seeds; the target encoder of each is saved at fractions of the budget (0, 1/8, 1/4, 1/2,
+//! all by default); every checkpoint is probed with the same [`linear_eval`]; and the
+//! comparison gives, per checkpoint, both probes' test macro AUROC, their paired difference
+//! (burn minus the reference, on the same bootstrap resamples, averaged over the seeds), and
+//! the loss curves of both with their seed-to-seed spread.
+//!
+//! The reference side is any [`Reference`]: in the command, `trainer/reference/train_msn.py`
+//! (torchvision and lightly) run by Python. Every stage is skipped when its output exists, so
+//! a stopped comparison resumes.
+//!
+//! Writes into the output folder: `burn-seed<S>/` (the run, `step-<N>/` snapshots),
+//! `reference-seed<S>/` (its `metrics.jsonl`, `step-<N>.safetensors`, imported `step-<N>/`),
+//! `probes/<impl>-seed<S>-step<N>/` (each linear evaluation), and `comparison.md`,
+//! `comparison.json`, `probe-auroc.svg`, `loss-curves.svg`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, ImageSource};
+use crate::import::import_torch;
+use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder};
+use crate::metrics::{Estimate, paired_mean_macro_auroc_delta};
+use crate::pretrain::{CHECKPOINT, CheckpointChoice, PretrainConfig, StepMetrics, pretrain_with, read_checkpoint};
+use crate::report;
+use crate::{Error, Result};
+
+/// Trains the reference implementation: given the burn run's `config.json`, an output folder
+/// and the steps to save at, it writes `metrics.jsonl` (one line per step with `epoch`,
+/// `loss`, `cross_entropy`, `me_max`) and `step-<N:08>.safetensors` (the target encoder under
+/// `backbone.`, torchvision's names) for each step.
+pub type Reference<'a> = dyn FnMut(&Path, &Path, &[usize]) -> Result<()> + 'a;
+
+/// What to compare.
+#[derive(Debug, Clone)]
+pub struct CompareConfig {
+    pub pretrain: PretrainConfig,
+    pub eval: LinearEvalConfig,
+    pub seeds: Vec<u64>,
+    /// Checkpoints as fractions of the pretraining steps, `(numerator, denominator)`.
+    pub fractions: Vec<(usize, usize)>,
+}
+
+impl CompareConfig {
+    /// 0, 1/8, 1/4, 1/2 and all of the budget.
+    pub const FRACTIONS: [(usize, usize); 5] = [(0, 1), (1, 8), (1, 4), (1, 2), (1, 1)];
+}
+
+/// One implementation's probe at one checkpoint of one seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    pub implementation: String,
+    pub seed: u64,
+    pub step: usize,
+    pub macro_auroc: Option<Estimate>,
+}
+
+/// One checkpoint: both implementations' probes and their paired difference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointRow {
+    pub step: usize,
+    pub fraction: String,
+    /// Mean over the seeds of each probe's test macro AUROC.
+    pub burn: Option<f64>,
+    pub reference: Option<f64>,
+    /// Burn minus the reference, averaged over the seeds, with its paired 95% interval.
+    pub delta: Option<Estimate>,
+    /// Whether 0 lies in that interval.
+    pub within: bool,
+}
+
+/// One implementation's loss curve: per epoch, the mean over steps of each part, and its
+/// spread over the seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LossCurve {
+    pub implementation: String,
+    /// `[seed][epoch]` mean loss, cross-entropy and me-max.
+    pub per_seed: Vec<Vec<[f64; 3]>>,
+}
+
+/// What `compare-reference` found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    pub dataset_version: String,
+    pub seeds: Vec<u64>,
+    pub steps: usize,
+    pub rows: Vec<CheckpointRow>,
+    pub probes: Vec<Probe>,
+    /// Each implementation's last checkpoint minus its first (the untrained encoder), paired,
+    /// averaged over the seeds: whether pretraining learned.
+    pub burn_learns: Option<Estimate>,
+    pub reference_learns: Option<Estimate>,
+    pub losses: Vec<LossCurve>,
+    /// Per epoch: |mean burn loss - mean reference loss| and the larger of the two seed
+    /// spreads (max - min over seeds), and how many epochs are within the spread.
+    pub loss_gap: Vec<(f64, f64)>,
+    pub loss_epochs_within_spread: usize,
+}
+
+const BURN: &str = "burn";
+const REFERENCE: &str = "reference";
+
+/// The pretraining steps of `cfg` on `dataset` (its pretraining split, `batch_size`,
+/// `drop_last`, `epochs`).
+pub fn pretraining_steps(cfg: &PretrainConfig, dataset: &Path) -> Result<usize> {
+    let ds = Dataset::open(dataset)?;
+    let splits = match cfg.pretrain_split.as_str() {
+        "all" => Vec::new(),
+        _ => vec![cxr_dataset::Split::Train],
+    };
+    let n = ds.load(&splits, &[], ImageSource::Stream)?.len();
+    let b = cfg.batch_size.max(1);
+    let per_epoch = if cfg.drop_last { n / b } else { n.div_ceil(b) };
+    Ok(per_epoch * cfg.epochs)
+}
+
+/// Copies the run folder's current checkpoint (config, state and model) into `to`.
+fn snapshot(run: &Path, to: &Path) -> Result<()> {
+    let c = read_checkpoint(run)?;
+    fs_err::create_dir_all(to)?;
+    for f in ["config.json", CHECKPOINT, c.model.as_str()] {
+        fs_err::copy(run.join(f), to.join(f))?;
+    }
+    Ok(())
+}
+
+fn step_dir(steps: usize) -> String {
+    format!("step-{steps:08}")
+}
+
+/// Burn's pretraining of one seed, stopped at each checkpoint step and snapshotted there
+/// (stopped and resumed runs equal uninterrupted ones).
+fn train_burn(
+    cfg: &PretrainConfig,
+    dataset: &Path,
+    dir: &Path,
+    checkpoints: &[usize],
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    for &c in checkpoints {
+        let snap = dir.join(step_dir(c));
+        if snap.join(CHECKPOINT).is_file() {
+            continue;
+        }
+        let resume = dir.join(CHECKPOINT).is_file();
+        log(&format!("burn: pretraining {} to step {c}", dir.display()));
+        pretrain_with(&cfg.clone().with_max_steps(Some(c)), dataset, dir, device, resume, on_step)?;
+        let at = read_checkpoint(dir)?.step;
+        if at != c {
+            return Err(Error::Config(format!(
+                "{}: the run is at step {at}, not {c}; delete the folder to start the comparison again",
+                dir.display()
+            )));
+        }
+        snapshot(dir, &snap)?;
+    }
+    Ok(())
+}
+
+/// Per epoch, the means of loss, cross-entropy and me-max of a `metrics.jsonl`.
+fn epoch_means(path: &Path) -> Result<Vec<[f64; 3]>> {
+    let text = fs_err::read_to_string(path)?;
+    let mut sums: Vec<([f64; 3], usize)> = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
+        if sums.len() <= epoch {
+            sums.resize(epoch + 1, ([0.0; 3], 0));
+        }
+        for (k, key) in ["loss", "cross_entropy", "me_max"].iter().enumerate() {
+            sums[epoch].0[k] += v[key].as_f64().unwrap_or(f64::NAN);
+        }
+        sums[epoch].1 += 1;
+    }
+    Ok(sums.into_iter().map(|(s, n)| s.map(|x| x / n.max(1) as f64)).collect())
+}
+
+/// Runs the comparison into `out` (see the module documentation).
+#[allow(clippy::too_many_arguments)]
+pub fn compare_reference(
+    cfg: &CompareConfig,
+    dataset: &Path,
+    out: &Path,
+    reference: &mut Reference,
+    device: &Device,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+    log: &mut dyn FnMut(&str),
+) -> Result<Comparison> {
+    if cfg.seeds.is_empty() {
+        return Err(Error::Config("--seeds: give at least one seed".into()));
+    }
+    let steps = pretraining_steps(&cfg.pretrain, dataset)?;
+    let mut checkpoints: Vec<usize> = cfg.fractions.iter().map(|&(a, b)| steps * a / b.max(1)).collect();
+    checkpoints.sort_unstable();
+    checkpoints.dedup();
+    fs_err::create_dir_all(out)?;
+    let mut probes = Vec::new();
+    let mut scores: Vec<(String, u64, usize, TestScores)> = Vec::new();
+    for &seed in &cfg.seeds {
+        let pre = cfg.pretrain.clone().with_seed(seed);
+        let burn_dir = out.join(format!("burn-seed{seed}"));
+        train_burn(&pre, dataset, &burn_dir, &checkpoints, device, on_step, log)?;
+        let ref_dir = out.join(format!("reference-seed{seed}"));
+        let file = |c: usize| ref_dir.join(format!("{}.safetensors", step_dir(c)));
+        if !checkpoints.iter().all(|&c| file(c).is_file()) {
+            log(&format!("reference: pretraining into {}", ref_dir.display()));
+            fs_err::create_dir_all(&ref_dir)?;
+            reference(&burn_dir.join("config.json"), &ref_dir, &checkpoints)?;
+        }
+        for &c in &checkpoints {
+            let run = ref_dir.join(step_dir(c));
+            if !run.join(CHECKPOINT).is_file() {
+                import_torch(&file(c), &pre.vit, "backbone.", &run, device)?;
+            }
+        }
+        for (implementation, root) in [(BURN, &burn_dir), (REFERENCE, &ref_dir)] {
+            for &c in &checkpoints {
+                let dir = out.join("probes").join(format!("{implementation}-seed{seed}-{}", step_dir(c)));
+                if TestScores::read(&dir).is_err() {
+                    log(&format!("probing {implementation}, seed {seed}, step {c}"));
+                    let encoder = load_encoder(&root.join(step_dir(c)), CheckpointChoice::Last, device)?;
+                    linear_eval(&cfg.eval, encoder, dataset, &[], &dir, &dir.join("features"), device, log)?;
+                }
+                let text = fs_err::read_to_string(dir.join("results.json"))?;
+                let result: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+                let macro_auroc = serde_json::from_value(result["test"]["macro_auroc"].clone()).ok();
+                probes.push(Probe { implementation: implementation.into(), seed, step: c, macro_auroc });
+                scores.push((implementation.into(), seed, c, TestScores::read(&dir)?));
+            }
+        }
+    }
+    let find = |implementation: &str, seed: u64, c: usize| {
+        scores.iter().find(|s| s.0 == implementation && s.1 == seed && s.2 == c).map(|s| &s.3)
+    };
+    let first = &scores[0].3;
+    let (targets, l) = (first.targets_f32(), first.labels.len());
+    let (resamples, boot_seed) = (cfg.eval.bootstrap, cfg.eval.seed);
+    // Paired, averaged over seeds: b minus a for each seed's (a, b).
+    let pooled = |pairs: Vec<(&TestScores, &TestScores)>| {
+        let slices: Vec<(&[f32], &[f32])> = pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
+        paired_mean_macro_auroc_delta(&slices, &targets, l, resamples, boot_seed)
+    };
+    let mean_auc = |implementation: &str, c: usize| {
+        let v: Vec<f64> = probes
+            .iter()
+            .filter(|p| p.implementation == implementation && p.step == c)
+            .filter_map(|p| p.macro_auroc.map(|e| e.value))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut rows = Vec::new();
+    for &c in &checkpoints {
+        let pairs: Option<Vec<_>> =
+            cfg.seeds.iter().map(|&s| Some((find(REFERENCE, s, c)?, find(BURN, s, c)?))).collect();
+        let delta = pairs.and_then(pooled);
+        let fraction = cfg.fractions.iter().find(|&&(a, b)| steps * a / b.max(1) == c).map_or_else(
+            || format!("{c}/{steps}"),
+            |&(a, b)| if a == 0 { "0".into() } else if a == b { "1".into() } else { format!("{a}/{b}") },
+        );
+        rows.push(CheckpointRow {
+            step: c,
+            fraction,
+            burn: mean_auc(BURN, c),
+            reference: mean_auc(REFERENCE, c),
+            within: delta.is_some_and(|d| d.low <= 0.0 && 0.0 <= d.high),
+            delta,
+        });
+    }
+    let (c0, c1) = (checkpoints[0], checkpoints[checkpoints.len() - 1]);
+    let learns = |implementation: &str| {
+        let pairs: Option<Vec<_>> =
+            cfg.seeds.iter().map(|&s| Some((find(implementation, s, c0)?, find(implementation, s, c1)?))).collect();
+        pairs.and_then(pooled)
+    };
+    let mut losses = Vec::new();
+    for (implementation, prefix) in [(BURN, "burn"), (REFERENCE, "reference")] {
+        let per_seed = cfg
+            .seeds
+            .iter()
+            .map(|s| epoch_means(&out.join(format!("{prefix}-seed{s}")).join("metrics.jsonl")))
+            .collect::<Result<Vec<_>>>()?;
+        losses.push(LossCurve { implementation: implementation.into(), per_seed });
+    }
+    let loss_gap = loss_gap(&losses[0], &losses[1]);
+    let comparison = Comparison {
+        dataset_version: Dataset::open(dataset)?.version,
+        seeds: cfg.seeds.clone(),
+        steps,
+        loss_epochs_within_spread: loss_gap.iter().filter(|(gap, spread)| gap <= spread).count(),
+        loss_gap,
+        rows,
+        probes,
+        burn_learns: learns(BURN),
+        reference_learns: learns(REFERENCE),
+        losses,
+    };
+    write(&comparison, out)?;
+    Ok(comparison)
+}
+
+/// Per epoch: |difference of the seed-mean losses| and the larger seed spread.
+fn loss_gap(a: &LossCurve, b: &LossCurve) -> Vec<(f64, f64)> {
+    let epochs = a.per_seed.iter().chain(&b.per_seed).map(Vec::len).min().unwrap_or(0);
+    let stats = |c: &LossCurve, e: usize| {
+        let v: Vec<f64> = c.per_seed.iter().map(|s| s[e][0]).collect();
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let spread = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min);
+        (mean, spread)
+    };
+    (0..epochs)
+        .map(|e| {
+            let ((ma, sa), (mb, sb)) = (stats(a, e), stats(b, e));
+            ((ma - mb).abs(), sa.max(sb))
+        })
+        .collect()
+}
+
+fn est(e: &Option<Estimate>) -> String {
+    e.map_or("n/a".into(), |d| format!("{:+.3} ({:+.3} to {:+.3})", d.value, d.low, d.high))
+}
+
+/// `comparison.md`, `comparison.json` and the two figures.
+fn write(c: &Comparison, out: &Path) -> Result<()> {
+    let num = |v: Option<f64>| v.map_or("n/a".into(), |x| format!("{x:.3}"));
+    let mut md = format!(
+        "# Learning parity: burn vs the reference PyTorch MSN\n\nDataset {}, {} pretraining steps, seeds {:?}; \
+         probe macro AUROC on the test split (mean over seeds) and burn minus the reference, paired on the same \
+         bootstrap resamples, averaged over seeds.\n\n| checkpoint | step | burn | reference | burn - reference \
+         (paired 95% CI) | 0 in CI |\n|---|---|---|---|---|---|\n",
+        c.dataset_version, c.steps, c.seeds
+    );
+    for r in &c.rows {
+        md += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            r.fraction,
+            r.step,
+            num(r.burn),
+            num(r.reference),
+            est(&r.delta),
+            if r.within { "yes" } else { "no" }
+        );
+    }
+    md += &format!(
+        "\nLearning (last checkpoint minus the untrained encoder, paired): burn {}, reference {}.\n",
+        est(&c.burn_learns),
+        est(&c.reference_learns)
+    );
+    md += &format!(
+        "\nTraining loss per epoch: the seed-mean curves differ by at most the larger seed-to-seed spread in \
+         {} of {} epochs.\n\n| epoch | burn loss (mean) | reference loss (mean) | |difference| | larger seed spread |\n\
+         |---|---|---|---|---|\n",
+        c.loss_epochs_within_spread,
+        c.loss_gap.len()
+    );
+    let seed_mean = |curve: &LossCurve, e: usize, k: usize| {
+        curve.per_seed.iter().map(|s| s[e][k]).sum::<f64>() / curve.per_seed.len().max(1) as f64
+    };
+    for (e, (gap, spread)) in c.loss_gap.iter().enumerate() {
+        md += &format!(
+            "| {e} | {:.4} | {:.4} | {gap:.4} | {spread:.4} |\n",
+            seed_mean(&c.losses[0], e, 0),
+            seed_mean(&c.losses[1], e, 0)
+        );
+    }
+    fs_err::write(out.join("comparison.md"), &md)?;
+    let json = serde_json::to_string_pretty(c).map_err(|e| Error::Config(format!("comparison.json: {e}")))?;
+    fs_err::write(out.join("comparison.json"), json)?;
+    // Probe AUROC against the step, one line per implementation and seed.
+    let mut lines = Vec::new();
+    for implementation in [BURN, REFERENCE] {
+        for &seed in &c.seeds {
+            let points: Vec<(f64, f64)> = c
+                .probes
+                .iter()
+                .filter(|p| p.implementation == implementation && p.seed == seed)
+                .filter_map(|p| Some((p.step as f64, p.macro_auroc?.value)))
+                .collect();
+            lines.push((format!("{implementation} seed {seed}"), points));
+        }
+    }
+    report::overlay_panels(
+        &out.join("probe-auroc.svg"),
+        "Probe test macro AUROC against pretraining step",
+        "pretraining step",
+        &[("macro AUROC", lines)],
+    )?;
+    let curves = |k: usize| -> Vec<(String, Vec<(f64, f64)>)> {
+        let mut v = Vec::new();
+        for curve in &c.losses {
+            for (s, seed) in curve.per_seed.iter().zip(&c.seeds) {
+                let points = s.iter().enumerate().map(|(e, m)| (e as f64, m[k])).collect();
+                v.push((format!("{} seed {seed}", curve.implementation), points));
+            }
+        }
+        v
+    };
+    report::overlay_panels(
+        &out.join("loss-curves.svg"),
+        "Training loss per epoch (mean over its steps)",
+        "epoch",
+        &[("loss", curves(0)), ("cross-entropy", curves(1)), ("me-max", curves(2))],
+    )
+}
+
+/// The reference run by Python: `python script --dataset D --config C --out O --save-steps S`.
+pub fn python_reference(python: PathBuf, script: PathBuf, dataset: PathBuf) -> impl FnMut(&Path, &Path, &[usize]) -> Result<()> {
+    move |config, out, steps| {
+        let saves: Vec<String> = steps.iter().map(usize::to_string).collect();
+        let status = std::process::Command::new(&python)
+            .arg(&script)
+            .arg("--dataset")
+            .arg(&dataset)
+            .arg("--config")
+            .arg(config)
+            .arg("--out")
+            .arg(out)
+            .arg("--save-steps")
+            .arg(saves.join(","))
+            .status()
+            .map_err(|e| {
+                Error::Config(format!(
+                    "running {} {}: {e} (install the reference with `pip install -r trainer/reference/requirements.txt`, \
+                     or pass --python)",
+                    python.display(),
+                    script.display()
+                ))
+            })?;
+        if !status.success() {
+            return Err(Error::Config(format!("{} {} failed ({status})", python.display(), script.display())));
+        }
+        Ok(())
+    }
+}
