@@ -110,7 +110,10 @@ pub fn to_bytes(tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Ve
     let mut offset = 0usize;
     for (name, (shape, values)) in tensors {
         if shape.iter().product::<usize>() != values.len() {
-            return Err(ShardError::Format(format!("tensor {name}: shape {shape:?} holds not {} values", values.len())));
+            return Err(ShardError::Format(format!(
+                "tensor {name}: shape {shape:?} holds not {} values",
+                values.len()
+            )));
         }
         let end = offset + 4 * values.len();
         header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));

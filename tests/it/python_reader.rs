@@ -24,7 +24,9 @@ fn python() -> Result<PathBuf, String> {
     });
     let venv = cache.join("venv-reader");
     let py = venv.join("bin/python");
-    let ready = |py: &Path| Command::new(py).args(["-c", "import numpy, safetensors"]).output().is_ok_and(|o| o.status.success());
+    let ready = |py: &Path| {
+        Command::new(py).args(["-c", "import numpy, safetensors"]).output().is_ok_and(|o| o.status.success())
+    };
     if ready(&py) {
         return Ok(py);
     }
@@ -95,7 +97,8 @@ fn the_python_reader_reads_what_the_trainer_reads() {
                 assert!(same(&p["ehr"][i][k], row[l + k]), "{split:?} row {i} {name}");
             }
         }
-        let pixels: u64 = (0..rust.len()).map(|i| rust.image(i).unwrap().iter().map(|&v| u64::from(v)).sum::<u64>()).sum();
+        let pixels: u64 =
+            (0..rust.len()).map(|i| rust.image(i).unwrap().iter().map(|&v| u64::from(v)).sum::<u64>()).sum();
         assert_eq!(p["pixels"].as_u64().unwrap(), pixels, "{split:?} pixels");
         let first: u64 = rust.image(0).unwrap().iter().map(|&v| u64::from(v)).sum();
         assert_eq!(p["first"][0].as_u64().unwrap(), first);

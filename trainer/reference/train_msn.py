@@ -251,7 +251,7 @@ def main():
                            for p in m.parameters()]
                 torch.nn.utils.clip_grad_norm_(clipped, cfg["grad_clip_norm"])
             opt.step()
-            value = float(loss)
+            value = float(loss.detach())
             metrics.write(json.dumps({
                 "epoch": epoch, "step": step, "loss": value,
                 "cross_entropy": value - loss_cfg["me_max_weight"] * me_max, "me_max": me_max,

@@ -48,17 +48,13 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             s
         }
     };
-    let cfg = CompareConfig {
-        pretrain,
-        eval,
-        seeds: args.seeds.clone(),
-        fractions: CompareConfig::FRACTIONS.to_vec(),
-    };
+    let cfg = CompareConfig { pretrain, eval, seeds: args.seeds.clone(), fractions: CompareConfig::FRACTIONS.to_vec() };
     let mut reference = python_reference(args.python.clone(), script, args.dataset.clone());
-    let c = compare_reference(&cfg, &args.dataset, &args.out, &mut reference, &device(), &mut step_printer(), &mut |l| {
-        log_line(l)
-    })
-    .context("compare-reference")?;
+    let c =
+        compare_reference(&cfg, &args.dataset, &args.out, &mut reference, &device(), &mut step_printer(), &mut |l| {
+            log_line(l)
+        })
+        .context("compare-reference")?;
     println!("{}", fs_err::read_to_string(args.out.join("comparison.md"))?);
     let within = c.rows.iter().filter(|r| r.within).count();
     println!(

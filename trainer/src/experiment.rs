@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{LinearEvalConfig, Source, TestScores, linear_eval, load_encoder, random_encoder};
+use crate::linear::{LinearEvalConfig, Source, TestScores, linear_eval, load_encoder, random_encoder, to_json_pretty};
 use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
@@ -117,7 +117,7 @@ pub fn run(
             let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
             let d =
                 PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
-            fs_err::write(&done_path, to_json(&d)?)?;
+            fs_err::write(&done_path, to_json_pretty(&d)?)?;
             d
         }
     };
@@ -138,10 +138,9 @@ pub fn run(
             "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {version}.</p>",
             pretrain.seed
         ),
-        Arm::Baseline(name) => format!(
-            "<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>",
-            out.result.encoder
-        ),
+        Arm::Baseline(name) => {
+            format!("<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>", out.result.encoder)
+        }
         Arm::Msn(_) => {
             report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
             format!(
@@ -179,7 +178,7 @@ pub fn run(
         delta_vs_vanilla: None,
     };
     let tmp = dir.join("summary.json.tmp");
-    fs_err::write(&tmp, to_json(&summary)?)?;
+    fs_err::write(&tmp, to_json_pretty(&summary)?)?;
     fs_err::rename(&tmp, &summary_path)?;
     Ok(summary)
 }
@@ -225,10 +224,6 @@ pub fn run_name(ehr: &str) -> String {
         Arm::RandomInit => RANDOM_INIT.into(),
         Arm::Baseline(name) => format!("baseline-{name}"),
     }
-}
-
-fn to_json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising a run summary: {e}")))
 }
 
 /// Runs every EHR choice of `choices` into `dir/<run_name>` with the same configuration

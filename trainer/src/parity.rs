@@ -244,7 +244,8 @@ pub fn compare_reference(
     let (resamples, boot_seed) = (cfg.eval.bootstrap, cfg.eval.seed);
     // Paired, averaged over seeds: b minus a for each seed's (a, b).
     let pooled = |pairs: Vec<(&TestScores, &TestScores)>| {
-        let slices: Vec<(&[f32], &[f32])> = pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
+        let slices: Vec<(&[f32], &[f32])> =
+            pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
         paired_mean_macro_auroc_delta(&slices, &targets, l, resamples, boot_seed)
     };
     let mean_auc = |implementation: &str, c: usize| {
@@ -262,7 +263,15 @@ pub fn compare_reference(
         let delta = pairs.and_then(pooled);
         let fraction = cfg.fractions.iter().find(|&&(a, b)| steps * a / b.max(1) == c).map_or_else(
             || format!("{c}/{steps}"),
-            |&(a, b)| if a == 0 { "0".into() } else if a == b { "1".into() } else { format!("{a}/{b}") },
+            |&(a, b)| {
+                if a == 0 {
+                    "0".into()
+                } else if a == b {
+                    "1".into()
+                } else {
+                    format!("{a}/{b}")
+                }
+            },
         );
         rows.push(CheckpointRow {
             step: c,
@@ -311,7 +320,8 @@ fn loss_gap(a: &LossCurve, b: &LossCurve) -> Vec<(f64, f64)> {
     let stats = |c: &LossCurve, e: usize| {
         let v: Vec<f64> = c.per_seed.iter().map(|s| s[e][0]).collect();
         let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let spread = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min);
+        let spread =
+            v.iter().copied().fold(f64::NEG_INFINITY, f64::max) - v.iter().copied().fold(f64::INFINITY, f64::min);
         (mean, spread)
     };
     (0..epochs)
@@ -410,7 +420,11 @@ fn write(c: &Comparison, out: &Path) -> Result<()> {
 }
 
 /// The reference run by Python: `python script --dataset D --config C --out O --save-steps S`.
-pub fn python_reference(python: PathBuf, script: PathBuf, dataset: PathBuf) -> impl FnMut(&Path, &Path, &[usize]) -> Result<()> {
+pub fn python_reference(
+    python: PathBuf,
+    script: PathBuf,
+    dataset: PathBuf,
+) -> impl FnMut(&Path, &Path, &[usize]) -> Result<()> {
     move |config, out, steps| {
         let saves: Vec<String> = steps.iter().map(usize::to_string).collect();
         let status = std::process::Command::new(&python)

@@ -209,7 +209,8 @@ impl PretrainConfig {
                 let lr = if epoch < self.warmup_epochs {
                     self.lr * (epoch + 1) as f64 / self.warmup_epochs as f64
                 } else {
-                    let t = (epoch - self.warmup_epochs) as f64 / self.epochs.saturating_sub(self.warmup_epochs).max(1) as f64;
+                    let t = (epoch - self.warmup_epochs) as f64
+                        / self.epochs.saturating_sub(self.warmup_epochs).max(1) as f64;
                     cosine(self.lr, 0.0, t)
                 };
                 StepSchedule { lr, weight_decay: self.weight_decay, momentum }
@@ -362,7 +363,7 @@ impl ModuleMapper for Scale<'_> {
             return param;
         }
         let f = self.factor;
-        param.map(|t| t.detach().mul_scalar(f).require_grad())
+        param.map(|t| t.mul_scalar(f).detach().require_grad())
     }
 }
 
@@ -422,8 +423,18 @@ pub fn update(
         None => grads,
     };
     let net = if s.weight_decay > 0.0 {
+        // The trained modules only: the EMA target is a clone of the anchor and shares its
+        // parameter ids.
         let ids = decayed(cfg, &net);
-        net.map(&mut Scale { ids: &ids, factor: 1.0 - s.lr * s.weight_decay })
+        let mut scale = Scale { ids: &ids, factor: 1.0 - s.lr * s.weight_decay };
+        MsnNet {
+            anchor: net.anchor.map(&mut scale),
+            anchor_head: net.anchor_head.map(&mut scale),
+            f_ehr: net.f_ehr.map(|m| m.map(&mut scale)),
+            g: net.g.map(|m| m.map(&mut scale)),
+            prototypes: scale.map_float(net.prototypes),
+            ..net
+        }
     } else {
         net
     };
@@ -501,9 +512,16 @@ pub struct Checkpoint {
     /// Epoch and batch index within it of the next step.
     pub epoch: usize,
     pub batch: usize,
+    /// NaN (`null` in the file) before the first step.
+    #[serde(deserialize_with = "f32_or_nan")]
     pub first_loss: f32,
     pub model: String,
     pub optimizer: String,
+}
+
+/// An `f32` that JSON wrote as `null` (NaN has no JSON form) reads back as NaN.
+fn f32_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
+    Ok(<Option<f32> as serde::Deserialize>::deserialize(d)?.unwrap_or(f32::NAN))
 }
 
 /// Name of the checkpoint state file in a run folder.
@@ -556,7 +574,9 @@ impl std::str::FromStr for CheckpointChoice {
 pub fn read_best(run: &Path) -> Result<Option<BestCheckpoint>> {
     let path = run.join(BEST);
     match fs_err::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::Config(format!("{}: {e}", path.display()))),
+        Ok(text) => {
+            serde_json::from_str(&text).map(Some).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }

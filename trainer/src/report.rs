@@ -69,12 +69,7 @@ pub fn overlay_panels(
             }
         }
         if lines.iter().any(|l| !l.0.is_empty()) {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(&e)?;
+            chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(&e)?;
         }
     }
     root.present().map_err(&e)?;

@@ -125,7 +125,11 @@ pub fn vit_state_dict(vit: &Vit, prefix: &str) -> BTreeMap<String, (Vec<usize>, 
     for (i, block) in vit.blocks.iter().enumerate() {
         let b = format!("encoder.layers.encoder_layer_{i}");
         norm(&mut put, &format!("{b}.ln_1"), &block.norm1);
-        put(format!("{b}.self_attention.in_proj_weight"), vec![3 * d, d], values(block.attn.qkv.weight.val().transpose()));
+        put(
+            format!("{b}.self_attention.in_proj_weight"),
+            vec![3 * d, d],
+            values(block.attn.qkv.weight.val().transpose()),
+        );
         if let Some(bias) = &block.attn.qkv.bias {
             put(format!("{b}.self_attention.in_proj_bias"), vec![3 * d], values(bias.val()));
         }
@@ -155,7 +159,10 @@ mod tests {
         let sd = cxr_dataset::tensors::parse(&bytes).unwrap();
         assert_eq!(sd.len(), crate::import::vit_tensor_names(&cfg, "backbone.").len());
         load_vit(&mut b, &sd, "backbone.", &device).unwrap();
-        let x = Tensor::<4>::from_data(TensorData::new((0..768).map(|i| (i % 7) as f32 / 7.0).collect(), [1, 3, 16, 16]), &device);
+        let x = Tensor::<4>::from_data(
+            TensorData::new((0..768).map(|i| (i % 7) as f32 / 7.0).collect(), [1, 3, 16, 16]),
+            &device,
+        );
         let out = |v: &Vit| v.forward(x.clone(), None).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
         assert_eq!(out(&a), out(&b));
     }

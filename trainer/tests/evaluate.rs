@@ -167,8 +167,17 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     // The SGD probe on the same features: epochs, early stopping, the head saved.
     let sgd_out = dir.path().join("sgd");
     let sgd_cfg = probe().with_probe(ProbeKind::Sgd).with_patience(3);
-    let s = linear_eval(&sgd_cfg, random_encoder(&vit(), 3, &device), &data, &[], &sgd_out, &out.join("f"), &device, &mut |_| {})
-        .unwrap();
+    let s = linear_eval(
+        &sgd_cfg,
+        random_encoder(&vit(), 3, &device),
+        &data,
+        &[],
+        &sgd_out,
+        &out.join("f"),
+        &device,
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!((s.result.probe, s.result.chosen_c), (ProbeKind::Sgd, None));
     let (run_epochs, best) = (s.result.epochs_run.unwrap(), s.result.best_epoch.unwrap());
     assert_eq!(std::fs::read_to_string(sgd_out.join("metrics.jsonl")).unwrap().lines().count(), s.history.len());
@@ -256,9 +265,8 @@ fn finetuning_trains_the_encoder_and_frozen_probing_does_not() {
     let data = dir.path().join("data");
     write_dataset(&data, "data0002", &["Edema"]);
     let device = device();
-    let weights = |vit: &trainer::model::Vit| {
-        vit.patch.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
-    };
+    let weights =
+        |vit: &trainer::model::Vit| vit.patch.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();
     let initial = weights(&random_encoder(&vit(), 5, &device).vit);
     let saved = |out: &Path| {
         let mut probe = trainer::linear::sgd::Probe {
@@ -271,8 +279,9 @@ fn finetuning_trains_the_encoder_and_frozen_probing_does_not() {
     };
     let out = dir.path().join("ft");
     let cfg = probe().with_finetune(true).with_epochs(2).with_bootstrap(10);
-    let r = linear_eval(&cfg, random_encoder(&vit(), 5, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
-        .unwrap();
+    let r =
+        linear_eval(&cfg, random_encoder(&vit(), 5, &device), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
+            .unwrap();
     assert_eq!((r.history.len(), r.result.probe), (2, ProbeKind::Sgd));
     assert!(!out.join("f").exists(), "fine-tuning caches nothing");
     assert!(r.result.test.macro_auroc.is_some());
@@ -402,8 +411,9 @@ fn compare_reference_against_itself_finds_no_difference() {
     };
     let out = dir.path().join("compare");
     let mut logs = Vec::new();
-    let c = compare_reference(&cfg, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
-        .unwrap();
+    let c =
+        compare_reference(&cfg, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
+            .unwrap();
     // 80 training images, batches of 16, 2 epochs: 10 steps; checkpoints 0, 1, 2, 5, 10.
     assert_eq!(c.steps, 10);
     assert_eq!(c.rows.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 1, 2, 5, 10]);

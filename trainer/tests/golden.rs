@@ -81,7 +81,10 @@ fn assert_grad_close(what: &str, ours: &[f32], reference: &[f32], rel: f32) {
     assert_eq!(ours.len(), reference.len(), "{what}: lengths");
     let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
     let worst = ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    eprintln!("{what}: max |error| {worst:.3e} = {:.2e} of max |reference| {scale:.3e}", worst / scale.max(f32::MIN_POSITIVE));
+    eprintln!(
+        "{what}: max |error| {worst:.3e} = {:.2e} of max |reference| {scale:.3e}",
+        worst / scale.max(f32::MIN_POSITIVE)
+    );
     assert!(worst <= rel * scale + 1e-7, "{what}: max difference {worst} (scale {scale}, relative tolerance {rel})");
 }
 

@@ -251,7 +251,15 @@ fn lbfgs(
 
 /// Fits every label at `c` on standardised `x` (`[rows, dim]`) and `labels` (`[rows, l]`,
 /// NaN = left out), starting from `warm` when given (the fit at a neighbouring `c`).
-pub fn fit(x: &[f32], dim: usize, labels: &[f32], l: usize, c: f64, cfg: &LogisticConfig, warm: Option<&LogisticModel>) -> LogisticModel {
+pub fn fit(
+    x: &[f32],
+    dim: usize,
+    labels: &[f32],
+    l: usize,
+    c: f64,
+    cfg: &LogisticConfig,
+    warm: Option<&LogisticModel>,
+) -> LogisticModel {
     let fits = (0..l)
         .into_par_iter()
         .map(|k| {

@@ -256,9 +256,13 @@ fn cached(
 pub enum Source {
     Encoder(Encoder),
     /// The stored image, area-downsampled to `side x side` and scaled to [0, 1].
-    Pixels { side: usize },
+    Pixels {
+        side: usize,
+    },
     /// The EHR vector of an `--ehr` selection (its dataset columns; DATA.md section 5).
-    Ehr { selection: String },
+    Ehr {
+        selection: String,
+    },
 }
 
 impl From<Encoder> for Source {
@@ -521,26 +525,26 @@ pub fn linear_eval(
     let frozen_vit = encoder.map(|e| e.vit.clone().no_grad());
     // Feature rows of a split of a dataset version through the source (the eval transform
     // for an encoder, cached when asked).
-    let features = |split: &str, version: &str, data: &SplitData, vit: Option<&Vit>, log: &mut dyn FnMut(&str)| {
-        match (&source, vit) {
-            (Source::Encoder(e), Some(vit)) => {
-                log(&format!("embedding {} {split} images", data.len()));
-                let compute = || embed(vit, &data.images, &all(data.len()), t, device);
-                if cfg.cache_features && !cfg.finetune {
-                    let text = format!("{}|{version}|{split}|{}", e.id, serde_json::to_string(t).unwrap_or_default());
-                    let key = hex(&Sha256::digest(text.as_bytes()))[..24].to_string();
-                    let about = serde_json::json!({
-                        "split": split, "dataset_version": version, "encoder": e.id, "source": e.source,
-                    });
-                    cached(cache_dir, &key, about, compute, vit.dim())
-                } else {
-                    compute()
-                }
+    let features = |split: &str, version: &str, data: &SplitData, vit: Option<&Vit>, log: &mut dyn FnMut(&str)| match (
+        &source, vit,
+    ) {
+        (Source::Encoder(e), Some(vit)) => {
+            log(&format!("embedding {} {split} images", data.len()));
+            let compute = || embed(vit, &data.images, &all(data.len()), t, device);
+            if cfg.cache_features && !cfg.finetune {
+                let text = format!("{}|{version}|{split}|{}", e.id, serde_json::to_string(t).unwrap_or_default());
+                let key = hex(&Sha256::digest(text.as_bytes()))[..24].to_string();
+                let about = serde_json::json!({
+                    "split": split, "dataset_version": version, "encoder": e.id, "source": e.source,
+                });
+                cached(cache_dir, &key, about, compute, vit.dim())
+            } else {
+                compute()
             }
-            (Source::Pixels { side }, _) => downsample(&data.images, *side),
-            (Source::Ehr { .. }, _) => columns_of(data, &columns),
-            (Source::Encoder(_), None) => Err(Error::Config("an encoder source without its network".into())),
         }
+        (Source::Pixels { side }, _) => downsample(&data.images, *side),
+        (Source::Ehr { .. }, _) => columns_of(data, &columns),
+        (Source::Encoder(_), None) => Err(Error::Config("an encoder source without its network".into())),
     };
     let dim = match &source {
         Source::Encoder(e) => e.vit.dim(),
@@ -570,18 +574,28 @@ pub fn linear_eval(
                 };
                 let input = sgd::Input::Features { train: &xs, validate: &xvs };
                 let rows = all(train_rows.len());
-                let r = sgd::train(cfg, None, &input, dim, &rows, &train_labels, &val.labels, &names, out, device, log)?;
+                let r =
+                    sgd::train(cfg, None, &input, dim, &rows, &train_labels, &val.labels, &names, out, device, log)?;
                 history = r.history;
                 (Classifier::Linear { standardizer, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
             }
         }
     } else {
         let vit = match (&frozen_vit, encoder) {
-            (Some(v), Some(e)) => if cfg.finetune { e.vit.clone() } else { v.clone() },
+            // Fine-tuning trains the encoder: a run's target encoder is loaded frozen (the EMA
+            // copy takes no gradients), so its parameters are made trainable here.
+            (Some(v), Some(e)) => {
+                if cfg.finetune {
+                    e.vit.clone().set_require_grad(true)
+                } else {
+                    v.clone()
+                }
+            }
             _ => return Err(Error::Config("training on images needs an encoder".into())),
         };
         let input = sgd::Input::Images { train: &train, validate: &val };
-        let r = sgd::train(cfg, Some(vit), &input, dim, &train_rows, &train.labels, &val.labels, &names, out, device, log)?;
+        let r =
+            sgd::train(cfg, Some(vit), &input, dim, &train_rows, &train.labels, &val.labels, &names, out, device, log)?;
         history = r.history;
         (Classifier::Linear { standardizer: None, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
     };
@@ -664,7 +678,8 @@ fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
 }
 
-fn to_json_pretty<T: Serialize>(v: &T) -> Result<String> {
+/// `v` as indented JSON; a serialisation failure is an error, never an empty file.
+pub(crate) fn to_json_pretty<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
 }
 

@@ -105,7 +105,9 @@ impl LinearEvalResult {
                 self.regularization.as_ref().map_or(0, Vec::len)
             ),
             (_, _, Some(run), Some(best)) => {
-                format!("linear head trained by Adam, {run} epochs run, best validation macro AUROC {auc} at epoch {best}")
+                format!(
+                    "linear head trained by Adam, {run} epochs run, best validation macro AUROC {auc} at epoch {best}"
+                )
             }
             _ => format!("best validation macro AUROC {auc}"),
         }

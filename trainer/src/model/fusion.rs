@@ -82,8 +82,9 @@ impl MsnNet {
         let anchor = vit.init(device, &mut stream(0));
         let anchor_head = ProjectionHead::new(d, 4 * d, d, device, &mut stream(1));
         let mut proto_rng = stream(2);
-        let prototypes =
-            Param::from_tensor(Init::new(device, &mut proto_rng).uniform([shape.prototypes, d], 1.0 / (d as f64).sqrt()));
+        let prototypes = Param::from_tensor(
+            Init::new(device, &mut proto_rng).uniform([shape.prototypes, d], 1.0 / (d as f64).sqrt()),
+        );
         let (f_ehr, g) = if shape.ehr_in > 0 {
             let mut ehr_rng = stream(3);
             let init = Init::new(device, &mut ehr_rng);
