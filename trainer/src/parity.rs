@@ -401,7 +401,7 @@ fn write(c: &Comparison, out: &Path) -> Result<()> {
         "pretraining step",
         &[("macro AUROC", lines)],
     )?;
-    let curves = |k: usize| -> Vec<(String, Vec<(f64, f64)>)> {
+    let curves = |k: usize| -> Vec<report::Line> {
         let mut v = Vec::new();
         for curve in &c.losses {
             for (s, seed) in curve.per_seed.iter().zip(&c.seeds) {

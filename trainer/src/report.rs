@@ -30,21 +30,19 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A named line: `(legend, points)` (an empty legend draws no legend entry).
+pub type Line = (String, Vec<(f64, f64)>);
+
 /// Named series over a shared x axis, one panel each (stacked vertically).
 fn panels(path: &Path, title: &str, x_desc: &str, series: &[(&str, Vec<(f64, f64)>)]) -> Result<()> {
-    let overlays: Vec<(&str, Vec<(String, Vec<(f64, f64)>)>)> =
+    let overlays: Vec<(&str, Vec<Line>)> =
         series.iter().map(|(name, points)| (*name, vec![(String::new(), points.clone())])).collect();
     overlay_panels(path, title, x_desc, &overlays)
 }
 
 /// Panels stacked vertically over a shared x axis, each with one or more named lines (a
 /// legend when a line has a name).
-pub fn overlay_panels(
-    path: &Path,
-    title: &str,
-    x_desc: &str,
-    panels: &[(&str, Vec<(String, Vec<(f64, f64)>)>)],
-) -> Result<()> {
+pub fn overlay_panels(path: &Path, title: &str, x_desc: &str, panels: &[(&str, Vec<Line>)]) -> Result<()> {
     let e = err(path);
     let h = 220 * panels.len().max(1) as u32;
     let root = SVGBackend::new(path, (760, h)).into_drawing_area();

@@ -254,7 +254,7 @@ fn cached(
 /// What the probe reads: an encoder's features, or a baseline's.
 #[derive(Debug, Clone)]
 pub enum Source {
-    Encoder(Encoder),
+    Encoder(Box<Encoder>),
     /// The stored image, area-downsampled to `side x side` and scaled to [0, 1].
     Pixels {
         side: usize,
@@ -267,7 +267,7 @@ pub enum Source {
 
 impl From<Encoder> for Source {
     fn from(e: Encoder) -> Self {
-        Self::Encoder(e)
+        Self::Encoder(Box::new(e))
     }
 }
 
@@ -349,7 +349,7 @@ fn columns_of(data: &SplitData, columns: &[String]) -> Result<Vec<f32>> {
 /// A trained classifier over feature rows.
 enum Classifier {
     Logistic { standardizer: Standardizer, model: LogisticModel },
-    Linear { standardizer: Option<Standardizer>, probe: sgd::Probe },
+    Linear { standardizer: Option<Standardizer>, probe: Box<sgd::Probe> },
 }
 
 impl Classifier {
@@ -498,7 +498,7 @@ pub fn linear_eval(
         return Err(Error::Config("--batch-size and --epochs must be at least 1".into()));
     }
     let encoder = match &source {
-        Source::Encoder(e) => Some(e),
+        Source::Encoder(e) => Some(e.as_ref()),
         _ if cfg.finetune => {
             return Err(Error::Config("a baseline (pixels or EHR) has no encoder to fine-tune".into()));
         }
@@ -577,7 +577,12 @@ pub fn linear_eval(
                 let r =
                     sgd::train(cfg, None, &input, dim, &rows, &train_labels, &val.labels, &names, out, device, log)?;
                 history = r.history;
-                (Classifier::Linear { standardizer, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
+                (
+                    Classifier::Linear { standardizer, probe: Box::new(r.best) },
+                    Some(r.best_epoch),
+                    r.best_auc,
+                    ProbeKind::Sgd,
+                )
             }
         }
     } else {
@@ -597,7 +602,12 @@ pub fn linear_eval(
         let r =
             sgd::train(cfg, Some(vit), &input, dim, &train_rows, &train.labels, &val.labels, &names, out, device, log)?;
         history = r.history;
-        (Classifier::Linear { standardizer: None, probe: r.best }, Some(r.best_epoch), r.best_auc, ProbeKind::Sgd)
+        (
+            Classifier::Linear { standardizer: None, probe: Box::new(r.best) },
+            Some(r.best_epoch),
+            r.best_auc,
+            ProbeKind::Sgd,
+        )
     };
     // Test with the classifier chosen on validation (and, fine-tuned, its encoder).
     let test_vit = match &classifier {

@@ -170,6 +170,20 @@ mod tests {
         assert!(a.f_ehr.is_none() && b.f_ehr.is_some());
     }
 
+    /// The ViT's initial weights follow torchvision's: attention in-projection xavier-uniform,
+    /// out-projection PyTorch's default Linear bound 1/sqrt(d) (not xavier), MLP xavier.
+    #[test]
+    fn the_initial_attention_and_mlp_weights_have_torchvisions_bounds() {
+        let n = net(0);
+        let d = 16f32;
+        let max = |t: Tensor<2>| data(t).iter().fold(0f32, |m, v| m.max(v.abs()));
+        let b = &n.anchor.blocks[0];
+        let (qkv, out, fc1) = (max(b.attn.qkv.weight.val()), max(b.attn.out.weight.val()), max(b.fc1.weight.val()));
+        assert!(qkv <= (6.0 / (4.0 * d)).sqrt() && qkv > 0.8 * (6.0 / (4.0 * d)).sqrt(), "in-projection {qkv}");
+        assert!(out <= 1.0 / d.sqrt() && out > 0.8 / d.sqrt(), "out-projection {out}");
+        assert!(fc1 <= (6.0 / (d + 32.0)).sqrt() && fc1 > 0.8 * (6.0 / (d + 32.0)).sqrt(), "fc1 {fc1}");
+    }
+
     /// An EHR vector the network was not built for (or none when it was) is an error.
     #[test]
     fn a_batch_without_the_networks_ehr_is_an_error() {

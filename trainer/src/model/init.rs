@@ -75,9 +75,12 @@ impl<'a> Init<'a> {
         self.linear(d_in, d_out, w, Some(b))
     }
 
-    /// Xavier-uniform weight with a zero bias (attention projections).
-    pub fn linear_xavier_zero_bias(&self, d_in: usize, d_out: usize) -> Linear {
-        self.linear_xavier(d_in, d_out, 0.0)
+    /// PyTorch's default `nn.Linear` weight, U(-1/sqrt(in), 1/sqrt(in)), with a zero bias:
+    /// `nn.MultiheadAttention`'s output projection, whose bias alone its init resets.
+    pub fn linear_default_zero_bias(&self, d_in: usize, d_out: usize) -> Linear {
+        let a = 1.0 / (d_in as f64).sqrt();
+        let w = self.uniform([d_in, d_out], a);
+        self.linear(d_in, d_out, w, Some(Tensor::zeros([d_out], self.device)))
     }
 
     /// Truncated-normal weight with `std`, zero bias (the patch projection).

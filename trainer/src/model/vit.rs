@@ -91,7 +91,7 @@ impl VitConfig {
                     norm1: init.layer_norm(d, self.layer_norm_eps),
                     attn: Attention {
                         qkv: init.linear_xavier(d, 3 * d, 0.0),
-                        out: init.linear_xavier_zero_bias(d, d),
+                        out: init.linear_default_zero_bias(d, d),
                         heads: self.heads,
                     },
                     norm2: init.layer_norm(d, self.layer_norm_eps),
