@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::discover::{Inputs, Roots, discover};
 use crate::encode::{MissingPolicy, encode};
 use crate::images::{self, IMAGES_DIR, ImageSource, RunOptions, Stage, Subset};
-use crate::labels::{Labeler, SplitSource, Uncertain, attach_labels, attach_split, check_leakage};
+use crate::labels::{Labeler, SplitSource, Uncertain, Unlabeled, attach_labels, attach_split, check_leakage};
 use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
 use crate::progress::Progress;
 use crate::report::Cohort;
@@ -25,11 +25,15 @@ pub struct BuildConfig {
     pub out: PathBuf,
     pub rule: MatchRule,
     pub missing: MissingPolicy,
-    /// Drop images whose subject has no sex (the reference's filter).
+    /// Drop images whose subject has no sex (the reference's filter) or one other than M/F
+    /// (counted apart); when false both are kept and encoded 0/0.
     pub drop_missing_sex: bool,
-    /// Keep only AP, PA, LATERAL, LL and blank views (the reference's filter).
+    /// Keep only AP, PA, LATERAL, LL and blank views (the reference's filter); when false rare
+    /// views are kept and flagged in `view_other`.
     pub drop_rare_views: bool,
     pub labeler: Labeler,
+    /// Images whose study has no label row.
+    pub unlabeled: Unlabeled,
     pub uncertain: Uncertain,
     pub split: SplitSource,
     /// Images per Parquet part and per image shard.
@@ -54,11 +58,12 @@ impl BuildConfig {
             MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
         };
         format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nunlabeled={}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
             self.missing.name(),
             self.drop_missing_sex,
             self.drop_rare_views,
             self.labeler,
+            self.unlabeled.name(),
             self.uncertain.name(),
             self.split,
             self.shard_size,
@@ -195,12 +200,24 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
     Ok(t)
 }
 
+/// The sha256 of the data-producing source files ([`CODE_FILES`]), computed when the crate
+/// is compiled (`pipeline/build.rs`) and hashed into every version id.
+pub const CODE_DIGEST: &str = env!("PIPELINE_CODE_DIGEST");
+
+/// The files [`CODE_DIGEST`] covers, comma-separated, relative to the pipeline crate.
+pub const CODE_FILES: &str = env!("PIPELINE_CODE_FILES");
+
+/// The code a version id stands for: the pipeline version and [`CODE_DIGEST`].
+pub fn code_id() -> String {
+    format!("pipeline {} code {CODE_DIGEST}", env!("CARGO_PKG_VERSION"))
+}
+
 /// The hash of a build's tables: their contents, the resolved config, the SQL and schema text
-/// and the pipeline version (the dataset version id before the images are fingerprinted).
+/// and the code ([`code_id`]) (the dataset version id before the images are fingerprinted).
 /// Also returns the schema hash.
 pub fn tables_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConfig) -> Result<(String, String)> {
     let mut h = Sha256::new();
-    h.update(format!("pipeline {}\n", env!("CARGO_PKG_VERSION")));
+    h.update(format!("{}\n", code_id()));
     // Headers read from DICOM files: their names and sizes.
     for p in dicoms {
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -252,10 +269,17 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     let iv_version = inputs.mimic_iv.version.clone();
     let cxr = "2.0.0";
     let get = |role: &str| path_of(role).ok_or_else(|| Error::Config(format!("no {role} table")));
-    let meta = match path_of("metadata") {
-        Some(p) => read(&p, "mimic-cxr/metadata", cxr)?,
-        None => crate::dicom_meta::read(&dicoms)?,
+    let (meta, header_rejects) = match path_of("metadata") {
+        Some(p) => (read(&p, "mimic-cxr/metadata", cxr)?, Vec::new()),
+        None => crate::dicom_meta::read(&dicoms, cfg.run.fail_fast)?,
     };
+    if let Some((path, why)) = header_rejects.first() {
+        progress.note(&format!(
+            "{} DICOM file(s) with an unreadable header are rejected (see rejects.parquet), e.g. {}: {why}",
+            header_rejects.len(),
+            path.display()
+        ));
+    }
     progress.advance(1);
     let patients = read(&get("patients")?, "mimic-iv/patients", &iv_version)?;
     let mut admissions = read(&get("admissions")?, "mimic-iv/admissions", &iv_version)?;
@@ -270,35 +294,28 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     };
     let labels = read(&get("labels")?, labeler_schema, cxr)?;
     let official = match cfg.split {
-        SplitSource::Official => Some(read(&get("split")?, "mimic-cxr/split", cxr)?),
+        SplitSource::Official => {
+            let path = get("split")?;
+            Some((read(&path, "mimic-cxr/split", cxr)?, path))
+        }
         _ => None,
     };
     progress.advance(1);
 
     let images = images_from_metadata(meta)?;
-    let images_read = images.height();
+    let images_read = images.height() + header_rejects.len();
     let linked = link(&LinkInputs { images, patients, admissions, icustays }, cfg.rule)?;
     progress.advance(1);
-    let (labeled, unlabeled) = attach_labels(&linked, &labels, cfg.uncertain)?;
-    let with_split = attach_split(&labeled, &cfg.split, official.as_ref())?;
-    check_leakage(&with_split)?;
-
-    let mut cohort = Cohort::new(images_read, &with_split)?;
+    let mut cohort = Cohort::new(images_read, &linked)?;
+    let (labeled, unlabeled) = attach_labels(&linked, &labels, cfg.uncertain, cfg.unlabeled)?;
     cohort.unlabeled_images = unlabeled;
-    let mut df = with_split;
-    if cfg.drop_missing_sex {
-        let before = df.height();
-        df = df.lazy().filter(col("sex").is_not_null()).collect().map_err(pe("missing sex filter"))?;
-        cohort.dropped_missing_sex = before - df.height();
+    if cfg.unlabeled == Unlabeled::Drop {
+        cohort.dropped_unlabeled = unlabeled;
     }
-    if cfg.drop_rare_views {
-        let before = df.height();
-        let kept = ["AP", "PA", "LATERAL", "LL"];
-        let keep = col("view").is_null().or(kept.iter().fold(lit(false), |acc, v| acc.or(col("view").eq(lit(*v)))));
-        df = df.lazy().filter(keep).collect().map_err(pe("rare view filter"))?;
-        cohort.dropped_rare_view = before - df.height();
-    }
-    let (encoded, dropped) = encode(&df, cfg.missing)?;
+    let with_split = attach_split(&labeled, &cfg.split, official.as_ref().map(|(t, p)| (t, p.as_path())))?;
+    check_leakage(&with_split)?;
+    let df = filter_cohort(with_split, cfg, &mut cohort)?;
+    let (encoded, dropped) = encode(&df, cfg.missing, !cfg.drop_rare_views)?;
     cohort.dropped_missing_scan = dropped;
     progress.advance(1);
     progress.finish();
@@ -325,6 +342,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         run: cfg.run,
         task: task_json("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
         images_read,
+        header_rejects: header_rejects.into_iter().map(header_reject).collect(),
     };
     let outcome = finish(&job, progress, &mut |kept, rejected, version| {
         cohort.rejected_images = rejected;
@@ -340,6 +358,30 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
             BuildSummary { version, dir, reused: false, cohort: Some(cohort), partial: None }
         }
     })
+}
+
+/// The reference's cohort filters on sex and view, each counted in `cohort`.
+fn filter_cohort(mut df: DataFrame, cfg: &BuildConfig, cohort: &mut Cohort) -> Result<DataFrame> {
+    // The rows where `keep` holds, and how many were dropped.
+    let drop = |df: DataFrame, keep: Expr, what: &str| -> Result<(DataFrame, usize)> {
+        let before = df.height();
+        let kept = df.lazy().filter(keep).collect().map_err(pe(what))?;
+        let n = before - kept.height();
+        Ok((kept, n))
+    };
+    if cfg.drop_missing_sex {
+        (df, cohort.dropped_missing_sex) = drop(df, col("sex").is_not_null(), "missing sex filter")?;
+        let binary = col("sex").eq(lit("M")).or(col("sex").eq(lit("F")));
+        (df, cohort.dropped_other_sex) = drop(df, binary, "sex other than M/F filter")?;
+    }
+    let kept = ["AP", "PA", "LATERAL", "LL"];
+    let common = col("view").is_null().or(kept.iter().fold(lit(false), |acc, v| acc.or(col("view").eq(lit(*v)))));
+    if cfg.drop_rare_views {
+        (df, cohort.dropped_rare_view) = drop(df, common, "rare view filter")?;
+    } else {
+        cohort.kept_rare_view = drop(df.clone(), common, "rare views")?.1;
+    }
+    Ok(df)
 }
 
 /// The `task` entry of a manifest: which dataset, the id column and the label columns (the
@@ -378,6 +420,14 @@ pub(crate) struct Job<'a> {
     pub run: RunOptions,
     pub task: serde_json::Value,
     pub images_read: usize,
+    /// Files rejected before the table (unreadable DICOM headers), listed in the rejects.
+    pub header_rejects: Vec<images::RejectRow>,
+}
+
+/// A file whose DICOM header was unreadable, as a row of `rejects.parquet`.
+fn header_reject((path, reason): crate::dicom_meta::HeaderReject) -> images::RejectRow {
+    let dicom_id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    images::RejectRow { dicom_id, path: path.display().to_string(), stage: "header".into(), reason }
 }
 
 /// How a build ended.
@@ -423,7 +473,7 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     let files =
         job.files.map(|rows| images::Files { root: job.images_root, rows, decode: job.decode, features: &features });
     let n = job.table.height();
-    let stage = images::run(n, files, job.image_size, job.shard_size, &work, &version, job.run, progress)?;
+    let mut stage = images::run(n, files, job.image_size, job.shard_size, &work, &version, job.run, progress)?;
     // A subset run never publishes (two finishing at once would race); `merge` does.
     if let Some(subset) = job.run.subset {
         let committed = stage.units.iter().filter(|u| images::is_committed(&work, u)).count();
@@ -441,6 +491,7 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
         fs_err::remove_dir_all(&work)?;
         return Err(Error::Config(msg));
     }
+    stage.rejects.extend(job.header_rejects.iter().cloned());
     let kept = job
         .table
         .filter(&BooleanChunked::from_slice("kept".into(), &stage.kept))
@@ -534,6 +585,7 @@ fn publish(
         "dataset_version": version,
         "schema_hash": schema_hash,
         "pipeline_version": env!("CARGO_PKG_VERSION"),
+        "code_digest": CODE_DIGEST,
         "config": job.config,
         "task": job.task,
         "images": {
@@ -584,4 +636,34 @@ pub fn write_parquet(df: &DataFrame, path: &Path, version: &str, schema_hash: &s
         .map_err(pe("writing parquet"))?;
     fs_err::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The compiled-in digest is that of the files on disk now (the build script reran after
+    /// every change), and every module of the crate is either covered or named as not
+    /// producing data.
+    #[test]
+    fn the_code_digest_follows_the_data_producing_sources() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let files: Vec<&str> = CODE_FILES.split(',').collect();
+        let mut h = Sha256::new();
+        for file in &files {
+            let bytes = fs_err::read(root.join(file)).unwrap();
+            h.update(format!("{file} {}\n", bytes.len()));
+            h.update(&bytes);
+        }
+        assert_eq!(hex(&h.finalize()), CODE_DIGEST);
+        let not_data = ["src/bench.rs", "src/error.rs", "src/lib.rs", "src/main.rs", "src/progress.rs"];
+        let not_data = [&not_data[..], &["src/report.rs", "src/versions.rs"]].concat();
+        for entry in fs_err::read_dir(root.join("src")).unwrap() {
+            let name = format!("src/{}", entry.unwrap().file_name().to_string_lossy());
+            if name.ends_with(".rs") {
+                assert!(files.contains(&name.as_str()) || not_data.contains(&name.as_str()), "{name}: data-producing?");
+            }
+        }
+        assert!(code_id().contains(CODE_DIGEST));
+    }
 }

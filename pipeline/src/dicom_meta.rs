@@ -72,7 +72,7 @@ fn code_meaning(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String
 }
 
 fn header(path: &Path) -> Result<Header> {
-    let bad = |message: String| Error::Dicom { path: path.to_path_buf(), message };
+    let bad = |message: String| Error::DicomHeader { path: path.to_path_buf(), message };
     let obj = OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(path).map_err(|e| bad(e.to_string()))?;
     let dicom_id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let study_dir =
@@ -107,9 +107,37 @@ fn header(path: &Path) -> Result<Header> {
     })
 }
 
-/// The metadata frame (same columns and types as the metadata table read by `ingest`).
-pub fn read(files: &[PathBuf]) -> Result<DataFrame> {
-    let headers: Vec<Header> = files.par_iter().map(|p| header(p)).collect::<Result<_>>()?;
+/// A file whose header could not be read, with why.
+pub type HeaderReject = (PathBuf, String);
+
+/// The metadata frame (same columns and types as the metadata table read by `ingest`) of the
+/// readable headers, and the files whose header is unreadable or lacks what linkage needs
+/// (rejects, unless `fail_fast`: then the first is the error). Fails when no header is
+/// readable.
+pub fn read(files: &[PathBuf], fail_fast: bool) -> Result<(DataFrame, Vec<HeaderReject>)> {
+    let read: Vec<Result<Header>> = files.par_iter().map(|p| header(p)).collect();
+    let mut headers = Vec::with_capacity(read.len());
+    let mut rejects = Vec::new();
+    for (path, r) in files.iter().zip(read) {
+        match r {
+            Ok(h) => headers.push(h),
+            Err(e) if fail_fast => return Err(e),
+            Err(e) => rejects.push((path.clone(), e.to_string())),
+        }
+    }
+    if headers.is_empty()
+        && let Some((path, why)) = rejects.first()
+    {
+        return Err(Error::Config(format!(
+            "none of the {} DICOM headers is readable, e.g. {}: {why}",
+            rejects.len(),
+            path.display()
+        )));
+    }
+    Ok((frame(&headers)?, rejects))
+}
+
+fn frame(headers: &[Header]) -> Result<DataFrame> {
     let n = headers.len();
     let s = |f: &dyn Fn(&Header) -> Option<String>| headers.iter().map(f).collect::<Vec<_>>();
     let cols = vec![

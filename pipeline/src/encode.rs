@@ -82,17 +82,27 @@ impl ScanImputer {
     }
 }
 
+/// The column flagging a rare view (LPO, SWIMMERS, ...) when rare views are kept: such an
+/// image has all four view columns 0 and `view_other` 1; it is neither imputed nor flagged
+/// as imputed.
+pub const VIEW_OTHER: &str = "view_other";
+
 /// Encoded and policy-applied columns for the rows of `df` (which has `sex`, `age`, `view`,
 /// `orientation`, `died_in_stay`, `icu_stay`, `split`). Returns the frame with the encoded
-/// columns and `view_imputed` / `orientation_imputed` added, and rows dropped by the `drop`
-/// policy removed, plus the number dropped.
-pub fn encode(df: &DataFrame, policy: MissingPolicy) -> Result<(DataFrame, usize)> {
+/// columns and `view_imputed` / `orientation_imputed` added (and [`VIEW_OTHER`] when
+/// `rare_views` is true: the rows may hold views outside the four categories), and rows
+/// dropped by the `drop` policy removed, plus the number dropped.
+pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result<(DataFrame, usize)> {
     let n = df.height();
     let sex = strings(df, "sex")?;
     let age = floats(df, "age")?;
     let view_of = |s: &Option<String>| s.as_deref().and_then(|v| VIEW_CATEGORIES.iter().position(|c| *c == v));
     let orient_of = |s: &Option<String>| s.as_deref().and_then(|v| ORIENTATION_CATEGORIES.iter().position(|c| *c == v));
-    let views: Vec<Option<usize>> = strings(df, "view")?.iter().map(view_of).collect();
+    let raw_views = strings(df, "view")?;
+    let views: Vec<Option<usize>> = raw_views.iter().map(view_of).collect();
+    // A present view outside the categories: only when rare views are kept.
+    let other: Vec<bool> =
+        raw_views.iter().zip(&views).map(|(r, v)| rare_views && r.is_some() && v.is_none()).collect();
     let orients: Vec<Option<usize>> = strings(df, "orientation")?.iter().map(orient_of).collect();
     let died = floats(df, "died_in_stay")?;
     let icu = floats(df, "icu_stay")?;
@@ -105,12 +115,20 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy) -> Result<(DataFrame, usize
     let mut view_imputed = vec![false; n];
     let mut orient_imputed = vec![false; n];
     for i in 0..n {
-        if views[i].is_some() && orients[i].is_some() {
+        let view_known = views[i].is_some() || other[i];
+        if view_known && orients[i].is_some() {
             continue;
         }
         match policy {
             MissingPolicy::Drop => keep[i] = false,
             MissingPolicy::Unknown => {}
+            // A rare view says nothing about the orientation: the overall most frequent one.
+            MissingPolicy::Impute if other[i] => {
+                if let Some((_, o)) = imputer.impute(None, None) {
+                    orient_imputed[i] = true;
+                    final_orient[i] = Some(o);
+                }
+            }
             MissingPolicy::Impute => {
                 if let Some((v, o)) = imputer.impute(views[i], orients[i]) {
                     view_imputed[i] = views[i].is_none();
@@ -150,8 +168,14 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy) -> Result<(DataFrame, usize
     for (k, name) in names(Variable::Orientation).into_iter().enumerate() {
         push(name, onehot(k, &|i| final_orient[i]));
     }
+    if rare_views {
+        push(VIEW_OTHER.into(), other.iter().map(|o| f32::from(u8::from(*o))).collect());
+    }
     if policy == MissingPolicy::Unknown {
-        push("view_unknown".into(), (0..n).map(|i| f32::from(u8::from(final_view[i].is_none()))).collect());
+        push(
+            "view_unknown".into(),
+            (0..n).map(|i| f32::from(u8::from(final_view[i].is_none() && !other[i]))).collect(),
+        );
         push("orientation_unknown".into(), (0..n).map(|i| f32::from(u8::from(final_orient[i].is_none()))).collect());
     }
     let flag = |v: &[Option<f64>], i: usize| v[i].unwrap_or(0.0) > 0.5;

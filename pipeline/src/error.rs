@@ -16,6 +16,8 @@ pub enum Error {
     BadValue { path: PathBuf, line: usize, column: String, value: String, expected: String },
     #[error("{path}: writing DICOM: {message}")]
     Dicom { path: PathBuf, message: String },
+    #[error("{path}: reading the DICOM header: {message}")]
+    DicomHeader { path: PathBuf, message: String },
     #[error("{path}: encoding image: {message}")]
     Image { path: PathBuf, message: String },
     #[error("invalid setting: {0}")]

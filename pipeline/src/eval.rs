@@ -478,7 +478,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
     let df = table(cfg.kind, &rows, cfg.uncertain)?;
     crate::labels::check_leakage(&df)?;
     let mut h = Sha256::new();
-    h.update(format!("pipeline {} build-eval\n{}", env!("CARGO_PKG_VERSION"), cfg.describe()));
+    h.update(format!("{} build-eval\n{}", build::code_id(), cfg.describe()));
     hash_files(&mut h, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
     let tables_hash = build::hex(&h.finalize());
     let image_rows: Vec<ImageRow> = rows.iter().map(|r| r.image.clone()).collect();
@@ -498,6 +498,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,
         task: build::task_json(cfg.kind.name(), "image_id", cfg.kind.labels()),
+        header_rejects: Vec::new(),
         images_read: listed,
     };
     let mut published = (0, 0, Vec::new());

@@ -229,12 +229,15 @@ struct UnitRecord {
     sha256: String,
 }
 
-/// The record of a committed unit, if it is there and matches the unit and its shard file.
+/// The record of a committed unit, if it is there and matches the unit and its shard file
+/// (size and sha256).
 fn committed(work: &Path, unit: &Unit) -> Option<UnitRecord> {
     let text = fs_err::read_to_string(record_path(work, unit.index)).ok()?;
     let rec: UnitRecord = serde_json::from_str(&text).ok()?;
-    let on_disk = fs_err::metadata(work.join(&rec.file)).ok()?.len();
-    (rec.unit == unit.index && rec.first == unit.first && rec.rows == unit.rows && on_disk == rec.bytes).then_some(rec)
+    let shard = work.join(&rec.file);
+    let on_disk = fs_err::metadata(&shard).ok()?.len();
+    let same_unit = rec.unit == unit.index && rec.first == unit.first && rec.rows == unit.rows;
+    (same_unit && on_disk == rec.bytes && crate::build::sha256_file(&shard).ok()? == rec.sha256).then_some(rec)
 }
 
 /// Whether a unit is committed in the working folder.
@@ -344,6 +347,13 @@ pub fn run(
     fs_err::create_dir_all(work.join(PROGRESS_DIR))?;
     let mut records: Vec<Option<UnitRecord>> = units.iter().map(|u| committed(work, u)).collect();
     let resumed = records.iter().filter(|r| r.is_some()).count();
+    let stale = units.iter().filter(|u| records[u.index].is_none() && record_path(work, u.index).is_file()).count();
+    if stale > 0 {
+        progress.note(&format!(
+            "{stale} shard(s) in {} do not match their commit record (size or sha256); building them again",
+            work.display()
+        ));
+    }
     let todo: Vec<&Unit> =
         units.iter().filter(|u| records[u.index].is_none() && opts.subset.is_none_or(|s| s.contains(u))).collect();
     if opts.merge_only && records.iter().any(Option::is_none) {

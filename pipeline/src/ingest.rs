@@ -116,20 +116,25 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
     }
     let mut builders: Vec<Builder> = cols.iter().map(|c| Builder::new(c.ty)).collect();
     let mut rec = csv::StringRecord::new();
-    let mut line = 1usize;
+    let mut rows = 0usize;
     loop {
         match reader.read_record(&mut rec) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
                 let message = match e.kind() {
-                    csv::ErrorKind::Io(io) => format!("line {}: {io} (truncated or corrupt file?)", line + 1),
+                    // The line the reader had reached: where the file stops making sense.
+                    csv::ErrorKind::Io(io) => {
+                        format!("line {}: {io} (truncated or corrupt file?)", reader.position().line())
+                    }
                     _ => e.to_string(),
                 };
                 return Err(Error::Csv { path: path.to_path_buf(), message });
             }
         }
-        line += 1;
+        rows += 1;
+        // The file's line where the record starts (a quoted field may span lines).
+        let line = rec.position().map_or(rows + 1, |p| p.line() as usize);
         for ((c, &i), b) in cols.iter().zip(&index).zip(&mut builders) {
             let cell = rec.get(i).unwrap_or("");
             if !c.accepts(cell) {
@@ -145,7 +150,7 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
         }
     }
     let columns: Vec<Column> = builders.into_iter().zip(&cols).map(|(b, c)| b.finish(&c.name)).collect();
-    DataFrame::new(line - 1, columns).map_err(|e| Error::Polars { context: path.display().to_string(), source: e })
+    DataFrame::new(rows, columns).map_err(|e| Error::Polars { context: path.display().to_string(), source: e })
 }
 
 fn type_name(ty: ColumnType) -> &'static str {

@@ -61,10 +61,33 @@ fn ints(df: &DataFrame, name: &str) -> Result<Vec<Option<i64>>> {
     Ok(c.i64().map_err(pe(name))?.iter().collect())
 }
 
+/// Images whose study has no row in the label table: the reference drops them (its merge);
+/// they are unlabelled, not negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlabeled {
+    Drop,
+    /// Kept with null raw labels and null targets.
+    Keep,
+}
+
+impl Unlabeled {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Keep => "keep (null labels)",
+        }
+    }
+}
+
 /// Adds `raw_label_*` and `label_*` columns from a label table (read with the chexpert or
 /// negbio schema) joined on `study_id`. Returns the frame and the number of images whose
-/// study has no label row.
-pub fn attach_labels(df: &DataFrame, labels: &DataFrame, policy: Uncertain) -> Result<(DataFrame, usize)> {
+/// study has no label row, which are dropped or kept with null labels as `unlabeled` says.
+pub fn attach_labels(
+    df: &DataFrame,
+    labels: &DataFrame,
+    policy: Uncertain,
+    unlabeled: Unlabeled,
+) -> Result<(DataFrame, usize)> {
     let studies = ints(labels, "study_id")?;
     let mut values: Vec<Vec<Option<f64>>> = Vec::with_capacity(14);
     for name in LABELS {
@@ -79,15 +102,19 @@ pub fn attach_labels(df: &DataFrame, labels: &DataFrame, policy: Uncertain) -> R
     }
     let image_study = ints(df, "study_id")?;
     let rows: Vec<Option<usize>> = image_study.iter().map(|s| s.and_then(|s| row_of.get(&s).copied())).collect();
-    let unlabeled = rows.iter().filter(|r| r.is_none()).count();
+    let missing = rows.iter().filter(|r| r.is_none()).count();
     let mut out = df.clone();
     for (k, vals) in values.iter().enumerate() {
         let raw: Vec<Option<f64>> = rows.iter().map(|r| r.and_then(|r| vals[r])).collect();
-        let target: Vec<Option<f32>> = raw.iter().map(|v| policy.resolve(*v)).collect();
+        let target: Vec<Option<f32>> = rows.iter().zip(&raw).map(|(r, v)| r.and_then(|_| policy.resolve(*v))).collect();
         out.with_column(Column::new(raw_label_column(k).into(), raw)).map_err(pe("labels"))?;
         out.with_column(Column::new(label_column(k).into(), target)).map_err(pe("labels"))?;
     }
-    Ok((out, unlabeled))
+    if unlabeled == Unlabeled::Drop && missing > 0 {
+        let mask: BooleanChunked = rows.iter().map(|r| Some(r.is_some())).collect();
+        out = out.filter(&mask).map_err(pe("unlabelled images"))?;
+    }
+    Ok((out, missing))
 }
 
 /// Where the split comes from.
@@ -106,9 +133,23 @@ const SPLITS: [&str; 3] = ["train", "validate", "test"];
 /// Random stream of the seeded re-split.
 const RESPLIT_STREAM: u64 = 0x5917;
 
-/// Adds a `split` column. `official` is the split table (read with its schema) when the
-/// source is [`SplitSource::Official`].
-pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<&DataFrame>) -> Result<DataFrame> {
+/// A split value other than train, validate or test, named by file and line.
+fn check_split_value(value: &str, path: &Path, line: usize, column: &str) -> Result<()> {
+    if SPLITS.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::BadValue {
+        path: path.to_path_buf(),
+        line,
+        column: column.to_string(),
+        value: value.to_string(),
+        expected: "a split: train, validate or test".into(),
+    })
+}
+
+/// Adds a `split` column. `official` is the split table (read with its schema) and its path
+/// when the source is [`SplitSource::Official`].
+pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<(&DataFrame, &Path)>) -> Result<DataFrame> {
     let dicoms: Vec<String> = df
         .column("dicom_id")
         .map_err(pe("dicom_id"))?
@@ -120,8 +161,13 @@ pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<&Data
     let subjects = ints(df, "subject_id")?;
     let split: Vec<String> = match source {
         SplitSource::Official => {
-            let t = official.ok_or_else(|| Error::Config("the official split file was not found".into()))?;
+            let (t, path) = official.ok_or_else(|| Error::Config("the official split file was not found".into()))?;
             let map = string_map(t, "dicom_id", "split")?;
+            let values = t.column("split").map_err(pe("split"))?;
+            for (row, v) in values.str().map_err(pe("split"))?.iter().enumerate() {
+                // Line 1 is the header.
+                check_split_value(v.unwrap_or(""), path, row + 2, "split")?;
+            }
             let mut out = Vec::with_capacity(dicoms.len());
             for d in &dicoms {
                 out.push(map.get(d).cloned().ok_or_else(|| {
@@ -139,9 +185,6 @@ pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<&Data
             })
             .collect(),
     };
-    if let Some(bad) = split.iter().find(|s| !SPLITS.contains(&s.as_str())) {
-        return Err(Error::Config(format!("unknown split {bad:?}: expected train, validate or test")));
-    }
     let mut out = df.clone();
     out.with_column(Column::new("split".into(), split)).map_err(pe("split"))?;
     Ok(out)
@@ -169,7 +212,10 @@ fn custom_split(path: &Path, dicoms: &[String], subjects: &[Option<i64>]) -> Res
     let mut map = HashMap::new();
     for rec in r.records() {
         let rec = rec.map_err(|e| Error::csv(path, e))?;
-        map.insert(rec.get(ki).unwrap_or("").to_string(), rec.get(si).unwrap_or("").to_string());
+        let line = rec.position().map_or(0, |p| p.line() as usize);
+        let split = rec.get(si).unwrap_or("");
+        check_split_value(split, path, line, "split")?;
+        map.insert(rec.get(ki).unwrap_or("").to_string(), split.to_string());
     }
     let mut out = Vec::with_capacity(dicoms.len());
     for (d, s) in dicoms.iter().zip(subjects) {

@@ -29,22 +29,31 @@ fn query(name: &str) -> Result<&'static Query> {
 /// How a study is matched to a stay (DATA.md section 5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatchRule {
-    /// Calendar dates, as the reference implementation.
+    /// Calendar dates, as the reference implementation; of several covering admissions (ICU
+    /// stays) the last in the table's file order wins, as in the reference's loop.
     Date,
-    /// Timestamps: ED registration to discharge; ICU from `intime - icu_tolerance_s`.
+    /// Timestamps: ED registration to discharge; ICU from `intime - icu_tolerance_s`; of
+    /// several covering admissions (ICU stays) the latest admittime (intime) wins, then the
+    /// highest id.
     DateTime { icu_tolerance_s: i64 },
 }
 
 impl MatchRule {
+    /// The rule as recorded in each row's `match_rule` column: the coverage test and the
+    /// tie-break.
     pub fn name(self) -> &'static str {
         match self {
-            MatchRule::Date => "date",
-            MatchRule::DateTime { .. } => "datetime",
+            MatchRule::Date => "date, last in file order",
+            MatchRule::DateTime { .. } => "datetime, latest start",
         }
     }
 }
 
-/// The typed input frames linkage reads.
+/// The column holding each admission's / ICU stay's row position in its input file (the
+/// reference's tie-break under [`MatchRule::Date`]).
+pub const FILE_ROW: &str = "file_row";
+
+/// The typed input frames linkage reads, each in its file's row order.
 #[derive(Debug, Clone)]
 pub struct LinkInputs {
     /// dicom_id, subject_id, study_id, study_date, study_datetime, view, orientation
@@ -68,8 +77,8 @@ pub fn link(inputs: &LinkInputs, rule: MatchRule) -> Result<DataFrame> {
     let ctx = &mut SQLContext::new();
     ctx.register("images", inputs.images.clone().lazy());
     ctx.register("patients", inputs.patients.clone().lazy());
-    ctx.register("admissions", inputs.admissions.clone().lazy());
-    let mut icu = inputs.icustays.clone().lazy();
+    ctx.register("admissions", inputs.admissions.clone().lazy().with_row_index(FILE_ROW, None));
+    let mut icu = inputs.icustays.clone().lazy().with_row_index(FILE_ROW, None);
     if let MatchRule::DateTime { icu_tolerance_s } = rule {
         let ms = DataType::Datetime(TimeUnit::Milliseconds, None);
         icu = icu.with_column(

@@ -11,7 +11,7 @@ use pipeline::discover::Roots;
 use pipeline::encode::MissingPolicy;
 use pipeline::eval::EvalKind;
 use pipeline::images::{ImageSource, RunOptions, Subset};
-use pipeline::labels::{Labeler, SplitSource, Uncertain};
+use pipeline::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
 use pipeline::link::MatchRule;
 use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
@@ -153,12 +153,18 @@ struct BuildArgs {
     /// split), unknown (an extra column) or drop (the image).
     #[arg(long, default_value = "impute", value_parser = ["impute", "unknown", "drop"])]
     missing: String,
-    /// Keep images whose patient has no sex recorded (the reference drops them).
+    /// Keep images whose patient has no sex recorded, or one other than M/F, encoded 0/0
+    /// (the reference drops them; the cohort report counts both).
     #[arg(long)]
     keep_missing_sex: bool,
-    /// Keep rare views (LPO, SWIMMERS, ...), treated as missing (the reference drops them).
+    /// Keep rare views (LPO, SWIMMERS, ...): all four view columns 0 and `view_other` 1, not
+    /// imputed (the reference drops them).
     #[arg(long)]
     keep_rare_views: bool,
+    /// Keep images whose study has no row in the label table, with null labels (the
+    /// reference drops them: no label row means unlabelled, not negative).
+    #[arg(long)]
+    keep_unlabeled: bool,
     /// Report labeller whose labels to use.
     #[arg(long, default_value = "chexpert", value_parser = ["chexpert", "negbio"])]
     labels: String,
@@ -255,6 +261,7 @@ impl BuildArgs {
             drop_missing_sex: !self.keep_missing_sex,
             drop_rare_views: !self.keep_rare_views,
             labeler: if self.labels == "negbio" { Labeler::Negbio } else { Labeler::Chexpert },
+            unlabeled: if self.keep_unlabeled { Unlabeled::Keep } else { Unlabeled::Drop },
             uncertain: match self.uncertain.as_str() {
                 "ones" => Uncertain::Ones,
                 "ignore" => Uncertain::Ignore,
@@ -292,41 +299,51 @@ impl BuildArgs {
     }
 }
 
-fn print_build(s: &BuildSummary) {
-    let mut out = std::io::stdout().lock();
+/// What `build` and `merge` print: a summary, then the bare version id as the last line in
+/// every case (scripts do `ver=$(pipeline build ... | tail -1)`).
+fn build_lines(s: &BuildSummary) -> Vec<String> {
+    let mut lines = Vec::new();
     if let Some(p) = &s.partial {
-        let _ = writeln!(
-            out,
+        lines.push(format!(
             "dataset {}: shard subset {} of {} done ({} shards built now; {} of {} shards committed); \
              run `pipeline merge` with the same options once every subset is done",
             s.version, p.subset.index, p.subset.count, p.built, p.committed, p.units
-        );
-        let _ = writeln!(out, "{}", s.version);
-        return;
+        ));
+    } else if s.reused {
+        lines.push(format!("dataset {} already built with these inputs and settings: {}", s.version, s.dir.display()));
+    } else {
+        lines.push(format!("dataset {}: {}", s.version, s.dir.display()));
     }
-    if s.reused {
-        let _ =
-            writeln!(out, "dataset {} already built with these inputs and settings: {}", s.version, s.dir.display());
-        return;
-    }
-    let _ = writeln!(out, "dataset {}: {}", s.version, s.dir.display());
-    if let Some(c) = &s.cohort {
-        let _ = writeln!(
-            out,
-            "  {} images read, {} out ({} dropped for missing sex, {} for rare views, {} for missing view/orientation)",
-            c.images_read, c.images_out, c.dropped_missing_sex, c.dropped_rare_view, c.dropped_missing_scan
-        );
-        let _ = writeln!(out, "  linked: {} to an admission, {} to an ICU stay", c.linked_admission, c.linked_icu);
+    if let (Some(c), None, false) = (&s.cohort, &s.partial, s.reused) {
+        lines.push(format!(
+            "  {} images read, {} out ({} dropped as unlabelled, {} for missing sex, {} for a sex other than M/F, \
+             {} for rare views, {} for missing view/orientation)",
+            c.images_read,
+            c.images_out,
+            c.dropped_unlabeled,
+            c.dropped_missing_sex,
+            c.dropped_other_sex,
+            c.dropped_rare_view,
+            c.dropped_missing_scan
+        ));
+        lines.push(format!("  linked: {} to an admission, {} to an ICU stay", c.linked_admission, c.linked_icu));
         if c.rejected_images > 0 {
-            let _ = writeln!(out, "  rejected images: {} (see rejects.parquet)", c.rejected_images);
+            lines.push(format!("  rejected images: {} (see rejects.parquet)", c.rejected_images));
         }
         let splits: Vec<String> =
             c.splits.iter().map(|(k, v)| format!("{k} {} images / {} subjects", v.images, v.subjects)).collect();
-        let _ = writeln!(out, "  splits: {}", splits.join(", "));
-        let _ = writeln!(out, "  report: {}", s.dir.join(build::REPORT_MD).display());
+        lines.push(format!("  splits: {}", splits.join(", ")));
+        lines.push(format!("  report: {}", s.dir.join(build::REPORT_MD).display()));
     }
-    // Scripts read the version id from the last line.
-    let _ = writeln!(out, "{}", s.version);
+    lines.push(s.version.clone());
+    lines
+}
+
+fn print_build(s: &BuildSummary) {
+    let mut out = std::io::stdout().lock();
+    for line in build_lines(s) {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 #[derive(Debug, Args)]
@@ -592,6 +609,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 missing: "impute".into(),
                 keep_missing_sex: false,
                 keep_rare_views: false,
+                keep_unlabeled: false,
                 labels: "chexpert".into(),
                 uncertain: "zeros".into(),
                 split_file: None,
@@ -632,5 +650,33 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_line_of_a_build_is_the_bare_version_id() {
+        let fresh = BuildSummary {
+            version: "0123456789abcdef".into(),
+            dir: PathBuf::from("out/0123456789abcdef"),
+            reused: false,
+            cohort: Some(pipeline::report::Cohort::default()),
+            partial: None,
+        };
+        let reused = BuildSummary { reused: true, cohort: None, ..fresh.clone() };
+        let partial = BuildSummary {
+            partial: Some(build::Partial { subset: Subset { index: 0, count: 2 }, built: 1, committed: 1, units: 2 }),
+            ..fresh.clone()
+        };
+        for s in [&fresh, &reused, &partial] {
+            let lines = build_lines(s);
+            assert!(lines.len() > 1);
+            assert_eq!(lines.last().map(String::as_str), Some("0123456789abcdef"), "{lines:?}");
+        }
+        assert!(build_lines(&reused)[0].contains("already built"));
+        assert!(build_lines(&fresh).iter().any(|l| l.contains("dropped as unlabelled")));
     }
 }

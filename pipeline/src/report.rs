@@ -34,9 +34,15 @@ pub struct SplitCount {
 pub struct Cohort {
     pub images_read: usize,
     pub subjects_read: usize,
+    /// Images whose study has no label row (dropped unless `--keep-unlabeled`).
     pub unlabeled_images: usize,
+    pub dropped_unlabeled: usize,
     pub dropped_missing_sex: usize,
+    /// Sex recorded as something other than M or F.
+    pub dropped_other_sex: usize,
     pub dropped_rare_view: usize,
+    /// Rare views kept (`--keep-rare-views`), flagged in `view_other`.
+    pub kept_rare_view: usize,
     pub dropped_missing_scan: usize,
     pub rejected_images: usize,
     pub images_out: usize,
@@ -128,8 +134,11 @@ impl Cohort {
             ("images read", self.images_read),
             ("subjects read", self.subjects_read),
             ("images whose study has no label row", self.unlabeled_images),
+            ("dropped: study has no label row (unlabelled)", self.dropped_unlabeled),
             ("dropped: missing sex", self.dropped_missing_sex),
+            ("dropped: sex other than M/F", self.dropped_other_sex),
             ("dropped: rare view", self.dropped_rare_view),
+            ("kept: rare view, encoded as view_other (--keep-rare-views)", self.kept_rare_view),
             ("dropped: missing view/orientation (drop policy)", self.dropped_missing_scan),
             ("rejected: image unreadable or unusable (see rejects.parquet)", self.rejected_images),
             ("images out", self.images_out),

@@ -16,9 +16,22 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))
 }
 
-/// Adds (or replaces) `version` in `out/versions.json`, from its manifest.
+/// The lock file serialising updates of `versions.json` (an exclusive advisory lock held for
+/// the read-modify-write, so concurrent publishers, e.g. a cluster's merge jobs, lose nothing).
+pub const VERSIONS_LOCK: &str = "versions.json.lock";
+
+/// Adds (or replaces) `version` in `out/versions.json`, from its manifest, under
+/// [`VERSIONS_LOCK`].
 pub fn record(out: &Path, version: &str) -> Result<()> {
     let manifest = read_json(&out.join(version).join(MANIFEST))?;
+    let lock_path = out.join(VERSIONS_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::Config(format!("{}: cannot open the lock file: {e}", lock_path.display())))?;
+    lock.lock().map_err(|e| Error::Config(format!("{}: cannot take the lock: {e}", lock_path.display())))?;
     let index_path = out.join(VERSIONS);
     let mut entries: Vec<Value> = if index_path.is_file() {
         read_json(&index_path)?.get("versions").and_then(Value::as_array).cloned().unwrap_or_default()
@@ -35,7 +48,9 @@ pub fn record(out: &Path, version: &str) -> Result<()> {
     }));
     let text = serde_json::to_string_pretty(&json!({ "versions": entries }))
         .map_err(|e| Error::Config(format!("{VERSIONS}: {e}")))?;
-    crate::synth::table::write_atomic(&index_path, text.as_bytes())
+    let written = crate::synth::table::write_atomic(&index_path, text.as_bytes());
+    drop(lock);
+    written
 }
 
 /// One line per version: id, rows, rejected, settings on one line.

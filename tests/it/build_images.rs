@@ -186,3 +186,29 @@ fn shards_carry_the_numeric_columns_of_their_rows() {
         }
     }
 }
+
+/// Without the metadata table, a DICOM file whose header cannot be read is a reject (stage
+/// "header", named in rejects.parquet), not the end of the build; with --fail-fast it is the
+/// error, which says it was reading.
+#[test]
+fn an_unreadable_header_is_a_reject_when_metadata_comes_from_the_headers() {
+    let (_d, root) = archive_copy();
+    fs_err::remove_file(root.join(crate::fixture::CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz")).unwrap();
+    let rec = crate::fixture::Csv::read(&root.join(CXR_DCM).join("cxr-record-list.csv.gz"));
+    let broken = root.join(CXR_DCM).join(&rec.rows[5][3]);
+    fs_err::write(&broken, b"DICM but not really").unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let built = build(&images_config(&root, out.path(), ImageSource::Dicom), &Silent).unwrap();
+    let c = built.cohort.as_ref().unwrap();
+    assert_eq!((c.images_read, c.rejected_images), (rec.rows.len(), 1));
+    let rejects = read_rejects(&built.dir);
+    assert_eq!(rejects.height(), 1);
+    let text = |name: &str| rejects.column(name).unwrap().str().unwrap().get(0).unwrap().to_string();
+    let dicom_id = rec.rows[5][rec.col("dicom_id")].clone();
+    assert_eq!((text("dicom_id"), text("stage")), (dicom_id.clone(), "header".to_string()));
+    assert!(text("reason").contains("reading the DICOM header"), "{}", text("reason"));
+    let mut strict = images_config(&root, out.path(), ImageSource::Dicom);
+    strict.run.fail_fast = true;
+    let err = build(&strict, &Silent).unwrap_err().to_string();
+    assert!(err.contains(&dicom_id) && err.contains("reading the DICOM header"), "{err}");
+}

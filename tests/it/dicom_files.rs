@@ -163,11 +163,13 @@ fn find(bytes: &[u8], pattern: &[u8]) -> Option<usize> {
 fn hostile_headers_are_rejected_without_allocating() {
     let root = small().root.join(CXR_DCM);
     let rec = Csv::read(&root.join("cxr-record-list.csv.gz"));
-    // An Explicit VR Little Endian file (the fixture mixes syntaxes).
+    // An Explicit VR Little Endian file with native (OW) pixel data (the fixture mixes
+    // syntaxes, RLE included).
     let (bytes, rows_at) = rec
         .rows
         .iter()
         .map(|r| fs_err::read(root.join(&r[3])).unwrap())
+        .filter(|b| find(b, b"\xe0\x7f\x10\x00OW\x00\x00").is_some())
         .find_map(|b| find(&b, b"\x28\x00\x10\x00US\x02\x00").map(|at| (b.clone(), at)))
         .unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -250,7 +250,8 @@ fn a_missing_nih_image_is_a_reject_and_a_leaky_split_fails() {
     let out = tempfile::tempdir().unwrap();
     // Patient 1 is in both lists: the official split would leak.
     let err = build_eval(&config(EvalKind::Nih, &root, out.path()), &Silent).unwrap_err().to_string();
-    assert!(err.contains("more than one split") || err.contains("two splits") || err.contains("split"), "{err}");
+    assert!(err.contains("split leakage: 1 subject(s) have images in more than one split (e.g. 1)"), "{err}");
+    assert!(fs_err::read_dir(out.path()).unwrap().next().is_none(), "nothing is published");
     fs_err::write(root.join("test_list.txt"), "").unwrap();
     fs_err::write(root.join("train_val_list.txt"), "00000001_000.png\n00000001_001.png\n").unwrap();
     let built = build_eval(&config(EvalKind::Nih, &root, out.path()), &Silent).unwrap();

@@ -148,6 +148,59 @@ fn three_shard_subsets_and_merge_equal_one_build() {
     assert_same_tree(&merged.dir, &one.dir);
 }
 
+/// A committed shard whose bytes changed after its record was written (same size) is rebuilt
+/// on resume, not published: the record's sha256 is checked.
+#[test]
+fn a_resumed_shard_that_does_not_match_its_record_is_rebuilt() {
+    let root = &small().root;
+    let work = tempfile::tempdir().unwrap();
+    let (resumed, whole) = (work.path().join("resumed"), work.path().join("whole"));
+    let mut half = shard_config(root, &resumed);
+    half.run.subset = Some(Subset { index: 0, count: 2 });
+    let p = build(&half, &Silent).unwrap();
+    assert!(p.partial.unwrap().built > 0);
+    let shard = fs_err::read_dir(p.dir.join(pipeline::images::IMAGES_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let len = fs_err::metadata(&shard).unwrap().len() as usize;
+    set_byte(&shard, len - 10);
+    let done = build(&shard_config(root, &resumed), &Silent).unwrap();
+    let one = build(&shard_config(root, &whole), &Silent).unwrap();
+    assert_same_tree(&done.dir, &one.dir);
+    let (_, problems) = pipeline::versions::verify(&done.dir).unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Publishers racing on one OUT (a cluster's merge jobs) lose no entry of `versions.json`.
+#[test]
+fn concurrent_publishes_keep_every_version_in_the_index() {
+    for round in 0..5 {
+        let out = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..12).map(|i| format!("v{round}-{i:02}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let manifest = format!("{{\"config\": \"n={i}\\n\", \"counts\": {{\"rows\": {i}}}}}");
+            fs_err::create_dir_all(out.path().join(id)).unwrap();
+            fs_err::write(out.path().join(id).join(pipeline::build::MANIFEST), manifest).unwrap();
+        }
+        let barrier = std::sync::Barrier::new(ids.len());
+        std::thread::scope(|scope| {
+            for id in &ids {
+                let (barrier, out) = (&barrier, out.path());
+                scope.spawn(move || {
+                    barrier.wait();
+                    pipeline::versions::record(out, id).unwrap();
+                });
+            }
+        });
+        let listed = pipeline::versions::list(out.path()).unwrap();
+        let mut got: Vec<&str> = listed.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+        got.sort_unstable();
+        assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>(), "round {round}");
+    }
+}
+
 fn set_byte(path: &Path, at: usize) {
     let meta = fs_err::metadata(path).unwrap();
     let mut bytes = fs_err::read(path).unwrap();

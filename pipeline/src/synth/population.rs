@@ -11,6 +11,14 @@ use super::rng::Rng;
 
 const STREAM_IDS: u64 = 1;
 const STREAM_SUBJECT: u64 = 2;
+const STREAM_FILE_ORDER: u64 = 3;
+
+/// Chance that a patient discharged alive comes back the same day (a transfer between
+/// services or an early return): the next encounter starts 30 minutes to 6 hours later, so
+/// two admissions cover the same calendar date.
+const SAME_DAY_RETURN: f64 = 0.06;
+/// Chance that an ICU patient is readmitted to the ICU within the same hospital stay.
+const ICU_READMISSION: f64 = 0.15;
 
 const RACES: &[(&str, f64)] = &[
     ("WHITE", 0.62),
@@ -136,6 +144,11 @@ pub fn generate(seed: u64, cxr_subjects: usize, version: MimicIvVersion) -> (Pop
         let mut ids = Ids { hadm: &mut hadm, transfer: &mut transfer_ids, stay: &mut stay_ids };
         subject(&mut rng, subject_id, version, &mut pop, &mut ids);
     }
+    // MIMIC-IV's files are not in time (or subject) order; the reference's tie-break under
+    // the date rule depends on file order, so the tables are written shuffled.
+    let mut order = Rng::derive(seed, STREAM_FILE_ORDER, 0);
+    order.shuffle(&mut pop.admissions);
+    order.shuffle(&mut pop.icustays);
     (pop, cxr)
 }
 
@@ -193,7 +206,13 @@ fn subject(rng: &mut Rng, subject_id: u32, version: MimicIvVersion, pop: &mut Po
             // Outpatient period: no MIMIC-IV rows (outpatient chest X-rays are placed later).
             _ => t + Duration::days(1),
         };
-        t = end + Duration::minutes(rng.range_i64(3 * 24 * 60, 400 * 24 * 60));
+        let same_day = kind <= 1 && rng.bernoulli(SAME_DAY_RETURN);
+        t = end
+            + if same_day {
+                Duration::minutes(rng.range_i64(30, 6 * 60))
+            } else {
+                Duration::minutes(rng.range_i64(3 * 24 * 60, 400 * 24 * 60))
+            };
     }
     if dod.is_none() && rng.bernoulli(0.12) {
         dod = Some((t + Duration::days(rng.range_i64(1, 300))).date());
@@ -209,6 +228,33 @@ struct AdmitCtx<'a> {
     marital: &'a str,
     english: bool,
     via_ed: bool,
+}
+
+/// The ICU stays of one admission that goes to the ICU: the first starts at the first unit
+/// or later in the stay; sometimes a second follows after a spell on the ward (an ICU
+/// readmission, often the same day).
+fn icu_spans(
+    rng: &mut Rng,
+    first_unit_time: NaiveDateTime,
+    disch: NaiveDateTime,
+) -> Vec<(NaiveDateTime, NaiveDateTime)> {
+    let total = (disch - first_unit_time).num_seconds().max(3600);
+    let icu_in = if rng.bernoulli(0.5) {
+        first_unit_time
+    } else {
+        first_unit_time + Duration::seconds(rng.range_i64(0, total / 2))
+    };
+    let remaining = (disch - icu_in).num_seconds().max(1800);
+    let icu_secs = ((0.3 + 0.6 * rng.f64()) * remaining as f64) as i64;
+    let icu_out = (icu_in + Duration::seconds(icu_secs.max(1800))).min(disch);
+    let mut spans = vec![(icu_in, icu_out)];
+    let room = (disch - icu_out).num_seconds();
+    if rng.bernoulli(ICU_READMISSION) && room > 4 * 3600 {
+        let back = icu_out + Duration::seconds(rng.range_i64(3600, (room / 2).min(3 * 86_400)));
+        let len = ((0.2 + 0.6 * rng.f64()) * (disch - back).num_seconds() as f64) as i64;
+        spans.push((back, (back + Duration::seconds(len.max(1800))).min(disch)));
+    }
+    spans
 }
 
 /// One hospital admission with its transfers and possibly an ICU stay. Returns the discharge
@@ -253,27 +299,16 @@ fn admission(
         });
     }
     let ward = rng.pick(WARDS).to_string();
+    let spans = if icu { icu_spans(rng, first_unit_time, disch_exact) } else { Vec::new() };
+    // Ward between and around the ICU stays.
     let mut segments: Vec<(String, NaiveDateTime, NaiveDateTime)> = Vec::new();
-    if icu {
-        let total = (disch_exact - first_unit_time).num_seconds().max(3600);
-        let icu_at_start = rng.bernoulli(0.5);
-        let icu_in = if icu_at_start {
-            first_unit_time
-        } else {
-            first_unit_time + Duration::seconds(rng.range_i64(0, total / 2))
-        };
-        let remaining = (disch_exact - icu_in).num_seconds().max(1800);
-        let icu_secs = ((0.3 + 0.6 * rng.f64()) * remaining as f64) as i64;
-        let icu_out = icu_in + Duration::seconds(icu_secs.max(1800));
+    let mut cursor = first_unit_time;
+    for &(i_in, i_out) in &spans {
+        if i_in > cursor {
+            segments.push((ward.clone(), cursor, i_in));
+        }
         let unit = rng.pick(ICUS).to_string();
-        if icu_in > first_unit_time {
-            segments.push((ward.clone(), first_unit_time, icu_in));
-        }
-        segments.push((unit.clone(), icu_in, icu_out.min(disch_exact)));
-        if icu_out < disch_exact {
-            segments.push((ward.clone(), icu_out, disch_exact));
-        }
-        let (i_in, i_out) = (icu_in, icu_out.min(disch_exact));
+        segments.push((unit.clone(), i_in, i_out));
         pop.icustays.push(IcuStay {
             subject_id,
             hadm_id,
@@ -284,8 +319,10 @@ fn admission(
             outtime: i_out,
             los: (i_out - i_in).num_seconds() as f64 / 86_400.0,
         });
-    } else {
-        segments.push((ward, first_unit_time, disch_exact));
+        cursor = i_out;
+    }
+    if cursor < disch_exact {
+        segments.push((ward, cursor, disch_exact));
     }
     for (k, (unit, a, b)) in segments.into_iter().enumerate() {
         pop.transfers.push(Transfer {
@@ -402,5 +439,35 @@ mod tests {
         assert!(pop.admissions.iter().any(|a| a.hospital_expire_flag));
         assert!(pop.transfers.iter().any(|t| t.eventtype == "ED" && t.hadm_id.is_none()));
         assert!(pop.patients.iter().all(|p| (18..=91).contains(&p.anchor_age) && p.anchor_age != 90));
+    }
+
+    /// The cases that decide the reference's tie-break exist: two admissions of a subject
+    /// covering one calendar date, two ICU stays of one admission covering one date, and
+    /// tables that are not in time order.
+    #[test]
+    fn population_has_same_day_ties_and_unordered_tables() {
+        let (pop, _) = generate(5, 1500, MimicIvVersion::parse("2.2").unwrap());
+        let same_date = |a: (NaiveDateTime, NaiveDateTime), b: (NaiveDateTime, NaiveDateTime)| {
+            a.0.date() <= b.1.date() && b.0.date() <= a.1.date()
+        };
+        let pairs = |spans: Vec<(u32, (NaiveDateTime, NaiveDateTime))>| {
+            let mut n = 0;
+            for (i, a) in spans.iter().enumerate() {
+                n += spans[i + 1..].iter().filter(|b| a.0 == b.0 && same_date(a.1, b.1)).count();
+            }
+            n
+        };
+        let adm = pairs(pop.admissions.iter().map(|a| (a.subject_id, (a.admittime, a.dischtime))).collect());
+        let icu = pairs(pop.icustays.iter().map(|s| (s.hadm_id, (s.intime, s.outtime))).collect());
+        let (n_adm, n_icu) = (pop.admissions.len(), pop.icustays.len());
+        // Real MIMIC-IV demo: 3 same-day pairs in 275 admissions, 4 in 140 ICU stays.
+        assert!(adm * 200 > n_adm && adm * 20 < n_adm, "{adm} same-day admission pairs in {n_adm}");
+        assert!(icu * 100 > n_icu && icu * 5 < n_icu, "{icu} same-day ICU pairs in {n_icu}");
+        let ordered = pop
+            .admissions
+            .windows(2)
+            .filter(|w| (w[0].subject_id, w[0].admittime) <= (w[1].subject_id, w[1].admittime))
+            .count();
+        assert!(ordered < n_adm * 3 / 4, "admissions are shuffled: {ordered} of {n_adm} in order");
     }
 }

@@ -105,6 +105,14 @@ impl Rng {
         }
         n
     }
+
+    /// Shuffles `items` in place (Fisher-Yates).
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.range_i64(0, i as i64) as usize;
+            items.swap(i, j);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +147,10 @@ mod tests {
         assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
         assert!((0..1000).all(|_| (0.0..1.0).contains(&r.f64())));
         assert!((0..1000).all(|_| (3..=5).contains(&r.range_i64(3, 5))));
+        let mut v: Vec<u32> = (0..50).collect();
+        r.shuffle(&mut v);
+        assert_ne!(v, (0..50).collect::<Vec<_>>());
+        v.sort_unstable();
+        assert_eq!(v, (0..50).collect::<Vec<_>>());
     }
 }
