@@ -27,7 +27,12 @@ pub struct BenchResult {
     pub build_peak_kib: Option<u64>,
     /// Bytes of image files read (image stage only).
     pub image_bytes: u64,
+    /// Seconds per step of the build, as the build reported them.
+    pub steps: Vec<(String, f64)>,
 }
+
+/// Prefix of the `step=seconds` lines a build prints on stderr for the benchmark.
+pub const STEP_PREFIX: &str = "step_seconds ";
 
 /// Which stage to time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,11 @@ pub fn run(exe: &Path, dir: &Path, subjects: usize, stage: BenchStage) -> Result
         return Err(Error::Config(format!("the benchmarked build failed: {stderr}")));
     }
     let peak = stderr.lines().find_map(|l| l.strip_prefix("peak_memory_kib=")).and_then(|v| v.trim().parse().ok());
+    let steps = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(STEP_PREFIX)?.rsplit_once('='))
+        .filter_map(|(step, s)| Some((step.to_string(), s.trim().parse().ok()?)))
+        .collect();
     let stdout = String::from_utf8_lossy(&child.stdout);
     let read = stdout
         .lines()
@@ -99,6 +109,7 @@ pub fn run(exe: &Path, dir: &Path, subjects: usize, stage: BenchStage) -> Result
         generate_seconds,
         build_seconds,
         build_peak_kib: peak,
+        steps,
     })
 }
 

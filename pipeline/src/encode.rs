@@ -37,10 +37,11 @@ fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
 }
 
-fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+/// A text column's values, empty as `None`, borrowed from the frame.
+fn strings<'a>(df: &'a DataFrame, name: &str) -> Result<Vec<Option<&'a str>>> {
     let c = df.column(name).map_err(pe(name))?;
     let ca = c.str().map_err(pe(name))?;
-    Ok(ca.iter().map(|v| v.filter(|s| !s.is_empty()).map(str::to_string)).collect())
+    Ok(ca.iter().map(|v| v.filter(|s| !s.is_empty())).collect())
 }
 
 fn floats(df: &DataFrame, name: &str) -> Result<Vec<Option<f64>>> {
@@ -96,8 +97,8 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
     let n = df.height();
     let sex = strings(df, "sex")?;
     let age = floats(df, "age")?;
-    let view_of = |s: &Option<String>| s.as_deref().and_then(|v| VIEW_CATEGORIES.iter().position(|c| *c == v));
-    let orient_of = |s: &Option<String>| s.as_deref().and_then(|v| ORIENTATION_CATEGORIES.iter().position(|c| *c == v));
+    let view_of = |s: &Option<&str>| s.and_then(|v| VIEW_CATEGORIES.iter().position(|c| *c == v));
+    let orient_of = |s: &Option<&str>| s.and_then(|v| ORIENTATION_CATEGORIES.iter().position(|c| *c == v));
     let raw_views = strings(df, "view")?;
     let views: Vec<Option<usize>> = raw_views.iter().map(view_of).collect();
     // A present view outside the categories: only when rare views are kept.
@@ -106,7 +107,7 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
     let orients: Vec<Option<usize>> = strings(df, "orientation")?.iter().map(orient_of).collect();
     let died = floats(df, "died_in_stay")?;
     let icu = floats(df, "icu_stay")?;
-    let train: Vec<bool> = strings(df, "split")?.iter().map(|s| s.as_deref() == Some("train")).collect();
+    let train: Vec<bool> = strings(df, "split")?.iter().map(|s| *s == Some("train")).collect();
 
     let imputer = ScanImputer::fit(&views, &orients, &train);
     let mut keep = vec![true; n];
@@ -146,7 +147,7 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
         (0..n).map(|i| if idx(i) == Some(k) { 1.0 } else { 0.0 }).collect()
     };
     let names = |v: Variable| v.columns();
-    let sex_idx = |i: usize| match sex[i].as_deref() {
+    let sex_idx = |i: usize| match sex[i] {
         Some("M") => Some(0),
         Some("F") => Some(1),
         _ => None,

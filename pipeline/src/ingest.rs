@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::{NaiveDate, NaiveDateTime};
 use polars::prelude::*;
 
-use crate::schema::{ColumnType, Schema, parse_hhmmss};
+use crate::schema::{ColumnType, Schema, parse_date, parse_datetime, parse_hhmmss, parse_yyyymmdd};
 use crate::{Error, Result};
 
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
@@ -47,30 +47,51 @@ impl Builder {
         }
     }
 
-    /// Appends a cell already validated against `ty`.
-    fn push(&mut self, ty: ColumnType, cell: &str) {
-        let empty = cell.is_empty();
+    /// Parses and appends a cell of type `ty`; false (nothing appended) when the cell is not
+    /// a value of that type, or is empty and the column is not `nullable`.
+    fn push(&mut self, ty: ColumnType, nullable: bool, cell: &str) -> bool {
+        if cell.is_empty() {
+            match self {
+                Self::Int(v) => v.push(None),
+                Self::Float(v) => v.push(None),
+                Self::Str(v) => v.push(None),
+                Self::Date(v) => v.push(None),
+                Self::DateTime(v) => v.push(None),
+                Self::Flag(v) => v.push(None),
+            }
+            return nullable;
+        }
+        fn put<T>(v: &mut Vec<Option<T>>, x: Option<T>) -> bool {
+            let ok = x.is_some();
+            if ok {
+                v.push(x);
+            }
+            ok
+        }
         match self {
-            Self::Int(v) => v.push(if empty { None } else { cell.parse().ok() }),
-            Self::Float(v) => v.push(match ty {
-                _ if empty => None,
-                ColumnType::HhMmSs => parse_hhmmss(cell),
-                _ => cell.parse().ok(),
-            }),
-            Self::Str(v) => v.push((!empty).then(|| cell.to_string())),
-            Self::Date(v) => v.push(if empty {
-                None
-            } else if ty == ColumnType::YyyyMmDd {
-                NaiveDate::parse_from_str(cell, "%Y%m%d").ok().map(date_days)
-            } else {
-                NaiveDate::parse_from_str(cell, "%Y-%m-%d").ok().map(date_days)
-            }),
-            Self::DateTime(v) => v.push(if empty {
-                None
-            } else {
-                NaiveDateTime::parse_from_str(cell, "%Y-%m-%d %H:%M:%S").ok().map(datetime_ms)
-            }),
-            Self::Flag(v) => v.push(if empty { None } else { Some(cell == "1") }),
+            Self::Int(v) => put(v, cell.parse().ok()),
+            Self::Float(v) => put(
+                v,
+                match ty {
+                    ColumnType::HhMmSs => parse_hhmmss(cell),
+                    ColumnType::Label if !ty.accepts(cell) => None,
+                    _ => cell.parse::<f64>().ok().filter(|x| x.is_finite()),
+                },
+            ),
+            Self::Str(v) => put(v, Some(cell.to_string())),
+            Self::Date(v) => {
+                let d = if ty == ColumnType::YyyyMmDd { parse_yyyymmdd(cell) } else { parse_date(cell) };
+                put(v, d.map(date_days))
+            }
+            Self::DateTime(v) => put(v, parse_datetime(cell).map(datetime_ms)),
+            Self::Flag(v) => put(
+                v,
+                match cell {
+                    "1" => Some(true),
+                    "0" => Some(false),
+                    _ => None,
+                },
+            ),
         }
     }
 
@@ -137,7 +158,7 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
         let line = rec.position().map_or(rows + 1, |p| p.line() as usize);
         for ((c, &i), b) in cols.iter().zip(&index).zip(&mut builders) {
             let cell = rec.get(i).unwrap_or("");
-            if !c.accepts(cell) {
+            if !b.push(c.ty, c.nullable, cell) {
                 return Err(Error::BadValue {
                     path: path.to_path_buf(),
                     line,
@@ -146,7 +167,6 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
                     expected: format!("{}{}", type_name(c.ty), if c.nullable { " or empty" } else { "" }),
                 });
             }
-            b.push(c.ty, cell);
         }
     }
     let columns: Vec<Column> = builders.into_iter().zip(&cols).map(|(b, c)| b.finish(&c.name)).collect();

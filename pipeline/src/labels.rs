@@ -2,7 +2,7 @@
 //! resolved by the uncertainty policy; the split is the official one, a custom file or a
 //! seeded patient-level re-split; no subject may be in two splits.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use cxr_dataset::{LABELS, label_column, raw_label_column};
@@ -150,38 +150,45 @@ fn check_split_value(value: &str, path: &Path, line: usize, column: &str) -> Res
 /// Adds a `split` column. `official` is the split table (read with its schema) and its path
 /// when the source is [`SplitSource::Official`].
 pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<(&DataFrame, &Path)>) -> Result<DataFrame> {
-    let dicoms: Vec<String> = df
-        .column("dicom_id")
-        .map_err(pe("dicom_id"))?
-        .str()
-        .map_err(pe("dicom_id"))?
-        .iter()
-        .map(|v| v.unwrap_or("").to_string())
-        .collect();
+    let dicoms = df.column("dicom_id").map_err(pe("dicom_id"))?.str().map_err(pe("dicom_id"))?;
     let subjects = ints(df, "subject_id")?;
-    let split: Vec<String> = match source {
+    let code = |s: &str| SPLITS.iter().copied().find(|c| *c == s);
+    let split: Vec<&'static str> = match source {
         SplitSource::Official => {
             let (t, path) = official.ok_or_else(|| Error::Config("the official split file was not found".into()))?;
-            let map = string_map(t, "dicom_id", "split")?;
-            let values = t.column("split").map_err(pe("split"))?;
-            for (row, v) in values.str().map_err(pe("split"))?.iter().enumerate() {
+            let keys = t.column("dicom_id").map_err(pe("dicom_id"))?.str().map_err(pe("dicom_id"))?;
+            let values = t.column("split").map_err(pe("split"))?.str().map_err(pe("split"))?;
+            let mut map: HashMap<&str, &'static str> = HashMap::with_capacity(t.height());
+            for (row, (k, v)) in keys.iter().zip(values.iter()).enumerate() {
+                let v = v.unwrap_or("");
                 // Line 1 is the header.
-                check_split_value(v.unwrap_or(""), path, row + 2, "split")?;
+                check_split_value(v, path, row + 2, "split")?;
+                if let (Some(k), Some(c)) = (k, code(v)) {
+                    map.insert(k, c);
+                }
             }
-            let mut out = Vec::with_capacity(dicoms.len());
-            for d in &dicoms {
-                out.push(map.get(d).cloned().ok_or_else(|| {
-                    Error::Config(format!("image {d} has no row in the split file; pass --split-file or --resplit"))
-                })?);
-            }
-            out
+            dicoms
+                .iter()
+                .map(|d| {
+                    let d = d.unwrap_or("");
+                    map.get(d).copied().ok_or_else(|| {
+                        Error::Config(format!(
+                            "image {d} has no row in {}; pass --split-file or --resplit",
+                            path.display()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?
         }
-        SplitSource::File(path) => custom_split(path, &dicoms, &subjects)?,
+        SplitSource::File(path) => {
+            let dicoms: Vec<&str> = dicoms.iter().map(|d| d.unwrap_or("")).collect();
+            custom_split(path, &dicoms, &subjects)?.iter().map(|s| code(s).unwrap_or("train")).collect()
+        }
         SplitSource::Resplit { seed, fractions } => subjects
             .iter()
             .map(|s| {
                 let mut r = rng::Rng::derive(*seed, RESPLIT_STREAM, s.unwrap_or(0) as u64);
-                SPLITS[r.weighted(fractions)].to_string()
+                SPLITS[r.weighted(fractions)]
             })
             .collect(),
     };
@@ -190,14 +197,7 @@ pub fn attach_split(df: &DataFrame, source: &SplitSource, official: Option<(&Dat
     Ok(out)
 }
 
-fn string_map(t: &DataFrame, key: &str, value: &str) -> Result<HashMap<String, String>> {
-    let k = t.column(key).map_err(pe(key))?.cast(&DataType::String).map_err(pe(key))?;
-    let v = t.column(value).map_err(pe(value))?.cast(&DataType::String).map_err(pe(value))?;
-    let (k, v) = (k.str().map_err(pe(key))?, v.str().map_err(pe(value))?);
-    Ok(k.iter().zip(v.iter()).filter_map(|(k, v)| Some((k?.to_string(), v?.to_string()))).collect())
-}
-
-fn custom_split(path: &Path, dicoms: &[String], subjects: &[Option<i64>]) -> Result<Vec<String>> {
+fn custom_split(path: &Path, dicoms: &[&str], subjects: &[Option<i64>]) -> Result<Vec<String>> {
     let mut r = csv::Reader::from_path(path).map_err(|e| Error::csv(path, e))?;
     let header: Vec<String> = r.headers().map_err(|e| Error::csv(path, e))?.iter().map(str::to_string).collect();
     let key = ["dicom_id", "subject_id"]
@@ -219,7 +219,7 @@ fn custom_split(path: &Path, dicoms: &[String], subjects: &[Option<i64>]) -> Res
     }
     let mut out = Vec::with_capacity(dicoms.len());
     for (d, s) in dicoms.iter().zip(subjects) {
-        let k = if key == "dicom_id" { d.clone() } else { s.map(|s| s.to_string()).unwrap_or_default() };
+        let k = if key == "dicom_id" { d.to_string() } else { s.map(|s| s.to_string()).unwrap_or_default() };
         out.push(
             map.get(&k).cloned().ok_or_else(|| Error::Config(format!("{}: no split for {key} {k}", path.display())))?,
         );
@@ -232,13 +232,14 @@ pub fn check_leakage(df: &DataFrame) -> Result<()> {
     let subjects = ints(df, "subject_id")?;
     let split = df.column("split").map_err(pe("split"))?;
     let split = split.str().map_err(pe("split"))?;
-    let mut seen: HashMap<i64, HashSet<&str>> = HashMap::new();
+    // One bit per split a subject has images in.
+    let mut seen: HashMap<i64, u8> = HashMap::new();
     for (s, sp) in subjects.iter().zip(split.iter()) {
-        if let (Some(s), Some(sp)) = (s, sp) {
-            seen.entry(*s).or_default().insert(sp);
+        if let (Some(s), Some(bit)) = (s, sp.and_then(|sp| SPLITS.iter().position(|c| *c == sp))) {
+            *seen.entry(*s).or_default() |= 1 << bit;
         }
     }
-    let mut leaking: Vec<i64> = seen.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| *k).collect();
+    let mut leaking: Vec<i64> = seen.iter().filter(|(_, v)| v.count_ones() > 1).map(|(k, _)| *k).collect();
     leaking.sort_unstable();
     if leaking.is_empty() {
         return Ok(());

@@ -494,6 +494,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_build(&summary);
             if args.report_peak_memory {
                 eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
+                for (step, seconds) in &summary.timings {
+                    eprintln!("{}{step}={seconds:.3}", pipeline::bench::STEP_PREFIX);
+                }
             }
         }
         Command::BuildEval(args) => {
@@ -585,6 +588,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.images, r.build_seconds
                 );
             }
+            for (step, seconds) in &r.steps {
+                println!("  {seconds:>7.2} s  {step}");
+            }
         }
         Command::Demo(args) => {
             let archive = args.out.join("synthetic-mimic");
@@ -665,6 +671,7 @@ mod tests {
             reused: false,
             cohort: Some(pipeline::report::Cohort::default()),
             partial: None,
+            timings: Vec::new(),
         };
         let reused = BuildSummary { reused: true, cohort: None, ..fresh.clone() };
         let partial = BuildSummary {

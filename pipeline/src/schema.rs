@@ -52,14 +52,49 @@ impl ColumnType {
             Self::Int => v.parse::<i64>().is_ok(),
             Self::Float => v.parse::<f64>().is_ok_and(f64::is_finite),
             Self::String => true,
-            Self::Date => NaiveDate::parse_from_str(v, "%Y-%m-%d").is_ok(),
-            Self::DateTime => NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S").is_ok(),
-            Self::YyyyMmDd => v.len() == 8 && NaiveDate::parse_from_str(v, "%Y%m%d").is_ok(),
+            Self::Date => parse_date(v).is_some(),
+            Self::DateTime => parse_datetime(v).is_some(),
+            Self::YyyyMmDd => parse_yyyymmdd(v).is_some(),
             Self::HhMmSs => parse_hhmmss(v).is_some(),
             Self::Label => matches!(v, "1.0" | "0.0" | "-1.0"),
             Self::Flag => matches!(v, "0" | "1"),
         }
     }
+}
+
+/// The number written with exactly these ASCII digits.
+fn digits(b: &[u8]) -> Option<u32> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+}
+
+/// A `YYYY-MM-DD` cell (fixed width, as MIMIC writes them).
+pub fn parse_date(v: &str) -> Option<NaiveDate> {
+    let b = v.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(&b[..4])? as i32, digits(&b[5..7])?, digits(&b[8..])?)
+}
+
+/// A `YYYY-MM-DD HH:MM:SS` cell.
+pub fn parse_datetime(v: &str) -> Option<NaiveDateTime> {
+    let b = v.as_bytes();
+    if b.len() != 19 || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    parse_date(&v[..10])?.and_hms_opt(digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..])?)
+}
+
+/// A `YYYYMMDD` cell.
+pub fn parse_yyyymmdd(v: &str) -> Option<NaiveDate> {
+    let b = v.as_bytes();
+    if b.len() != 8 {
+        return None;
+    }
+    NaiveDate::from_ymd_opt(digits(&b[..4])? as i32, digits(&b[4..6])?, digits(&b[6..])?)
 }
 
 /// Seconds after midnight of a StudyTime cell (`80556.875` = 08:05:56.875).
@@ -242,6 +277,19 @@ mod tests {
         assert!(!ColumnType::HhMmSs.accepts("256000.0") && !ColumnType::HhMmSs.accepts("12:00"));
         assert_eq!(parse_hhmmss("80556.5"), Some(8.0 * 3600.0 + 5.0 * 60.0 + 56.5));
         assert!(ColumnType::DateTime.accepts("2180-05-06 22:23:00") && !ColumnType::DateTime.accepts("2180-05-06"));
+        for bad in ["2180-05-06 24:00:00", "2180-5-06 22:23:00", "2180-05-06T22:23:00", "2180-02-30 00:00:00"] {
+            assert!(!ColumnType::DateTime.accepts(bad), "{bad}");
+        }
+        assert_eq!(
+            parse_datetime("2116-06-27 17:35:34"),
+            NaiveDate::from_ymd_opt(2116, 6, 27).unwrap().and_hms_opt(17, 35, 34)
+        );
+        assert!(
+            ColumnType::YyyyMmDd.accepts("21800506")
+                && !ColumnType::YyyyMmDd.accepts("2180056")
+                && !ColumnType::YyyyMmDd.accepts("2180-5-6")
+        );
+        assert!(!ColumnType::Date.accepts("+2180-05-06") && !ColumnType::Date.accepts("2180-05-6 "));
         assert!(ColumnType::Label.accepts("-1.0") && !ColumnType::Label.accepts("-1"));
         let c = Column { name: "dod".into(), ty: ColumnType::Date, nullable: true, versions: Versions::All };
         assert!(c.accepts("") && c.accepts("2180-09-09") && !c.accepts("09/09/2180"));
