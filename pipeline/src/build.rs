@@ -14,6 +14,7 @@ use crate::encode::{MissingPolicy, encode};
 use crate::images::{self, IMAGES_DIR, ImageSource, RunOptions, Stage, Subset};
 use crate::labels::{Labeler, SplitSource, Uncertain, Unlabeled, attach_labels, attach_split, check_leakage};
 use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
+use crate::preprocess::{Geometry, Output};
 use crate::progress::Progress;
 use crate::report::Cohort;
 use crate::schema::{FILES, Schema};
@@ -43,6 +44,10 @@ pub struct BuildConfig {
     pub images: ImageSource,
     /// Side of the square 8-bit output images.
     pub image_size: usize,
+    /// Crop to the centred square or pad to a square.
+    pub geometry: Geometry,
+    /// Histogram-equalise each image after the VOI.
+    pub equalize: bool,
     /// Fingerprint image files by their whole content instead of size, modification time and
     /// the first 64 KiB (`--verify-inputs full`).
     pub verify_inputs_full: bool,
@@ -52,6 +57,11 @@ pub struct BuildConfig {
 }
 
 impl BuildConfig {
+    /// What the image stage makes of each decoded image.
+    pub fn output(&self) -> Output {
+        Output { size: self.image_size, geometry: self.geometry, equalize: self.equalize }
+    }
+
     /// The settings that change the output, as text hashed into the version.
     pub fn describe(&self) -> String {
         let rule = match self.rule {
@@ -70,7 +80,7 @@ impl BuildConfig {
             self.shard_size,
             self.images.name(),
             self.image_size,
-            PREPROCESSING,
+            self.output().describe(),
             if self.verify_inputs_full {
                 "sha256 of the whole file"
             } else {
@@ -79,10 +89,6 @@ impl BuildConfig {
         )
     }
 }
-
-/// The image preprocessing, recorded in the config and the manifest.
-pub const PREPROCESSING: &str = "modality LUT; VOI: the file's first window, else the 0.5-99.5 percentile range; \
-MONOCHROME1 inverted; centred square, area-average resize; 8-bit";
 
 /// What a build produced.
 #[derive(Debug, Clone)]
@@ -409,7 +415,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         tables_hash: &tables_hash,
         schema_hash: &schema_hash,
         config: cfg.describe(),
-        image_size: cfg.image_size,
+        output: cfg.output(),
         shard_size: cfg.shard_size.max(1),
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,
@@ -492,7 +498,7 @@ pub(crate) struct Job<'a> {
     pub schema_hash: &'a str,
     /// The settings, as `key=value` lines, recorded in the manifest.
     pub config: String,
-    pub image_size: usize,
+    pub output: Output,
     pub shard_size: usize,
     pub verify_inputs_full: bool,
     pub run: RunOptions,
@@ -552,7 +558,7 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     let files =
         job.files.map(|rows| images::Files { root: job.images_root, rows, decode: job.decode, features: &features });
     let n = job.table.height();
-    let mut stage = images::run(n, files, job.image_size, job.shard_size, &work, &version, job.run, progress)?;
+    let mut stage = images::run(n, files, job.output, job.shard_size, &work, &version, job.run, progress)?;
     // A subset run never publishes (two finishing at once would race); `merge` does.
     if let Some(subset) = job.run.subset {
         let committed = stage.units.iter().filter(|u| images::is_committed(&work, u)).count();
@@ -676,11 +682,11 @@ fn publish(
         "task": job.task,
         "images": {
             "source": job.source,
-            "size": [job.image_size, job.image_size],
+            "size": [job.output.size, job.output.size],
             "dtype": "u8",
             "tensor": cxr_dataset::shard::TENSOR,
             "dir": IMAGES_DIR,
-            "preprocessing": PREPROCESSING,
+            "preprocessing": job.output.describe(),
         },
         "counts": {
             "images_read": job.images_read,

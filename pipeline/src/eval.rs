@@ -84,7 +84,7 @@ impl EvalConfig {
             self.seed,
             self.shard_size,
             self.image_size,
-            build::PREPROCESSING,
+            crate::preprocess::Output::square(self.image_size).describe(),
             if self.verify_inputs_full {
                 "sha256 of the whole file"
             } else {
@@ -493,7 +493,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         tables_hash: &tables_hash,
         schema_hash: "",
         config: cfg.describe(),
-        image_size: cfg.image_size,
+        output: crate::preprocess::Output::square(cfg.image_size),
         shard_size: cfg.shard_size.max(1),
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,

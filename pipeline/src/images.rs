@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::preprocess::{self, Gray, Reject};
+use crate::preprocess::{self, Gray, Output, Reject};
 use crate::progress::Progress;
 use crate::{Error, Result};
 
@@ -254,8 +254,8 @@ fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
 }
 
 /// Decodes one file; a decoder panic on a hostile file becomes a reject, not a crash.
-fn decode_one(decode: Decoder, path: &Path, size: usize) -> std::result::Result<Vec<u8>, Reject> {
-    match std::panic::catch_unwind(|| decode(path).map(|g| preprocess::square(&g, size))) {
+fn decode_one(decode: Decoder, path: &Path, output: Output) -> std::result::Result<Vec<u8>, Reject> {
+    match std::panic::catch_unwind(|| decode(path).map(|g| output.apply(&g))) {
         Ok(r) => r,
         Err(p) => {
             let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
@@ -270,14 +270,14 @@ fn decode_one(decode: Decoder, path: &Path, size: usize) -> std::result::Result<
 fn build_unit(
     unit: &Unit,
     files: Files<'_>,
-    size: usize,
+    output: Output,
     work: &Path,
     version: &str,
     fail_fast: bool,
     chunk: usize,
     progress: &dyn Progress,
 ) -> Result<UnitRecord> {
-    let mut shard = Shard::new(size, size);
+    let mut shard = Shard::new(output.size, output.size);
     shard.metadata.insert("dataset_version".into(), version.into());
     shard.feature_names = files.features.names.clone();
     let mut rejected = Vec::new();
@@ -287,7 +287,7 @@ fn build_unit(
             .par_iter()
             .map(|row| match &row.invalid {
                 Some(why) => Err(why.clone()),
-                None => decode_one(files.decode, &files.root.join(&row.path), size),
+                None => decode_one(files.decode, &files.root.join(&row.path), output),
             })
             .collect();
         for (k, (row, result)) in part.iter().zip(done).enumerate() {
@@ -329,7 +329,7 @@ fn build_unit(
 pub fn run(
     n_rows: usize,
     files: Option<Files<'_>>,
-    size: usize,
+    output: Output,
     shard_size: usize,
     work: &Path,
     version: &str,
@@ -380,7 +380,7 @@ pub fn run(
     }
     progress.start("images", total as u64);
     for unit in &todo {
-        let rec = pool.install(|| build_unit(unit, files, size, work, version, opts.fail_fast, chunk, progress))?;
+        let rec = pool.install(|| build_unit(unit, files, output, work, version, opts.fail_fast, chunk, progress))?;
         records[unit.index] = Some(rec);
     }
     progress.finish();

@@ -13,6 +13,7 @@ use pipeline::eval::EvalKind;
 use pipeline::images::{ImageSource, RunOptions, Subset};
 use pipeline::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
 use pipeline::link::MatchRule;
+use pipeline::preprocess::Geometry;
 use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
 use pipeline::synth::{self, ImageKinds, SynthConfig, SynthSummary};
@@ -187,9 +188,18 @@ struct BuildArgs {
     /// present, else JPG), dicom, jpg, or none (the feature table only).
     #[arg(long, default_value = "auto", value_parser = ["auto", "dicom", "jpg", "none"])]
     images: String,
-    /// Side of the square 8-bit images in the shards (shorter side resized, centre cropped).
+    /// Side of the square 8-bit images in the shards.
     #[arg(long, default_value_t = 256)]
     image_size: usize,
+    /// How an image becomes a square: crop (the centred square, as the reference's resize
+    /// and centre crop; a 3056x2544 film loses about 17% of its height) or letterbox (the
+    /// whole film, padded with black).
+    #[arg(long, default_value = "crop", value_parser = ["crop", "letterbox"])]
+    geometry: String,
+    /// Global histogram equalisation after the VOI, as MIMIC-CXR-JPG was made from the DICOMs
+    /// (for --images dicom; the JPGs are equalised already).
+    #[arg(long)]
+    equalize: bool,
     /// Stop at the first unreadable image instead of listing it in rejects.parquet.
     #[arg(long)]
     fail_fast: bool,
@@ -280,6 +290,8 @@ impl BuildArgs {
                 _ => ImageSource::Auto,
             },
             image_size: self.image_size,
+            geometry: if self.geometry == "letterbox" { Geometry::Letterbox } else { Geometry::Crop },
+            equalize: self.equalize,
             verify_inputs_full: self.verify_inputs == "full",
             run: RunOptions {
                 fail_fast: self.fail_fast,
@@ -624,6 +636,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 shard_size: 4096,
                 images: "auto".into(),
                 image_size: 256,
+                geometry: "crop".into(),
+                equalize: false,
                 fail_fast: false,
                 verify_inputs: "fast".into(),
                 shard_index: None,

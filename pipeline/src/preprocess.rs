@@ -1,7 +1,9 @@
 //! From an image file to the model's input: decode (DICOM through dicom-pixeldata, JPG/PNG
-//! through `image`), modality LUT, VOI (the file's window when present, else the 0.5-99.5
-//! percentile range), MONOCHROME1 inverted so bone is bright, then an aspect-preserving
-//! area-average downscale of the centred square to `size x size`, 8-bit.
+//! through `image`), the modality LUT (Rescale Slope/Intercept or the Modality LUT Sequence),
+//! the VOI (the VOI LUT Sequence, else the file's first window with its VOI LUT Function
+//! LINEAR, LINEAR_EXACT or SIGMOID, else the 0.5-99.5 percentile range; PS3.3 C.11.1-C.11.2),
+//! MONOCHROME1 inverted so bone is bright, optionally a global histogram equalisation, then
+//! the centred square (or the image padded to a square) area-averaged to `size x size`, 8-bit.
 //!
 //! Bad files are not errors of the build: they come back as a [`Reject`] reason.
 
@@ -23,6 +25,141 @@ pub struct Gray {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
+}
+
+/// How the image becomes a square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Geometry {
+    /// The centred square (a 3056x2544 film loses about 17% of its height).
+    #[default]
+    Crop,
+    /// The whole image, padded with black to a square.
+    Letterbox,
+}
+
+impl Geometry {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Crop => "crop",
+            Self::Letterbox => "letterbox",
+        }
+    }
+}
+
+/// What the stage makes of a decoded image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Output {
+    /// Side of the square 8-bit output.
+    pub size: usize,
+    pub geometry: Geometry,
+    /// Global histogram equalisation after the VOI (as MIMIC-CXR-JPG was made).
+    pub equalize: bool,
+}
+
+impl Output {
+    /// A centred crop of side `size`, not equalised.
+    pub fn square(size: usize) -> Self {
+        Self { size, geometry: Geometry::Crop, equalize: false }
+    }
+
+    /// The preprocessing, in words, recorded in the config and the manifest.
+    pub fn describe(&self) -> String {
+        format!(
+            "modality LUT (rescale or Modality LUT Sequence); VOI: the VOI LUT Sequence, else the file's first window \
+             (LINEAR, LINEAR_EXACT or SIGMOID), else the 0.5-99.5 percentile range; MONOCHROME1 inverted; {}{}, \
+             area-average resize to {}x{}; 8-bit",
+            if self.equalize { "global histogram equalisation; " } else { "" },
+            match self.geometry {
+                Geometry::Crop => "centred square",
+                Geometry::Letterbox => "padded to a square (letterbox)",
+            },
+            self.size,
+            self.size
+        )
+    }
+
+    /// The 8-bit square of a decoded image.
+    pub fn apply(&self, g: &Gray) -> Vec<u8> {
+        let equalized;
+        let g = if self.equalize {
+            equalized = equalize(g);
+            &equalized
+        } else {
+            g
+        };
+        match self.geometry {
+            Geometry::Crop => square(g, self.size),
+            Geometry::Letterbox => square(&letterbox(g), self.size),
+        }
+    }
+}
+
+/// A lookup table of the Modality or VOI LUT Sequence (PS3.3 C.11.1.1, C.11.2.1.1).
+#[derive(Debug, Clone)]
+struct Lut {
+    /// The stored (or modality) value mapped to the first entry.
+    first: i32,
+    data: Vec<f32>,
+    /// Largest output value the table can hold (`2^bits - 1`, or the data's maximum if
+    /// larger): the VOI output is divided by it.
+    max_out: f32,
+}
+
+impl Lut {
+    /// Values below the first input map to the first entry, above the last to the last.
+    fn get(&self, x: i32) -> f32 {
+        let i = (i64::from(x) - i64::from(self.first)).clamp(0, self.data.len() as i64 - 1);
+        self.data[i as usize]
+    }
+}
+
+/// The first item of a LUT sequence, if the file has one; an error when it is malformed.
+fn lut(obj: &dicom_object::DefaultDicomObject, seq: dicom_core::Tag, signed: bool) -> Result<Option<Lut>, Reject> {
+    let Some(items) = obj.element_opt(seq).ok().flatten().and_then(|e| e.items()) else { return Ok(None) };
+    let Some(item) = items.first() else { return Ok(None) };
+    let name = if seq == tags::MODALITY_LUT_SEQUENCE { "Modality LUT Sequence" } else { "VOI LUT Sequence" };
+    let bad = |why: &str| format!("{name}: {why}");
+    let desc: Vec<i64> = item
+        .element(tags::LUT_DESCRIPTOR)
+        .ok()
+        .and_then(|e| e.to_multi_int::<i64>().ok())
+        .ok_or_else(|| bad("no readable LUT Descriptor (0028,3002)"))?;
+    let [entries, first, bits] = desc[..] else { return Err(bad("LUT Descriptor must hold 3 values")) };
+    // 0 entries means 65,536; a first value written as US in a signed image is a negative one.
+    let entries = if entries == 0 { 65_536 } else { entries as usize };
+    let first = if signed && first > 32_767 { first - 65_536 } else { first } as i32;
+    let data: Vec<f32> = item
+        .element(tags::LUT_DATA)
+        .ok()
+        .and_then(|e| e.to_multi_int::<i64>().ok())
+        .ok_or_else(|| bad("no readable LUT Data (0028,3006)"))?
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    if data.len() < entries || data.is_empty() || !(1..=16).contains(&bits) {
+        return Err(bad(&format!("{} LUT entries for {entries} declared, {bits} bits", data.len())));
+    }
+    let max_out = data.iter().copied().fold(((1u32 << bits) - 1) as f32, f32::max);
+    Ok(Some(Lut { first, data: data[..entries].to_vec(), max_out }))
+}
+
+/// The VOI LUT Function (0028,1056) of a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VoiFunction {
+    Linear,
+    LinearExact,
+    Sigmoid,
+}
+
+impl VoiFunction {
+    /// A modality value through the window `(center, width)`, in `[0, 1]` (PS3.3 C.11.2.1.2-3).
+    fn apply(self, x: f32, c: f32, w: f32) -> f32 {
+        match self {
+            Self::Linear => ((x - (c - 0.5)) / (w - 1.0).max(f32::EPSILON) + 0.5).clamp(0.0, 1.0),
+            Self::LinearExact => ((x - c) / w.max(f32::EPSILON) + 0.5).clamp(0.0, 1.0),
+            Self::Sigmoid => 1.0 / (1.0 + (-4.0 * (x - c) / w.max(f32::EPSILON)).exp()),
+        }
+    }
 }
 
 /// Decodes a DICOM file.
@@ -51,6 +188,13 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
     let syntax = head.meta().transfer_syntax().trim_end_matches('\0').to_string();
     if let Some(name) = unsupported_syntax(&syntax) {
         return Err(format!("unsupported transfer syntax {syntax} ({name})"));
+    }
+    let bits_stored = int(tags::BITS_STORED).unwrap_or(8);
+    if syntax == "1.2.840.10008.1.2.4.51" && bits_stored > 8 {
+        return Err(format!(
+            "unsupported transfer syntax {syntax} with {bits_stored}-bit samples (12-bit JPEG Extended: \
+             no maintained Rust decoder reads 12-bit lossy JPEG)"
+        ));
     }
     let obj = dicom_object::open_file(path).map_err(|e| format!("not a readable DICOM file: {}", why(&e)))?;
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
@@ -81,27 +225,62 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
         let (lo, hi) = percentile_range(&luma, 0.005, 0.995);
         return Ok(Gray { rows, cols, data: linear(&luma, 1.0, 0.0, lo, hi, mono1) });
     }
-    // Grayscale: the stored integers, then modality LUT, VOI and MONOCHROME1 in one pass.
+    // Grayscale: the stored integers, then modality LUT, VOI and MONOCHROME1.
     let stored_only = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
     let stored: Vec<i32> = decoded.to_vec_frame_with_options(0, &stored_only).map_err(convert)?;
     size_check(stored.len())?;
+    let signed = int(tags::PIXEL_REPRESENTATION) == Some(1);
+    let modality_lut = lut(&obj, tags::MODALITY_LUT_SEQUENCE, signed)?;
+    let voi_lut = lut(&obj, tags::VOILUT_SEQUENCE, signed)?;
+    let function = match obj.element_opt(tags::VOILUT_FUNCTION).ok().flatten().and_then(|e| e.to_str().ok()) {
+        Some(f) => match f.trim_matches(|c: char| c == '\0' || c.is_whitespace()) {
+            "LINEAR" | "" => VoiFunction::Linear,
+            "LINEAR_EXACT" => VoiFunction::LinearExact,
+            "SIGMOID" => VoiFunction::Sigmoid,
+            other => return Err(format!("VOI LUT Function {other:?}: expected LINEAR, LINEAR_EXACT or SIGMOID")),
+        },
+        None => VoiFunction::Linear,
+    };
     let rescale = decoded.rescale().ok().and_then(|r| r.first().copied());
     let (slope, intercept) = rescale.map_or((1.0, 0.0), |r| (r.slope as f32, r.intercept as f32));
-    let (lo, hi) = match window {
-        // The DICOM linear VOI function maps [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] to [0, 1].
-        Some(w) => {
+    if modality_lut.is_none() && voi_lut.is_none() && function == VoiFunction::Linear {
+        // The common case in one pass over the stored values.
+        let (lo, hi) = match window {
+            // The DICOM linear VOI function maps [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] to [0, 1].
+            Some(w) => {
+                let (c, w) = (w.center as f32, w.width as f32);
+                (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0)
+            }
+            None => {
+                // Percentiles of the stored values are those of the rescaled values (the
+                // modality LUT is linear), mapped through it.
+                let (a, b) = stored_percentiles(&stored, 0.005, 0.995);
+                let (a, b) = (a as f32 * slope + intercept, b as f32 * slope + intercept);
+                (a.min(b), a.max(b))
+            }
+        };
+        return Ok(Gray { rows, cols, data: stored_linear(&stored, slope, intercept, lo, hi, mono1) });
+    }
+    let modality: Vec<f32> = match &modality_lut {
+        Some(l) => stored.iter().map(|&v| l.get(v)).collect(),
+        None => stored.iter().map(|&v| v as f32 * slope + intercept).collect(),
+    };
+    let mut data: Vec<f32> = match (&voi_lut, window) {
+        // A VOI LUT's input is the modality value (an integer when it comes from a table).
+        (Some(l), _) => modality.iter().map(|&m| l.get(m.round() as i32) / l.max_out).collect(),
+        (None, Some(w)) => {
             let (c, w) = (w.center as f32, w.width as f32);
-            (c - 0.5 - (w - 1.0) / 2.0, c - 0.5 + (w - 1.0) / 2.0)
+            modality.iter().map(|&m| function.apply(m, c, w)).collect()
         }
-        None => {
-            // Percentiles of the stored values are those of the rescaled values (the
-            // modality LUT is linear), mapped through it.
-            let (a, b) = stored_percentiles(&stored, 0.005, 0.995);
-            let (a, b) = (a as f32 * slope + intercept, b as f32 * slope + intercept);
-            (a.min(b), a.max(b))
+        (None, None) => {
+            let (lo, hi) = percentile_range(&modality, 0.005, 0.995);
+            linear(&modality, 1.0, 0.0, lo, hi, false)
         }
     };
-    Ok(Gray { rows, cols, data: stored_linear(&stored, slope, intercept, lo, hi, mono1) })
+    if mono1 {
+        data.iter_mut().for_each(|v| *v = 1.0 - *v);
+    }
+    Ok(Gray { rows, cols, data })
 }
 
 /// `values * slope + intercept` mapped linearly from `[lo, hi]` to `[0, 1]` (clamped), inverted
@@ -254,6 +433,40 @@ fn area_weights(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
         .collect()
 }
 
+/// Global histogram equalisation of a `[0, 1]` image over 4,096 levels: each value becomes the
+/// fraction of pixels at or below its level (the CDF), rescaled so the darkest level is 0.
+pub fn equalize(g: &Gray) -> Gray {
+    const LEVELS: usize = 4096;
+    let level = |v: f32| ((v.clamp(0.0, 1.0) * (LEVELS - 1) as f32).round() as usize).min(LEVELS - 1);
+    let mut hist = vec![0u64; LEVELS];
+    for &v in &g.data {
+        hist[level(v)] += 1;
+    }
+    let mut cdf = vec![0u64; LEVELS];
+    let mut acc = 0;
+    for (c, h) in cdf.iter_mut().zip(&hist) {
+        acc += h;
+        *c = acc;
+    }
+    let n = g.data.len() as u64;
+    let first = cdf.iter().copied().find(|&c| c > 0).unwrap_or(0);
+    let span = (n - first).max(1) as f32;
+    let data = g.data.iter().map(|&v| (cdf[level(v)] - first) as f32 / span).collect();
+    Gray { rows: g.rows, cols: g.cols, data }
+}
+
+/// The image centred on a black square whose side is its longer side.
+pub fn letterbox(g: &Gray) -> Gray {
+    let side = g.rows.max(g.cols);
+    let (r0, c0) = ((side - g.rows) / 2, (side - g.cols) / 2);
+    let mut data = vec![0f32; side * side];
+    for r in 0..g.rows {
+        data[(r0 + r) * side + c0..(r0 + r) * side + c0 + g.cols]
+            .copy_from_slice(&g.data[r * g.cols..(r + 1) * g.cols]);
+    }
+    Gray { rows: side, cols: side, data }
+}
+
 /// The centred square of `g`, resampled by area averaging to `size x size`, as bytes.
 pub fn square(g: &Gray, size: usize) -> Vec<u8> {
     let side = g.rows.min(g.cols);
@@ -343,6 +556,39 @@ mod tests {
         signed.push(30_000);
         assert_eq!(stored_percentiles(&signed, 0.0, 1.0), (-1000, 30_000));
         assert_eq!(stored_percentiles(&[7, 7, 7], 0.005, 0.995), (7, 7));
+    }
+
+    #[test]
+    fn equalize_flattens_the_histogram_and_letterbox_pads() {
+        // Three quarters of the pixels dark, one quarter bright: equalised, the dark level
+        // becomes 0 and the bright one 1; a ramp stays a ramp.
+        let g = Gray { rows: 2, cols: 2, data: vec![0.1, 0.1, 0.1, 0.9] };
+        assert_eq!(equalize(&g).data, vec![0.0, 0.0, 0.0, 1.0]);
+        let ramp = Gray { rows: 1, cols: 5, data: vec![0.0, 0.1, 0.2, 0.3, 0.4] };
+        assert_eq!(equalize(&ramp).data, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        let wide = Gray { rows: 2, cols: 4, data: vec![1.0; 8] };
+        let boxed = letterbox(&wide);
+        assert_eq!((boxed.rows, boxed.cols), (4, 4));
+        assert_eq!(boxed.data, [[0.0; 4], [1.0; 4], [1.0; 4], [0.0; 4]].concat());
+        // Cropping keeps the centre 2x2; letterboxing keeps everything and pads.
+        let out = Output { size: 4, geometry: Geometry::Letterbox, equalize: false };
+        assert_eq!(out.apply(&wide), [[0; 4], [255; 4], [255; 4], [0; 4]].concat());
+        assert_eq!(Output::square(2).apply(&wide), vec![255; 4]);
+    }
+
+    #[test]
+    fn voi_functions_follow_ps3_3() {
+        // LINEAR: c=100, w=21 maps 89.5 -> 0 and 109.5 -> 1 (x <= c - 0.5 - (w-1)/2 is 0).
+        assert_eq!(VoiFunction::Linear.apply(89.5, 100.0, 21.0), 0.0);
+        assert_eq!(VoiFunction::Linear.apply(109.5, 100.0, 21.0), 1.0);
+        assert!((VoiFunction::Linear.apply(99.5, 100.0, 21.0) - 0.5).abs() < 1e-6);
+        // LINEAR_EXACT: c=100, w=20 maps 90 -> 0, 100 -> 0.5, 110 -> 1.
+        assert_eq!(VoiFunction::LinearExact.apply(90.0, 100.0, 20.0), 0.0);
+        assert_eq!(VoiFunction::LinearExact.apply(100.0, 100.0, 20.0), 0.5);
+        assert_eq!(VoiFunction::LinearExact.apply(110.0, 100.0, 20.0), 1.0);
+        // SIGMOID: 1 / (1 + exp(-4 (x - c) / w)).
+        assert_eq!(VoiFunction::Sigmoid.apply(100.0, 100.0, 20.0), 0.5);
+        assert!((VoiFunction::Sigmoid.apply(110.0, 100.0, 20.0) - 1.0 / (1.0 + (-2.0f32).exp())).abs() < 1e-6);
     }
 
     #[test]

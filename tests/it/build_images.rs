@@ -212,3 +212,42 @@ fn an_unreadable_header_is_a_reject_when_metadata_comes_from_the_headers() {
     let err = build(&strict, &Silent).unwrap_err().to_string();
     assert!(err.contains(&dicom_id) && err.contains("reading the DICOM header"), "{err}");
 }
+
+/// `--geometry letterbox` keeps the whole film (black bars beside the portrait images instead
+/// of cutting their top and bottom) and `--equalize` flattens each image's histogram; both are
+/// part of the version.
+#[test]
+fn letterbox_and_equalize_change_the_images_and_the_version() {
+    let root = &small().root;
+    let out = tempfile::tempdir().unwrap();
+    let base = images_config(root, out.path(), ImageSource::Dicom);
+    let crop = build(&base, &Silent).unwrap();
+    let boxed =
+        build(&BuildConfig { geometry: pipeline::preprocess::Geometry::Letterbox, ..base.clone() }, &Silent).unwrap();
+    let equalized = build(&BuildConfig { equalize: true, ..base.clone() }, &Silent).unwrap();
+    let versions: HashSet<&str> = [&crop, &boxed, &equalized].iter().map(|b| b.version.as_str()).collect();
+    assert_eq!(versions.len(), 3);
+    let shard = |b: &pipeline::build::BuildSummary| {
+        Shard::read(fs_err::File::open(b.dir.join(IMAGES_DIR).join(shard_name(0))).unwrap()).unwrap()
+    };
+    let (c, l, e) = (shard(&crop), shard(&boxed), shard(&equalized));
+    let side = base.image_size;
+    // The archive's films are 64 wide and 72 tall (portable APs shorter): letterboxed, the
+    // first output column (or row) is padding (4 of 72 source columns = 1.8 output columns),
+    // cropped it is anatomy.
+    let first_column = |img: &[u8]| (0..side).map(|r| u32::from(img[r * side])).sum::<u32>();
+    let first_row = |img: &[u8]| img[..side].iter().map(|&v| u32::from(v)).sum::<u32>();
+    let mut black_bars = 0;
+    for k in 0..c.len() {
+        let bar = first_column(l.image(k)).min(first_row(l.image(k)));
+        let edge = first_column(c.image(k)).min(first_row(c.image(k)));
+        assert!(bar <= edge, "image {k}: the letterboxed edge ({bar}) is padding, the cropped one ({edge}) anatomy");
+        black_bars += usize::from(bar == 0);
+        let mean = |img: &[u8]| img.iter().map(|&v| f64::from(v)).sum::<f64>() / img.len() as f64;
+        assert!((mean(e.image(k)) - 127.5).abs() < 25.0, "image {k}: equalised mean {}", mean(e.image(k)));
+        assert_ne!(e.image(k), c.image(k));
+    }
+    assert!(black_bars > 0, "{black_bars} of {} images with a whole black bar", c.len());
+    let manifest = fs_err::read_to_string(boxed.dir.join(MANIFEST)).unwrap();
+    assert!(manifest.contains("letterbox"), "the manifest says how images were made");
+}

@@ -35,6 +35,8 @@ pub(crate) fn config(root: &Path, out: &Path) -> BuildConfig {
         shard_size: 100,
         images: ImageSource::None,
         image_size: 32,
+        geometry: pipeline::preprocess::Geometry::Crop,
+        equalize: false,
         verify_inputs_full: false,
         run: RunOptions { fail_fast: false, subset: None, merge_only: false, workers: 0 },
     }

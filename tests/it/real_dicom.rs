@@ -205,8 +205,9 @@ fn malformed_and_unsupported_files_are_rejected_with_reasons() {
         ("MR_small_jpeg_ls_lossless.dcm", "unsupported transfer syntax 1.2.840.10008.1.2.4.80 (JPEG-LS Lossless)"),
         ("JPEGLSNearLossless_16.dcm", "unsupported transfer syntax 1.2.840.10008.1.2.4.81 (JPEG-LS Near-Lossless)"),
         ("JPEG2000-embedded-sequence-delimiter.dcm", "cannot decode pixel data"),
-        // 12-bit extended JPEG: jpeg-decoder reads 8-bit baseline/extended and lossless only.
-        ("JPEG-lossy.dcm", "cannot decode pixel data"),
+        // 12-bit extended JPEG: jpeg-decoder reads 8-bit baseline/extended and lossless only;
+        // a named reject before any decoding.
+        ("JPEG-lossy.dcm", "12-bit JPEG Extended"),
         ("ExplVR_BigEnd.dcm", "PlanarConfiguration"),
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
