@@ -169,25 +169,25 @@ fn linkage_queries_match_reference_code_under_both_rules() {
     }
 }
 
-/// The five real metadata rows of subject 10000032 against the real demo tables.
-#[test]
-fn the_real_subject_of_data_md_links_as_documented() {
+/// The real MIMIC-IV demo tables with the images of a metadata CSV (`text`).
+fn demo_inputs(text: &str) -> LinkInputs {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mimic-iv-demo-2.2");
-    let meta = Csv::parse(crate::cxr_format::REAL_METADATA);
     let dir = tempfile::tempdir().unwrap();
     let meta_path = dir.path().join("metadata.csv");
-    let mut text = meta.header.join(",") + "\n";
-    for r in &meta.rows {
-        text += &(r.join(",") + "\n");
-    }
     fs_err::write(&meta_path, text).unwrap();
     let iv = |t: &str, s: &str| read(&demo.join(t), s, "2.2");
-    let inp = LinkInputs {
+    LinkInputs {
         images: images_from_metadata(read(&meta_path, "mimic-cxr/metadata", "2.0.0")).unwrap(),
         patients: iv("hosp/patients.csv.gz", "mimic-iv/patients"),
         admissions: iv("hosp/admissions.csv.gz", "mimic-iv/admissions"),
         icustays: iv("icu/icustays.csv.gz", "mimic-iv/icustays"),
-    };
+    }
+}
+
+/// The five real metadata rows of subject 10000032 against the real demo tables.
+#[test]
+fn the_real_subject_of_data_md_links_as_documented() {
+    let inp = demo_inputs(crate::cxr_format::REAL_METADATA);
     let pa_may = "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014";
     let pa_june = "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab";
     let ap_july = "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714";
@@ -242,17 +242,7 @@ fn the_date_rule_breaks_ties_by_file_order_on_the_real_demo_tables() {
             day.format("%Y%m%d")
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let meta_path = dir.path().join("metadata.csv");
-    fs_err::write(&meta_path, &text).unwrap();
-    let iv = |t: &str, s: &str| read(&demo.join(t), s, "2.2");
-    let inp = LinkInputs {
-        images: images_from_metadata(read(&meta_path, "mimic-cxr/metadata", "2.0.0")).unwrap(),
-        patients: iv("hosp/patients.csv.gz", "mimic-iv/patients"),
-        admissions: iv("hosp/admissions.csv.gz", "mimic-iv/admissions"),
-        icustays: iv("icu/icustays.csv.gz", "mimic-iv/icustays"),
-    };
-    let df = link(&inp, MatchRule::Date).unwrap();
+    let df = link(&demo_inputs(&text), MatchRule::Date).unwrap();
     let got = links(&df);
     let want = reference_loops(&Csv::parse(&text), &adm, &icu, None);
     for (dicom, w) in &want {
