@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""One EHR-augmented MSN pretraining step of the reference PyTorch code, timed on the CPU.
+"""One EHR-augmented MSN pretraining step of the reference PyTorch code, timed on the CPU
+(or on a GPU with --device cuda).
 
 The counterpart of `trainer bench`: the same model (torchvision's ViT layout: conv patch
 embedding, nn.MultiheadAttention pre-norm blocks, exact GELU, LayerNorm eps 1e-6), the same
@@ -12,6 +13,7 @@ It prints the median time of each part over the timed steps, images/s (batch / s
 and peak resident memory, as text and as one JSON line.
 
     python3 trainer/bench/torch_msn_step.py --batch-size 8 --steps 10
+    python3 trainer/bench/torch_msn_step.py --device cuda --model vit-small --batch-size 64
 """
 
 import argparse
@@ -133,7 +135,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=24)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
+    dev = torch.device(args.device)
+    # GPU kernels run asynchronously: wait for them before reading the clock.
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -143,6 +149,7 @@ def main():
     f = args.focal_size or (96 if g == 224 else max(patch, round(g * 3 / 7 / patch) * patch))
     b, nf = args.batch_size, args.focal_views
 
+    torch.set_default_device(dev)
     anchor, target = ViT(**p), ViT(**p)
     target.load_state_dict(anchor.state_dict())
     anchor_head, target_head = head(d), head(d)
@@ -166,12 +173,14 @@ def main():
         views_t = torch.randn(b, 3, g, g)
         views_a = torch.randn(b, 3, g, g)
         views_f = torch.randn(nf * b, 3, f, f)
-        keep_a, keep_f = keep_indices(b, gp), keep_indices(nf * b, fp)
+        keep_a, keep_f = keep_indices(b, gp).to(dev), keep_indices(nf * b, fp).to(dev)
         ehr = torch.rand(b, args.ehr_width)
 
+        sync()
         t0 = time.perf_counter()
         with torch.no_grad():
             torch._foreach_lerp_(ema_dst, ema_src, 1 - 0.996)
+        sync()
         t1 = time.perf_counter()
         h = torch.cat([anchor(views_a, keep_a), anchor(views_f, keep_f)], 0)
         if f_ehr is not None:
@@ -182,11 +191,14 @@ def main():
             z_t = target_head(target(views_t))
         loss = msn_loss(z_a, z_t, prototypes)
         loss.detach().item()
+        sync()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t3 = time.perf_counter()
         opt.step()
+        sync()
         t4 = time.perf_counter()
         if step >= args.warmup:
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
@@ -200,7 +212,9 @@ def main():
         f"views 2x{g} + {nf}x{f}, EHR width {args.ehr_width}"
     )
     print("median seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
-    print(f"{ips:.2f} images/s, peak RSS {rss_mb:.0f} MB")
+    gpu_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    gpu = f", peak GPU memory allocated {gpu_mb:.0f} MiB" if gpu_mb is not None else ""
+    print(f"{ips:.2f} images/s, peak RSS {rss_mb:.0f} MB{gpu}")
     print(
         json.dumps(
             {
@@ -212,6 +226,8 @@ def main():
                 "seconds": med,
                 "images_per_second": ips,
                 "peak_rss_mb": rss_mb,
+                "device": args.device,
+                "peak_gpu_mb": gpu_mb,
             }
         )
     )

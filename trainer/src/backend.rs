@@ -2,8 +2,9 @@
 //! tests. `cpu` is burn-flex (pure Rust, its own gemm with AVX-512 kernels picked at run time),
 //! the default and the fastest measured on the CPU (see the README's `trainer bench`). Opt-in
 //! features add the others, each a long extra build: `wgpu` (a GPU through Vulkan, Metal or
-//! DX12, or a software Vulkan driver such as Mesa's lavapipe) and `ndarray` (burn-ndarray on
-//! the CPU; with `openblas`, its matrix products through the system's OpenBLAS).
+//! DX12, or a software Vulkan driver such as Mesa's lavapipe), `cuda` (an NVIDIA GPU through
+//! burn-cuda: `cuda` or `cuda:N`) and `ndarray` (burn-ndarray on the CPU; with `openblas`, its
+//! matrix products through the system's OpenBLAS).
 
 use std::str::FromStr;
 
@@ -21,6 +22,8 @@ pub enum Backend {
     Wgpu,
     /// burn-ndarray on the CPU (needs the `ndarray` feature).
     Ndarray,
+    /// NVIDIA GPU number N through burn-cuda (needs the `cuda` feature).
+    Cuda(usize),
 }
 
 /// The float type of a backend's tensors (parameters, activations and gradients alike).
@@ -36,8 +39,8 @@ pub enum Precision {
 }
 
 impl Backend {
-    /// Names `FromStr` takes.
-    pub const NAMES: [&'static str; 3] = ["cpu", "wgpu", "ndarray"];
+    /// Names `FromStr` takes (`cuda` also as `cuda:N`).
+    pub const NAMES: [&'static str; 4] = ["cpu", "wgpu", "cuda", "ndarray"];
 
     /// What runs the model, for printouts.
     pub fn label(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Backend {
             Backend::Cpu => "burn-flex",
             Backend::Wgpu => "wgpu",
             Backend::Ndarray => "burn-ndarray",
+            Backend::Cuda(_) => "burn-cuda",
         }
     }
 
@@ -54,7 +58,13 @@ impl Backend {
             Backend::Cpu => true,
             Backend::Wgpu => cfg!(feature = "wgpu"),
             Backend::Ndarray => cfg!(feature = "ndarray"),
+            Backend::Cuda(_) => cfg!(feature = "cuda"),
         }
+    }
+
+    /// A GPU backend (half precision allowed).
+    fn gpu(self) -> bool {
+        matches!(self, Backend::Wgpu | Backend::Cuda(_))
     }
 
     /// The backend `CXR_TEST_DEVICE` names (default cpu): how the tests run on every backend
@@ -78,13 +88,15 @@ impl Backend {
             #[cfg(feature = "ndarray")]
             #[allow(deprecated)]
             Backend::Ndarray => Device::ndarray(),
-            #[cfg(not(all(feature = "wgpu", feature = "ndarray")))]
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(index) => cuda_device(index)?,
+            #[cfg(not(all(feature = "wgpu", feature = "ndarray", feature = "cuda")))]
             #[allow(unreachable_patterns)]
             _ => return Err(not_compiled(self)),
         };
         let want = match precision {
             Precision::F32 => FloatDType::F32,
-            Precision::F16 | Precision::Bf16 if self != Backend::Wgpu => return Err(cpu_half()),
+            Precision::F16 | Precision::Bf16 if !self.gpu() => return Err(cpu_half()),
             Precision::F16 => FloatDType::F16,
             Precision::Bf16 => FloatDType::BF16,
         };
@@ -102,9 +114,49 @@ impl Backend {
     }
 }
 
+/// CUDA device `index`, checked first: the driver library loads, the GPU exists and NVRTC
+/// compiles a kernel (burn would panic at the first tensor otherwise).
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<Device> {
+    let missing = |why: String| {
+        Error::Config(format!(
+            "--device cuda:{index}: {why}; the cuda build needs an NVIDIA GPU, its driver (libcuda.so) and \
+             NVRTC (libnvrtc.so, from the CUDA toolkit or the nvidia-cuda-nvrtc wheel) on the library path"
+        ))
+    };
+    // cudarc panics when a library cannot be loaded: caught, without the panic's printout.
+    let quietly = |f: &dyn Fn() -> std::result::Result<(), String>| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        std::panic::set_hook(hook);
+        out.unwrap_or_else(|p| {
+            let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(why.unwrap_or_else(|| "a CUDA library could not be loaded".into()))
+        })
+    };
+    quietly(&|| {
+        let count =
+            cudarc::driver::CudaContext::device_count().map_err(|e| format!("the CUDA driver reports {e:?}"))?;
+        if index >= count.max(0) as usize {
+            return Err(format!("this machine has {count} CUDA device(s)"));
+        }
+        Ok(())
+    })
+    .map_err(missing)?;
+    quietly(&|| {
+        cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void probe() {}")
+            .map(|_| ())
+            .map_err(|e| format!("NVRTC cannot compile a kernel: {e:?}"))
+    })
+    .map_err(missing)?;
+    Ok(Device::cuda(index))
+}
+
 fn not_compiled(backend: Backend) -> Error {
     let feature = match backend {
         Backend::Ndarray => "ndarray",
+        Backend::Cuda(_) => "cuda",
         _ => "wgpu",
     };
     Error::Config(format!(
@@ -114,17 +166,26 @@ fn not_compiled(backend: Backend) -> Error {
 }
 
 fn cpu_half() -> Error {
-    Error::Config("half precision (f16, bf16) is for --device wgpu; the CPU backends train in f32".into())
+    Error::Config("half precision (f16, bf16) is for --device wgpu or cuda; the CPU backends train in f32".into())
 }
 
 impl FromStr for Backend {
     type Err = Error;
     fn from_str(s: &str) -> Result<Backend> {
+        let cuda = |n: &str| n.parse().map(Backend::Cuda).ok();
         let backend = match s {
             "cpu" => Backend::Cpu,
             "wgpu" => Backend::Wgpu,
             "ndarray" => Backend::Ndarray,
-            other => return Err(Error::Config(format!("unknown device {other:?}; choose cpu, wgpu or ndarray"))),
+            "cuda" => Backend::Cuda(0),
+            other => match other.strip_prefix("cuda:").and_then(cuda) {
+                Some(b) => b,
+                None => {
+                    return Err(Error::Config(format!(
+                        "unknown device {other:?}; choose cpu, wgpu, cuda, cuda:N or ndarray"
+                    )));
+                }
+            },
         };
         if !backend.compiled() {
             return Err(not_compiled(backend));
@@ -159,7 +220,15 @@ mod tests {
         assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
         assert_eq!("wgpu".parse::<Backend>().is_ok(), cfg!(feature = "wgpu"));
         assert_eq!("ndarray".parse::<Backend>().is_ok(), cfg!(feature = "ndarray"));
-        assert!("cuda".parse::<Backend>().unwrap_err().to_string().contains("choose cpu, wgpu or ndarray"));
+        assert!(
+            "tpu".parse::<Backend>().unwrap_err().to_string().contains("choose cpu, wgpu, cuda, cuda:N or ndarray")
+        );
+        assert!("cuda:x".parse::<Backend>().is_err());
+        // Without the feature, cuda names the feature to build with.
+        assert_eq!("cuda:1".parse::<Backend>().ok(), cfg!(feature = "cuda").then_some(Backend::Cuda(1)));
+        if !cfg!(feature = "cuda") {
+            assert!("cuda".parse::<Backend>().unwrap_err().to_string().contains("--features cuda"));
+        }
         assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert!("f64".parse::<Precision>().is_err());
         assert!(Backend::Cpu.device(Precision::F16).unwrap_err().to_string().contains("f32"));

@@ -29,12 +29,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "trainer", version, about)]
 struct Cli {
     /// Where the model runs: cpu (burn-flex), or, in a build with that feature, wgpu (a GPU
-    /// through Vulkan, Metal or DX12; `--features wgpu`) or ndarray (burn-ndarray on the CPU;
-    /// `--features ndarray`, or `openblas` for its matrix products through OpenBLAS).
-    #[arg(long, global = true, default_value = "cpu", value_parser = Backend::NAMES)]
+    /// through Vulkan, Metal or DX12; `--features wgpu`), cuda or cuda:N (an NVIDIA GPU through
+    /// burn-cuda; `--features cuda`) or ndarray (burn-ndarray on the CPU; `--features ndarray`,
+    /// or `openblas` for its matrix products through OpenBLAS).
+    #[arg(long, global = true, default_value = "cpu")]
     device: String,
     /// Float type of parameters, activations and gradients: f32, or half precision (f16,
-    /// bf16) on --device wgpu.
+    /// bf16) on --device wgpu or cuda.
     #[arg(long, global = true, default_value = "f32", value_parser = Precision::NAMES)]
     precision: String,
     #[command(subcommand)]

@@ -1,5 +1,5 @@
 //! Half precision (`--precision f16`): a device's float type is fixed once per process, so this
-//! has its own test binary. On wgpu (`CXR_TEST_DEVICE=wgpu`) a ViT forward and backward, and a
+//! has its own test binary. On a GPU (`CXR_TEST_DEVICE=wgpu` or `cuda`) a ViT forward and backward, and a
 //! whole pretraining step (EHR-fused network, MSN loss, AdamW update), run in f16 and stay
 //! finite; on the CPU backends f16 is refused with a message.
 
@@ -13,9 +13,9 @@ use trainer::rng::Rng;
 #[test]
 fn half_precision_runs_on_wgpu_and_is_refused_on_the_cpu() {
     let backend = Backend::from_test_env().unwrap();
-    if backend != Backend::Wgpu {
+    if !matches!(backend, Backend::Wgpu | Backend::Cuda(_)) {
         let err = backend.device(Precision::F16).unwrap_err().to_string();
-        assert!(err.contains("--device wgpu"), "{err}");
+        assert!(err.contains("--device wgpu or cuda"), "{err}");
         return;
     }
     let device = backend.autodiff(Precision::F16).unwrap();
