@@ -5,7 +5,9 @@
 //! What lives here:
 //! - [`LABELS`]: the 14 CheXpert labels in MIMIC-CXR column order, and [`Split`];
 //! - [`features`]: the catalog of EHR variables, their groups and the exact encoded column
-//!   names a built dataset carries (DATA.md section 5), plus the `--ehr` selection syntax.
+//!   names a built dataset carries (DATA.md section 5), plus the `--ehr` selection syntax;
+//! - [`files`]: the manifest's name, atomic writes and sha256 digests;
+//! - [`shard`] and [`tensors`]: the image shard format.
 //!
 //! ```
 //! use cxr_dataset::features::EhrSelection;
@@ -16,6 +18,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod features;
+pub mod files;
 pub mod shard;
 mod split;
 pub mod tensors;

@@ -2,7 +2,6 @@
 //! images to stays in SQL, attach labels and the split, filter, encode, and publish the table
 //! as Parquet under a content-addressed version with a cohort report.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -19,6 +18,7 @@ use crate::progress::Progress;
 use crate::report::Cohort;
 use crate::schema::{FILES, Schema};
 use crate::{Error, Result, ingest};
+use cxr_dataset::files::{hex, write_atomic};
 
 /// Resolved settings of one build.
 #[derive(Debug, Clone)]
@@ -149,23 +149,9 @@ fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
 }
 
 /// Hex sha256 of a file's bytes.
+/// The sha256 of a file, as hex.
 pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs_err::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize()))
-}
-
-/// Lower-case hex of bytes.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(cxr_dataset::files::sha256_file(path)?)
 }
 
 /// The input tables of a build: (role, path).
@@ -624,7 +610,7 @@ pub const REPORT_JSON: &str = "report.json";
 pub const REPORT_MD: &str = "report.md";
 
 /// The manifest of a version, written last.
-pub const MANIFEST: &str = "manifest.json";
+pub use cxr_dataset::files::MANIFEST;
 
 /// Writes the feature parts (aligned with the image shards), the rejects, the report and the
 /// manifest into `tmp`, then renames it to `dir`, so a version folder is complete or absent.
@@ -670,9 +656,9 @@ fn publish(
     let mut rejects = images::rejects_frame(&stage.rejects)?;
     let mut bytes = Vec::new();
     ParquetWriter::new(&mut bytes).finish(&mut rejects).map_err(pe("writing rejects"))?;
-    crate::synth::table::write_atomic(&tmp.join(REJECTS), &bytes)?;
-    crate::synth::table::write_atomic(&tmp.join(REPORT_MD), md.as_bytes())?;
-    crate::synth::table::write_atomic(&tmp.join(REPORT_JSON), json.as_bytes())?;
+    write_atomic(&tmp.join(REJECTS), &bytes)?;
+    write_atomic(&tmp.join(REPORT_MD), md.as_bytes())?;
+    write_atomic(&tmp.join(REPORT_JSON), json.as_bytes())?;
     let manifest = serde_json::json!({
         "dataset_version": version,
         "schema_hash": schema_hash,
@@ -697,7 +683,7 @@ fn publish(
         "parts": part_entries,
     });
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(format!("manifest: {e}")))?;
-    crate::synth::table::write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     let progress_dir = tmp.join(images::PROGRESS_DIR);
     if progress_dir.exists() {
         fs_err::remove_dir_all(progress_dir)?;
@@ -729,8 +715,8 @@ pub fn write_parquet(df: &DataFrame, path: &Path, version: &str, schema_hash: &s
         ])))
         .finish(&mut df)
         .map_err(pe("writing parquet"))?;
-    crate::synth::table::write_atomic(path, &bytes)?;
-    Ok(hex(&Sha256::digest(&bytes)))
+    write_atomic(path, &bytes)?;
+    Ok(cxr_dataset::files::sha256_hex(&bytes))
 }
 
 #[cfg(test)]

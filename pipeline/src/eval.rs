@@ -480,7 +480,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
     let mut h = Sha256::new();
     h.update(format!("{} build-eval\n{}", build::code_id(), cfg.describe()));
     hash_files(&mut h, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
-    let tables_hash = build::hex(&h.finalize());
+    let tables_hash = cxr_dataset::files::hex(&h.finalize());
     let image_rows: Vec<ImageRow> = rows.iter().map(|r| r.image.clone()).collect();
     let listed = rows.len();
     let job = Job {

@@ -204,10 +204,6 @@ pub fn extension(source: ImageSource) -> Option<&'static str> {
     }
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    crate::build::hex(&Sha256::digest(bytes))
-}
-
 /// Folder of the per-unit commit records inside the working folder (removed on publish).
 pub const PROGRESS_DIR: &str = "progress";
 
@@ -249,8 +245,8 @@ fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
     let mut bytes = Vec::with_capacity(shard.pixels.len() + 256);
     shard.write(&mut bytes).map_err(|e| Error::Config(format!("writing shard {index}: {e}")))?;
     let file = format!("{IMAGES_DIR}/{}", shard_name(index));
-    crate::synth::table::write_atomic(&dir.join(&file), &bytes)?;
-    Ok(ShardInfo { file, rows: shard.len(), bytes: bytes.len() as u64, sha256: sha256(&bytes) })
+    cxr_dataset::files::write_atomic(&dir.join(&file), &bytes)?;
+    Ok(ShardInfo { file, rows: shard.len(), bytes: bytes.len() as u64, sha256: cxr_dataset::files::sha256_hex(&bytes) })
 }
 
 /// Decodes one file; a decoder panic on a hostile file becomes a reject, not a crash.
@@ -318,7 +314,7 @@ fn build_unit(
         sha256: info.sha256,
     };
     let text = serde_json::to_string(&rec).map_err(|e| Error::Config(format!("unit record: {e}")))?;
-    crate::synth::table::write_atomic(&record_path(work, unit.index), text.as_bytes())?;
+    cxr_dataset::files::write_atomic(&record_path(work, unit.index), text.as_bytes())?;
     Ok(rec)
 }
 
@@ -427,7 +423,7 @@ pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress:
                 }
                 Err(e) => h.update(format!("unreadable {e}")),
             }
-            crate::build::hex(&h.finalize())
+            cxr_dataset::files::hex(&h.finalize())
         };
         format!("{rel} {} {mtime} {digest}\n", meta.len())
     };
@@ -446,7 +442,7 @@ pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress:
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    crate::build::hex(&h.finalize())
+    cxr_dataset::files::hex(&h.finalize())
 }
 
 /// The rejects as a frame (dicom_id, path, stage, reason).

@@ -48,9 +48,9 @@ pub fn record(out: &Path, version: &str) -> Result<()> {
     }));
     let text = serde_json::to_string_pretty(&json!({ "versions": entries }))
         .map_err(|e| Error::Config(format!("{VERSIONS}: {e}")))?;
-    let written = crate::synth::table::write_atomic(&index_path, text.as_bytes());
+    let written = cxr_dataset::files::write_atomic(&index_path, text.as_bytes());
     drop(lock);
-    written
+    Ok(written?)
 }
 
 /// One line per version: id, rows, rejected, settings on one line.

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cxr_dataset::Split;
+use cxr_dataset::files::MANIFEST;
 use cxr_dataset::shard::{Shard, ShardHead, split_code};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
@@ -145,18 +145,7 @@ fn available_memory() -> Option<u64> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let mut f = fs_err::File::open(path).map_err(|e| Error::Dataset { path: path.into(), message: e.to_string() })?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    cxr_dataset::files::sha256_file(path).map_err(|e| Error::Dataset { path: path.into(), message: e.to_string() })
 }
 
 impl Dataset {
@@ -164,7 +153,7 @@ impl Dataset {
     /// in its manifest; a dataset that does not verify is refused.
     pub fn open(dir: &Path) -> Result<Self> {
         let bad = |message: String| Error::Dataset { path: dir.to_path_buf(), message };
-        let text = fs_err::read_to_string(dir.join("manifest.json"))
+        let text = fs_err::read_to_string(dir.join(MANIFEST))
             .map_err(|e| bad(format!("no readable manifest.json ({e}); is this an OUT/<version> folder?")))?;
         let m: Value = serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
         let version = m["dataset_version"].as_str().ok_or_else(|| bad("manifest without dataset_version".into()))?;

@@ -71,7 +71,7 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let dataset = fs_err::read_dir(&datasets)?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.join("manifest.json").is_file())
+        .find(|p| p.join(cxr_dataset::files::MANIFEST).is_file())
         .with_context(|| format!("no dataset in {}", datasets.display()))?;
     let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none")
         .with_epochs(args.epochs)

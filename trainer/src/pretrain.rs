@@ -583,10 +583,7 @@ pub fn read_best(run: &Path) -> Result<Option<BestCheckpoint>> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    fs_err::write(&tmp, bytes)?;
-    fs_err::rename(&tmp, path)?;
-    Ok(())
+    Ok(cxr_dataset::files::write_atomic(path, bytes)?)
 }
 
 /// Reads a run's checkpoint state.

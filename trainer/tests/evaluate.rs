@@ -77,7 +77,7 @@ fn write_dataset(dir: &Path, version: &str, labels: &[&str]) {
         "parts": [{"images": file, "images_sha256": sha, "rows": 120}],
         "task": {"dataset": "test", "labels": labels, "label_columns": columns},
     });
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.join(cxr_dataset::files::MANIFEST), manifest.to_string()).unwrap();
 }
 
 fn vit() -> VitConfig {

@@ -51,7 +51,7 @@ fn write_dataset(dir: &Path) {
         parts.push(serde_json::json!({"images": file, "images_sha256": sha, "rows": 48}));
     }
     let manifest = serde_json::json!({"dataset_version": "test0000", "parts": parts});
-    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::write(dir.join(cxr_dataset::files::MANIFEST), manifest.to_string()).unwrap();
 }
 
 fn tiny(ehr: &str) -> PretrainConfig {
@@ -157,9 +157,9 @@ fn a_stopped_and_resumed_run_equals_an_uninterrupted_one() {
     let other = dir.path().join("other");
     write_dataset(&other);
     let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(other.join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(other.join(cxr_dataset::files::MANIFEST)).unwrap()).unwrap();
     m["dataset_version"] = "other000".into();
-    std::fs::write(other.join("manifest.json"), m.to_string()).unwrap();
+    std::fs::write(other.join(cxr_dataset::files::MANIFEST), m.to_string()).unwrap();
     let err = pretrain(&cfg, &other, &run, &device, true).unwrap_err().to_string();
     assert!(err.contains("resume with the same dataset"), "{err}");
 }

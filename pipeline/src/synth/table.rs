@@ -56,22 +56,12 @@ impl GzCsv {
     }
 }
 
-/// Writes a whole file atomically (temp file + rename).
+/// [`cxr_dataset::files::write_atomic`] with the pipeline's error type.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs_err::create_dir_all(dir)?;
-    }
-    let tmp = tmp_path(path);
-    fs_err::write(&tmp, bytes)?;
-    fs_err::rename(&tmp, path)?;
-    Ok(())
+    Ok(cxr_dataset::files::write_atomic(path, bytes)?)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
-}
+use cxr_dataset::files::tmp_path;
 
 /// A table read whole into memory: header and rows of strings (empty = NULL).
 #[derive(Debug)]

@@ -135,9 +135,7 @@ pub struct Encoder {
     pub source: serde_json::Value,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use cxr_dataset::files::hex;
 
 /// The target (EMA) encoder of a pretraining run folder, from the checkpoint `choice` names
 /// (the lowest-loss epoch falls back to the last checkpoint when the run has none).
