@@ -504,7 +504,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
     let mut published = (0, 0, Vec::new());
     let outcome = build::finish(&job, progress, &mut |kept, rejected, version| {
         published = (kept.height(), rejected, split_counts(kept));
-        Ok(report(cfg, version, kept, listed, rejected, unlisted, invalid_ages))
+        report(cfg, version, kept, listed, rejected, unlisted, invalid_ages)
     })?;
     let (images, rejected, splits) = published;
     let summary = |version, dir, reused, partial| EvalSummary {
@@ -535,7 +535,7 @@ fn report(
     rejected: usize,
     unlisted: usize,
     invalid_ages: usize,
-) -> (String, String) {
+) -> Result<(String, String)> {
     let splits = split_counts(kept);
     let split_col: Vec<String> = kept
         .column("split")
@@ -581,5 +581,6 @@ fn report(
         "splits": splits.iter().map(|(s, n)| (s.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
         "positives": prevalence,
     });
-    (md, serde_json::to_string_pretty(&json).unwrap_or_default())
+    let json = serde_json::to_string_pretty(&json).map_err(|e| Error::Config(format!("report.json: {e}")))?;
+    Ok((md, json))
 }

@@ -156,7 +156,8 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
     saved["dataset_version"] = source.clone().into();
     saved["ehr_columns"] = serde_json::json!([]);
     saved["imported_from"] = file.display().to_string().into();
-    fs_err::write(out.join("config.json"), serde_json::to_string_pretty(&saved).unwrap_or_default())?;
+    let text = serde_json::to_string_pretty(&saved).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+    fs_err::write(out.join("config.json"), text)?;
     let model = "model-00000000.bpk".to_string();
     net.into_record().save(out.join(&model)).map_err(|e| Error::Weights(format!("{model}: {e}")))?;
     let c = Checkpoint {
@@ -168,7 +169,8 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
         model,
         optimizer: String::new(),
     };
-    fs_err::write(out.join(CHECKPOINT), serde_json::to_string_pretty(&c).unwrap_or_default())?;
+    let text = serde_json::to_string_pretty(&c).map_err(|e| Error::Config(format!("{CHECKPOINT}: {e}")))?;
+    fs_err::write(out.join(CHECKPOINT), text)?;
     Ok(Imported { tensors: expected.len(), sha256: sha, other: sd.keys().filter(|k| !k.starts_with(prefix)).count() })
 }
 

@@ -79,7 +79,8 @@ impl InProcess {
 impl Collective for InProcess {
     fn all_reduce_sum<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let (dims, device) = (x.dims(), x.device());
-        let mine: Vec<f32> = x.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let mine: Vec<f32> =
+            x.into_data().convert::<f32>().try_to_vec::<f32>().expect("a tensor converted to f32 reads as f32");
         // A poisoned lock means another shard panicked: carry on so the barrier releases.
         {
             let mut sum = self.sum.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
