@@ -6,7 +6,8 @@
 //! - [`LABELS`]: the 14 CheXpert labels in MIMIC-CXR column order, and [`Split`];
 //! - [`features`]: the catalog of EHR variables, their groups and the exact encoded column
 //!   names a built dataset carries (DATA.md section 5), plus the `--ehr` selection syntax;
-//! - [`files`]: the manifest's name, atomic writes and sha256 digests;
+//! - [`files`]: the manifest's name, atomic writes and sha256 digests; [`manifest`]: the
+//!   typed manifest the pipeline writes and the trainer reads;
 //! - [`shard`] and [`tensors`]: the image shard format.
 //!
 //! ```
@@ -19,6 +20,7 @@
 
 pub mod features;
 pub mod files;
+pub mod manifest;
 pub mod shard;
 mod split;
 pub mod tensors;

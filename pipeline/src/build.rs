@@ -19,6 +19,7 @@ use crate::report::Cohort;
 use crate::schema::{FILES, Schema};
 use crate::{Error, Result, ingest};
 use cxr_dataset::files::{hex, write_atomic};
+use cxr_dataset::manifest::{Counts, ImagesInfo, Manifest, Part, Task};
 
 /// Resolved settings of one build.
 #[derive(Debug, Clone)]
@@ -405,7 +406,7 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         shard_size: cfg.shard_size.max(1),
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,
-        task: task_json("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
+        task: Task::new("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
         images_read,
         header_rejects: header_rejects.into_iter().map(header_reject).collect(),
     };
@@ -454,20 +455,6 @@ fn filter_cohort(mut df: DataFrame, cfg: &BuildConfig, cohort: &mut Cohort) -> R
     Ok(df)
 }
 
-/// The `task` entry of a manifest: which dataset, the id column and the label columns (the
-/// trainer matches labels across datasets by these names).
-pub fn task_json(dataset: &str, id_column: &str, labels: &[&str]) -> serde_json::Value {
-    let columns: Vec<String> = labels.iter().map(|l| cxr_dataset::label_column_of(l)).collect();
-    let raw: Vec<String> = labels.iter().map(|l| cxr_dataset::raw_label_column_of(l)).collect();
-    serde_json::json!({
-        "dataset": dataset,
-        "id_column": id_column,
-        "labels": labels,
-        "label_columns": columns,
-        "raw_label_columns": raw,
-    })
-}
-
 /// Everything a build does after its table is ready.
 pub(crate) struct Job<'a> {
     pub out: &'a Path,
@@ -488,7 +475,7 @@ pub(crate) struct Job<'a> {
     pub shard_size: usize,
     pub verify_inputs_full: bool,
     pub run: RunOptions,
-    pub task: serde_json::Value,
+    pub task: Task,
     pub images_read: usize,
     /// Files rejected before the table (unreadable DICOM headers), listed in the rejects.
     pub header_rejects: Vec<images::RejectRow>,
@@ -625,7 +612,7 @@ fn publish(
 ) -> Result<()> {
     let (all, schema_hash) = (job.table, job.schema_hash);
     // The parts are independent files: written in parallel, listed in order.
-    let parts: Vec<(usize, serde_json::Value)> = stage
+    let parts: Vec<Part> = stage
         .units
         .par_iter()
         .enumerate()
@@ -640,49 +627,43 @@ fn publish(
             {
                 return Err(Error::Config(format!("shard {i} holds {} images for {} rows", s.rows, part.height())));
             }
-            let entry = serde_json::json!({
-                "features": rel,
-                "features_sha256": sha256,
-                "rows": part.height(),
-                "images": image.map(|s| s.file.clone()),
-                "images_sha256": image.map(|s| s.sha256.clone()),
-                "images_bytes": image.map(|s| s.bytes),
-            });
-            Ok((part.height(), entry))
+            Ok(Part {
+                features: rel,
+                features_sha256: sha256,
+                rows: part.height(),
+                images: image.map(|s| s.file.clone()),
+                images_sha256: image.map(|s| s.sha256.clone()),
+                images_bytes: image.map(|s| s.bytes),
+            })
         })
         .collect::<Result<_>>()?;
-    let rows: usize = parts.iter().map(|(n, _)| n).sum();
-    let part_entries: Vec<serde_json::Value> = parts.into_iter().map(|(_, e)| e).collect();
+    let rows: usize = parts.iter().map(|p| p.rows).sum();
     let mut rejects = images::rejects_frame(&stage.rejects)?;
     let mut bytes = Vec::new();
     ParquetWriter::new(&mut bytes).finish(&mut rejects).map_err(pe("writing rejects"))?;
     write_atomic(&tmp.join(REJECTS), &bytes)?;
     write_atomic(&tmp.join(REPORT_MD), md.as_bytes())?;
     write_atomic(&tmp.join(REPORT_JSON), json.as_bytes())?;
-    let manifest = serde_json::json!({
-        "dataset_version": version,
-        "schema_hash": schema_hash,
-        "pipeline_version": env!("CARGO_PKG_VERSION"),
-        "code_digest": CODE_DIGEST,
-        "config": job.config,
-        "task": job.task,
-        "images": {
-            "source": job.source,
-            "size": [job.output.size, job.output.size],
-            "dtype": "u8",
-            "tensor": cxr_dataset::shard::TENSOR,
-            "dir": IMAGES_DIR,
-            "preprocessing": job.output.describe(),
-        },
-        "counts": {
-            "images_read": job.images_read,
-            "rows": rows,
-            "rejected": stage.rejects.len(),
-        },
-        "rejects": REJECTS,
-        "parts": part_entries,
-    });
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(format!("manifest: {e}")))?;
+    let manifest = Manifest {
+        dataset_version: version.into(),
+        schema_hash: schema_hash.into(),
+        pipeline_version: env!("CARGO_PKG_VERSION").into(),
+        code_digest: CODE_DIGEST.into(),
+        config: job.config.clone(),
+        task: Some(job.task.clone()),
+        images: Some(ImagesInfo {
+            source: job.source.into(),
+            size: [job.output.size, job.output.size],
+            dtype: "u8".into(),
+            tensor: cxr_dataset::shard::TENSOR.into(),
+            dir: IMAGES_DIR.into(),
+            preprocessing: job.output.describe(),
+        }),
+        counts: Counts { images_read: job.images_read, rows, rejected: stage.rejects.len() },
+        rejects: REJECTS.into(),
+        parts,
+    };
+    let text = manifest.to_json().map_err(|e| Error::Config(format!("manifest: {e}")))?;
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     let progress_dir = tmp.join(images::PROGRESS_DIR);
     if progress_dir.exists() {

@@ -497,7 +497,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         shard_size: cfg.shard_size.max(1),
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,
-        task: build::task_json(cfg.kind.name(), "image_id", cfg.kind.labels()),
+        task: cxr_dataset::manifest::Task::new(cfg.kind.name(), "image_id", cfg.kind.labels()),
         header_rejects: Vec::new(),
         images_read: listed,
     };

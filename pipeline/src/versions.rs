@@ -5,8 +5,8 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::build::MANIFEST;
 use crate::{Error, Result};
+use cxr_dataset::manifest::Manifest;
 
 /// The index of versions in an output folder.
 pub const VERSIONS: &str = "versions.json";
@@ -20,10 +20,15 @@ fn read_json(path: &Path) -> Result<Value> {
 /// the read-modify-write, so concurrent publishers, e.g. a cluster's merge jobs, lose nothing).
 pub const VERSIONS_LOCK: &str = "versions.json.lock";
 
+/// The typed manifest of the version folder `dir`.
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    Manifest::read(dir).map_err(Error::Config)
+}
+
 /// Adds (or replaces) `version` in `out/versions.json`, from its manifest, under
 /// [`VERSIONS_LOCK`].
 pub fn record(out: &Path, version: &str) -> Result<()> {
-    let manifest = read_json(&out.join(version).join(MANIFEST))?;
+    let manifest = read_manifest(&out.join(version))?;
     let lock_path = out.join(VERSIONS_LOCK);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -43,8 +48,8 @@ pub fn record(out: &Path, version: &str) -> Result<()> {
     entries.push(json!({
         "id": version,
         "created_unix": created,
-        "config": manifest["config"],
-        "counts": manifest["counts"],
+        "config": manifest.config,
+        "counts": manifest.counts,
     }));
     let text = serde_json::to_string_pretty(&json!({ "versions": entries }))
         .map_err(|e| Error::Config(format!("{VERSIONS}: {e}")))?;
@@ -75,13 +80,15 @@ pub fn list(out: &Path) -> Result<Vec<String>> {
 /// Re-checks every file the manifest lists (existence, sha256, image shard row counts);
 /// returns the files checked and the problems found.
 pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
-    let manifest = read_json(&dir.join(MANIFEST))?;
-    let parts = manifest["parts"].as_array().cloned().unwrap_or_default();
+    let manifest = read_manifest(dir)?;
     let mut checked = 0;
     let mut problems = Vec::new();
-    for part in &parts {
-        for (file_key, sha_key) in [("features", "features_sha256"), ("images", "images_sha256")] {
-            let Some(rel) = part[file_key].as_str() else { continue };
+    for part in &manifest.parts {
+        let features = (!part.features.is_empty()).then_some((&part.features, Some(&part.features_sha256)));
+        let images = part.images.as_ref().map(|f| (f, part.images_sha256.as_ref()));
+        for (is_images, (rel, want)) in
+            [(false, features), (true, images)].into_iter().filter_map(|(i, f)| f.map(|f| (i, f)))
+        {
             let path = dir.join(rel);
             checked += 1;
             if !path.is_file() {
@@ -89,15 +96,15 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
                 continue;
             }
             let sha = crate::build::sha256_file(&path)?;
-            if Some(sha.as_str()) != part[sha_key].as_str() {
+            if Some(&sha) != want {
                 problems.push(format!("{rel}: sha256 {sha} differs from the manifest"));
                 continue;
             }
-            if file_key == "images" {
+            if is_images {
                 let shard = cxr_dataset::shard::Shard::read(fs_err::File::open(&path)?)
                     .map_err(|e| Error::Config(format!("{rel}: {e}")))?;
-                if Some(shard.len() as u64) != part["rows"].as_u64() {
-                    problems.push(format!("{rel}: {} images, manifest says {}", shard.len(), part["rows"]));
+                if shard.len() != part.rows {
+                    problems.push(format!("{rel}: {} images, manifest says {}", shard.len(), part.rows));
                 }
             }
         }
@@ -116,19 +123,14 @@ fn as_text(df: &polars::prelude::DataFrame, name: &str) -> Result<Vec<Option<Str
 /// What differs between two versions: settings, counts, rows only in one, columns only in
 /// one, and for the images in both how many values of each column changed.
 pub fn diff(a: &Path, b: &Path) -> Result<Vec<String>> {
-    let (ma, mb) = (read_json(&a.join(MANIFEST))?, read_json(&b.join(MANIFEST))?);
+    let (ma, mb) = (read_manifest(a)?, read_manifest(b)?);
     let mut out = vec![
-        format!("a: {} ({})", ma["dataset_version"].as_str().unwrap_or("?"), a.display()),
-        format!("b: {} ({})", mb["dataset_version"].as_str().unwrap_or("?"), b.display()),
+        format!("a: {} ({})", ma.dataset_version, a.display()),
+        format!("b: {} ({})", mb.dataset_version, b.display()),
     ];
     let before = out.len();
-    let settings = |m: &Value| -> Vec<(String, String)> {
-        m["config"]
-            .as_str()
-            .unwrap_or("")
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect()
+    let settings = |m: &Manifest| -> Vec<(String, String)> {
+        m.config.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
     };
     let (sa, sb) = (settings(&ma), settings(&mb));
     for (k, va) in &sa {
@@ -141,12 +143,14 @@ pub fn diff(a: &Path, b: &Path) -> Result<Vec<String>> {
     for (k, vb) in sb.iter().filter(|(k, _)| !sa.iter().any(|(ka, _)| ka == k)) {
         out.push(format!("setting {k}: (absent) -> {vb}"));
     }
-    if let (Some(ca), Some(cb)) = (ma["counts"].as_object(), mb["counts"].as_object()) {
-        for (k, va) in ca {
-            let vb = cb.get(k).cloned().unwrap_or(Value::Null);
-            if *va != vb {
-                out.push(format!("count {k}: {va} -> {vb}"));
-            }
+    let (ca, cb) = (&ma.counts, &mb.counts);
+    for (k, va, vb) in [
+        ("images_read", ca.images_read, cb.images_read),
+        ("rows", ca.rows, cb.rows),
+        ("rejected", ca.rejected, cb.rejected),
+    ] {
+        if va != vb {
+            out.push(format!("count {k}: {va} -> {vb}"));
         }
     }
     let (fa, fb) = (crate::build::read_features(a)?, crate::build::read_features(b)?);

@@ -180,7 +180,8 @@ fn concurrent_publishes_keep_every_version_in_the_index() {
         let out = tempfile::tempdir().unwrap();
         let ids: Vec<String> = (0..12).map(|i| format!("v{round}-{i:02}")).collect();
         for (i, id) in ids.iter().enumerate() {
-            let manifest = format!("{{\"config\": \"n={i}\\n\", \"counts\": {{\"rows\": {i}}}}}");
+            let manifest =
+                format!("{{\"dataset_version\": \"{id}\", \"config\": \"n={i}\\n\", \"counts\": {{\"rows\": {i}}}}}");
             fs_err::create_dir_all(out.path().join(id)).unwrap();
             fs_err::write(out.path().join(id).join(pipeline::build::MANIFEST), manifest).unwrap();
         }

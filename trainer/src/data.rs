@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cxr_dataset::Split;
-use cxr_dataset::files::MANIFEST;
+use cxr_dataset::manifest::Manifest;
 use cxr_dataset::shard::{Shard, ShardHead, split_code};
-use serde_json::Value;
 
 use crate::{Error, Result};
 
@@ -153,44 +152,32 @@ impl Dataset {
     /// in its manifest; a dataset that does not verify is refused.
     pub fn open(dir: &Path) -> Result<Self> {
         let bad = |message: String| Error::Dataset { path: dir.to_path_buf(), message };
-        let text = fs_err::read_to_string(dir.join(MANIFEST))
-            .map_err(|e| bad(format!("no readable manifest.json ({e}); is this an OUT/<version> folder?")))?;
-        let m: Value = serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
-        let version = m["dataset_version"].as_str().ok_or_else(|| bad("manifest without dataset_version".into()))?;
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
-        };
-        let (labels, label_columns) = match m.get("task") {
-            Some(t) => (strings(&t["labels"]), strings(&t["label_columns"])),
+        let m = Manifest::read(dir).map_err(bad)?;
+        let (labels, label_columns) = match &m.task {
+            Some(t) => (t.labels.clone(), t.label_columns.clone()),
             None => (
                 cxr_dataset::LABELS.iter().map(|s| s.to_string()).collect(),
                 (0..14).map(cxr_dataset::label_column).collect(),
             ),
         };
         let mut shards = Vec::new();
-        for part in m["parts"].as_array().cloned().unwrap_or_default() {
-            let Some(file) = part["images"].as_str() else {
+        for part in &m.parts {
+            let Some(file) = &part.images else {
                 return Err(bad("a part without image shards; build the dataset with images".into()));
             };
             let sha = sha256_file(&dir.join(file))?;
-            if Some(sha.as_str()) != part["images_sha256"].as_str() {
+            if Some(&sha) != part.images_sha256.as_ref() {
                 return Err(bad(format!(
                     "{file}: sha256 {sha} differs from the manifest; the dataset does not verify"
                 )));
             }
-            shards.push((file.to_string(), part["rows"].as_u64().unwrap_or(0) as usize));
+            shards.push((file.clone(), part.rows));
         }
         if shards.is_empty() {
             return Err(bad("the manifest lists no image shards".into()));
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            version: version.to_string(),
-            kind: m["task"]["dataset"].as_str().unwrap_or("mimic-cxr").to_string(),
-            labels,
-            label_columns,
-            shards,
-        })
+        let kind = m.task.as_ref().map_or("mimic-cxr", |t| t.dataset.as_str()).to_string();
+        Ok(Self { dir: dir.to_path_buf(), version: m.dataset_version, kind, labels, label_columns, shards })
     }
 
     /// The feature columns the shards carry.
