@@ -15,7 +15,8 @@
 # `wgpu` with GPU_CHECK_WGPU=1), which needs no GPU and no CUDA toolkit. To save device time,
 # build elsewhere and point at the results:
 #   TRAINER_BIN=path/to/trainer  GPU_TEST_BINS="path/to/golden-... path/to/half-..."
-# After the build the checks take about 5 minutes (timeouts below keep each part bounded).
+# Each part runs under a timeout; the time after the build has not been measured (never run on
+# a GPU yet).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 report="${OUT:-.}/gpu-check.txt"

@@ -62,8 +62,8 @@ impl Collective for Local {
 }
 
 /// An all-reduce among the `n` threads of one process that each drive one shard (each calls
-/// [`Collective::all_reduce_sum`] with tensors of the same shapes, in the same order): CPU data
-/// parallelism, and the tests of the sharded loss.
+/// [`Collective::all_reduce_sum`] with tensors of the same shapes, in the same order). Used by
+/// the tests of the sharded loss; no training loop drives shards yet.
 #[derive(Debug)]
 pub struct InProcess {
     barrier: std::sync::Barrier,
