@@ -29,6 +29,7 @@ mod error;
 pub mod experiment;
 pub mod import;
 pub mod linear;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod msn;

@@ -4,9 +4,9 @@
 //! statistics, biased variance, eps 1e-5), as in pretraining; the head is discarded after it,
 //! so running statistics are not kept.
 
+use super::fused::gelu;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::init::Init;

@@ -1,6 +1,7 @@
 //! The networks: the ViT backbone, its position-embedding resize, the MSN projection head and
 //! their initialisation.
 
+pub mod fused;
 pub mod fusion;
 pub mod head;
 pub mod init;

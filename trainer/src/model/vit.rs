@@ -7,10 +7,10 @@
 //! the position embedding, so tests can pass the reference's indices. Inputs smaller than
 //! `image_size` get a bicubically resized position grid ([`super::pos`]).
 
+use super::fused::{gelu, softmax};
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::rng::Rng;

@@ -1,0 +1,425 @@
+//! Fused CPU kernels for the element-wise hot spots of a ViT step on burn-flex: exact GELU and
+//! softmax over the last axis, forward and backward, each one pass over the data, vectorised
+//! and spread over all cores.
+//!
+//! Why: burn-flex computes GELU with scalar `erf` and `exp` on one thread, and burn's autodiff
+//! computes softmax from five separate ops (max, subtract, scalar `exp`, sum, divide); in
+//! `trainer bench` these took about a third of the main thread's time. They reach burn through
+//! a backend extension (`#[backend_extension]`): [`FusedOps`] is implemented for `Flex` and
+//! for `Autodiff<Flex>`, whose backward passes are written here. Every other backend (wgpu,
+//! CUDA, ndarray) and every non-f32 tensor keeps burn's own ops: [`gelu`] and [`softmax`]
+//! choose by the tensor's device and float type.
+//!
+//! The maths: GELU(x) = x Φ(x) with Φ(x) = erfc(-x/√2)/2, erfc from the Chebyshev fit of
+//! Numerical Recipes (fractional error below 1.2e-7 everywhere, so Φ is as exact in the tails
+//! as near 0, where `1 + erf` loses digits), `exp` by Cody-Waite range reduction and a degree-6
+//! polynomial (Cephes' `expf`). `tests` bound both against libm in f64.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::{DType, Device, Tensor, TensorData, activation};
+use rayon::prelude::*;
+
+/// Burn operations with a fused kernel on burn-flex (and autodiff over it).
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedOps: Backend {
+    /// Exact (erf) GELU, element-wise.
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Softmax over the last axis.
+    fn fused_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Exact GELU (`burn::tensor::activation::gelu`), fused on burn-flex in f32.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if fused(&x) {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
+    } else {
+        activation::gelu(x)
+    }
+}
+
+/// Softmax along `dim` (`burn::tensor::activation::softmax`), fused on burn-flex in f32 when
+/// `dim` is the last axis.
+pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+    if dim + 1 == D && fused(&x) {
+        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax_last(x.into_dispatch()))
+    } else {
+        activation::softmax(x, dim)
+    }
+}
+
+/// Whether `x` takes the fused path: an f32 tensor on burn-flex (with or without autodiff).
+fn fused<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && x.device() == Device::flex()
+}
+
+impl FusedOps for Flex {
+    fn fused_gelu(x: FlexTensor) -> FlexTensor {
+        gelu_forward(&x)
+    }
+
+    fn fused_softmax_last(x: FlexTensor) -> FlexTensor {
+        softmax_forward(&x)
+    }
+}
+
+impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let output = gelu_forward(&input);
+                prep.finish(input, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(gelu_forward(&x.into_primitive())),
+        }
+    }
+
+    fn fused_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SoftmaxBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = softmax_forward(&x.into_primitive());
+                prep.finish(output.clone(), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(softmax_forward(&x.into_primitive())),
+        }
+    }
+}
+
+/// GELU's backward: keeps the input.
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| gelu_backward(&x, grad));
+    }
+}
+
+/// Softmax's backward: keeps the output.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| softmax_backward(&y, grad));
+    }
+}
+
+/// Elements per parallel task: large enough to amortise a task, small enough to share the
+/// work of one layer's activations among the cores.
+const CHUNK: usize = 16 * 1024;
+
+/// `x`'s f32 values in logical order, copied only when `x` is a strided view.
+fn dense(x: &FlexTensor) -> FlexTensor {
+    if x.as_slice::<f32>().is_some() { x.clone() } else { x.to_contiguous() }
+}
+
+fn values(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("a contiguous f32 tensor (made so by `dense`)")
+}
+
+/// A tensor of `x`'s shape holding `data`.
+fn like(x: &FlexTensor, data: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, x.layout().shape().clone()))
+}
+
+/// `grad` as a dense buffer the backward may overwrite: its own storage when nothing else
+/// holds it, else a copy.
+fn writable(grad: FlexTensor) -> FlexTensor {
+    let n = grad.layout().num_elements();
+    let whole = grad.is_unique()
+        && grad.is_contiguous()
+        && grad.layout().start_offset() == 0
+        && grad.bytes().len() == n * size_of::<f32>();
+    if whole { grad } else { like(&grad, values(&dense(&grad)).to_vec()) }
+}
+
+fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+    let x = dense(x);
+    let src = values(&x);
+    let mut out = vec![0.0f32; src.len()];
+    out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(out, src)| {
+        simd(|| {
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o = v * normal_cdf(v);
+            }
+        })
+    });
+    like(&x, out)
+}
+
+fn gelu_backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let x = dense(x);
+    let mut grad = writable(grad);
+    let src = values(&x);
+    let g = grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor");
+    assert_eq!(g.len(), src.len(), "GELU backward: gradient and input differ in size");
+    g.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(g, src)| {
+        simd(|| {
+            for (g, &v) in g.iter_mut().zip(src) {
+                *g *= normal_cdf(v) + v * normal_pdf(v);
+            }
+        })
+    });
+    grad
+}
+
+fn softmax_forward(x: &FlexTensor) -> FlexTensor {
+    let x = dense(x);
+    let rows = row_len(&x);
+    let src = values(&x);
+    let mut out = vec![0.0f32; src.len()];
+    let chunk = rows_per_task(rows) * rows;
+    out.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(out, src)| {
+        simd(|| {
+            for (y, x) in out.chunks_exact_mut(rows).zip(src.chunks_exact(rows)) {
+                softmax_row(x, y);
+            }
+        })
+    });
+    like(&x, out)
+}
+
+fn softmax_backward(y: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let y = dense(y);
+    let rows = row_len(&y);
+    let mut grad = writable(grad);
+    let src = values(&y);
+    let g = grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor");
+    assert_eq!(g.len(), src.len(), "softmax backward: gradient and output differ in size");
+    let chunk = rows_per_task(rows) * rows;
+    g.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(g, src)| {
+        simd(|| {
+            for (g, y) in g.chunks_exact_mut(rows).zip(src.chunks_exact(rows)) {
+                // dx = y (g - <g, y>)
+                let dot = sum(g.iter().zip(y).map(|(g, y)| g * y));
+                for (g, &y) in g.iter_mut().zip(y) {
+                    *g = y * (*g - dot);
+                }
+            }
+        })
+    });
+    grad
+}
+
+fn row_len(x: &FlexTensor) -> usize {
+    x.layout().shape().last().copied().filter(|&n| n > 0).unwrap_or(1)
+}
+
+fn rows_per_task(row: usize) -> usize {
+    (CHUNK / row).max(1)
+}
+
+/// Runs `f` with the best vector instructions this CPU has (AVX2 + FMA, AVX-512), so the plain
+/// loops in it are vectorised for them.
+#[inline(always)]
+fn simd(f: impl FnOnce()) {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// A sum in 8 independent lanes (so it vectorises; the order differs from a serial sum only in
+/// rounding).
+#[inline(always)]
+fn sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in values.enumerate() {
+        lanes[i % 8] += v;
+    }
+    lanes.iter().sum()
+}
+
+/// One row's softmax, max-subtracted.
+#[inline(always)]
+fn softmax_row(x: &[f32], y: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        // All -inf (a fully masked row): what burn's composite softmax gives, NaN.
+        y.fill(f32::NAN);
+        return;
+    }
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = exp(x - max);
+    }
+    let inv = 1.0 / sum(y.iter().copied());
+    for y in y.iter_mut() {
+        *y *= inv;
+    }
+}
+
+/// Φ(x), the standard normal CDF: erfc(-x/√2)/2.
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * erfc(-x * std::f32::consts::FRAC_1_SQRT_2)
+}
+
+/// φ(x), the standard normal density.
+#[inline(always)]
+fn normal_pdf(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+/// erfc by the Chebyshev fit of Numerical Recipes (2nd ed., section 6.2, `erfcc`): fractional
+/// error below 1.2e-7 for every x. Branch-free so it vectorises.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
+fn erfc(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * exp(poly - z * z);
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// e^x for f32 (Cephes `expf`: x = k ln2 + r, |r| <= ln2/2, e^r by a degree-6 polynomial,
+/// 2^k through the exponent bits). Inputs are clamped to the normal range (underflow gives
+/// about 1e-38, not 0). Branch-free so it vectorises.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so k * LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    er * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// Φ in f64 (libm's erfc), the reference for the bounds below.
+    fn normal_cdf_f64(x: f64) -> f64 {
+        0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = exp(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max((got - want).abs() / want);
+            x += 0.0137;
+        }
+        assert!(worst < 2.5e-7, "exp: worst relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-200.0) < 1e-37 && exp(-200.0) >= 0.0);
+    }
+
+    /// Φ and GELU against f64: absolutely within about one f32 ulp of 1 everywhere (measured
+    /// 1.2e-7), relatively within 2e-6 wherever Φ > 1e-3 (measured 1.0e-6, where e^(-x²/2)'s
+    /// argument rounds in f32; burn's `1 + erf` form errs by up to 6e-5 there and rounds Φ to 0
+    /// below x = -5.5).
+    #[test]
+    fn normal_cdf_and_gelu_match_f64_within_f32_precision() {
+        let (mut abs_cdf, mut rel_cdf, mut abs_gelu, mut abs_grad) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let xd = x as f64;
+            let cdf = normal_cdf_f64(xd);
+            let got = normal_cdf(x) as f64;
+            abs_cdf = abs_cdf.max((got - cdf).abs());
+            if cdf > 1e-3 {
+                rel_cdf = rel_cdf.max((got - cdf).abs() / cdf);
+            }
+            let gelu = xd * cdf;
+            abs_gelu = abs_gelu.max(((x * normal_cdf(x)) as f64 - gelu).abs() / xd.abs().max(1.0));
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let grad = (normal_cdf(x) + x * normal_pdf(x)) as f64;
+            abs_grad = abs_grad.max((grad - (cdf + xd * pdf)).abs());
+            x += 0.00731;
+        }
+        assert!(abs_cdf < 2.5e-7, "Φ: worst absolute error {abs_cdf:e}");
+        assert!(rel_cdf < 2e-6, "Φ: worst relative error where Φ > 1e-3: {rel_cdf:e}");
+        assert!(abs_gelu < 2.5e-7, "GELU: worst error {abs_gelu:e} (relative to max(|x|, 1))");
+        assert!(abs_grad < 5e-7, "GELU': worst absolute error {abs_grad:e}");
+    }
+
+    fn random(shape: [usize; 3], seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32 * scale).collect()
+    }
+
+    fn close(a: &Tensor<3>, b: &Tensor<3>, tol: f32) {
+        let a = a.to_data().try_to_vec::<f32>().expect("f32");
+        let b = b.to_data().try_to_vec::<f32>().expect("f32");
+        assert_eq!(a.len(), b.len());
+        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= tol, "worst difference {worst:e} > {tol:e}");
+    }
+
+    /// The fused ops and burn's own give the same values and the same gradients (through a
+    /// weighted sum, so every element's gradient differs), on contiguous and strided inputs.
+    #[test]
+    fn fused_gelu_and_softmax_equal_burns_ops_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let shape = [3, 37, 129];
+        let x0 = random(shape, 1, 3.0);
+        let w = random(shape, 2, 1.0);
+        for strided in [false, true] {
+            type Op = fn(Tensor<3>) -> Tensor<3>;
+            let pairs: [(Op, Op, f32); 2] = [
+                (|x| gelu(x), |x| activation::gelu(x), 2e-6),
+                (|x| softmax(x, 2), |x| activation::softmax(x, 2), 1e-6),
+            ];
+            for (fused_op, burn_op, tol) in pairs {
+                let run = |op: Op| {
+                    let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), shape), &device).require_grad();
+                    let input = if strided { x.clone().swap_dims(1, 2).swap_dims(1, 2) * 1.0 } else { x.clone() };
+                    let input = if strided { input.narrow(2, 1, shape[2] - 1) } else { input };
+                    let y = op(input);
+                    let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), shape), &device);
+                    let weights = if strided { weights.narrow(2, 1, shape[2] - 1) } else { weights };
+                    let grads = (y.clone() * weights).sum().backward();
+                    (y.detach(), x.grad(&grads).expect("x has a gradient"))
+                };
+                let (y_fused, g_fused) = run(fused_op);
+                let (y_burn, g_burn) = run(burn_op);
+                close(&y_fused, &y_burn, tol);
+                close(&g_fused, &g_burn, tol);
+            }
+        }
+    }
+
+    #[test]
+    fn a_fully_masked_softmax_row_is_nan_as_in_burn() {
+        let device = Device::flex();
+        let x = Tensor::<3>::from_data(TensorData::new(vec![f32::NEG_INFINITY; 4], [1, 1, 4]), &device);
+        let y = softmax(x, 2).to_data().try_to_vec::<f32>().expect("f32");
+        assert!(y.iter().all(|v| v.is_nan()));
+    }
+}
