@@ -23,6 +23,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor, TensorData, activation};
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// Burn operations with a fused kernel on burn-flex (and autodiff over it).
@@ -147,70 +148,34 @@ fn writable(grad: FlexTensor) -> FlexTensor {
 }
 
 fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-    let x = dense(x);
-    let src = values(&x);
-    let mut out = vec![0.0f32; src.len()];
-    out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(out, src)| {
-        simd(|| {
-            for (o, &v) in out.iter_mut().zip(src) {
-                *o = v * normal_cdf(v);
-            }
-        })
-    });
-    like(&x, out)
+    forward(Kernel::GeluForward, x)
 }
 
 fn gelu_backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let x = dense(x);
-    let mut grad = writable(grad);
-    let src = values(&x);
-    let g = grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor");
-    assert_eq!(g.len(), src.len(), "GELU backward: gradient and input differ in size");
-    g.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(g, src)| {
-        simd(|| {
-            for (g, &v) in g.iter_mut().zip(src) {
-                *g *= normal_cdf(v) + v * normal_pdf(v);
-            }
-        })
-    });
-    grad
+    backward(Kernel::GeluBackward, x, grad)
 }
 
 fn softmax_forward(x: &FlexTensor) -> FlexTensor {
-    let x = dense(x);
-    let rows = row_len(&x);
-    let src = values(&x);
-    let mut out = vec![0.0f32; src.len()];
-    let chunk = rows_per_task(rows) * rows;
-    out.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(out, src)| {
-        simd(|| {
-            for (y, x) in out.chunks_exact_mut(rows).zip(src.chunks_exact(rows)) {
-                softmax_row(x, y);
-            }
-        })
-    });
-    like(&x, out)
+    forward(Kernel::SoftmaxForward { row: row_len(x) }, x)
 }
 
 fn softmax_backward(y: &FlexTensor, grad: FlexTensor) -> FlexTensor {
-    let y = dense(y);
-    let rows = row_len(&y);
+    backward(Kernel::SoftmaxBackward { row: row_len(y) }, y, grad)
+}
+
+/// `kernel` on `x` into a new tensor.
+fn forward(kernel: Kernel, x: &FlexTensor) -> FlexTensor {
+    let x = dense(x);
+    let mut out = vec![0.0f32; x.layout().num_elements()];
+    kernel.run(values(&x), &mut out);
+    like(&x, out)
+}
+
+/// `kernel` on `grad` in place, given what the forward saved.
+fn backward(kernel: Kernel, saved: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+    let saved = dense(saved);
     let mut grad = writable(grad);
-    let src = values(&y);
-    let g = grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor");
-    assert_eq!(g.len(), src.len(), "softmax backward: gradient and output differ in size");
-    let chunk = rows_per_task(rows) * rows;
-    g.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(g, src)| {
-        simd(|| {
-            for (g, y) in g.chunks_exact_mut(rows).zip(src.chunks_exact(rows)) {
-                // dx = y (g - <g, y>)
-                let dot = sum(g.iter().zip(y).map(|(g, y)| g * y));
-                for (g, &y) in g.iter_mut().zip(y) {
-                    *g = y * (*g - dot);
-                }
-            }
-        })
-    });
+    kernel.run(values(&saved), grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor"));
     grad
 }
 
@@ -218,15 +183,79 @@ fn row_len(x: &FlexTensor) -> usize {
     x.layout().shape().last().copied().filter(|&n| n > 0).unwrap_or(1)
 }
 
-fn rows_per_task(row: usize) -> usize {
-    (CHUNK / row).max(1)
+/// The fused kernels. Each runs over one chunk of the data in [`Chunk::with_simd`].
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    /// out = x Φ(x).
+    GeluForward,
+    /// out (the incoming gradient) *= Φ(x) + x φ(x).
+    GeluBackward,
+    /// out = softmax(x) over rows of `row` values.
+    SoftmaxForward { row: usize },
+    /// out (the incoming gradient g) = y (g - <g, y>) per row, where x holds y, the output.
+    SoftmaxBackward { row: usize },
 }
 
-/// Runs `f` with the best vector instructions this CPU has (AVX2 + FMA, AVX-512), so the plain
-/// loops in it are vectorised for them.
-#[inline(always)]
-fn simd(f: impl FnOnce()) {
-    pulp::Arch::new().dispatch(f)
+impl Kernel {
+    /// Values per parallel task: whole rows for softmax.
+    fn chunk(self) -> usize {
+        match self {
+            Kernel::SoftmaxForward { row } | Kernel::SoftmaxBackward { row } => (CHUNK / row).max(1) * row,
+            Kernel::GeluForward | Kernel::GeluBackward => CHUNK,
+        }
+    }
+
+    /// Runs over all of `x` and `out` (the same length), chunks in parallel.
+    fn run(self, x: &[f32], out: &mut [f32]) {
+        assert_eq!(x.len(), out.len(), "{self:?}: input and output differ in size");
+        let chunk = self.chunk();
+        out.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .for_each(|(out, x)| pulp::Arch::new().dispatch(Chunk { kernel: self, x, out }));
+    }
+}
+
+/// One chunk of a kernel's work. Through pulp's `WithSimd` the loops below are compiled once
+/// per instruction set (AVX2 + FMA, AVX-512, baseline) and the best the CPU has runs: the
+/// math helpers are branch-free and `inline(always)` so they vectorise inside them.
+struct Chunk<'a> {
+    kernel: Kernel,
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+
+impl WithSimd for Chunk<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Chunk { kernel, x, out } = self;
+        match kernel {
+            Kernel::GeluForward => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v * normal_cdf(v);
+                }
+            }
+            Kernel::GeluBackward => {
+                for (g, &v) in out.iter_mut().zip(x) {
+                    *g *= normal_cdf(v) + v * normal_pdf(v);
+                }
+            }
+            Kernel::SoftmaxForward { row } => {
+                for (y, x) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)) {
+                    softmax_row(x, y);
+                }
+            }
+            Kernel::SoftmaxBackward { row } => {
+                for (g, y) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)) {
+                    let dot = sum(g.iter().zip(y).map(|(g, y)| g * y));
+                    for (g, &y) in g.iter_mut().zip(y) {
+                        *g = y * (*g - dot);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A sum in 8 independent lanes (so it vectorises; the order differs from a serial sum only in
@@ -302,7 +331,10 @@ fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let k = shifted - ROUND;
+    // k as an integer, from the low bits of `shifted` (a float-to-int cast would not vectorise).
+    let k_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -311,7 +343,7 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5.000_000_1e-1;
     let er = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((k_int + 127) as u32) << 23);
     er * scale
 }
 
