@@ -7,11 +7,12 @@
 use std::collections::BTreeMap;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use cxr_dataset::tensors::RawTensor;
 
 use crate::model::head::BatchNorm1d;
+use crate::model::norm::LayerNorm;
 use crate::model::{ProjectionHead, Vit};
 use crate::{Error, Result};
 

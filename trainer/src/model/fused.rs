@@ -33,6 +33,13 @@ pub trait FusedOps: Backend {
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Softmax over the last axis.
     fn fused_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * gamma + beta.
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// Exact GELU (`burn::tensor::activation::gelu`), fused on burn-flex in f32.
@@ -54,6 +61,20 @@ pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     }
 }
 
+/// LayerNorm over the last axis (`burn::tensor::module::layer_norm`), fused on burn-flex in
+/// f32 when it has a shift.
+pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Option<Tensor<1>>, epsilon: f64) -> Tensor<D> {
+    match beta {
+        Some(beta) if fused(&x) => Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
+            x.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            epsilon,
+        )),
+        beta => burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
+    }
+}
+
 /// Whether `x` takes the fused path: an f32 tensor on burn-flex (with or without autodiff).
 fn fused<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device() == Device::flex()
@@ -66,6 +87,10 @@ impl FusedOps for Flex {
 
     fn fused_softmax_last(x: FlexTensor) -> FlexTensor {
         softmax_forward(&x)
+    }
+
+    fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+        layer_norm_forward(&x, &gamma, &beta, epsilon).0
     }
 }
 
@@ -88,6 +113,23 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
                 prep.finish(output.clone(), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(softmax_forward(&x.into_primitive())),
+        }
+    }
+
+    fn fused_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma, beta) = (x.into_primitive(), gamma.into_primitive(), beta.into_primitive());
+        match LayerNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (output, stats) = layer_norm_forward(&x, &gamma, &beta, epsilon);
+                prep.finish(LayerNormState { x, gamma, stats }, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(layer_norm_forward(&x, &gamma, &beta, epsilon).0),
         }
     }
 }
@@ -115,6 +157,34 @@ impl Backward<Flex, 1> for SoftmaxBackward {
     fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let y = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| softmax_backward(&y, grad));
+    }
+}
+
+/// What LayerNorm's backward needs: the input, the scale and each row's mean and 1/std.
+#[derive(Debug, Clone)]
+struct LayerNormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    stats: RowStats,
+}
+
+/// LayerNorm's backward: gradients for the input, the scale and the shift.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<LayerNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let LayerNormState { x, gamma, stats } = ops.state;
+        let (dx, dgamma, dbeta) = layer_norm_backward(&x, &gamma, &stats, grad);
+        for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, grad);
+            }
+        }
     }
 }
 
@@ -253,6 +323,134 @@ impl WithSimd for Chunk<'_> {
                         *g = y * (*g - dot);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Each row's mean and 1/sqrt(var + epsilon), from LayerNorm's forward.
+#[derive(Debug, Clone)]
+struct RowStats {
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+fn layer_norm_forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f64) -> (FlexTensor, RowStats) {
+    let (x, gamma, beta) = (dense(x), dense(gamma), dense(beta));
+    let d = row_len(&x);
+    let (xs, gamma_v, beta_v) = (values(&x), values(&gamma), values(&beta));
+    assert!(gamma_v.len() == d && beta_v.len() == d, "LayerNorm: scale and shift must have {d} values");
+    let rows = xs.len() / d;
+    let mut out = vec![0.0f32; xs.len()];
+    let mut stats = RowStats { mean: vec![0.0; rows], rstd: vec![0.0; rows] };
+    let per = (CHUNK / d).max(1);
+    out.par_chunks_mut(per * d)
+        .zip(xs.par_chunks(per * d))
+        .zip(stats.mean.par_chunks_mut(per).zip(stats.rstd.par_chunks_mut(per)))
+        .for_each(|((y, x), (mean, rstd))| {
+            let rows = NormRows { d, x, gamma: gamma_v, beta: beta_v, epsilon: epsilon as f32, y, mean, rstd };
+            pulp::Arch::new().dispatch(rows)
+        });
+    (like(&x, out), stats)
+}
+
+/// LayerNorm's gradients for the input (in `grad`'s storage), the scale and the shift. The
+/// scale's and shift's sums over rows are added chunk by chunk in a fixed order, so they do not
+/// depend on the thread count.
+fn layer_norm_backward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    stats: &RowStats,
+    grad: FlexTensor,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let (x, gamma) = (dense(x), dense(gamma));
+    let d = row_len(&x);
+    let mut grad = writable(grad);
+    let (xs, gamma_v) = (values(&x), values(&gamma));
+    let g = grad.try_storage_mut::<f32>().expect("writable() returns a unique tensor");
+    assert_eq!(g.len(), xs.len(), "LayerNorm backward: gradient and input differ in size");
+    let per = (CHUNK / d).max(1);
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = g
+        .par_chunks_mut(per * d)
+        .zip(xs.par_chunks(per * d))
+        .zip(stats.mean.par_chunks(per).zip(stats.rstd.par_chunks(per)))
+        .map(|((g, x), (mean, rstd))| {
+            let mut sums = (vec![0.0f32; d], vec![0.0f32; d]);
+            let rows =
+                NormRowsBackward { d, x, gamma: gamma_v, mean, rstd, g, dgamma: &mut sums.0, dbeta: &mut sums.1 };
+            pulp::Arch::new().dispatch(rows);
+            sums
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+    for (pg, pb) in partials {
+        dgamma.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+        dbeta.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (grad, like(&gamma, dgamma), like(&gamma, dbeta))
+}
+
+/// LayerNorm's forward over whole rows of `d` values.
+struct NormRows<'a> {
+    d: usize,
+    x: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    epsilon: f32,
+    y: &'a mut [f32],
+    mean: &'a mut [f32],
+    rstd: &'a mut [f32],
+}
+
+impl WithSimd for NormRows<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let n = self.d as f32;
+        let rows = self.x.chunks_exact(self.d).zip(self.y.chunks_exact_mut(self.d));
+        for ((x, y), (mean, rstd)) in rows.zip(self.mean.iter_mut().zip(self.rstd.iter_mut())) {
+            let mu = sum(x.iter().copied()) / n;
+            // Two passes, as burn's: the variance of the centred values.
+            let var = sum(x.iter().map(|v| (v - mu) * (v - mu))) / n;
+            let r = 1.0 / (var + self.epsilon).sqrt();
+            for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(self.gamma).zip(self.beta) {
+                *y = (x - mu) * r * g + b;
+            }
+            (*mean, *rstd) = (mu, r);
+        }
+    }
+}
+
+/// LayerNorm's backward over whole rows: with x̂ = (x - mean) r and h = g gamma,
+/// dx = r (h - mean(h) - x̂ mean(h x̂)); the rows' g x̂ and g are added to `dgamma`, `dbeta`.
+struct NormRowsBackward<'a> {
+    d: usize,
+    x: &'a [f32],
+    gamma: &'a [f32],
+    mean: &'a [f32],
+    rstd: &'a [f32],
+    g: &'a mut [f32],
+    dgamma: &'a mut [f32],
+    dbeta: &'a mut [f32],
+}
+
+impl WithSimd for NormRowsBackward<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let n = self.d as f32;
+        let rows = self.x.chunks_exact(self.d).zip(self.g.chunks_exact_mut(self.d));
+        for ((x, g), (&mu, &r)) in rows.zip(self.mean.iter().zip(self.rstd)) {
+            for (((dg, db), &x), &g) in self.dgamma.iter_mut().zip(self.dbeta.iter_mut()).zip(x).zip(g.iter()) {
+                *dg += g * (x - mu) * r;
+                *db += g;
+            }
+            let h_mean = sum(g.iter().zip(self.gamma).map(|(g, w)| g * w)) / n;
+            let hx_mean = sum(g.iter().zip(self.gamma).zip(x).map(|((g, w), x)| g * w * (x - mu) * r)) / n;
+            for ((g, &w), &x) in g.iter_mut().zip(self.gamma).zip(x) {
+                *g = r * (*g * w - h_mean - (x - mu) * r * hx_mean);
             }
         }
     }
@@ -444,6 +642,41 @@ mod tests {
                 close(&y_fused, &y_burn, tol);
                 close(&g_fused, &g_burn, tol);
             }
+        }
+    }
+
+    /// The fused LayerNorm and burn's give the same output and the same gradients for the
+    /// input, the scale and the shift, on a contiguous and a strided input.
+    #[test]
+    fn fused_layer_norm_equals_burns_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        let shape = [4, 33, 96];
+        let (x0, w) = (random(shape, 3, 2.0), random(shape, 4, 1.0));
+        let (gamma0, beta0) = (random([1, 1, 96], 5, 1.0), random([1, 1, 96], 6, 1.0));
+        for strided in [false, true] {
+            type Norm = fn(Tensor<3>, Tensor<1>, Option<Tensor<1>>, f64) -> Tensor<3>;
+            let run = |norm: Norm| {
+                let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), shape), &device).require_grad();
+                let gamma = Tensor::<1>::from_data(TensorData::new(gamma0.clone(), [96]), &device).require_grad();
+                let beta = Tensor::<1>::from_data(TensorData::new(beta0.clone(), [96]), &device).require_grad();
+                // Strided: the first two axes swapped, a view without a copy.
+                let (input, out_shape) = if strided {
+                    (x.clone().swap_dims(0, 1), [shape[1], shape[0], shape[2]])
+                } else {
+                    (x.clone(), shape)
+                };
+                let y = norm(input, gamma.clone(), Some(beta.clone()), 1e-6);
+                let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), out_shape), &device);
+                let grads = (y.clone() * weights).sum().backward();
+                let g = |t: &Tensor<1>| t.grad(&grads).expect("a gradient").reshape([1, 1, 96]);
+                (y.detach(), x.grad(&grads).expect("x has a gradient"), g(&gamma), g(&beta))
+            };
+            let fused_run = run(layer_norm);
+            let burn_run = run(burn::tensor::module::layer_norm);
+            close(&fused_run.0, &burn_run.0, 2e-6);
+            close(&fused_run.1, &burn_run.1, 2e-5);
+            close(&fused_run.2, &burn_run.2, 2e-4);
+            close(&fused_run.3, &burn_run.3, 2e-4);
         }
     }
 

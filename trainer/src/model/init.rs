@@ -4,9 +4,10 @@
 use std::cell::RefCell;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::norm::LayerNorm;
 use crate::rng::Rng;
 
 /// Draws parameters on a device.
@@ -50,14 +51,9 @@ impl<'a> Init<'a> {
         self.draw(shape, |r| r.uniform(-a, a))
     }
 
-    /// LayerNorm with scale 1 and shift 0, its parameters made now: burn's lazily initialised
-    /// ones share their pending state between clones, so freezing a clone (the EMA target)
-    /// would freeze the original too.
+    /// LayerNorm with scale 1 and shift 0.
     pub fn layer_norm(&self, d: usize, eps: f64) -> LayerNorm {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(self.device);
-        ln.gamma = Param::from_tensor(Tensor::ones([d], self.device));
-        ln.beta = Some(Param::from_tensor(Tensor::zeros([d], self.device)));
-        ln
+        LayerNorm::new(d, eps, self.device)
     }
 
     fn linear(&self, d_in: usize, d_out: usize, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Linear {

@@ -5,6 +5,7 @@ pub mod fused;
 pub mod fusion;
 pub mod head;
 pub mod init;
+pub mod norm;
 pub mod pos;
 pub mod vit;
 

@@ -8,9 +8,10 @@
 //! `image_size` get a bicubically resized position grid ([`super::pos`]).
 
 use super::fused::{gelu, softmax};
+use super::norm::LayerNorm;
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::rng::Rng;
