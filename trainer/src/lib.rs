@@ -1,5 +1,7 @@
 //! EHR-augmented Masked Siamese Network pretraining and evaluation of Vision Transformers on a
-//! dataset built by `pipeline` (METHOD.md). Built on burn; the CPU backend is burn-flex.
+//! dataset built by `pipeline` (METHOD.md). Built on burn; the CPU backend is burn-flex, with
+//! fused kernels of our own for its hot element-wise ops ([`model::fused`]) and one allocator
+//! setting ([`memory`]).
 //!
 //! [`backend`] chooses where the model runs (CPU or wgpu). In data-flow order: [`data`] (a verified dataset version, read from its image shards),
 //! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its

@@ -84,7 +84,8 @@ enum Command {
     },
     /// Time pretraining steps on synthetic images in memory (no dataset): views, EMA,
     /// forward, backward and optimizer, median seconds each, images/s and peak memory. The
-    /// PyTorch counterpart is trainer/bench/torch_msn_step.py.
+    /// PyTorch counterpart is trainer/bench/torch_msn_step.py; trainer/bench/compare_torch.py
+    /// runs both back to back and prints the ratio.
     Bench(Box<BenchArgs>),
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {

@@ -1,5 +1,6 @@
 //! The networks: the ViT backbone, its position-embedding resize, the MSN projection head and
-//! their initialisation.
+//! their initialisation; [`norm`] (LayerNorm) and [`fused`] (GELU, softmax and LayerNorm as
+//! one vectorised, multithreaded pass each on burn-flex, through a backend extension).
 
 pub mod fused;
 pub mod fusion;
