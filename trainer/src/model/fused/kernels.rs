@@ -1,192 +1,12 @@
-//! Fused CPU kernels for the element-wise hot spots of a ViT step on burn-flex: exact GELU and
-//! softmax over the last axis, forward and backward, each one pass over the data, vectorised
-//! and spread over all cores.
-//!
-//! Why: burn-flex computes GELU with scalar `erf` and `exp` on one thread, and burn's autodiff
-//! computes softmax from five separate ops (max, subtract, scalar `exp`, sum, divide); in
-//! `trainer bench` these took about a third of the main thread's time. They reach burn through
-//! a backend extension (`#[backend_extension]`): [`FusedOps`] is implemented for `Flex` and
-//! for `Autodiff<Flex>`, whose backward passes are written here. Every other backend (wgpu,
-//! CUDA, ndarray) and every non-f32 tensor keeps burn's own ops: [`gelu`] and [`softmax`]
-//! choose by the tensor's device and float type.
-//!
-//! The maths: GELU(x) = x Φ(x) with Φ(x) = erfc(-x/√2)/2, erfc from the Chebyshev fit of
-//! Numerical Recipes (fractional error below 1.2e-7 everywhere, so Φ is as exact in the tails
-//! as near 0, where `1 + erf` loses digits), `exp` by Cody-Waite range reduction and a degree-6
-//! polynomial (Cephes' `expf`). `tests` bound both against libm in f64.
+//! The fused kernels on burn-flex's tensors: each a pass over f32 slices in fixed-size chunks,
+//! spread over the cores with rayon and compiled per instruction set through pulp's
+//! `WithSimd` (the math helpers are branch-free and `inline(always)` so the loops vectorise).
+//! Chunk boundaries do not depend on the thread count, so neither do the results.
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
-use burn::tensor::{DType, Device, Tensor, TensorData, activation};
+use burn::tensor::TensorData;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
-
-/// Burn operations with a fused kernel on burn-flex (and autodiff over it).
-#[backend_extension(Flex, Autodiff)]
-pub trait FusedOps: Backend {
-    /// Exact (erf) GELU, element-wise.
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// Softmax over the last axis.
-    fn fused_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// LayerNorm over the last axis: (x - mean) / sqrt(var + epsilon) * gamma + beta.
-    fn fused_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> FloatTensor<Self>;
-}
-
-/// Exact GELU (`burn::tensor::activation::gelu`), fused on burn-flex in f32.
-pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if fused(&x) {
-        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
-    } else {
-        activation::gelu(x)
-    }
-}
-
-/// Softmax along `dim` (`burn::tensor::activation::softmax`), fused on burn-flex in f32 when
-/// `dim` is the last axis.
-pub fn softmax<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
-    if dim + 1 == D && fused(&x) {
-        Tensor::from_dispatch(<Dispatch as FusedOps>::fused_softmax_last(x.into_dispatch()))
-    } else {
-        activation::softmax(x, dim)
-    }
-}
-
-/// LayerNorm over the last axis (`burn::tensor::module::layer_norm`), fused on burn-flex in
-/// f32 when it has a shift.
-pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Option<Tensor<1>>, epsilon: f64) -> Tensor<D> {
-    match beta {
-        Some(beta) if fused(&x) => Tensor::from_dispatch(<Dispatch as FusedOps>::fused_layer_norm(
-            x.into_dispatch(),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            epsilon,
-        )),
-        beta => burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
-    }
-}
-
-/// Whether `x` takes the fused path: an f32 tensor on burn-flex (with or without autodiff).
-fn fused<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && x.device() == Device::flex()
-}
-
-impl FusedOps for Flex {
-    fn fused_gelu(x: FlexTensor) -> FlexTensor {
-        gelu_forward(&x)
-    }
-
-    fn fused_softmax_last(x: FlexTensor) -> FlexTensor {
-        softmax_forward(&x)
-    }
-
-    fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
-        layer_norm_forward(&x, &gamma, &beta, epsilon).0
-    }
-}
-
-impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let input = x.into_primitive();
-                let output = gelu_forward(&input);
-                prep.finish(input, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(gelu_forward(&x.into_primitive())),
-        }
-    }
-
-    fn fused_softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match SoftmaxBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let output = softmax_forward(&x.into_primitive());
-                prep.finish(output.clone(), output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(softmax_forward(&x.into_primitive())),
-        }
-    }
-
-    fn fused_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        epsilon: f64,
-    ) -> FloatTensor<Self> {
-        let nodes = [x.node(), gamma.node(), beta.node()];
-        let (x, gamma, beta) = (x.into_primitive(), gamma.into_primitive(), beta.into_primitive());
-        match LayerNormBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (output, stats) = layer_norm_forward(&x, &gamma, &beta, epsilon);
-                prep.finish(LayerNormState { x, gamma, stats }, output)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(layer_norm_forward(&x, &gamma, &beta, epsilon).0),
-        }
-    }
-}
-
-/// GELU's backward: keeps the input.
-#[derive(Debug)]
-struct GeluBackward;
-
-impl Backward<Flex, 1> for GeluBackward {
-    type State = FlexTensor;
-
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| gelu_backward(&x, grad));
-    }
-}
-
-/// Softmax's backward: keeps the output.
-#[derive(Debug)]
-struct SoftmaxBackward;
-
-impl Backward<Flex, 1> for SoftmaxBackward {
-    type State = FlexTensor;
-
-    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let y = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| softmax_backward(&y, grad));
-    }
-}
-
-/// What LayerNorm's backward needs: the input, the scale and each row's mean and 1/std.
-#[derive(Debug, Clone)]
-struct LayerNormState {
-    x: FlexTensor,
-    gamma: FlexTensor,
-    stats: RowStats,
-}
-
-/// LayerNorm's backward: gradients for the input, the scale and the shift.
-#[derive(Debug)]
-struct LayerNormBackward;
-
-impl Backward<Flex, 3> for LayerNormBackward {
-    type State = LayerNormState;
-
-    fn backward(self, ops: Ops<LayerNormState, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [x_node, gamma_node, beta_node] = ops.parents;
-        let LayerNormState { x, gamma, stats } = ops.state;
-        let (dx, dgamma, dbeta) = layer_norm_backward(&x, &gamma, &stats, grad);
-        for (node, grad) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
-            if let Some(node) = node {
-                grads.register::<Flex>(node.id, grad);
-            }
-        }
-    }
-}
 
 /// Elements per parallel task: large enough to amortise a task, small enough to share the
 /// work of one layer's activations among the cores.
@@ -217,19 +37,19 @@ fn writable(grad: FlexTensor) -> FlexTensor {
     if whole { grad } else { like(&grad, values(&dense(&grad)).to_vec()) }
 }
 
-fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+pub(super) fn gelu_forward(x: &FlexTensor) -> FlexTensor {
     forward(Kernel::GeluForward, x)
 }
 
-fn gelu_backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+pub(super) fn gelu_backward(x: &FlexTensor, grad: FlexTensor) -> FlexTensor {
     backward(Kernel::GeluBackward, x, grad)
 }
 
-fn softmax_forward(x: &FlexTensor) -> FlexTensor {
+pub(super) fn softmax_forward(x: &FlexTensor) -> FlexTensor {
     forward(Kernel::SoftmaxForward { row: row_len(x) }, x)
 }
 
-fn softmax_backward(y: &FlexTensor, grad: FlexTensor) -> FlexTensor {
+pub(super) fn softmax_backward(y: &FlexTensor, grad: FlexTensor) -> FlexTensor {
     backward(Kernel::SoftmaxBackward { row: row_len(y) }, y, grad)
 }
 
@@ -330,12 +150,17 @@ impl WithSimd for Chunk<'_> {
 
 /// Each row's mean and 1/sqrt(var + epsilon), from LayerNorm's forward.
 #[derive(Debug, Clone)]
-struct RowStats {
+pub(super) struct RowStats {
     mean: Vec<f32>,
     rstd: Vec<f32>,
 }
 
-fn layer_norm_forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, epsilon: f64) -> (FlexTensor, RowStats) {
+pub(super) fn layer_norm_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, RowStats) {
     let (x, gamma, beta) = (dense(x), dense(gamma), dense(beta));
     let d = row_len(&x);
     let (xs, gamma_v, beta_v) = (values(&x), values(&gamma), values(&beta));
@@ -357,7 +182,7 @@ fn layer_norm_forward(x: &FlexTensor, gamma: &FlexTensor, beta: &FlexTensor, eps
 /// LayerNorm's gradients for the input (in `grad`'s storage), the scale and the shift. The
 /// scale's and shift's sums over rows are added chunk by chunk in a fixed order, so they do not
 /// depend on the thread count.
-fn layer_norm_backward(
+pub(super) fn layer_norm_backward(
     x: &FlexTensor,
     gamma: &FlexTensor,
     stats: &RowStats,
@@ -523,11 +348,10 @@ fn normal_pdf(x: f32) -> f32 {
     INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
-/// (`mul_add` is one FMA instruction in the AVX2 and AVX-512 builds of the kernels; only an
-/// x86 CPU without FMA would fall back to a slower software fma.)
-///
 /// erfc by the Chebyshev fit of Numerical Recipes (2nd ed., section 6.2, `erfcc`): fractional
-/// error below 1.2e-7 for every x. Branch-free so it vectorises.
+/// error below 1.2e-7 for every x. Branch-free so it vectorises; `mul_add` is one FMA
+/// instruction in the AVX2 and AVX-512 builds (only an x86 CPU without FMA would fall back to
+/// a slower software fma).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
 fn erfc(x: f32) -> f32 {
@@ -579,7 +403,6 @@ fn exp(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Rng;
 
     /// Φ in f64 (libm's erfc), the reference for the bounds below.
     fn normal_cdf_f64(x: f64) -> f64 {
@@ -628,94 +451,5 @@ mod tests {
         assert!(rel_cdf < 2e-6, "Φ: worst relative error where Φ > 1e-3: {rel_cdf:e}");
         assert!(abs_gelu < 2.5e-7, "GELU: worst error {abs_gelu:e} (relative to max(|x|, 1))");
         assert!(abs_grad < 5e-7, "GELU': worst absolute error {abs_grad:e}");
-    }
-
-    fn random(shape: [usize; 3], seed: u64, scale: f32) -> Vec<f32> {
-        let mut rng = Rng::new(seed);
-        (0..shape.iter().product::<usize>()).map(|_| rng.normal() as f32 * scale).collect()
-    }
-
-    fn close(a: &Tensor<3>, b: &Tensor<3>, tol: f32) {
-        let a = a.to_data().try_to_vec::<f32>().expect("f32");
-        let b = b.to_data().try_to_vec::<f32>().expect("f32");
-        assert_eq!(a.len(), b.len());
-        let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst <= tol, "worst difference {worst:e} > {tol:e}");
-    }
-
-    /// The fused ops and burn's own give the same values and the same gradients (through a
-    /// weighted sum, so every element's gradient differs), on contiguous and strided inputs.
-    #[test]
-    fn fused_gelu_and_softmax_equal_burns_ops_forward_and_backward() {
-        let device = Device::flex().autodiff();
-        let shape = [3, 37, 129];
-        let x0 = random(shape, 1, 3.0);
-        let w = random(shape, 2, 1.0);
-        for strided in [false, true] {
-            type Op = fn(Tensor<3>) -> Tensor<3>;
-            let pairs: [(Op, Op, f32); 2] = [
-                (|x| gelu(x), |x| activation::gelu(x), 2e-6),
-                (|x| softmax(x, 2), |x| activation::softmax(x, 2), 1e-6),
-            ];
-            for (fused_op, burn_op, tol) in pairs {
-                let run = |op: Op| {
-                    let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), shape), &device).require_grad();
-                    let input = if strided { x.clone().swap_dims(1, 2).swap_dims(1, 2) * 1.0 } else { x.clone() };
-                    let input = if strided { input.narrow(2, 1, shape[2] - 1) } else { input };
-                    let y = op(input);
-                    let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), shape), &device);
-                    let weights = if strided { weights.narrow(2, 1, shape[2] - 1) } else { weights };
-                    let grads = (y.clone() * weights).sum().backward();
-                    (y.detach(), x.grad(&grads).expect("x has a gradient"))
-                };
-                let (y_fused, g_fused) = run(fused_op);
-                let (y_burn, g_burn) = run(burn_op);
-                close(&y_fused, &y_burn, tol);
-                close(&g_fused, &g_burn, tol);
-            }
-        }
-    }
-
-    /// The fused LayerNorm and burn's give the same output and the same gradients for the
-    /// input, the scale and the shift, on a contiguous and a strided input.
-    #[test]
-    fn fused_layer_norm_equals_burns_forward_and_backward() {
-        let device = Device::flex().autodiff();
-        let shape = [4, 33, 96];
-        let (x0, w) = (random(shape, 3, 2.0), random(shape, 4, 1.0));
-        let (gamma0, beta0) = (random([1, 1, 96], 5, 1.0), random([1, 1, 96], 6, 1.0));
-        for strided in [false, true] {
-            type Norm = fn(Tensor<3>, Tensor<1>, Option<Tensor<1>>, f64) -> Tensor<3>;
-            let run = |norm: Norm| {
-                let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), shape), &device).require_grad();
-                let gamma = Tensor::<1>::from_data(TensorData::new(gamma0.clone(), [96]), &device).require_grad();
-                let beta = Tensor::<1>::from_data(TensorData::new(beta0.clone(), [96]), &device).require_grad();
-                // Strided: the first two axes swapped, a view without a copy.
-                let (input, out_shape) = if strided {
-                    (x.clone().swap_dims(0, 1), [shape[1], shape[0], shape[2]])
-                } else {
-                    (x.clone(), shape)
-                };
-                let y = norm(input, gamma.clone(), Some(beta.clone()), 1e-6);
-                let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), out_shape), &device);
-                let grads = (y.clone() * weights).sum().backward();
-                let g = |t: &Tensor<1>| t.grad(&grads).expect("a gradient").reshape([1, 1, 96]);
-                (y.detach(), x.grad(&grads).expect("x has a gradient"), g(&gamma), g(&beta))
-            };
-            let fused_run = run(layer_norm);
-            let burn_run = run(burn::tensor::module::layer_norm);
-            close(&fused_run.0, &burn_run.0, 2e-6);
-            close(&fused_run.1, &burn_run.1, 2e-5);
-            close(&fused_run.2, &burn_run.2, 2e-4);
-            close(&fused_run.3, &burn_run.3, 2e-4);
-        }
-    }
-
-    #[test]
-    fn a_fully_masked_softmax_row_is_nan_as_in_burn() {
-        let device = Device::flex();
-        let x = Tensor::<3>::from_data(TensorData::new(vec![f32::NEG_INFINITY; 4], [1, 1, 4]), &device);
-        let y = softmax(x, 2).to_data().try_to_vec::<f32>().expect("f32");
-        assert!(y.iter().all(|v| v.is_nan()));
     }
 }
