@@ -1,0 +1,252 @@
+//! One training step: the EMA target update, forward with the MSN loss, backward, gradient
+//! clipping and the AdamW update with per-group weight decay; the batch as tensors.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::config::{PretrainConfig, StepSchedule};
+use crate::Result;
+use crate::model::fusion::{MsnNet, Views};
+use crate::msn::MsnLossOutput;
+use crate::views::Batch;
+
+/// Collects a module's float parameters, flattened, in visiting order.
+struct Collect(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val().detach();
+        let n = t.shape().num_elements();
+        self.0.push(t.reshape([n]));
+    }
+}
+
+/// `target = m * target + (1 - m) * anchor`, parameter by parameter in visiting order.
+struct Ema {
+    anchor: Vec<Tensor<1>>,
+    next: usize,
+    momentum: f64,
+}
+
+impl ModuleMapper for Ema {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let a = self.anchor[self.next].clone();
+        self.next += 1;
+        let m = self.momentum;
+        param.map(|t| {
+            let dims = t.dims();
+            (t.mul_scalar(m) + a.reshape(dims).mul_scalar(1.0 - m)).detach()
+        })
+    }
+}
+
+/// The EMA update of the target encoder and head from the anchor's.
+pub fn ema_update(net: MsnNet, momentum: f64) -> MsnNet {
+    let mut c = Collect(Vec::new());
+    net.anchor.visit(&mut c);
+    net.anchor_head.visit(&mut c);
+    let MsnNet { anchor, anchor_head, target, target_head, f_ehr, g, prototypes } = net;
+    let mut ema = Ema { anchor: c.0, next: 0, momentum };
+    let target = target.map(&mut ema);
+    let target_head = target_head.map(&mut ema);
+    MsnNet { anchor, anchor_head, target, target_head, f_ehr, g, prototypes }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub loss: f32,
+    pub cross_entropy: f32,
+    pub me_max: f32,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub images_per_second: f64,
+}
+
+/// Adam with AdamW's betas and eps; the decoupled weight decay and the gradient clipping are
+/// applied by [`update`], so both can follow a schedule and clipping can be global.
+pub fn optimizer() -> ModuleOptimizer {
+    AdamWConfig::new().with_weight_decay(0.0).with_epsilon(1e-8).init()
+}
+
+/// Ids of the parameters weight decay applies to: every trained parameter of the anchor
+/// branch and the prototypes, less the 1-D ones and the prototypes when
+/// `decay_exempt_norms_biases`.
+fn decayed(cfg: &PretrainConfig, net: &MsnNet) -> HashSet<ParamId> {
+    struct Ids<'a>(&'a mut HashSet<ParamId>, bool);
+    impl ModuleVisitor for Ids<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if param.is_require_grad() && !(self.1 && D == 1) {
+                self.0.insert(param.id);
+            }
+        }
+    }
+    let exempt = cfg.decay_exempt_norms_biases;
+    let mut ids = HashSet::new();
+    net.anchor.visit(&mut Ids(&mut ids, exempt));
+    net.anchor_head.visit(&mut Ids(&mut ids, exempt));
+    net.f_ehr.visit(&mut Ids(&mut ids, exempt));
+    net.g.visit(&mut Ids(&mut ids, exempt));
+    if !exempt && net.prototypes.is_require_grad() {
+        ids.insert(net.prototypes.id);
+    }
+    ids
+}
+
+/// Multiplies the parameters `ids` by `factor`.
+struct Scale<'a> {
+    ids: &'a HashSet<ParamId>,
+    factor: f64,
+}
+
+impl ModuleMapper for Scale<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !self.ids.contains(&param.id) {
+            return param;
+        }
+        let f = self.factor;
+        param.map(|t| t.mul_scalar(f).detach().require_grad())
+    }
+}
+
+/// Scales the gradients of the anchor branch (encoder, head, EHR modules) so their global L2
+/// norm is at most `max` (torch's `clip_grad_norm_`: factor `max / (norm + 1e-6)` when below 1).
+pub fn clip_global_norm(grads: GradientsParams, net: &MsnNet, max: f64) -> GradientsParams {
+    struct Norm<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let sq = g.powf_scalar(2.0).sum();
+                self.1 = Some(match self.1.take() {
+                    Some(t) => t + sq,
+                    None => sq,
+                });
+            }
+        }
+    }
+    struct Rescale(GradientsParams, f64);
+    impl ModuleVisitor for Rescale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut norm = Norm(&grads, None);
+    net.anchor.visit(&mut norm);
+    net.anchor_head.visit(&mut norm);
+    net.f_ehr.visit(&mut norm);
+    net.g.visit(&mut norm);
+    let total = norm.1.map_or(0.0, |t| f64::from(scalar(t)).sqrt());
+    let factor = max / (total + 1e-6);
+    if factor >= 1.0 {
+        return grads;
+    }
+    let mut r = Rescale(grads, factor);
+    net.anchor.visit(&mut r);
+    net.anchor_head.visit(&mut r);
+    net.f_ehr.visit(&mut r);
+    net.g.visit(&mut r);
+    r.0
+}
+
+/// The parameter update of one step: global gradient clipping (`grad_clip_norm`), decoupled
+/// weight decay `p *= 1 - lr * wd` on the decayed parameters (as AdamW, before the Adam
+/// step), then the Adam step at `lr`.
+pub fn update(
+    net: MsnNet,
+    optim: &mut ModuleOptimizer,
+    grads: GradientsParams,
+    cfg: &PretrainConfig,
+    s: StepSchedule,
+) -> MsnNet {
+    let grads = match cfg.grad_clip_norm {
+        Some(max) => clip_global_norm(grads, &net, max),
+        None => grads,
+    };
+    let net = if s.weight_decay > 0.0 {
+        // The trained modules only: the EMA target is a clone of the anchor and shares its
+        // parameter ids.
+        let ids = decayed(cfg, &net);
+        let mut scale = Scale { ids: &ids, factor: 1.0 - s.lr * s.weight_decay };
+        MsnNet {
+            anchor: net.anchor.map(&mut scale),
+            anchor_head: net.anchor_head.map(&mut scale),
+            f_ehr: net.f_ehr.map(|m| m.map(&mut scale)),
+            g: net.g.map(|m| m.map(&mut scale)),
+            prototypes: scale.map_float(net.prototypes),
+            ..net
+        }
+    } else {
+        net
+    };
+    optim.step(s.lr, net, grads)
+}
+
+/// Seconds spent in each part of a training step (exact on an eager backend such as
+/// burn-flex, where each part has finished when the next starts).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StepTimes {
+    pub ema: f64,
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+/// One training step: the EMA update of the target, the forward pass and MSN loss, backward,
+/// and the [`update`] with the step's schedule.
+pub fn train_step(
+    net: MsnNet,
+    optim: &mut ModuleOptimizer,
+    views: Views,
+    cfg: &PretrainConfig,
+    s: StepSchedule,
+) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
+    let t0 = Instant::now();
+    let net = ema_update(net, s.momentum);
+    let t1 = Instant::now();
+    let out = net.forward(views)?;
+    let prototypes = if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
+    let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
+    let t2 = Instant::now();
+    let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
+    let t3 = Instant::now();
+    let net = update(net, optim, grads, cfg, s);
+    let t4 = Instant::now();
+    let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
+    let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
+    Ok((net, loss, times))
+}
+
+/// The views of a batch as tensors on `device`.
+pub fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views {
+    let v = &cfg.views;
+    let (n, c, g, f) = (b.size, v.channels, v.global_size, v.focal_size);
+    let t4 = |data: &[f32], rows: usize, side: usize| {
+        Tensor::<4>::from_data(TensorData::new(data.to_vec(), [rows, c, side, side]), device)
+    };
+    let keep = |data: &[i64], rows: usize, kept: usize| {
+        (!data.is_empty()).then(|| Tensor::<2, Int>::from_data(TensorData::new(data.to_vec(), [rows, kept]), device))
+    };
+    let fv = v.focal_views * n;
+    let e = b.ehr.len() / n.max(1);
+    Views {
+        target: t4(&b.target, n, g),
+        anchor: t4(&b.anchor, n, g),
+        anchor_keep: keep(&b.anchor_keep, n, b.anchor_kept),
+        focal: (v.focal_views > 0).then(|| t4(&b.focal, fv, f)),
+        focal_keep: keep(&b.focal_keep, fv, b.focal_kept),
+        ehr: (e > 0).then(|| Tensor::<2>::from_data(TensorData::new(b.ehr.clone(), [n, e]), device)),
+    }
+}
+
+pub(super) fn scalar(t: Tensor<1>) -> f32 {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+}
