@@ -3,15 +3,23 @@
 //! with confidence intervals, ROC curves, PCA and t-SNE maps of the test embeddings coloured
 //! by a label, sex, view and age band, and for an ablation a bar chart of macro AUROC per EHR
 //! choice.
+//!
+//! Here the figures; `embedding` holds the PCA and t-SNE maths, `html` the pages.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::linear::{CPoint, EpochMetrics, LinearEvalResult, Scored};
+use crate::linear::{CPoint, EpochMetrics, Scored};
 use crate::metrics::{Estimate, Evaluation, roc_curve};
 use crate::{Error, Result};
+
+mod embedding;
+mod html;
+
+pub use embedding::*;
+pub use html::*;
 
 fn err<E: std::fmt::Display>(what: &Path) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Report(format!("{}: {e}", what.display()))
@@ -209,153 +217,6 @@ pub fn roc_curves(scored: &Scored, names: &[String], out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The first two principal components of `x` (`[n, d]`), by power iteration on the
-/// covariance with deflation; returns `[n]` pairs.
-pub fn pca2(x: &[f32], d: usize) -> Vec<(f64, f64)> {
-    let n = x.len() / d.max(1);
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut mean = vec![0f64; d];
-    for i in 0..n {
-        for j in 0..d {
-            mean[j] += f64::from(x[i * d + j]) / n as f64;
-        }
-    }
-    let mut cov = vec![0f64; d * d];
-    for i in 0..n {
-        let r: Vec<f64> = (0..d).map(|j| f64::from(x[i * d + j]) - mean[j]).collect();
-        for a in 0..d {
-            for b in 0..d {
-                cov[a * d + b] += r[a] * r[b];
-            }
-        }
-    }
-    let mut comps: Vec<Vec<f64>> = Vec::new();
-    for c in 0..2 {
-        let mut v: Vec<f64> = (0..d).map(|j| if j % 2 == c { 1.0 } else { 0.5 } + j as f64 * 1e-3).collect();
-        for _ in 0..200 {
-            let mut w: Vec<f64> = (0..d).map(|a| (0..d).map(|b| cov[a * d + b] * v[b]).sum()).collect();
-            for u in &comps {
-                let dot: f64 = w.iter().zip(u).map(|(a, b)| a * b).sum();
-                w.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
-            }
-            let norm = w.iter().map(|a| a * a).sum::<f64>().sqrt();
-            if norm == 0.0 {
-                break;
-            }
-            v = w.into_iter().map(|a| a / norm).collect();
-        }
-        comps.push(v);
-    }
-    (0..n)
-        .map(|i| {
-            let p = |u: &Vec<f64>| (0..d).map(|j| (f64::from(x[i * d + j]) - mean[j]) * u[j]).sum::<f64>();
-            (p(&comps[0]), p(&comps[1]))
-        })
-        .collect()
-}
-
-/// Exact t-SNE to 2-D (van der Maaten and Hinton, 2008) of `x` (`[n, d]`): Gaussian
-/// affinities calibrated to `perplexity`, Student-t map, 1000 gradient steps with early
-/// exaggeration 12 for 250, momentum 0.5 then 0.8, per-coordinate gains, learning rate
-/// max(n / 48, 50) as scikit-learn's `auto`; seeded initialisation. Quadratic in `n`.
-pub fn tsne2(x: &[f32], d: usize, perplexity: f64, seed: u64) -> Vec<(f64, f64)> {
-    use rayon::prelude::*;
-    let n = x.len() / d.max(1);
-    if n < 3 {
-        return (0..n).map(|i| (i as f64, 0.0)).collect();
-    }
-    let dist: Vec<f64> = (0..n * n)
-        .into_par_iter()
-        .map(|ij| {
-            let (i, j) = (ij / n, ij % n);
-            (0..d).map(|k| f64::from(x[i * d + k] - x[j * d + k]).powi(2)).sum()
-        })
-        .collect();
-    let target = perplexity.min((n - 1) as f64 / 3.0).max(1.0).ln();
-    // Conditional affinities, row by row, by bisection on the precision.
-    let cond: Vec<Vec<f64>> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let row = &dist[i * n..(i + 1) * n];
-            let (mut lo, mut hi, mut beta) = (0.0f64, f64::INFINITY, 1.0f64);
-            let mut p = vec![0f64; n];
-            for _ in 0..64 {
-                let min =
-                    row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
-                let mut sum = 0.0;
-                for j in 0..n {
-                    p[j] = if j == i { 0.0 } else { (-(row[j] - min) * beta).exp() };
-                    sum += p[j];
-                }
-                let mut h = 0.0;
-                for v in p.iter_mut() {
-                    *v /= sum;
-                    if *v > 1e-12 {
-                        h -= *v * v.ln();
-                    }
-                }
-                if (h - target).abs() < 1e-5 {
-                    break;
-                }
-                if h > target {
-                    lo = beta;
-                    beta = if hi.is_finite() { (beta + hi) / 2.0 } else { beta * 2.0 };
-                } else {
-                    hi = beta;
-                    beta = (beta + lo) / 2.0;
-                }
-            }
-            p
-        })
-        .collect();
-    let p: Vec<f64> =
-        (0..n * n).map(|ij| ((cond[ij / n][ij % n] + cond[ij % n][ij / n]) / (2.0 * n as f64)).max(1e-12)).collect();
-    let mut rng = crate::rng::Rng::new(seed);
-    let mut y: Vec<f64> = (0..2 * n).map(|_| 1e-4 * rng.normal()).collect();
-    let mut update = vec![0f64; 2 * n];
-    let mut gains = vec![1f64; 2 * n];
-    let lr = (n as f64 / 48.0).max(50.0);
-    for it in 0..1000 {
-        let exaggeration = if it < 250 { 12.0 } else { 1.0 };
-        let momentum = if it < 250 { 0.5 } else { 0.8 };
-        let num: Vec<f64> = (0..n * n)
-            .into_par_iter()
-            .map(|ij| {
-                let (i, j) = (ij / n, ij % n);
-                if i == j {
-                    0.0
-                } else {
-                    1.0 / (1.0 + (y[2 * i] - y[2 * j]).powi(2) + (y[2 * i + 1] - y[2 * j + 1]).powi(2))
-                }
-            })
-            .collect();
-        let z: f64 = num.iter().sum::<f64>().max(1e-12);
-        let grad: Vec<(f64, f64)> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let (mut gx, mut gy) = (0.0, 0.0);
-                for j in 0..n {
-                    let w = (exaggeration * p[i * n + j] - num[i * n + j] / z) * num[i * n + j];
-                    gx += w * (y[2 * i] - y[2 * j]);
-                    gy += w * (y[2 * i + 1] - y[2 * j + 1]);
-                }
-                (4.0 * gx, 4.0 * gy)
-            })
-            .collect();
-        for (i, &(gx, gy)) in grad.iter().enumerate() {
-            for (c, g) in [(0, gx), (1, gy)] {
-                let k = 2 * i + c;
-                gains[k] = if (g > 0.0) == (update[k] > 0.0) { (gains[k] * 0.8).max(0.01) } else { gains[k] + 0.2 };
-                update[k] = momentum * update[k] - lr * gains[k] * g;
-                y[k] += update[k];
-            }
-        }
-    }
-    (0..n).map(|i| (y[2 * i], y[2 * i + 1])).collect()
-}
-
 fn age_band(age: f32) -> String {
     match age {
         a if a.is_nan() => "unknown".into(),
@@ -459,154 +320,4 @@ fn projection(scored: &Scored, names: &[String], out: &Path, how: Projection) ->
     }
     root.present().map_err(&e)?;
     Ok(())
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-fn cell(e: &Option<Estimate>) -> String {
-    e.map_or("undefined".into(), |v| format!("{:.3} ({:.3}&ndash;{:.3})", v.value, v.low, v.high))
-}
-
-/// An evaluation as an HTML table.
-pub fn evaluation_table(ev: &Evaluation) -> String {
-    let mut s = String::from(
-        "<table><tr><th>label</th><th>positives / rows</th><th>AUROC (95% CI)</th><th>AP (95% CI)</th></tr>\n",
-    );
-    for r in &ev.labels {
-        s += &format!(
-            "<tr><td>{}</td><td>{} / {}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&r.label),
-            r.positives,
-            r.rows,
-            cell(&r.auroc),
-            cell(&r.average_precision)
-        );
-    }
-    s += &format!(
-        "<tr class=\"macro\"><td>macro</td><td>{} defined</td><td>{}</td><td>{}</td></tr></table>\n",
-        ev.labels.len() - ev.undefined.len(),
-        cell(&ev.macro_auroc),
-        cell(&ev.macro_average_precision)
-    );
-    if !ev.undefined.is_empty() {
-        s += &format!(
-            "<p>Undefined (one class), left out of the macro means: {}.</p>\n",
-            escape(&ev.undefined.join(", "))
-        );
-    }
-    s
-}
-
-/// A self-contained page: `title`, a preamble (HTML), sections of HTML, and figures (file names
-/// relative to the page, shown if they exist in `dir`).
-pub fn page(
-    dir: &Path,
-    file: &str,
-    title: &str,
-    sections: &[(String, String)],
-    figures: &[(&str, &str)],
-) -> Result<()> {
-    let mut s = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title><style>\
-         body{{font-family:sans-serif;max-width:1040px;margin:2em auto;color:#222}}\
-         table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}\
-         tr.macro{{font-weight:bold}}img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}\
-         pre{{background:#f6f6f6;padding:0.6em;overflow-x:auto}}</style></head><body>\n<h1>{t}</h1>\n",
-        t = escape(title)
-    );
-    for (h, body) in sections {
-        s += &format!("<h2>{}</h2>\n{body}\n", escape(h));
-    }
-    for (name, caption) in figures {
-        if dir.join(name).is_file() {
-            s += &format!(
-                "<h2>{}</h2>\n<a href=\"{name}\"><img src=\"{name}\" alt=\"{}\"></a>\n",
-                escape(caption),
-                escape(caption)
-            );
-        }
-    }
-    s += "</body></html>\n";
-    fs_err::write(dir.join(file), s)?;
-    Ok(())
-}
-
-/// The figures and page of one linear evaluation in `dir` (its output folder).
-pub fn linear_eval_report(
-    dir: &Path,
-    result: &LinearEvalResult,
-    history: &[EpochMetrics],
-    test: &Scored,
-) -> Result<()> {
-    probe_curves(history, result.regularization.as_deref(), &dir.join("probe-curves.svg"))?;
-    auroc_bars(&result.test, "Test AUROC per label", &dir.join("auroc.svg"))?;
-    roc_curves(test, &result.labels, &dir.join("roc.svg"))?;
-    embedding(test, &result.labels, &dir.join("embedding.svg"))?;
-    tsne_embedding(test, &result.labels, &dir.join("tsne.svg"))?;
-    for (k, e) in result.external.iter().enumerate() {
-        auroc_bars(
-            &e.test,
-            &format!("External test ({}) AUROC per label", e.kind),
-            &dir.join(format!("external-{k}-auroc.svg")),
-        )?;
-    }
-    Ok(())
-}
-
-/// The sections of a linear evaluation for a page.
-pub fn linear_eval_sections(result: &LinearEvalResult) -> Vec<(String, String)> {
-    let mut v = vec![
-        (
-            "Linear evaluation".to_string(),
-            format!(
-                "<p>Dataset {} ({}); probe trained on {} images, {} validation, {} test; {}.</p><pre>{}</pre>",
-                escape(&result.dataset_version),
-                escape(&result.dataset_kind),
-                result.train_rows,
-                result.validate_rows,
-                result.test_rows,
-                escape(&result.probe_summary()),
-                escape(&serde_json::to_string_pretty(&result.encoder).unwrap_or_default())
-            ),
-        ),
-        ("Test".to_string(), evaluation_table(&result.test)),
-    ];
-    for e in &result.external {
-        v.push((format!("External test: {} ({})", e.kind, e.version), evaluation_table(&e.test)));
-    }
-    v
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Two clusters far apart in 8-D stay apart in both maps: every point is nearer its own
-    /// cluster's centroid than the other's.
-    #[test]
-    fn pca_and_tsne_keep_clusters_apart() {
-        let mut rng = crate::rng::Rng::new(2);
-        let (n, d) = (60, 8);
-        let x: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                let c = if i < n / 2 { 0.0 } else { 6.0 };
-                (0..d).map(|_| (c + rng.normal()) as f32).collect::<Vec<_>>()
-            })
-            .collect();
-        for pts in [pca2(&x, d), tsne2(&x, d, 10.0, 1)] {
-            let centre = |r: std::ops::Range<usize>| {
-                let k = r.len() as f64;
-                let (sx, sy) = pts[r].iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
-                (sx / k, sy / k)
-            };
-            let (a, b) = (centre(0..n / 2), centre(n / 2..n));
-            let dist = |p: &(f64, f64), c: (f64, f64)| (p.0 - c.0).hypot(p.1 - c.1);
-            for (i, p) in pts.iter().enumerate() {
-                let (own, other) = if i < n / 2 { (a, b) } else { (b, a) };
-                assert!(dist(p, own) < dist(p, other), "point {i}");
-            }
-        }
-    }
 }
