@@ -138,9 +138,15 @@ pub fn pretrain_with(
         None => (0, 0, 0, f32::NAN),
     };
     // Keep the metrics of the steps the checkpoint holds; later lines are redone.
+    // A missing file has no lines to keep; any other read error stops the resume (the file
+    // is rewritten below, so reading it as empty would lose the metrics).
     let kept: Vec<String> = if checkpoint.is_some() {
-        fs_err::read_to_string(&metrics_path)
-            .unwrap_or_default()
+        let previous = match fs_err::read_to_string(&metrics_path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        previous
             .lines()
             .filter(|l| {
                 serde_json::from_str::<serde_json::Value>(l)
