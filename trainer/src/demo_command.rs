@@ -12,7 +12,7 @@ use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
 use trainer::transform::ProbeTransform;
 
-use crate::{device, log_line, print_table, step_printer};
+use crate::{devices, log_line, print_table, step_printer};
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -90,7 +90,7 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     );
     let runs = args.out.join("runs");
     let s =
-        experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &device(), &mut step_printer(), &mut |l| {
+        experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &devices(), &mut step_printer(), &mut |l| {
             log_line(l)
         })?;
     eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());

@@ -9,6 +9,8 @@ pub enum Error {
     Dataset { path: std::path::PathBuf, message: String },
     #[error("report: {0}")]
     Report(String),
+    #[error("device: {0}")]
+    Device(String),
     #[error("invalid setting: {0}")]
     Config(String),
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Device;
+use crate::parallel::Devices;
 use serde::{Deserialize, Serialize};
 
 use crate::linear::{LinearEvalConfig, Source, TestScores, linear_eval, load_encoder, random_encoder, to_json_pretty};
@@ -89,10 +89,11 @@ pub fn run(
     dataset: &Path,
     external: &[PathBuf],
     dir: &Path,
-    device: &Device,
+    devices: &Devices,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
+    let device = devices.main();
     let summary_path = dir.join("summary.json");
     if let Ok(text) = fs_err::read_to_string(&summary_path)
         && let Ok(s) = serde_json::from_str::<RunSummary>(&text)
@@ -114,7 +115,7 @@ pub fn run(
             // A resumed run continues with the configuration it started with.
             let cfg = if resume { PretrainConfig::read(&dir.join("config.json"))? } else { pretrain.clone() };
             log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
-            let s = pretrain_with(&cfg, dataset, dir, device, resume, on_step)?;
+            let s = pretrain_with(&cfg, dataset, dir, devices, resume, on_step)?;
             let d =
                 PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
             fs_err::write(&done_path, to_json_pretty(&d)?)?;
@@ -237,7 +238,7 @@ pub fn ablate(
     dataset: &Path,
     external: &[PathBuf],
     dir: &Path,
-    device: &Device,
+    devices: &Devices,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<RunSummary>> {
@@ -247,7 +248,7 @@ pub fn ablate(
         log(&format!("ablation {}/{}: ehr {ehr}", k + 1, choices.len()));
         let mut cfg = base.clone();
         cfg.ehr.clone_from(ehr);
-        out.push(run(&cfg, eval, dataset, external, &dir.join(run_name(ehr)), device, on_step, log)?);
+        out.push(run(&cfg, eval, dataset, external, &dir.join(run_name(ehr)), devices, on_step, log)?);
     }
     // Paired deltas against vanilla MSN: both probes scored on the same bootstrap resamples.
     if let Some(v) = out.iter().position(|r| r.ehr == "none") {

@@ -6,7 +6,7 @@
 //! [`backend`] chooses where the model runs (CPU or wgpu). In data-flow order: [`data`] (a verified dataset version, read from its image shards),
 //! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its
 //! position-embedding resize, the projection head, the EHR-fused network), [`msn`] (the loss),
-//! [`pretrain`] (the training loop), [`weights`] (loading PyTorch weights by name),
+//! [`pretrain`] (the training loop), [`parallel`] (data parallelism over several devices), [`weights`] (loading PyTorch weights by name),
 //! [`import`] (a reference checkpoint as a run), [`transform`] and [`linear`] (linear
 //! evaluation), [`metrics`] (AUROC/AP with bootstrap intervals), [`report`] (figures and HTML
 //! pages), [`experiment`] (`run` and `ablate`), [`parity`] (whole runs against the reference
@@ -35,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod msn;
+pub mod parallel;
 pub mod parity;
 pub mod pretrain;
 pub mod report;

@@ -11,6 +11,7 @@ use trainer::backend::{Backend, Precision};
 use trainer::experiment::{self, RunSummary};
 use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
+use trainer::parallel::{AllReduce, Devices};
 use trainer::pretrain::{CheckpointChoice, PretrainConfig, StepMetrics, pretrain_with};
 use trainer::report;
 use trainer::transform::ProbeTransform;
@@ -31,9 +32,17 @@ struct Cli {
     /// Where the model runs: cpu (burn-flex), or, in a build with that feature, wgpu (a GPU
     /// through Vulkan, Metal or DX12; `--features wgpu`), cuda or cuda:N (an NVIDIA GPU through
     /// burn-cuda; `--features cuda`) or ndarray (burn-ndarray on the CPU; `--features ndarray`,
-    /// or `openblas` for its matrix products through OpenBLAS).
-    #[arg(long, global = true, default_value = "cpu")]
+    /// or `openblas` for its matrix products through OpenBLAS). A comma-separated list
+    /// (`cuda:0,cuda:1,...`) pretrains data-parallel: each batch (--batch-size is the global
+    /// batch) split over the devices, gradients summed; evaluation runs on the first device.
+    /// `cpu,cpu` runs that code on one CPU, for checking only (no speed-up).
+    #[arg(long, visible_alias = "devices", global = true, default_value = "cpu")]
     device: String,
+    /// How the devices of a --device list exchange their sums: nccl (CUDA GPUs; needs
+    /// libnccl.so.2 at run time; the default for a list of CUDA GPUs) or host (through host
+    /// memory; every backend, the default otherwise).
+    #[arg(long, global = true, value_parser = AllReduce::NAMES)]
+    all_reduce: Option<String>,
     /// Float type of parameters, activations and gradients: f32, or half precision (f16,
     /// bf16) on --device wgpu or cuda.
     #[arg(long, global = true, default_value = "f32", value_parser = Precision::NAMES)]
@@ -434,11 +443,17 @@ fn log_line(line: &str) {
     eprintln!("{line}");
 }
 
-/// The training device (with autodiff) of `--device` and `--precision`, set once by `run`.
-static DEVICE: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+/// The training devices (with autodiff) of `--device`, `--precision` and `--all-reduce`, set
+/// once by `run`.
+static DEVICES: std::sync::OnceLock<Devices> = std::sync::OnceLock::new();
 
+fn devices() -> Devices {
+    DEVICES.get().cloned().unwrap_or_else(|| (&Device::flex().autodiff()).into())
+}
+
+/// The main training device (evaluation, import, bench).
 fn device() -> Device {
-    DEVICE.get().cloned().unwrap_or_else(|| Device::flex().autodiff())
+    devices().main().clone()
 }
 
 fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Result<()> {
@@ -452,9 +467,9 @@ fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Resul
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let backend: Backend = cli.device.parse().context("--device")?;
     let precision: Precision = cli.precision.parse().context("--precision")?;
-    let _ = DEVICE.set(backend.autodiff(precision).context("--device, --precision")?);
+    let all_reduce = cli.all_reduce.as_deref().map(str::parse::<AllReduce>).transpose()?;
+    let _ = DEVICES.set(Devices::parse(&cli.device, precision, all_reduce).context("--device, --precision")?);
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
@@ -465,7 +480,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.ehr,
                 args.out.display()
             );
-            let s = pretrain_with(&cfg, &args.dataset, &args.out, &device(), args.resume, &mut step_printer())?;
+            let s = pretrain_with(&cfg, &args.dataset, &args.out, &devices(), args.resume, &mut step_printer())?;
             println!(
                 "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
                 s.steps,
@@ -536,7 +551,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.dataset,
                 &args.eval.test_dataset,
                 &args.out,
-                &device(),
+                &devices(),
                 &mut step_printer(),
                 &mut |l| log_line(l),
             )?;
@@ -561,7 +576,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.dataset,
                 &args.eval.test_dataset,
                 &args.out,
-                &device(),
+                &devices(),
                 &mut step_printer(),
                 &mut |l| log_line(l),
             )?;
@@ -593,6 +608,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 steps: args.steps,
             };
             let total = args.warmup + args.steps;
+            let main_device = cli.device.split(',').next().unwrap_or_default().trim();
+            let backend: Backend = main_device.parse().context("--device")?;
             let r = trainer::bench::bench(&cfg, &device(), &mut |s| {
                 eprint!("\rstep {}/{total}{}", s + 1, if s < args.warmup { " (warmup)" } else { "" });
             })?;

@@ -4,7 +4,7 @@
 //!
 //! Data parallelism: with the batch split over devices, the Sinkhorn normalisation and the
 //! me-max mean run over the global batch, as lightly's `gather_distributed` does, through a
-//! [`Collective`] (an all-reduce sum). [`MsnLossConfig::forward_sharded`] returns, on each
+//! [`Collective`] (an all-reduce sum, see [`crate::parallel`]). [`MsnLossConfig::forward_sharded`] returns, on each
 //! device, a term whose gradients, summed over the devices, equal the gradients of the loss of
 //! one device on the concatenated batch (shards of any sizes); [`Local`] is the one-device
 //! case and gives [`MsnLossConfig::forward`] exactly.
@@ -12,6 +12,8 @@
 use burn::config::Config;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{log_softmax, softmax};
+
+use crate::parallel::{Collective, Local};
 
 /// Settings of the loss.
 #[derive(Config, Debug)]
@@ -42,62 +44,6 @@ pub struct MsnLossOutput {
 fn normalize(x: Tensor<2>) -> Tensor<2> {
     let norm = x.clone().powf_scalar(2.0).sum_dim(1).sqrt().clamp_min(1e-12);
     x / norm
-}
-
-/// The cross-device reductions of the loss: an element-wise sum of a tensor over every device
-/// of the data-parallel group (each device calls it with a tensor of the same shape, in the
-/// same order). Values only: no gradient flows through it.
-pub trait Collective {
-    fn all_reduce_sum<const D: usize>(&self, x: Tensor<D>) -> Tensor<D>;
-}
-
-/// One device: the sum over devices is the tensor itself.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Local;
-
-impl Collective for Local {
-    fn all_reduce_sum<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        x
-    }
-}
-
-/// An all-reduce among the `n` threads of one process that each drive one shard (each calls
-/// [`Collective::all_reduce_sum`] with tensors of the same shapes, in the same order). Used by
-/// the tests of the sharded loss; no training loop drives shards yet.
-#[derive(Debug)]
-pub struct InProcess {
-    barrier: std::sync::Barrier,
-    sum: std::sync::Mutex<Option<Vec<f32>>>,
-}
-
-impl InProcess {
-    pub fn new(threads: usize) -> Self {
-        Self { barrier: std::sync::Barrier::new(threads), sum: std::sync::Mutex::new(None) }
-    }
-}
-
-impl Collective for InProcess {
-    fn all_reduce_sum<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let (dims, device) = (x.dims(), x.device());
-        let mine: Vec<f32> =
-            x.into_data().convert::<f32>().try_to_vec::<f32>().expect("a tensor converted to f32 reads as f32");
-        // A poisoned lock means another shard panicked: carry on so the barrier releases.
-        {
-            let mut sum = self.sum.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match sum.as_mut() {
-                Some(acc) => acc.iter_mut().zip(&mine).for_each(|(a, m)| *a += m),
-                None => *sum = Some(mine),
-            }
-        }
-        self.barrier.wait();
-        let total = self.sum.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_default();
-        // Everyone has read the sum before the next call starts adding.
-        if self.barrier.wait().is_leader() {
-            *self.sum.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        }
-        self.barrier.wait();
-        Tensor::from_data(burn::tensor::TensorData::new(total, dims), &device)
-    }
 }
 
 /// Sinkhorn-Knopp balancing of `[B, K]` probabilities, over the global batch: the column
@@ -205,6 +151,7 @@ impl MsnLossConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parallel::HostAllReduce;
     use burn::tensor::{Device, TensorData};
 
     fn values<const D: usize>(x: Tensor<D>) -> Vec<f32> {
@@ -244,15 +191,16 @@ mod tests {
             (out.loss, v)
         });
         for shards in [vec![vec![0, 1, 2, 3], vec![4, 5, 6]], vec![vec![0, 1, 2], vec![3, 4], vec![5, 6]]] {
-            let collective = InProcess::new(shards.len());
+            let group = HostAllReduce::new(shards.len());
             let results: Vec<_> = std::thread::scope(|scope| {
                 let handles: Vec<_> = shards
                     .iter()
-                    .map(|s| {
-                        let (collective, cfg, run) = (&collective, &cfg, &run);
+                    .enumerate()
+                    .map(|(rank, s)| {
+                        let (group, cfg, run) = (&group, &cfg, &run);
                         scope.spawn(move || {
                             run(s, &|a, t, p| {
-                                let out = cfg.forward_sharded(a, t, p, collective);
+                                let out = cfg.forward_sharded(a, t, p, &group.rank(rank));
                                 (out.backward, values(out.loss.loss)[0])
                             })
                         })

@@ -149,7 +149,7 @@ fn train_burn(
         }
         let resume = dir.join(CHECKPOINT).is_file();
         log(&format!("burn: pretraining {} to step {c}", dir.display()));
-        pretrain_with(&cfg.clone().with_max_steps(Some(c)), dataset, dir, device, resume, on_step)?;
+        pretrain_with(&cfg.clone().with_max_steps(Some(c)), dataset, dir, &device.into(), resume, on_step)?;
         let at = read_checkpoint(dir)?.step;
         if at != c {
             return Err(Error::Config(format!(

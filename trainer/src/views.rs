@@ -83,6 +83,34 @@ pub struct Batch {
     pub ehr: Vec<f32>,
 }
 
+impl Batch {
+    /// The samples `rows` of this batch (one device's shard), with their views and masks;
+    /// `focal_views` is the number of focal views per sample.
+    pub fn shard(&self, rows: std::ops::Range<usize>, focal_views: usize) -> Batch {
+        let b = self.size;
+        let n = rows.len();
+        // Per-sample rows of `data`: `[B, ...]` when `views` is 1, view-major `[views * B, ...]`.
+        fn pick<T: Copy>(data: &[T], b: usize, views: usize, rows: &std::ops::Range<usize>) -> Vec<T> {
+            if data.is_empty() || b == 0 {
+                return Vec::new();
+            }
+            let width = data.len() / (views * b);
+            (0..views).flat_map(|v| &data[(v * b + rows.start) * width..(v * b + rows.end) * width]).copied().collect()
+        }
+        Batch {
+            size: n,
+            target: pick(&self.target, b, 1, &rows),
+            anchor: pick(&self.anchor, b, 1, &rows),
+            focal: pick(&self.focal, b, focal_views, &rows),
+            anchor_keep: pick(&self.anchor_keep, b, 1, &rows),
+            anchor_kept: self.anchor_kept,
+            focal_keep: pick(&self.focal_keep, b, focal_views, &rows),
+            focal_kept: self.focal_kept,
+            ehr: pick(&self.ehr, b, 1, &rows),
+        }
+    }
+}
+
 /// `(y0, x0, h, w)` of a random resized crop of a `side x side` image (torchvision's
 /// `RandomResizedCrop.get_params`: ten tries, then the centre crop).
 fn crop_box(side: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut Rng) -> (f64, f64, f64, f64) {
@@ -270,5 +298,17 @@ mod tests {
         assert_eq!(a.ehr, vec![0.0, 1.0, 1.0, 0.0], "feature rows follow the batch order");
         let c = make_batch(&images, &[1, 0], &cfg, Masking::Paper, 0.15, 4, 7, 1, 0).unwrap();
         assert_ne!(a.target, c.target, "another epoch, other crops");
+        // A shard holds its samples' rows of every view and mask (focal views view-major).
+        let one = a.shard(1..2, 2);
+        let (g, f) = (3 * 64, 3 * 16);
+        assert_eq!(one.size, 1);
+        assert_eq!(one.target, a.target[g..2 * g]);
+        assert_eq!(one.anchor, a.anchor[g..2 * g]);
+        assert_eq!(one.focal, [&a.focal[f..2 * f], &a.focal[3 * f..4 * f]].concat());
+        let k = a.anchor_kept;
+        assert_eq!(one.anchor_keep, a.anchor_keep[k..2 * k]);
+        let k = a.focal_kept;
+        assert_eq!(one.focal_keep, [&a.focal_keep[k..2 * k], &a.focal_keep[3 * k..4 * k]].concat());
+        assert_eq!(one.ehr, vec![1.0, 0.0]);
     }
 }

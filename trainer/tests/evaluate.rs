@@ -443,7 +443,10 @@ fn compare_reference_against_itself_finds_no_difference() {
 fn tiny_ablate(data: &Path, out: &Path, choices: &[String], logs: &mut Vec<String>) -> Vec<RunSummary> {
     let base = tiny("none").with_max_steps(Some(3));
     let eval = probe().with_epochs(3).with_bootstrap(20);
-    ablate(&base, &eval, choices, data, &[], out, &device(), &mut |_, _| {}, &mut |l| logs.push(l.to_string())).unwrap()
+    ablate(&base, &eval, choices, data, &[], out, &(&device()).into(), &mut |_, _| {}, &mut |l| {
+        logs.push(l.to_string())
+    })
+    .unwrap()
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).

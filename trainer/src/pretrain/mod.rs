@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::Device;
 use cxr_dataset::Split;
 use cxr_dataset::features::EhrSelection;
 
 use crate::data::Dataset;
 use crate::model::fusion::{FusionShape, MsnNet};
+use crate::parallel::{Devices, Replicas};
 use crate::rng::Rng;
 use crate::views::{Batch, make_batch};
 use crate::{Error, Result};
@@ -45,17 +45,18 @@ pub struct PretrainSummary {
     pub net: MsnNet,
 }
 
-/// Pretrains on `dataset` into the run folder `run`, on `device` (an autodiff device);
-/// with `resume`, continues from the run's last checkpoint (same config and dataset) and ends
-/// with the same weights as an uninterrupted run.
+/// Pretrains on `dataset` into the run folder `run`, on `devices` (an autodiff device, or
+/// [`Devices`] for data parallelism over several); with `resume`, continues from the run's
+/// last checkpoint (same config and dataset) and ends with the same weights as an
+/// uninterrupted run on as many devices.
 pub fn pretrain(
     cfg: &PretrainConfig,
     dataset: &Path,
     run: &Path,
-    device: &Device,
+    devices: impl Into<Devices>,
     resume: bool,
 ) -> Result<PretrainSummary> {
-    pretrain_with(cfg, dataset, run, device, resume, &mut |_, _| {})
+    pretrain_with(cfg, dataset, run, &devices.into(), resume, &mut |_, _| {})
 }
 
 /// [`pretrain`], calling `on_step` with each step's metrics and the step the run stops at
@@ -64,10 +65,11 @@ pub fn pretrain_with(
     cfg: &PretrainConfig,
     dataset: &Path,
     run: &Path,
-    device: &Device,
+    devices: &Devices,
     resume: bool,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
+    let device = devices.main();
     let ds = Dataset::open(dataset)?;
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
@@ -120,15 +122,13 @@ pub fn pretrain_with(
         let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
         net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
     }
-    let mut optim = optimizer();
-    // Taken and put back by each step (the step closure cannot move it).
-    let mut slot = Some(net);
+    let mut replicas = Replicas::new(net, devices);
     if let Some(c) = &checkpoint {
-        let record =
-            burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))?;
-        optim = optim.load_record(record);
+        replicas.load_optimizer(|| {
+            burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))
+        })?;
     }
-    let per_epoch = if cfg.drop_last { images.len() / cfg.batch_size } else { images.len().div_ceil(cfg.batch_size) };
+    let per_epoch = batches_per_epoch(images.len(), cfg.batch_size, cfg.drop_last, devices.len());
     // The schedules span every epoch; --max-steps only stops early.
     let total = per_epoch * cfg.epochs;
     let stop = cfg.max_steps.unwrap_or(total).min(total);
@@ -213,8 +213,7 @@ pub fn pretrain_with(
     };
     // A fresh run asked for no steps still leaves its initial network as a checkpoint.
     if checkpoint.is_none() && stop == 0 {
-        let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
-        save(net, optim.to_record(), 0, 0, 0, first)?;
+        save(replicas.net(), replicas.optimizer_record(), 0, 0, 0, first)?;
     }
     'epochs: for epoch in start_epoch..cfg.epochs {
         let skip = if epoch == start_epoch { start_batch } else { 0 };
@@ -252,9 +251,7 @@ pub fn pretrain_with(
                 }
                 let t0 = Instant::now();
                 let sched = cfg.schedule_at(epoch, step, per_epoch);
-                let net = slot.take().ok_or_else(|| Error::Config("no network".into()))?;
-                let (net, loss, _) = train_step(net, &mut optim, batch_tensors(&batch, cfg, device), cfg, sched)?;
-                slot = Some(net);
+                let (loss, _) = replicas.step(&batch, cfg, sched)?;
                 let m = StepMetrics {
                     epoch,
                     step,
@@ -281,10 +278,9 @@ pub fn pretrain_with(
                     let mean_loss = (epoch_sum / epoch_steps.max(1) as f64) as f32;
                     (epoch_sum, epoch_steps) = (0.0, 0);
                     if best.as_ref().is_none_or(|b| mean_loss < b.mean_loss) {
-                        let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
                         let b = BestCheckpoint { epoch, step, mean_loss, model: BEST_MODEL.into() };
                         let tmp = run.join("best-model.bpk.tmp");
-                        net.clone().into_record().save(&tmp).map_err(|e| record_err(BEST_MODEL, e))?;
+                        replicas.net().clone().into_record().save(&tmp).map_err(|e| record_err(BEST_MODEL, e))?;
                         fs_err::rename(&tmp, run.join(BEST_MODEL))?;
                         let text = serde_json::to_string_pretty(&b).map_err(|e| Error::Config(e.to_string()))?;
                         write_atomic(&run.join(BEST), text.as_bytes())?;
@@ -293,8 +289,7 @@ pub fn pretrain_with(
                 }
                 if step % cfg.checkpoint_every.max(1) == 0 || next_batch == 0 || step == stop {
                     metrics.flush()?;
-                    let net = slot.as_ref().ok_or_else(|| Error::Config("no network".into()))?;
-                    save(net, optim.to_record(), step, next_epoch, next_batch, first)?;
+                    save(replicas.net(), replicas.optimizer_record(), step, next_epoch, next_batch, first)?;
                 }
             }
             Ok(true)
@@ -311,6 +306,13 @@ pub fn pretrain_with(
         first_loss: first,
         last_loss: last,
         seconds: started.elapsed().as_secs_f64(),
-        net: slot.ok_or_else(|| Error::Config("no network".into()))?,
+        net: replicas.into_net(),
     })
+}
+
+/// Steps in an epoch of `n` images: a partial last batch is trained unless `drop_last`, or
+/// when it has fewer images than there are devices (it cannot be split over them).
+pub fn batches_per_epoch(n: usize, batch_size: usize, drop_last: bool, devices: usize) -> usize {
+    let rest = n % batch_size;
+    if drop_last || rest < devices { n / batch_size } else { n.div_ceil(batch_size) }
 }

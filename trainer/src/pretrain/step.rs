@@ -12,6 +12,7 @@ use super::config::{PretrainConfig, StepSchedule};
 use crate::Result;
 use crate::model::fusion::{MsnNet, Views};
 use crate::msn::MsnLossOutput;
+use crate::parallel::{Collective, Local, all_reduce_gradients};
 use crate::views::Batch;
 
 /// Collects a module's float parameters, flattened, in visiting order.
@@ -209,20 +210,36 @@ pub fn train_step(
     cfg: &PretrainConfig,
     s: StepSchedule,
 ) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
+    train_step_with(net, optim, views, cfg, s, &Local)
+}
+
+/// [`train_step`] on one device's shard of a batch split over the devices of `collective`:
+/// the loss over the global batch, the gradients summed over the devices before the update
+/// (the same on every device, so the replicas stay equal). The loss returned is the global
+/// one (values; with [`Local`] also its graph).
+pub fn train_step_with(
+    net: MsnNet,
+    optim: &mut ModuleOptimizer,
+    views: Views,
+    cfg: &PretrainConfig,
+    s: StepSchedule,
+    collective: &impl Collective,
+) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
     let t0 = Instant::now();
     let net = ema_update(net, s.momentum);
     let t1 = Instant::now();
     let out = net.forward(views)?;
     let prototypes = if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
-    let loss = cfg.loss.forward(out.anchors, out.targets, prototypes);
+    let loss = cfg.loss.forward_sharded(out.anchors, out.targets, prototypes, collective);
     let t2 = Instant::now();
-    let grads = GradientsParams::from_grads(loss.loss.backward(), &net);
+    let grads = GradientsParams::from_grads(loss.backward.backward(), &net);
+    let grads = all_reduce_gradients(grads, &net, collective);
     let t3 = Instant::now();
     let net = update(net, optim, grads, cfg, s);
     let t4 = Instant::now();
     let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
     let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
-    Ok((net, loss, times))
+    Ok((net, loss.loss, times))
 }
 
 /// The views of a batch as tensors on `device`.
