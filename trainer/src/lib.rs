@@ -3,14 +3,16 @@
 //! fused kernels of our own for its hot element-wise ops ([`model::fused`]) and one allocator
 //! setting ([`memory`]).
 //!
-//! [`backend`] chooses where the model runs (CPU or wgpu). In data-flow order: [`data`] (a verified dataset version, read from its image shards),
-//! [`views`] (the 12 MSN views and token masks), [`model`] (the ViT backbone, its
-//! position-embedding resize, the projection head, the EHR-fused network), [`msn`] (the loss),
-//! [`pretrain`] (the training loop), [`parallel`] (data parallelism over several devices), [`weights`] (loading PyTorch weights by name),
-//! [`import`] (a reference checkpoint as a run), [`transform`] and [`linear`] (linear
-//! evaluation), [`metrics`] (AUROC/AP with bootstrap intervals), [`report`] (figures and HTML
-//! pages), [`experiment`] (`run` and `ablate`), [`parity`] (whole runs against the reference
-//! PyTorch MSN), [`bench`] (the speed of a pretraining step).
+//! [`backend`] chooses where the model runs (CPU, wgpu or CUDA); [`parallel`] trains on
+//! several devices at once (data parallelism). In data-flow order: [`data`] (a verified
+//! dataset version, read from its image shards), [`views`] (the 12 MSN views and token
+//! masks), [`model`] (the ViT backbone, its position-embedding resize, the projection head, the
+//! EHR-fused network), [`msn`] (the loss), [`pretrain`] (the training loop), [`weights`]
+//! (loading PyTorch weights by name), [`import`] (a reference checkpoint as a run),
+//! [`transform`] and [`linear`] (linear evaluation), [`metrics`] (AUROC/AP with bootstrap
+//! intervals), [`report`] (figures and HTML pages), [`experiment`] (`run` and `ablate`),
+//! [`parity`] (whole runs against the reference PyTorch MSN), [`bench`] (the speed of a
+//! pretraining step).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

@@ -35,7 +35,7 @@ struct Cli {
     /// or `openblas` for its matrix products through OpenBLAS). A comma-separated list
     /// (`cuda:0,cuda:1,...`) pretrains data-parallel: each batch (--batch-size is the global
     /// batch) split over the devices, gradients summed; evaluation runs on the first device.
-    /// `cpu,cpu` runs that code on one CPU, for checking only (no speed-up).
+    /// `cpu,cpu` runs that code on one CPU (a check; small models can also train faster so).
     #[arg(long, visible_alias = "devices", global = true, default_value = "cpu")]
     device: String,
     /// How the devices of a --device list exchange their sums: nccl (CUDA GPUs; needs

@@ -142,11 +142,12 @@ impl Collective for HostRank<'_> {
         self.group.state.lock().unwrap_or_else(PoisonError::into_inner).parts.len()
     }
     fn all_reduce_sum<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let (dims, device) = (x.dims(), x.device());
+        let (dims, device, dtype) = (x.dims(), x.device(), x.dtype());
         let mine: Vec<f32> =
             x.into_data().convert::<f32>().try_to_vec::<f32>().expect("a tensor converted to f32 reads as f32");
         let total = self.group.sum(self.rank, mine);
-        Tensor::from_data(TensorData::new(total.to_vec(), dims), &device)
+        // Summed in f32, handed back in the tensor's own type (half precision stays half).
+        Tensor::from_data(TensorData::new(total.to_vec(), dims).convert_dtype(dtype), &device)
     }
 }
 
@@ -212,7 +213,7 @@ impl From<&Devices> for Devices {
 
 impl Devices {
     /// The devices of `--device` (a comma-separated list: `cuda:0,cuda:1`; `cpu,cpu` runs the
-    /// data-parallel code on one CPU, for checking, with no speed-up), with autodiff and
+    /// data-parallel code on one CPU), with autodiff and
     /// `precision`, and `all_reduce` (default: NCCL when every device is a CUDA GPU, else host).
     pub fn parse(list: &str, precision: Precision, all_reduce: Option<AllReduce>) -> Result<Self> {
         let backends: Vec<Backend> =
