@@ -35,7 +35,7 @@ pub struct BenchResult {
 pub const STEP_PREFIX: &str = "step_seconds ";
 
 /// Which stage to time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchStage {
     /// Linkage and features on tables only (`--images none`).
     Table,

@@ -12,7 +12,7 @@ use polars::prelude::*;
 use crate::{Error, Result};
 
 /// What to do with a blank (or, when kept, rare) view or a blank orientation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MissingPolicy {
     /// The most frequent category given the other scan variable, fitted on training rows
     /// (the reference's imputer, effectively).

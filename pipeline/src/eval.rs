@@ -31,9 +31,11 @@ use crate::synth::rng::Rng;
 use crate::{Error, Result};
 
 /// Which evaluation dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EvalKind {
+    /// CheXpert-v1.0-small (train.csv, valid.csv).
     Chexpert,
+    /// NIH ChestX-ray14 (Data_Entry_2017.csv, train_val_list.txt, test_list.txt).
     Nih,
 }
 

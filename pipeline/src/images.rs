@@ -22,7 +22,7 @@ use crate::progress::Progress;
 use crate::{Error, Result};
 
 /// Which image files feed the shards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ImageSource {
     /// DICOM when the MIMIC-CXR project is present, else JPG, else table only.
     Auto,
@@ -104,7 +104,7 @@ impl Subset {
 }
 
 /// How the stage runs; none of this changes the output.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
     /// Stop at the first bad image.
     pub fail_fast: bool,

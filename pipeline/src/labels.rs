@@ -12,14 +12,16 @@ use crate::synth::rng;
 use crate::{Error, Result};
 
 /// Which report labeller's table to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Labeler {
+    /// `mimic-cxr-2.0.0-chexpert.csv.gz`.
     Chexpert,
+    /// `mimic-cxr-2.0.0-negbio.csv.gz`.
     Negbio,
 }
 
 /// How an uncertain (-1) label becomes a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Uncertain {
     /// U-zeros (the reference).
     Zeros,

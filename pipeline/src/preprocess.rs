@@ -28,7 +28,7 @@ pub struct Gray {
 }
 
 /// How the image becomes a square.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Geometry {
     /// The centred square (a 3056x2544 film loses about 17% of its height).
     #[default]
