@@ -27,7 +27,7 @@ pub enum Backend {
 }
 
 /// The float type of a backend's tensors (parameters, activations and gradients alike).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit floats everywhere (the default; the parity tests' precision).
     #[default]
@@ -192,11 +192,6 @@ impl FromStr for Backend {
         }
         Ok(backend)
     }
-}
-
-impl Precision {
-    /// Names `FromStr` takes.
-    pub const NAMES: [&'static str; 3] = ["f32", "f16", "bf16"];
 }
 
 impl FromStr for Precision {

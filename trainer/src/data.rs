@@ -39,27 +39,16 @@ pub enum Pixels {
 }
 
 /// How [`Dataset::load`] holds the images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum ImageSource {
     /// In memory.
     Memory,
-    /// Read from the shard files image by image ([`Pixels::Files`]).
+    /// Read from the shard files image by image as batches need them ([`Pixels::Files`]):
+    /// datasets larger than memory.
     Stream,
     /// In memory when they take at most half of the memory available now, else streamed.
     Auto,
-}
-
-impl std::str::FromStr for ImageSource {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "memory" => Ok(Self::Memory),
-            "stream" => Ok(Self::Stream),
-            "auto" => Ok(Self::Auto),
-            other => Err(Error::Config(format!("images {other:?}: expected memory, stream or auto"))),
-        }
-    }
 }
 
 /// Images of one split, with the selected feature columns (always in memory).

@@ -8,11 +8,12 @@ use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
 use trainer::backend::{Backend, Precision};
+use trainer::data::ImageSource;
 use trainer::experiment::{self, RunSummary};
-use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
+use trainer::linear::{LinearEvalConfig, ProbeKind, Source, Uncertain, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::parallel::{AllReduce, Devices};
-use trainer::pretrain::{CheckpointChoice, PretrainConfig, StepMetrics, pretrain_with};
+use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit, StepMetrics, pretrain_with};
 use trainer::report;
 use trainer::transform::ProbeTransform;
 
@@ -41,12 +42,12 @@ struct Cli {
     /// How the devices of a --device list exchange their sums: nccl (CUDA GPUs; needs
     /// libnccl.so.2 at run time; the default for a list of CUDA GPUs) or host (through host
     /// memory; every backend, the default otherwise).
-    #[arg(long, global = true, value_parser = AllReduce::NAMES)]
-    all_reduce: Option<String>,
+    #[arg(long, global = true, value_enum)]
+    all_reduce: Option<AllReduce>,
     /// Float type of parameters, activations and gradients: f32, or half precision (f16,
     /// bf16) on --device wgpu or cuda.
-    #[arg(long, global = true, default_value = "f32", value_parser = Precision::NAMES)]
-    precision: String,
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -154,9 +155,9 @@ pub(crate) struct TrainOpts {
     /// vit-micro (96 wide, 4 layers, 64x64 input: demos and laptops).
     #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
     model: String,
-    /// paper (the reference code's behaviour) or msn (the original MSN's).
-    #[arg(long, default_value = "paper", value_parser = ["paper", "msn"])]
-    preset: String,
+    /// The configuration the other settings start from.
+    #[arg(long, value_enum, default_value_t = Preset::Paper)]
+    preset: Preset,
     /// A JSON file of config fields (a previous run's whole config.json, or only the fields to
     /// change, nested as in config.json, e.g. {"lr": 0.002, "views": {"focal_views": 4}}):
     /// they replace those of --preset and --model; the other flags override the file.
@@ -175,9 +176,9 @@ pub(crate) struct TrainOpts {
     /// Stop pretraining after this many steps.
     #[arg(long)]
     max_steps: Option<usize>,
-    /// train (training-split images only) or all (every image, as the reference).
-    #[arg(long, value_parser = ["train", "all"])]
-    pretrain_split: Option<String>,
+    /// The images pretrained on [default: train].
+    #[arg(long, value_enum)]
+    pretrain_split: Option<PretrainSplit>,
     /// Write a checkpoint every this many steps (and at each epoch end and when stopping).
     #[arg(long)]
     checkpoint_every: Option<usize>,
@@ -187,17 +188,15 @@ pub(crate) struct TrainOpts {
     global_size: Option<usize>,
     #[arg(long)]
     focal_size: Option<usize>,
-    /// Where the pretraining images are held: memory, stream (read from the shard files as
-    /// batches need them, for datasets larger than memory) or auto (streamed when they would
-    /// take more than half of the available memory).
-    #[arg(long, value_parser = ["memory", "stream", "auto"])]
-    images: Option<String>,
+    /// Where the pretraining images are held [default: auto].
+    #[arg(long, value_enum)]
+    images: Option<ImageSource>,
 }
 
 impl TrainOpts {
     pub(crate) fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
         let vit = VitConfig::preset(&self.model).with_context(|| format!("--model {}", self.model))?;
-        let base = if self.preset == "msn" { PretrainConfig::msn(vit, ehr) } else { PretrainConfig::paper(vit, ehr) };
+        let base = self.preset.config(vit, ehr);
         let mut cfg = match &self.config {
             Some(path) => base.with_overrides_from(path)?,
             None => base,
@@ -221,8 +220,8 @@ impl TrainOpts {
         if let Some(v) = self.checkpoint_every {
             cfg.checkpoint_every = v;
         }
-        if let Some(v) = &self.pretrain_split {
-            cfg.pretrain_split.clone_from(v);
+        if let Some(v) = self.pretrain_split {
+            cfg.pretrain_split = v;
         }
         if let Some(v) = self.global_size {
             cfg.views.global_size = v;
@@ -230,8 +229,8 @@ impl TrainOpts {
         if let Some(v) = self.focal_size {
             cfg.views.focal_size = v;
         }
-        if let Some(v) = &self.images {
-            cfg.images.clone_from(v);
+        if let Some(v) = self.images {
+            cfg.images = v;
         }
         if cfg.batch_size == 0 || cfg.epochs == 0 {
             bail!("--batch-size and --epochs must be at least 1");
@@ -262,12 +261,12 @@ pub(crate) struct EvalOpts {
     /// standardised features, solved to convergence, L2 strength chosen on validation macro
     /// AUROC) or sgd (a linear head trained by Adam with early stopping, as the reference).
     /// --finetune and --no-cache always train by sgd.
-    #[arg(long, default_value = "logistic", value_parser = ProbeKind::NAMES)]
-    probe: String,
+    #[arg(long, value_enum, default_value_t = ProbeKind::Logistic)]
+    probe: ProbeKind,
     /// The pretraining checkpoint evaluated: lowest-loss (the end of the epoch with the lowest
     /// mean training loss, as the reference; the last checkpoint when a run has none) or last.
-    #[arg(long, default_value = "lowest-loss", value_parser = CheckpointChoice::NAMES)]
-    select: String,
+    #[arg(long, value_enum, default_value_t = CheckpointChoice::LowestLoss)]
+    select: CheckpointChoice,
     /// --probe sgd: train on the raw features instead of standardised ones.
     #[arg(long)]
     no_standardize: bool,
@@ -295,9 +294,9 @@ pub(crate) struct EvalOpts {
     /// sgd: Adam learning rate of the probe (cosine schedule).
     #[arg(long, default_value_t = 1e-4)]
     probe_lr: f64,
-    /// Uncertain labels: dataset (as built), zeros, ones, ignore (out of loss and metrics).
-    #[arg(long, default_value = "dataset", value_parser = ["dataset", "zeros", "ones", "ignore"])]
-    uncertain: String,
+    /// What uncertain labels become.
+    #[arg(long, value_enum, default_value_t = Uncertain::Dataset)]
+    uncertain: Uncertain,
     /// Bootstrap resamples of the test set for the 95% intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -321,9 +320,9 @@ impl EvalOpts {
             t.resize = r;
         }
         Ok(LinearEvalConfig::new(t)
-            .with_probe(self.probe.parse()?)
+            .with_probe(self.probe)
             .with_standardize(!self.no_standardize)
-            .with_checkpoint(self.select.parse()?)
+            .with_checkpoint(self.select)
             .with_fraction(self.fraction)
             .with_finetune(self.finetune)
             .with_cache_features(!self.no_cache)
@@ -331,7 +330,7 @@ impl EvalOpts {
             .with_patience(self.patience)
             .with_batch_size(self.probe_batch_size)
             .with_lr(self.probe_lr)
-            .with_uncertain(self.uncertain.clone())
+            .with_uncertain(self.uncertain)
             .with_bootstrap(self.bootstrap)
             .with_seed(seed))
     }
@@ -467,9 +466,7 @@ fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Resul
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let precision: Precision = cli.precision.parse().context("--precision")?;
-    let all_reduce = cli.all_reduce.as_deref().map(str::parse::<AllReduce>).transpose()?;
-    let _ = DEVICES.set(Devices::parse(&cli.device, precision, all_reduce).context("--device, --precision")?);
+    let _ = DEVICES.set(Devices::parse(&cli.device, cli.precision, cli.all_reduce).context("--device, --precision")?);
     match cli.command {
         Command::Pretrain(args) => {
             let cfg = args.resolve()?;
@@ -497,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (source, cache, crop): (Source, PathBuf, usize) =
                 match (&args.checkpoint, &args.random_init, &args.baseline) {
                     (Some(run), _, _) => {
-                        let e = load_encoder(run, args.eval.select.parse()?, &device)?;
+                        let e = load_encoder(run, args.eval.select, &device)?;
                         let crop = e.crop;
                         (e.into(), run.join("features"), crop)
                     }

@@ -15,7 +15,6 @@
 
 use std::collections::HashSet;
 use std::ops::Range;
-use std::str::FromStr;
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
@@ -168,27 +167,12 @@ impl Collective for BackendAllReduce {
 }
 
 /// How the devices of a data-parallel run exchange their sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AllReduce {
     /// Through host memory (every backend).
     Host,
     /// burn's collective all-reduce: NCCL between CUDA GPUs.
     Nccl,
-}
-
-impl AllReduce {
-    pub const NAMES: [&'static str; 2] = ["host", "nccl"];
-}
-
-impl FromStr for AllReduce {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "host" => Ok(Self::Host),
-            "nccl" => Ok(Self::Nccl),
-            other => Err(Error::Config(format!("--all-reduce {other:?}: choose host or nccl"))),
-        }
-    }
 }
 
 /// The devices a run trains on (autodiff devices), the first one the main device (the

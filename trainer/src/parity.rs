@@ -107,14 +107,8 @@ const REFERENCE: &str = "reference";
 /// `drop_last`, `epochs`).
 pub fn pretraining_steps(cfg: &PretrainConfig, dataset: &Path) -> Result<usize> {
     let ds = Dataset::open(dataset)?;
-    let splits = match cfg.pretrain_split.as_str() {
-        "all" => Vec::new(),
-        _ => vec![cxr_dataset::Split::Train],
-    };
-    let n = ds.load(&splits, &[], ImageSource::Stream)?.len();
-    let b = cfg.batch_size.max(1);
-    let per_epoch = if cfg.drop_last { n / b } else { n.div_ceil(b) };
-    Ok(per_epoch * cfg.epochs)
+    let n = ds.load(&cfg.pretrain_split.splits(), &[], ImageSource::Stream)?.len();
+    Ok(crate::pretrain::batches_per_epoch(n, cfg.batch_size.max(1), cfg.drop_last, 1) * cfg.epochs)
 }
 
 /// Copies the run folder's current checkpoint (config, state and model) into `to`.

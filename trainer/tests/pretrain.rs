@@ -447,15 +447,15 @@ fn streamed_images_train_the_same_weights_as_images_in_memory() {
     assert_eq!(sub.feature_row(1), mem.feature_row(3));
 
     let device = device();
-    let run = |images: &str| {
-        let cfg = tiny("sex").with_max_steps(Some(4)).with_images(images.to_string());
-        pretrain(&cfg, &data, &dir.path().join(images), &device, false).unwrap()
+    let run = |images: ImageSource, name: &str| {
+        let cfg = tiny("sex").with_max_steps(Some(4)).with_images(images);
+        pretrain(&cfg, &data, &dir.path().join(name), &device, false).unwrap()
     };
-    let (a, b) = (run("memory"), run("stream"));
+    let (a, b) = (run(ImageSource::Memory, "memory"), run(ImageSource::Stream, "stream"));
     assert_eq!(flat(&a.net), flat(&b.net));
-    let bad = tiny("sex").with_images("disk".into());
-    let err = pretrain(&bad, &data, &dir.path().join("bad"), &device, false).unwrap_err().to_string();
-    assert!(err.contains("memory, stream or auto"), "{err}");
+    // A config file naming another holding is refused with the choices.
+    let err = tiny("sex").with_overrides(&serde_json::json!({"images": "disk"}), "test.json").unwrap_err().to_string();
+    assert!(err.contains("test.json") && err.contains("`memory`, `stream`, `auto`"), "{err}");
 }
 
 /// Every parameter of the anchor branch trains (LayerNorms included) and none of the EMA

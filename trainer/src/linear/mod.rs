@@ -48,7 +48,7 @@ pub use results::{CPoint, EpochMetrics, ExternalResult, LinearEvalResult, TEST_S
 pub use splits::{SplitData, load_splits};
 
 /// How the linear classifier is trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
     /// L2-regularised logistic regression per label on standardised frozen features, solved
@@ -58,18 +58,27 @@ pub enum ProbeKind {
     Sgd,
 }
 
-impl ProbeKind {
-    pub const NAMES: [&'static str; 2] = ["logistic", "sgd"];
+/// What uncertain (-1) labels become for the probe (`--uncertain`); blanks are negatives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Uncertain {
+    /// The policy the dataset was built with.
+    Dataset,
+    /// Negatives (U-zeros).
+    Zeros,
+    /// Positives (U-ones).
+    Ones,
+    /// Left out of the loss and the metrics.
+    Ignore,
 }
 
-impl std::str::FromStr for ProbeKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "logistic" => Ok(Self::Logistic),
-            "sgd" => Ok(Self::Sgd),
-            other => Err(Error::Config(format!("--probe {other}: expected logistic or sgd"))),
+impl Uncertain {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Dataset => "dataset",
+            Self::Zeros => "zeros",
+            Self::Ones => "ones",
+            Self::Ignore => "ignore",
         }
     }
 }
@@ -114,10 +123,9 @@ pub struct LinearEvalConfig {
     pub lr: f64,
     #[config(default = 24)]
     pub seed: u64,
-    /// Uncertain labels: `dataset` (the policy the dataset was built with), `zeros`, `ones`
-    /// or `ignore` (left out of the loss and the metrics); blanks are negatives.
-    #[config(default = "String::from(\"dataset\")")]
-    pub uncertain: String,
+    /// What uncertain labels become; blanks are negatives.
+    #[config(default = "Uncertain::Dataset")]
+    pub uncertain: Uncertain,
     #[config(default = 1000)]
     pub bootstrap: usize,
     pub transform: ProbeTransform,
@@ -506,7 +514,7 @@ pub fn linear_eval(
     let names = ds.labels.clone();
     let l = names.len();
     let columns = source.columns()?;
-    let splits = load_splits(&ds, &names, &cfg.uncertain, &[Split::Train, Split::Validate, Split::Test], &columns)?;
+    let splits = load_splits(&ds, &names, cfg.uncertain, &[Split::Train, Split::Validate, Split::Test], &columns)?;
     let [train, val, test]: [SplitData; 3] =
         splits.try_into().map_err(|_| Error::Config("expected three splits".into()))?;
     for (what, s) in [("train", &train), ("validate", &val), ("test", &test)] {
@@ -625,7 +633,7 @@ pub fn linear_eval(
         let ext = Dataset::open(dir)?;
         let unmatched: Vec<String> =
             names.iter().filter(|n| !ext.labels.iter().any(|e| e.eq_ignore_ascii_case(n))).cloned().collect();
-        let [data]: [SplitData; 1] = load_splits(&ext, &names, &cfg.uncertain, &[Split::Test], &[])?
+        let [data]: [SplitData; 1] = load_splits(&ext, &names, cfg.uncertain, &[Split::Test], &[])?
             .try_into()
             .map_err(|_| Error::Config("expected one split".into()))?;
         if data.is_empty() {

@@ -5,6 +5,7 @@
 use cxr_dataset::Split;
 use cxr_dataset::shard::split_code;
 
+use super::Uncertain;
 use crate::data::{Dataset, ImageSource, Images};
 use crate::{Error, Result};
 
@@ -36,16 +37,13 @@ impl SplitData {
 pub fn load_splits(
     ds: &Dataset,
     names: &[String],
-    uncertain: &str,
+    uncertain: Uncertain,
     splits: &[Split],
     extra: &[String],
 ) -> Result<Vec<SplitData>> {
     let available = ds.feature_columns()?;
     let has = |c: &str| available.iter().any(|a| a == c);
-    let raw_policy = uncertain != "dataset";
-    if !["dataset", "zeros", "ones", "ignore"].contains(&uncertain) {
-        return Err(Error::Config(format!("--uncertain {uncertain}: expected dataset, zeros, ones or ignore")));
-    }
+    let raw_policy = uncertain != Uncertain::Dataset;
     // Column of each requested label in the dataset (by name), if any.
     let mut columns = vec!["split".to_string()];
     let mut label_at = Vec::new();
@@ -63,7 +61,7 @@ pub fn load_splits(
             Some(c) => {
                 return Err(Error::Dataset {
                     path: ds.dir.clone(),
-                    message: format!("no column {c:?} for label {name:?} (--uncertain {uncertain})"),
+                    message: format!("no column {c:?} for label {name:?} (--uncertain {})", uncertain.name()),
                 });
             }
             None => label_at.push(None),
@@ -108,15 +106,15 @@ pub fn load_splits(
 }
 
 /// A raw CheXpert value (1, 0, -1, blank = NaN) under a policy.
-fn resolve(raw: f32, policy: &str) -> f32 {
+fn resolve(raw: f32, policy: Uncertain) -> f32 {
     if raw.is_nan() {
         return 0.0;
     }
     if raw < -0.5 {
         return match policy {
-            "ones" => 1.0,
-            "ignore" => f32::NAN,
-            _ => 0.0,
+            Uncertain::Ones => 1.0,
+            Uncertain::Ignore => f32::NAN,
+            Uncertain::Zeros | Uncertain::Dataset => 0.0,
         };
     }
     raw

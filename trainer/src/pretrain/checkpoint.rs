@@ -46,7 +46,7 @@ pub const BEST: &str = "best.json";
 pub const BEST_MODEL: &str = "best-model.bpk";
 
 /// Which pretraining checkpoint an evaluation reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum CheckpointChoice {
     /// The end of the epoch with the lowest mean training loss (the reference's choice);
@@ -55,22 +55,6 @@ pub enum CheckpointChoice {
     LowestLoss,
     /// The last checkpoint.
     Last,
-}
-
-impl CheckpointChoice {
-    pub const NAMES: [&'static str; 2] = ["lowest-loss", "last"];
-}
-
-impl std::str::FromStr for CheckpointChoice {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "lowest-loss" => Ok(Self::LowestLoss),
-            "last" => Ok(Self::Last),
-            other => Err(Error::Config(format!("checkpoint choice {other}: expected lowest-loss or last"))),
-        }
-    }
 }
 
 /// Reads a run's lowest-loss checkpoint, if it has one.

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use burn::config::Config;
 
+use crate::data::ImageSource;
 use crate::model::VitConfig;
 use crate::msn::MsnLossConfig;
 use crate::views::{Masking, ViewConfig};
@@ -13,8 +14,8 @@ use crate::{Error, Result};
 /// Everything a pretraining run depends on; saved as `config.json`.
 #[derive(Config, Debug)]
 pub struct PretrainConfig {
-    /// `paper` or `msn` (see [`PretrainConfig::paper`], [`PretrainConfig::msn`]).
-    pub preset: String,
+    /// The preset the other fields started from.
+    pub preset: Preset,
     pub vit: VitConfig,
     /// `--ehr` selection (`none`: vanilla MSN).
     pub ehr: String,
@@ -77,15 +78,12 @@ pub struct PretrainConfig {
     pub loss: MsnLossConfig,
     #[config(default = 24)]
     pub seed: u64,
-    /// Pretrain on the training split only (`train`, the default) or every image (`all`, the
-    /// reference's behaviour).
-    #[config(default = "String::from(\"train\")")]
-    pub pretrain_split: String,
-    /// Where the images are held: `memory`, `stream` (read from the shard files as batches
-    /// need them: datasets larger than memory) or `auto` (streamed when they would take more
-    /// than half of the available memory). The results are the same.
-    #[config(default = "String::from(\"auto\")")]
-    pub images: String,
+    /// The images pretrained on.
+    #[config(default = "PretrainSplit::Train")]
+    pub pretrain_split: PretrainSplit,
+    /// Where the images are held while training (the results are the same).
+    #[config(default = "ImageSource::Auto")]
+    pub images: ImageSource,
     /// Stop after this many steps (benchmarks, smoke tests); the schedules still span all
     /// epochs, so a stopped run can be resumed to the same result.
     #[config(default = "None")]
@@ -105,7 +103,7 @@ impl PretrainConfig {
     /// off-by-one, frozen prototypes, constant EMA 0.996, lr 1e-4, wd 1e-3, batch 64, seed 24.
     pub fn paper(vit: VitConfig, ehr: &str) -> Self {
         let views = ViewConfig::for_vit(&vit);
-        Self::new("paper".into(), vit, ehr.into(), Masking::Paper, views, MsnLossConfig::new())
+        Self::new(Preset::Paper, vit, ehr.into(), Masking::Paper, views, MsnLossConfig::new())
     }
 
     /// The original MSN (its ViT-S/16 configuration): trained prototypes, anchor-only masking,
@@ -114,7 +112,7 @@ impl PretrainConfig {
     /// clipping at 3, no weight decay on biases, norms and prototypes.
     pub fn msn(vit: VitConfig, ehr: &str) -> Self {
         let views = ViewConfig::for_vit(&vit);
-        Self::new("msn".into(), vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
+        Self::new(Preset::Msn, vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
             .with_train_prototypes(true)
             .with_schedule(Schedule::Step)
             .with_lr(1e-3)
@@ -219,6 +217,59 @@ impl PretrainConfig {
                 };
                 StepSchedule { lr, weight_decay, momentum }
             }
+        }
+    }
+}
+
+/// The configuration a run starts from (`--preset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The reference code's behaviour ([`PretrainConfig::paper`]).
+    Paper,
+    /// The original MSN's ViT-S/16 configuration ([`PretrainConfig::msn`]).
+    Msn,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Paper => "paper",
+            Self::Msn => "msn",
+        }
+    }
+
+    /// This preset's config for `vit` and the `--ehr` selection `ehr`.
+    pub fn config(self, vit: VitConfig, ehr: &str) -> PretrainConfig {
+        match self {
+            Self::Paper => PretrainConfig::paper(vit, ehr),
+            Self::Msn => PretrainConfig::msn(vit, ehr),
+        }
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The images a run pretrains on (`--pretrain-split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainSplit {
+    /// The training split's images only (the default).
+    Train,
+    /// Every image, as the reference.
+    All,
+}
+
+impl PretrainSplit {
+    /// The dataset splits to load (empty: all of them).
+    pub fn splits(self) -> Vec<cxr_dataset::Split> {
+        match self {
+            Self::Train => vec![cxr_dataset::Split::Train],
+            Self::All => Vec::new(),
         }
     }
 }

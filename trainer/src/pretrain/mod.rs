@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use cxr_dataset::Split;
 use cxr_dataset::features::EhrSelection;
 
 use crate::data::Dataset;
@@ -73,12 +72,7 @@ pub fn pretrain_with(
     let ds = Dataset::open(dataset)?;
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
-    let splits: Vec<Split> = match cfg.pretrain_split.as_str() {
-        "all" => Vec::new(),
-        "train" => vec![Split::Train],
-        other => return Err(Error::Config(format!("--pretrain-split {other}: expected train or all"))),
-    };
-    let images = ds.load(&splits, &columns, cfg.images.parse()?)?;
+    let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
     if images.len() < cfg.batch_size {
         return Err(Error::Config(format!(
             "{} pretraining images, fewer than one batch of {}",
