@@ -472,7 +472,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = args.resolve()?;
             eprintln!(
                 "pretraining {} ({} preset), ehr {}, into {}",
-                args.train.model,
+                cfg.vit.name(),
                 cfg.preset,
                 cfg.ehr,
                 args.out.display()

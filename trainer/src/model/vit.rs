@@ -72,6 +72,15 @@ impl VitConfig {
     /// Names accepted by [`VitConfig::preset`].
     pub const PRESETS: [&'static str; 4] = ["vit-tiny", "vit-small", "vit-tiny-deit", "vit-micro"];
 
+    /// The preset name of this configuration, or its width, depth and heads when it is none.
+    pub fn name(&self) -> String {
+        let same = |p: &Self| serde_json::to_value(p).ok() == serde_json::to_value(self).ok();
+        Self::PRESETS.iter().find(|n| Self::preset(n).is_some_and(|p| same(&p))).map_or_else(
+            || format!("ViT {} wide, {} layers, {} heads", self.hidden, self.layers, self.heads),
+            |n| n.to_string(),
+        )
+    }
+
     /// Patches per side at `image_size`.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
@@ -242,5 +251,18 @@ impl Vit {
         };
         let [b, _, d] = x.dims();
         self.encode(x).narrow(1, 0, 1).reshape([b, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_is_named_by_its_preset_or_its_shape() {
+        for name in VitConfig::PRESETS {
+            assert_eq!(VitConfig::preset(name).unwrap().name(), name);
+        }
+        assert_eq!(VitConfig::new(96, 2, 3, 384).name(), "ViT 96 wide, 2 layers, 3 heads");
     }
 }
