@@ -87,7 +87,7 @@ pub fn run(exe: &Path, dir: &Path, subjects: usize, stage: BenchStage) -> Result
     let build_seconds = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&child.stderr);
     if !child.status.success() {
-        return Err(Error::Config(format!("the benchmarked build failed: {stderr}")));
+        return Err(Error::Internal(format!("the benchmarked build failed: {stderr}")));
     }
     let peak = stderr.lines().find_map(|l| l.strip_prefix("peak_memory_kib=")).and_then(|v| v.trim().parse().ok());
     let steps = stderr

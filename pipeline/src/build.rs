@@ -163,7 +163,7 @@ pub fn read_features(version_dir: &Path) -> Result<DataFrame> {
         parts.push(ParquetReader::new(file).finish().map_err(pe("reading parquet"))?);
     }
     let mut it = parts.into_iter();
-    let mut df = it.next().ok_or_else(|| Error::Config(format!("{}: no feature parts", dir.display())))?;
+    let mut df = it.next().ok_or_else(|| Error::input(&dir, "no feature parts"))?;
     for p in it {
         df.vstack_mut(&p).map_err(pe("stacking parts"))?;
     }
@@ -186,7 +186,7 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
         Error::Config("the MIMIC-CXR-JPG tables (metadata, labels, split) are required; pass --cxr-jpg-dir".into())
     })?;
     let need = |p: &Option<PathBuf>, what: &str| {
-        p.clone().ok_or_else(|| Error::Config(format!("{}: no {what} table found", jpg.root.display())))
+        p.clone().ok_or_else(|| Error::input(&jpg.root, format!("no {what} table found")))
     };
     let iv = &inputs.mimic_iv;
     let mut t = Vec::new();
@@ -195,10 +195,10 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
         // Read from the DICOM headers instead (see `metadata_source`).
         (None, Some(_)) => {}
         (None, None) => {
-            return Err(Error::Config(format!(
-                "{}: no mimic-cxr-2.0.0-metadata table, and no MIMIC-CXR DICOM project to read the headers from",
-                jpg.root.display()
-            )));
+            return Err(Error::input(
+                &jpg.root,
+                "no mimic-cxr-2.0.0-metadata table, and no MIMIC-CXR DICOM project to read the headers from",
+            ));
         }
     }
     t.extend([
@@ -341,7 +341,7 @@ fn read_tables(
     };
     let (from_headers, read) = rayon::join(read_dicoms, read_csvs);
     let mut read: std::collections::HashMap<&str, (DataFrame, PathBuf)> = read?.into_iter().collect();
-    let mut take = |role: &str| read.remove(role).ok_or_else(|| Error::Config(format!("no {role} table")));
+    let mut take = |role: &str| read.remove(role).ok_or_else(|| Error::Internal(format!("no {role} table")));
     let (meta, header_rejects) = match from_headers.transpose()? {
         Some(m) => m,
         None => (take("metadata")?.0, Vec::new()),
@@ -566,13 +566,12 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     if !stage.rejects.is_empty() && stage.rejects.len() == n {
         let first = &stage.rejects[0];
         let msg = format!(
-            "all {} images were rejected, e.g. {}: {}; check the image source and folders",
-            stage.rejects.len(),
-            first.path,
-            first.reason
+            "{}; all {} images were rejected like this one; check the image source and folders",
+            first.reason,
+            stage.rejects.len()
         );
         fs_err::remove_dir_all(&work)?;
-        return Err(Error::Config(msg));
+        return Err(Error::input(Path::new(&first.path), msg));
     }
     stage.rejects.extend(job.header_rejects.iter().cloned());
     let kept = job
@@ -650,7 +649,7 @@ fn publish(
             if let Some(s) = image
                 && s.rows != part.height()
             {
-                return Err(Error::Config(format!("shard {i} holds {} images for {} rows", s.rows, part.height())));
+                return Err(Error::Internal(format!("shard {i} holds {} images for {} rows", s.rows, part.height())));
             }
             Ok(Part {
                 features: rel,
@@ -688,7 +687,7 @@ fn publish(
         rejects: REJECTS.into(),
         parts,
     };
-    let text = manifest.to_json().map_err(|e| Error::Config(format!("manifest: {e}")))?;
+    let text = manifest.to_json().map_err(|e| Error::Internal(format!("manifest: {e}")))?;
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
     let progress_dir = tmp.join(images::PROGRESS_DIR);
     if progress_dir.exists() {

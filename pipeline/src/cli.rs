@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pipeline::bench::BenchStage;
 use pipeline::build::BuildConfig;
@@ -17,6 +16,10 @@ use pipeline::preprocess::Geometry;
 use pipeline::synth::mimic_iv::MimicIvVersion;
 use pipeline::synth::studies::Syntax;
 use pipeline::synth::{self, ImageKinds, SynthConfig};
+
+/// The exit statuses, in `--help` (see `pipeline::Error::exit_code`).
+const EXIT_CODES: &str = "Exit status: 0 done; 1 internal error; 2 usage (unknown flag or value); 3 invalid \
+setting; 4 unusable input (a missing or malformed table, folder, image or built version); 5 I/O.";
 
 /// How a study is matched to a stay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,7 +66,7 @@ pub enum SynthDataset {
 /// MIMIC-CXR + MIMIC-IV to a versioned training dataset, and a synthetic MIMIC archive for
 /// trying it all without credentials.
 #[derive(Debug, Parser)]
-#[command(name = "pipeline", version, about)]
+#[command(name = "pipeline", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -259,9 +262,12 @@ pub fn parse_fractions(s: &str) -> anyhow::Result<[f64; 3]> {
         .split(',')
         .map(|s| s.trim().parse::<f64>())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("--split-fractions {s}: expected three numbers"))?;
+        .map_err(|_| pipeline::Error::Config(format!("--split-fractions {s}: expected three numbers")))?;
     if fr.len() != 3 || fr.iter().any(|f| *f < 0.0) || fr.iter().sum::<f64>() <= 0.0 {
-        bail!("--split-fractions {s}: expected three non-negative numbers (train,validate,test)");
+        return Err(pipeline::Error::Config(format!(
+            "--split-fractions {s}: expected three non-negative numbers (train,validate,test)"
+        ))
+        .into());
     }
     Ok([fr[0], fr[1], fr[2]])
 }
@@ -271,16 +277,23 @@ impl BuildArgs {
         if self.mimic_root.is_none()
             && (self.mimic_iv_dir.is_none() || (self.cxr_dir.is_none() && self.cxr_jpg_dir.is_none()))
         {
-            bail!("say where the data is: --mimic-root DIR, or --mimic-iv-dir with --cxr-jpg-dir / --cxr-dir");
+            return Err(pipeline::Error::Config(
+                "say where the data is: --mimic-root DIR, or --mimic-iv-dir with --cxr-jpg-dir / --cxr-dir".into(),
+            )
+            .into());
         }
         if self.shard_size == 0 {
-            bail!("--shard-size must be at least 1");
+            return Err(pipeline::Error::Config("--shard-size must be at least 1".into()).into());
         }
         if !(8..=4096).contains(&self.image_size) {
-            bail!("--image-size {}: expected 8 to 4096", self.image_size);
+            return Err(pipeline::Error::Config(format!("--image-size {}: expected 8 to 4096", self.image_size)).into());
         }
         if !(0.0..=72.0).contains(&self.icu_tolerance_hours) {
-            bail!("--icu-tolerance-hours {}: expected 0 to 72", self.icu_tolerance_hours);
+            return Err(pipeline::Error::Config(format!(
+                "--icu-tolerance-hours {}: expected 0 to 72",
+                self.icu_tolerance_hours
+            ))
+            .into());
         }
         Ok(BuildConfig {
             roots: Roots {
@@ -318,7 +331,10 @@ impl BuildArgs {
                 subset: match (self.shard_index, self.num_shards) {
                     (Some(index), Some(count)) => {
                         if count == 0 || index >= count {
-                            bail!("--shard-index {index} must be below --num-shards {count}");
+                            return Err(pipeline::Error::Config(format!(
+                                "--shard-index {index} must be below --num-shards {count}"
+                            ))
+                            .into());
                         }
                         Some(Subset { index, count })
                     }
@@ -386,8 +402,12 @@ pub struct DemoArgs {
 
 impl SynthArgs {
     pub fn resolve(&self) -> anyhow::Result<SynthConfig> {
-        let mimic_iv = MimicIvVersion::parse(&self.mimic_iv).with_context(|| {
-            format!("--mimic-iv {}: expected one of {}", self.mimic_iv, MimicIvVersion::SUPPORTED.join(", "))
+        let mimic_iv = MimicIvVersion::parse(&self.mimic_iv).ok_or_else(|| {
+            pipeline::Error::Config(format!(
+                "--mimic-iv {}: expected one of {}",
+                self.mimic_iv,
+                MimicIvVersion::SUPPORTED.join(", ")
+            ))
         })?;
         let mut images = ImageKinds { dicom: false, jpg: false };
         for kind in self.images.split(',').map(str::trim) {
@@ -395,11 +415,20 @@ impl SynthArgs {
                 "dicom" => images.dicom = true,
                 "jpg" => images.jpg = true,
                 "none" => {}
-                other => bail!("--images: unknown kind {other:?}; expected dicom, jpg, dicom,jpg or none"),
+                other => {
+                    return Err(pipeline::Error::Config(format!(
+                        "--images: unknown kind {other:?}; expected dicom, jpg, dicom,jpg or none"
+                    ))
+                    .into());
+                }
             }
         }
-        let image_size = synth::parse_size(&self.image_size)
-            .with_context(|| format!("--image-size {}: expected COLUMNSxROWS, each at least 16", self.image_size))?;
+        let image_size = synth::parse_size(&self.image_size).ok_or_else(|| {
+            pipeline::Error::Config(format!(
+                "--image-size {}: expected COLUMNSxROWS, each at least 16",
+                self.image_size
+            ))
+        })?;
         let fr = parse_fractions(&self.split_fractions)?;
         let syntaxes = match self.dicom_syntax {
             DicomSyntax::Explicit => vec![Syntax::ExplicitLittle],
@@ -408,7 +437,7 @@ impl SynthArgs {
             DicomSyntax::Mixed => vec![Syntax::ExplicitLittle, Syntax::ImplicitLittle, Syntax::Rle],
         };
         if self.subjects == 0 {
-            bail!("--subjects must be at least 1");
+            return Err(pipeline::Error::Config("--subjects must be at least 1".into()).into());
         }
         Ok(SynthConfig {
             out: self.out.clone(),

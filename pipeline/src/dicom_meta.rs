@@ -128,11 +128,7 @@ pub fn read(files: &[PathBuf], fail_fast: bool) -> Result<(DataFrame, Vec<Header
     if headers.is_empty()
         && let Some((path, why)) = rejects.first()
     {
-        return Err(Error::Config(format!(
-            "none of the {} DICOM headers is readable, e.g. {}: {why}",
-            rejects.len(),
-            path.display()
-        )));
+        return Err(Error::input(path, format!("{why}; none of the {} DICOM headers is readable", rejects.len())));
     }
     Ok((frame(&headers)?, rejects))
 }

@@ -117,7 +117,7 @@ pub fn mimic_iv(dir: &Path) -> Result<MimicIv> {
     } else if core.is_dir() {
         core
     } else {
-        return Err(Error::Config(format!("{}: no hosp/ or core/ folder: not a MIMIC-IV release", dir.display())));
+        return Err(Error::input(dir, "no hosp/ or core/ folder: not a MIMIC-IV release"));
     };
     let need = |d: &Path, stem: &str| {
         table_file(d, stem).ok_or_else(|| Error::MissingTable { dir: d.to_path_buf(), stem: stem.to_string() })
@@ -161,7 +161,7 @@ fn cxr_dicom(root: &Path, version: String) -> CxrDicom {
 
 fn explicit(dir: &Path, flag: &str) -> Result<(String, PathBuf)> {
     if !dir.is_dir() {
-        return Err(Error::Config(format!("{flag} {}: no such folder", dir.display())));
+        return Err(Error::input(dir, format!("no such folder ({flag})")));
     }
     Ok((version_from_name(dir).unwrap_or_default(), dir.to_path_buf()))
 }
@@ -180,15 +180,17 @@ pub fn discover(roots: &Roots) -> Result<Inputs> {
     let iv = match &roots.mimic_iv_dir {
         Some(d) => explicit(d, "--mimic-iv-dir")?.1,
         None => under("mimiciv").map(|(_, p)| p).ok_or_else(|| {
-            let where_ = roots.mimic_root.as_ref().map(|r| r.display().to_string()).unwrap_or_else(|| "(none)".into());
-            Error::Config(format!(
-                "no MIMIC-IV found: expected {where_}/[physionet.org/files/]mimiciv/<version>/ or --mimic-iv-dir"
-            ))
+            Error::input(
+                roots.mimic_root.as_deref().unwrap_or(Path::new("--mimic-root")),
+                "no MIMIC-IV found: expected [physionet.org/files/]mimiciv/<version>/ here, or give --mimic-iv-dir",
+            )
         })?,
     };
     if dicom.is_none() && jpg.is_none() {
-        return Err(Error::Config(
-            "no MIMIC-CXR found: expected mimic-cxr/<version>/ or mimic-cxr-jpg/<version>/ under --mimic-root, or --cxr-dir / --cxr-jpg-dir".into(),
+        return Err(Error::input(
+            roots.mimic_root.as_deref().unwrap_or(Path::new("--mimic-root")),
+            "no MIMIC-CXR found: expected mimic-cxr/<version>/ or mimic-cxr-jpg/<version>/ here, or give --cxr-dir / \
+             --cxr-jpg-dir",
         ));
     }
     Ok(Inputs {

@@ -200,10 +200,7 @@ fn chexpert_base(root: &Path) -> Result<(PathBuf, PathBuf)> {
             return Ok((root.join(name), root.to_path_buf()));
         }
     }
-    Err(Error::Config(format!(
-        "{}: no CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv and valid.csv here",
-        root.display()
-    )))
+    Err(Error::input(root, "no CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv and valid.csv here"))
 }
 
 fn chexpert_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, PathBuf)> {
@@ -289,9 +286,11 @@ pub fn nih_age(value: &str) -> Option<f64> {
 
 /// The `Data_Entry_2017*.csv` of an NIH root (the v2020 file when both are there).
 fn nih_entries(root: &Path) -> Result<PathBuf> {
-    ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"].iter().map(|n| root.join(n)).find(|p| p.is_file()).ok_or_else(
-        || Error::Config(format!("{}: no Data_Entry_2017_v2020.csv or Data_Entry_2017.csv here", root.display())),
-    )
+    ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"]
+        .iter()
+        .map(|n| root.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::input(root, "no Data_Entry_2017_v2020.csv or Data_Entry_2017.csv here"))
 }
 
 fn read_list(path: &Path) -> Result<HashSet<String>> {
@@ -335,10 +334,7 @@ fn nih_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, usize, usize)> 
         .from_path(&path)
         .map_err(|e| Error::csv(&path, e))?;
     let mut records = r.records();
-    let header = records
-        .next()
-        .ok_or_else(|| Error::Config(format!("{}: empty file", path.display())))?
-        .map_err(|e| Error::csv(&path, e))?;
+    let header = records.next().ok_or_else(|| Error::input(&path, "empty file"))?.map_err(|e| Error::csv(&path, e))?;
     for (i, name) in NIH_HEADER.iter().enumerate() {
         if header.get(i).map(str::trim) != Some(name) {
             return Err(Error::MissingColumn { path: path.clone(), column: format!("{name} (as field {})", i + 1) });
@@ -475,7 +471,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         }
     };
     if rows.is_empty() {
-        return Err(Error::Config(format!("{}: no images listed", cfg.root.display())));
+        return Err(Error::input(&cfg.root, "no images listed"));
     }
     let df = table(cfg.kind, &rows, cfg.uncertain)?;
     crate::labels::check_leakage(&df)?;
@@ -583,6 +579,6 @@ fn report(
         "splits": splits.iter().map(|(s, n)| (s.clone(), serde_json::Value::from(*n))).collect::<serde_json::Map<_, _>>(),
         "positives": prevalence,
     });
-    let json = serde_json::to_string_pretty(&json).map_err(|e| Error::Config(format!("report.json: {e}")))?;
+    let json = serde_json::to_string_pretty(&json)?;
     Ok((md, json))
 }

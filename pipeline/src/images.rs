@@ -243,7 +243,7 @@ pub fn is_committed(work: &Path, unit: &Unit) -> bool {
 
 fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
     let mut bytes = Vec::with_capacity(shard.pixels.len() + 256);
-    shard.write(&mut bytes).map_err(|e| Error::Config(format!("writing shard {index}: {e}")))?;
+    shard.write(&mut bytes).map_err(|e| Error::Internal(format!("writing shard {index}: {e}")))?;
     let file = format!("{IMAGES_DIR}/{}", shard_name(index));
     cxr_dataset::files::write_atomic(&dir.join(&file), &bytes)?;
     Ok(ShardInfo { file, rows: shard.len(), bytes: bytes.len() as u64, sha256: cxr_dataset::files::sha256_hex(&bytes) })
@@ -290,9 +290,9 @@ fn build_unit(
             match result {
                 Ok(pixels) => shard
                     .push_with_features(&pixels, files.features.row(unit.first + c * chunk + k))
-                    .map_err(|e| Error::Config(e.to_string()))?,
+                    .map_err(|e| Error::Internal(e.to_string()))?,
                 Err(reason) if fail_fast => {
-                    return Err(Error::Config(format!("{}: {reason} (--fail-fast)", row.path)));
+                    return Err(Error::input(Path::new(&row.path), format!("{reason} (--fail-fast)")));
                 }
                 Err(reason) => {
                     let stage = if row.invalid.is_some() { "path" } else { "decode" };
@@ -313,7 +313,7 @@ fn build_unit(
         bytes: info.bytes,
         sha256: info.sha256,
     };
-    let text = serde_json::to_string(&rec).map_err(|e| Error::Config(format!("unit record: {e}")))?;
+    let text = serde_json::to_string(&rec)?;
     cxr_dataset::files::write_atomic(&record_path(work, unit.index), text.as_bytes())?;
     Ok(rec)
 }
@@ -337,7 +337,7 @@ pub fn run(
         return Ok(Stage { units, kept: vec![true; n_rows], complete: true, ..Stage::default() });
     };
     if files.rows.len() != n_rows {
-        return Err(Error::Config(format!("{} image paths for {n_rows} rows", files.rows.len())));
+        return Err(Error::Internal(format!("{} image paths for {n_rows} rows", files.rows.len())));
     }
     fs_err::create_dir_all(work.join(IMAGES_DIR))?;
     fs_err::create_dir_all(work.join(PROGRESS_DIR))?;
@@ -367,7 +367,7 @@ pub fn run(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.workers)
         .build()
-        .map_err(|e| Error::Config(format!("starting {} decode threads: {e}", opts.workers)))?;
+        .map_err(|e| Error::Internal(format!("starting {} decode threads: {e}", opts.workers)))?;
     // Images in flight at once: a few per thread, whatever the dataset size.
     let chunk = 4 * pool.current_num_threads();
     let total: usize = todo.iter().map(|u| u.rows).sum();

@@ -222,9 +222,7 @@ fn custom_split(path: &Path, dicoms: &[&str], subjects: &[Option<i64>]) -> Resul
     let mut out = Vec::with_capacity(dicoms.len());
     for (d, s) in dicoms.iter().zip(subjects) {
         let k = if key == "dicom_id" { d.to_string() } else { s.map(|s| s.to_string()).unwrap_or_default() };
-        out.push(
-            map.get(&k).cloned().ok_or_else(|| Error::Config(format!("{}: no split for {key} {k}", path.display())))?,
-        );
+        out.push(map.get(&k).cloned().ok_or_else(|| Error::input(path, format!("no split for {key} {k}")))?);
     }
     Ok(out)
 }

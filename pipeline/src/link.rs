@@ -23,7 +23,7 @@ pub const QUERIES: &[Query] = &[
 ];
 
 fn query(name: &str) -> Result<&'static Query> {
-    QUERIES.iter().find(|q| q.name == name).ok_or_else(|| Error::Config(format!("no query sql/{name}.sql")))
+    QUERIES.iter().find(|q| q.name == name).ok_or_else(|| Error::Internal(format!("no query sql/{name}.sql")))
 }
 
 /// How a study is matched to a stay (DATA.md section 5).

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use pipeline::bench::BenchStage;
 use pipeline::build::{self, BuildConfig, BuildSummary};
@@ -107,8 +107,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `pipeline synth`: a MIMIC archive, or a CheXpert or NIH tree.
 fn synth_archive(args: &cli::SynthArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
-    let size = synth::parse_size(&args.image_size)
-        .with_context(|| format!("--image-size {}: expected COLUMNSxROWS, each at least 16", args.image_size))?;
+    let size = synth::parse_size(&args.image_size).ok_or_else(|| {
+        pipeline::Error::Config(format!("--image-size {}: expected COLUMNSxROWS, each at least 16", args.image_size))
+    })?;
     let write_eval = match args.dataset {
         SynthDataset::Mimic => {
             print_summary(&synth::run(&args.resolve()?, progress)?);
@@ -118,7 +119,11 @@ fn synth_archive(args: &cli::SynthArgs, progress: &pipeline::progress::Stderr) -
         SynthDataset::Nih => synth::eval::write_nih,
     };
     if args.out.exists() && fs_err::read_dir(&args.out)?.next().is_some() && !args.force {
-        bail!("{} is not empty; pass --force to write into it", args.out.display());
+        return Err(pipeline::Error::Config(format!(
+            "{} is not empty; pass --force to write into it",
+            args.out.display()
+        ))
+        .into());
     }
     let started = std::time::Instant::now();
     let s = write_eval(&args.out, args.subjects, args.seed, size)?;
@@ -150,7 +155,7 @@ fn build_dataset(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -
 /// `pipeline build-eval`.
 fn build_eval(args: cli::BuildEvalArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
     if args.shard_size == 0 || !(8..=4096).contains(&args.image_size) {
-        bail!("--shard-size must be at least 1 and --image-size 8 to 4096");
+        return Err(pipeline::Error::Config("--shard-size must be at least 1 and --image-size 8 to 4096".into()).into());
     }
     let cfg = pipeline::eval::EvalConfig {
         kind: args.dataset,
@@ -183,7 +188,10 @@ fn build_eval(args: cli::BuildEvalArgs, progress: &pipeline::progress::Stderr) -
 /// `pipeline merge`.
 fn merge(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
     if args.shard_index.is_some() {
-        bail!("merge takes the build's options without --shard-index/--num-shards");
+        return Err(pipeline::Error::Config(
+            "merge takes the build's options without --shard-index/--num-shards".into(),
+        )
+        .into());
     }
     let mut cfg = args.resolve()?;
     cfg.run.merge_only = true;
@@ -198,7 +206,8 @@ fn verify(dir: &std::path::Path) -> anyhow::Result<()> {
         for p in &problems {
             eprintln!("{}: {p}", dir.display());
         }
-        bail!("{} of {checked} files failed verification", problems.len());
+        let message = format!("{} of {checked} files failed verification", problems.len());
+        return Err(pipeline::Error::input(dir, message).into());
     }
     println!("{}: {checked} files verified", dir.display());
     Ok(())
@@ -264,6 +273,12 @@ fn demo(args: &cli::DemoArgs, progress: &pipeline::progress::Stderr) -> anyhow::
     Ok(())
 }
 
+/// The exit status of a failed run: the kind of the first pipeline error in the chain (1 for
+/// anything else).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain().find_map(|e| e.downcast_ref::<pipeline::Error>()).map_or(1, pipeline::Error::exit_code)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -273,16 +288,36 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&err))
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use pipeline::images::Subset;
     use std::path::PathBuf;
+
+    /// Failures exit with their kind's status: a setting 3, a missing input 4, a bad flag value
+    /// is clap's 2.
+    #[test]
+    fn failures_exit_with_their_kinds_status() {
+        let status = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("pipeline").chain(args.iter().copied())).unwrap();
+            exit_code(&run(cli).unwrap_err())
+        };
+        let dir = std::env::temp_dir().join(format!("pipeline-exit-{}", std::process::id()));
+        let out = dir.to_str().unwrap();
+        assert_eq!(status(&["build", "--mimic-root", out, "--out", out, "--shard-size", "0"]), 3);
+        assert_eq!(status(&["build", "--mimic-root", out, "--out", out, "--shard-index", "3", "--num-shards", "2"]), 3);
+        assert_eq!(status(&["verify", out]), 4);
+        assert_eq!(status(&["build", "--mimic-root", out, "--out", out]), 4, "no archive there");
+        let bad = Cli::try_parse_from(["pipeline", "build", "--mimic-root", out, "--out", out, "--images", "png"]);
+        assert_eq!(bad.unwrap_err().exit_code(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_last_line_of_a_build_is_the_bare_version_id() {

@@ -124,7 +124,7 @@ impl Cohort {
             cohort: &'a Cohort,
         }
         serde_json::to_string_pretty(&Doc { dataset_version: version, config: cfg.describe(), cohort: self })
-            .map_err(|e| Error::Config(format!("cohort report: {e}")))
+            .map_err(Error::from)
     }
 
     pub fn to_markdown(&self, version: &str, cfg: &BuildConfig) -> String {

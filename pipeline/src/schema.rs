@@ -198,7 +198,7 @@ impl Schema {
         let (name, text) = FILES
             .iter()
             .find(|(n, _)| *n == name)
-            .ok_or_else(|| Error::Config(format!("no declared schema {name:?}")))?;
+            .ok_or_else(|| Error::Internal(format!("no declared schema {name:?}")))?;
         Self::parse(name, text)
     }
 
@@ -210,7 +210,7 @@ impl Schema {
             if line.is_empty() {
                 continue;
             }
-            let bad = |why: &str| Error::Config(format!("schemas/{name}.schema line {}: {why}: {raw:?}", i + 1));
+            let bad = |why: &str| Error::Internal(format!("schemas/{name}.schema line {}: {why}: {raw:?}", i + 1));
             let (col_name, rest) = if let Some(quoted) = line.strip_prefix('"') {
                 let end = quoted.find('"').ok_or_else(|| bad("unclosed quote"))?;
                 (quoted[..end].to_string(), &quoted[end + 1..])

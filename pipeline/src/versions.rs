@@ -13,7 +13,7 @@ pub const VERSIONS: &str = "versions.json";
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = fs_err::read_to_string(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not valid JSON: {e}")))
 }
 
 /// The lock file serialising updates of `versions.json` (an exclusive advisory lock held for
@@ -22,7 +22,7 @@ pub const VERSIONS_LOCK: &str = "versions.json.lock";
 
 /// The typed manifest of the version folder `dir`.
 fn read_manifest(dir: &Path) -> Result<Manifest> {
-    Manifest::read(dir).map_err(Error::Config)
+    Manifest::read(dir).map_err(|e| Error::input(dir, e))
 }
 
 /// Adds (or replaces) `version` in `out/versions.json`, from its manifest, under
@@ -30,13 +30,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest> {
 pub fn record(out: &Path, version: &str) -> Result<()> {
     let manifest = read_manifest(&out.join(version))?;
     let lock_path = out.join(VERSIONS_LOCK);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::Config(format!("{}: cannot open the lock file: {e}", lock_path.display())))?;
-    lock.lock().map_err(|e| Error::Config(format!("{}: cannot take the lock: {e}", lock_path.display())))?;
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("{}: cannot open the lock file: {e}", lock_path.display()))
+    })?;
+    lock.lock()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: cannot take the lock: {e}", lock_path.display())))?;
     let index_path = out.join(VERSIONS);
     let mut entries: Vec<Value> = if index_path.is_file() {
         read_json(&index_path)?.get("versions").and_then(Value::as_array).cloned().unwrap_or_default()
@@ -51,8 +49,7 @@ pub fn record(out: &Path, version: &str) -> Result<()> {
         "config": manifest.config,
         "counts": manifest.counts,
     }));
-    let text = serde_json::to_string_pretty(&json!({ "versions": entries }))
-        .map_err(|e| Error::Config(format!("{VERSIONS}: {e}")))?;
+    let text = serde_json::to_string_pretty(&json!({ "versions": entries }))?;
     let written = cxr_dataset::files::write_atomic(&index_path, text.as_bytes());
     drop(lock);
     Ok(written?)
@@ -101,8 +98,8 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
                 continue;
             }
             if is_images {
-                let shard = cxr_dataset::shard::Shard::read(fs_err::File::open(&path)?)
-                    .map_err(|e| Error::Config(format!("{rel}: {e}")))?;
+                let shard =
+                    cxr_dataset::shard::Shard::read(fs_err::File::open(&path)?).map_err(|e| Error::input(&path, e))?;
                 if shard.len() != part.rows {
                     problems.push(format!("{rel}: {} images, manifest says {}", shard.len(), part.rows));
                 }

@@ -103,7 +103,7 @@ impl Backend {
         if device.settings().float_dtype != want {
             device
                 .configure(want)
-                .map_err(|e| Error::Config(format!("{self:?} cannot use {precision:?} floats: {e:?}")))?;
+                .map_err(|e| Error::Device(format!("{self:?} cannot use {precision:?} floats: {e:?}")))?;
         }
         Ok(device)
     }
@@ -119,7 +119,7 @@ impl Backend {
 #[cfg(feature = "cuda")]
 fn cuda_device(index: usize) -> Result<Device> {
     let missing = |why: String| {
-        Error::Config(format!(
+        Error::Device(format!(
             "--device cuda:{index}: {why}; the cuda build needs an NVIDIA GPU, its driver (libcuda.so) and \
              NVRTC (libnvrtc.so, from the CUDA toolkit or the nvidia-cuda-nvrtc wheel) on the library path"
         ))

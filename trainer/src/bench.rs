@@ -110,7 +110,7 @@ pub fn bench(cfg: &BenchConfig, device: &Device, on_step: &mut dyn FnMut(usize))
         let t0 = Instant::now();
         let batch = make_batch(&images, &indices, &p.views, p.masking, p.mask_ratio, p.vit.patch_size, p.seed, 0, s)?;
         let views = t0.elapsed().as_secs_f64();
-        let net = slot.take().ok_or_else(|| Error::Config("no network".into()))?;
+        let net = slot.take().ok_or_else(|| Error::Internal("no network".into()))?;
         let (net, loss, t) =
             train_step(net, &mut optim, batch_tensors(&batch, p, device), p, p.schedule_at(0, s, n / b))?;
         // Reading the loss makes sure the step has finished.

@@ -91,7 +91,7 @@ impl Images {
             Pixels::Files { files, rows } => {
                 let (file, offset) = rows[i];
                 let mut buf = vec![0u8; n];
-                let mut f = files[file].lock().map_err(|_| Error::Config("an image reader panicked".into()))?;
+                let mut f = files[file].lock().map_err(|_| Error::Internal("an image reader panicked".into()))?;
                 f.seek(SeekFrom::Start(offset))?;
                 f.read_exact(&mut buf)?;
                 Ok(Cow::Owned(buf))
@@ -245,7 +245,7 @@ fn read_runs(files: &[Arc<Mutex<fs_err::File>>], rows: &[(usize, u64)], bytes: u
         while rows.get(i + n).is_some_and(|&(f, o)| f == file && o == start + (n * bytes) as u64) {
             n += 1;
         }
-        let mut f = files[file].lock().map_err(|_| Error::Config("an image reader panicked".into()))?;
+        let mut f = files[file].lock().map_err(|_| Error::Internal("an image reader panicked".into()))?;
         f.seek(SeekFrom::Start(start))?;
         f.read_exact(&mut pixels[i * bytes..(i + n) * bytes])?;
         i += n;

@@ -151,12 +151,12 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
     net.anchor = vit.clone();
     net.target = vit;
     fs_err::create_dir_all(out)?;
-    let mut saved = serde_json::to_value(&cfg).map_err(|e| Error::Config(e.to_string()))?;
+    let mut saved = serde_json::to_value(&cfg)?;
     let source = format!("imported:{}", &sha[..16]);
     saved["dataset_version"] = source.clone().into();
     saved["ehr_columns"] = serde_json::json!([]);
     saved["imported_from"] = file.display().to_string().into();
-    let text = serde_json::to_string_pretty(&saved).map_err(|e| Error::Config(format!("config.json: {e}")))?;
+    let text = serde_json::to_string_pretty(&saved)?;
     fs_err::write(out.join("config.json"), text)?;
     let model = "model-00000000.bpk".to_string();
     net.into_record().save(out.join(&model)).map_err(|e| Error::Weights(format!("{model}: {e}")))?;
@@ -169,7 +169,7 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
         model,
         optimizer: String::new(),
     };
-    let text = serde_json::to_string_pretty(&c).map_err(|e| Error::Config(format!("{CHECKPOINT}: {e}")))?;
+    let text = serde_json::to_string_pretty(&c)?;
     fs_err::write(out.join(CHECKPOINT), text)?;
     Ok(Imported { tensors: expected.len(), sha256: sha, other: sd.keys().filter(|k| !k.starts_with(prefix)).count() })
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 use cxr_dataset::features::EhrSelection;
@@ -22,13 +22,18 @@ mod demo_command;
 use compare_command::{CompareArgs, compare};
 use demo_command::{DemoArgs, demo};
 
+/// The exit statuses, in `--help` (see `trainer::Error::exit_code`).
+const EXIT_CODES: &str = "Exit status: 0 done; 1 internal error; 2 usage (unknown flag or value); 3 invalid \
+setting; 4 unusable input (dataset, run folder, config or results file, weights, model record); 5 I/O; 6 device \
+(driver, NCCL, a failed data-parallel step); 7 the reference PyTorch code failed.";
+
 /// See `mimalloc` in the workspace manifest.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// EHR-augmented MSN pretraining and linear evaluation of Vision Transformers.
 #[derive(Debug, Parser)]
-#[command(name = "trainer", version, about)]
+#[command(name = "trainer", version, about, after_help = EXIT_CODES)]
 struct Cli {
     /// Where the model runs: cpu (burn-flex), or, in a build with that feature, wgpu (a GPU
     /// through Vulkan, Metal or DX12; `--features wgpu`), cuda or cuda:N (an NVIDIA GPU through
@@ -195,7 +200,8 @@ pub(crate) struct TrainOpts {
 
 impl TrainOpts {
     pub(crate) fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
-        let vit = VitConfig::preset(&self.model).with_context(|| format!("--model {}", self.model))?;
+        let vit =
+            VitConfig::preset(&self.model).ok_or_else(|| trainer::Error::Config(format!("--model {}", self.model)))?;
         let base = self.preset.config(vit, ehr);
         let mut cfg = match &self.config {
             Some(path) => base.with_overrides_from(path)?,
@@ -233,10 +239,14 @@ impl TrainOpts {
             cfg.images = v;
         }
         if cfg.batch_size == 0 || cfg.epochs == 0 {
-            bail!("--batch-size and --epochs must be at least 1");
+            return Err(trainer::Error::Config("--batch-size and --epochs must be at least 1".into()).into());
         }
         if cfg.views.global_size % cfg.vit.patch_size != 0 || cfg.views.focal_size % cfg.vit.patch_size != 0 {
-            bail!("view sizes must be multiples of the patch size {}", cfg.vit.patch_size);
+            return Err(trainer::Error::Config(format!(
+                "view sizes must be multiples of the patch size {}",
+                cfg.vit.patch_size
+            ))
+            .into());
         }
         Ok(cfg)
     }
@@ -499,15 +509,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         (e.into(), run.join("features"), crop)
                     }
                     (None, Some(model), _) => {
-                        let vit = VitConfig::preset(model).with_context(|| format!("--random-init {model}"))?;
+                        let vit = VitConfig::preset(model)
+                            .ok_or_else(|| trainer::Error::Config(format!("--random-init {model}")))?;
                         let crop = vit.image_size;
                         (random_encoder(&vit, args.seed, &device).into(), PathBuf::new(), crop)
                     }
                     (None, None, Some(name)) => {
-                        let b = Source::baseline(name).with_context(|| format!("--baseline {name}"))?;
+                        let b = Source::baseline(name)
+                            .ok_or_else(|| trainer::Error::Config(format!("--baseline {name}")))?;
                         (b, PathBuf::new(), 224)
                     }
-                    (None, None, None) => bail!("give --checkpoint RUN, --random-init MODEL or --baseline NAME"),
+                    (None, None, None) => {
+                        return Err(trainer::Error::Config(
+                            "give --checkpoint RUN, --random-init MODEL or --baseline NAME".into(),
+                        )
+                        .into());
+                    }
                 };
             let cfg = args.eval.resolve(crop, args.seed)?;
             let out = match (&args.out, &args.checkpoint) {
@@ -517,7 +534,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let ft = if cfg.finetune { "-finetune" } else { "" };
                     run.join(format!("linear-eval-{kind}-{}{ft}", cfg.fraction))
                 }
-                (None, None) => bail!("--out is required with --random-init and --baseline"),
+                (None, None) => {
+                    return Err(
+                        trainer::Error::Config("--out is required with --random-init and --baseline".into()).into()
+                    );
+                }
             };
             let cache = if cache.as_os_str().is_empty() { out.join("features") } else { cache };
             let r =
@@ -582,7 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo(&args)?,
         Command::CompareReference(args) => compare(&args)?,
         Command::ImportTorch { file, model, prefix, out } => {
-            let vit = VitConfig::preset(&model).with_context(|| format!("--model {model}"))?;
+            let vit = VitConfig::preset(&model).ok_or_else(|| trainer::Error::Config(format!("--model {model}")))?;
             let i = trainer::import::import_torch(&file, &vit, &prefix, &out, &device())?;
             println!(
                 "imported {} encoder tensors ({prefix}*) from {} (sha256 {}); {} other tensors not read",
@@ -634,7 +655,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::EhrColumns { ehr } => {
-            let sel: EhrSelection = ehr.parse().map_err(|e| anyhow::anyhow!("--ehr {ehr}: {e}"))?;
+            let sel: EhrSelection = ehr.parse().map_err(|e| trainer::Error::Config(format!("--ehr {ehr}: {e}")))?;
             println!("ehr: {sel}");
             println!("width: {}", sel.width());
             for c in sel.columns() {
@@ -643,6 +664,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The exit status of a failed run: the kind of the first trainer error in the chain (1 for
+/// anything else).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    err.chain().find_map(|e| e.downcast_ref::<trainer::Error>()).map_or(1, trainer::Error::exit_code)
 }
 
 fn main() -> ExitCode {
@@ -654,7 +681,31 @@ fn main() -> ExitCode {
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&err))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Failures exit with their kind's status: a setting 3, a missing dataset 4, a bad flag
+    /// value is clap's 2.
+    #[test]
+    fn failures_exit_with_their_kinds_status() {
+        let status = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("trainer").chain(args.iter().copied())).unwrap();
+            exit_code(&run(cli).unwrap_err())
+        };
+        let dir = std::env::temp_dir().join(format!("trainer-exit-{}", std::process::id()));
+        let out = dir.to_str().unwrap();
+        assert_eq!(status(&["pretrain", "--dataset", out, "--out", out, "--batch-size", "0"]), 3);
+        assert_eq!(status(&["pretrain", "--dataset", out, "--out", out, "--ehr", "nonsense"]), 3);
+        assert_eq!(status(&["pretrain", "--dataset", out, "--out", out]), 4);
+        let bad = Cli::try_parse_from(["trainer", "--precision", "f64", "pretrain", "--dataset", out, "--out", out]);
+        assert_eq!(bad.unwrap_err().exit_code(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -383,7 +383,7 @@ impl Replicas {
             return Ok((loss, times));
         }
         if batch.size < k {
-            return Err(Error::Config(format!("a batch of {} cannot be split over {k} devices", batch.size)));
+            return Err(Error::Internal(format!("a batch of {} cannot be split over {k} devices", batch.size)));
         }
         let shards = shard_ranges(batch.size, k);
         let host = HostAllReduce::new(k);

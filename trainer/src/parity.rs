@@ -146,10 +146,10 @@ fn train_burn(
         pretrain_with(&cfg.clone().with_max_steps(Some(c)), dataset, dir, &device.into(), resume, on_step)?;
         let at = read_checkpoint(dir)?.step;
         if at != c {
-            return Err(Error::Config(format!(
-                "{}: the run is at step {at}, not {c}; delete the folder to start the comparison again",
-                dir.display()
-            )));
+            return Err(Error::input(
+                dir,
+                format!("the run is at step {at}, not {c}; delete the folder to start the comparison again"),
+            ));
         }
         snapshot(dir, &snap)?;
     }
@@ -161,8 +161,7 @@ fn epoch_means(path: &Path) -> Result<Vec<[f64; 3]>> {
     let text = fs_err::read_to_string(path)?;
     let mut sums: Vec<([f64; 3], usize)> = Vec::new();
     for line in text.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::input(path, e))?;
         let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
         if sums.len() <= epoch {
             sums.resize(epoch + 1, ([0.0; 3], 0));
@@ -222,8 +221,7 @@ pub fn compare_reference(
                     linear_eval(&cfg.eval, encoder, dataset, &[], &dir, &dir.join("features"), device, log)?;
                 }
                 let text = fs_err::read_to_string(dir.join("results.json"))?;
-                let result: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", dir.display())))?;
+                let result: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&dir, e))?;
                 let macro_auroc = serde_json::from_value(result["test"]["macro_auroc"].clone()).ok();
                 probes.push(Probe { implementation: implementation.into(), seed, step: c, macro_auroc });
                 scores.push((implementation.into(), seed, c, TestScores::read(&dir)?));
@@ -374,7 +372,7 @@ fn write(c: &Comparison, out: &Path) -> Result<()> {
         );
     }
     fs_err::write(out.join("comparison.md"), &md)?;
-    let json = serde_json::to_string_pretty(c).map_err(|e| Error::Config(format!("comparison.json: {e}")))?;
+    let json = serde_json::to_string_pretty(c)?;
     fs_err::write(out.join("comparison.json"), json)?;
     // Probe AUROC against the step, one line per implementation and seed.
     let mut lines = Vec::new();
@@ -433,7 +431,7 @@ pub fn python_reference(
             .arg(saves.join(","))
             .status()
             .map_err(|e| {
-                Error::Config(format!(
+                Error::Reference(format!(
                     "running {} {}: {e} (install the reference with `pip install -r trainer/reference/requirements.txt`, \
                      or pass --python)",
                     python.display(),
@@ -441,7 +439,7 @@ pub fn python_reference(
                 ))
             })?;
         if !status.success() {
-            return Err(Error::Config(format!("{} {} failed ({status})", python.display(), script.display())));
+            return Err(Error::Reference(format!("{} {} failed ({status})", python.display(), script.display())));
         }
         Ok(())
     }

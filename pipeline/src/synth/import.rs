@@ -10,7 +10,7 @@ use crate::{Error, Result};
 pub fn read_population(dir: &Path) -> Result<Population> {
     let found = crate::discover::mimic_iv(dir)?;
     let version = MimicIvVersion::parse(&found.version)
-        .ok_or_else(|| Error::Config(format!("{}: unsupported MIMIC-IV release {}", dir.display(), found.version)))?;
+        .ok_or_else(|| Error::input(dir, format!("unsupported MIMIC-IV release {}", found.version)))?;
     let adm = Table::from_path(&found.admissions)?;
 
     let t = Table::from_path(&found.patients)?;

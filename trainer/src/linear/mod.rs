@@ -150,9 +150,9 @@ use cxr_dataset::files::hex;
 pub fn load_encoder(run: &Path, choice: CheckpointChoice, device: &Device) -> Result<Encoder> {
     let path = run.join("config.json");
     let text = fs_err::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{}: not a pretraining run folder ({e})", path.display())))?;
+        .map_err(|e| Error::input(&path, format!("not a pretraining run folder ({e})")))?;
     let cfg = PretrainConfig::read(&path)?;
-    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config(e.to_string()))?;
+    let saved: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&path, e))?;
     let ehr_in = saved["ehr_columns"].as_array().map_or(0, Vec::len);
     let checkpoint = read_checkpoint(run)?;
     let best = match choice {
@@ -168,9 +168,8 @@ pub fn load_encoder(run: &Path, choice: CheckpointChoice, device: &Device) -> Re
     let id = hex(&Sha256::digest(&bytes))[..16].to_string();
     let shape = FusionShape { ehr_in, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
     let net = MsnNet::new(&cfg.vit, shape, device, &mut Rng::new(cfg.seed));
-    let record =
-        burn::store::ModuleRecord::load(&file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    let net = net.try_load_record(record).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let record = burn::store::ModuleRecord::load(&file).map_err(|e| Error::record(&file, e))?;
+    let net = net.try_load_record(record).map_err(|e| Error::record(&file, e))?;
     Ok(Encoder {
         vit: net.target,
         source: serde_json::json!({
@@ -346,7 +345,7 @@ fn columns_of(data: &SplitData, columns: &[String]) -> Result<Vec<f32>> {
     let at: Vec<usize> = columns
         .iter()
         .map(|c| {
-            data.images.columns.iter().rposition(|n| n == c).ok_or_else(|| Error::Config(format!("no column {c:?}")))
+            data.images.columns.iter().rposition(|n| n == c).ok_or_else(|| Error::Internal(format!("no column {c:?}")))
         })
         .collect::<Result<_>>()?;
     Ok((0..data.len()).flat_map(|i| at.iter().map(move |&k| data.images.feature_row(i)[k])).collect())
@@ -385,12 +384,12 @@ impl Classifier {
                     .clone()
                     .into_record()
                     .save(out.join("probe.bpk"))
-                    .map_err(|e| Error::Config(format!("probe.bpk: {e}")))?;
+                    .map_err(|e| Error::record(&out.join("probe.bpk"), e))?;
                 standardizer.as_ref().map(|s| serde_json::json!({ "probe": "sgd", "standardize": json(s) }))
             }
         };
         if let Some(doc) = doc {
-            let text = serde_json::to_string(&doc).map_err(|e| Error::Config(format!("probe.json: {e}")))?;
+            let text = serde_json::to_string(&doc)?;
             fs_err::write(out.join("probe.json"), text)?;
         }
         Ok(())
@@ -441,7 +440,7 @@ fn fit_logistic(
             point.max_iterations,
             if point.converged { "" } else { " (not converged)" }
         ));
-        lines += &serde_json::to_string(&point).map_err(|e| Error::Config(e.to_string()))?;
+        lines += &serde_json::to_string(&point)?;
         lines.push('\n');
         path.push(point);
         let a = auc.unwrap_or(f64::NEG_INFINITY);
@@ -451,7 +450,7 @@ fn fit_logistic(
         previous = Some(m);
     }
     fs_err::write(out.join("metrics.jsonl"), lines)?;
-    let (model, auc) = best.ok_or_else(|| Error::Config("no logistic fit".into()))?;
+    let (model, auc) = best.ok_or_else(|| Error::Internal("no logistic fit".into()))?;
     Ok((Classifier::Logistic { standardizer, model }, path, auc))
 }
 
@@ -516,7 +515,7 @@ pub fn linear_eval(
     let columns = source.columns()?;
     let splits = load_splits(&ds, &names, cfg.uncertain, &[Split::Train, Split::Validate, Split::Test], &columns)?;
     let [train, val, test]: [SplitData; 3] =
-        splits.try_into().map_err(|_| Error::Config("expected three splits".into()))?;
+        splits.try_into().map_err(|_| Error::Internal("expected three splits".into()))?;
     for (what, s) in [("train", &train), ("validate", &val), ("test", &test)] {
         if s.is_empty() {
             return Err(Error::Dataset { path: ds.dir.clone(), message: format!("the {what} split has no images") });
@@ -550,7 +549,7 @@ pub fn linear_eval(
         }
         (Source::Pixels { side }, _) => downsample(&data.images, *side),
         (Source::Ehr { .. }, _) => columns_of(data, &columns),
-        (Source::Encoder(_), None) => Err(Error::Config("an encoder source without its network".into())),
+        (Source::Encoder(_), None) => Err(Error::Internal("an encoder source without its network".into())),
     };
     let dim = match &source {
         Source::Encoder(e) => e.vit.dim(),
@@ -602,7 +601,7 @@ pub fn linear_eval(
                     v.clone()
                 }
             }
-            _ => return Err(Error::Config("training on images needs an encoder".into())),
+            _ => return Err(Error::Internal("training on images needs an encoder".into())),
         };
         let input = sgd::Input::Images { train: &train, validate: &val };
         let r =
@@ -635,7 +634,7 @@ pub fn linear_eval(
             names.iter().filter(|n| !ext.labels.iter().any(|e| e.eq_ignore_ascii_case(n))).cloned().collect();
         let [data]: [SplitData; 1] = load_splits(&ext, &names, cfg.uncertain, &[Split::Test], &[])?
             .try_into()
-            .map_err(|_| Error::Config("expected one split".into()))?;
+            .map_err(|_| Error::Internal("expected one split".into()))?;
         if data.is_empty() {
             return Err(Error::Dataset { path: ext.dir.clone(), message: "the test split has no images".into() });
         }
@@ -666,7 +665,7 @@ pub fn linear_eval(
         dataset: dataset.display().to_string(),
         dataset_version: ds.version.clone(),
         dataset_kind: ds.kind.clone(),
-        config: serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?,
+        config: serde_json::to_value(cfg)?,
         labels: names.clone(),
         probe: probe_kind,
         train_rows: train_rows.len(),
@@ -691,12 +690,12 @@ pub fn linear_eval(
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
+    serde_json::to_string(v).map_err(Error::from)
 }
 
 /// `v` as indented JSON; a serialisation failure is an error, never an empty file.
 pub(crate) fn to_json_pretty<T: Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string_pretty(v).map_err(|e| Error::Config(format!("serialising results: {e}")))
+    serde_json::to_string_pretty(v).map_err(Error::from)
 }
 
 #[cfg(test)]

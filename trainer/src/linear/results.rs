@@ -26,7 +26,7 @@ impl TestScores {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(TEST_SCORES);
         let text = fs_err::read_to_string(&path)?;
-        serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|e| Error::input(&path, e))
     }
 
     pub fn targets_f32(&self) -> Vec<f32> {

@@ -135,7 +135,7 @@ pub(super) fn train(
                 }
                 Ok(s)
             }
-            (Input::Images { .. }, None) => Err(Error::Config("an image probe without an encoder".into())),
+            (Input::Images { .. }, None) => Err(Error::Internal("an image probe without an encoder".into())),
         }
     };
     for epoch in 0..cfg.epochs {
@@ -150,7 +150,9 @@ pub(super) fn train(
                     let f = vit.forward(train_batch(&train.images, chunk, t, cfg.seed, epoch, device)?, None);
                     if frozen { f.detach() } else { f }
                 }
-                (Input::Images { .. }, None) => return Err(Error::Config("an image probe without an encoder".into())),
+                (Input::Images { .. }, None) => {
+                    return Err(Error::Internal("an image probe without an encoder".into()));
+                }
             };
             let (y, m) = label_tensors(labels, chunk, l, device);
             let loss = bce(probe.head.forward(x), y, m);
@@ -161,7 +163,7 @@ pub(super) fn train(
         }
         let auc = macro_auroc(&validate(&probe)?, val_labels, names);
         let m = EpochMetrics { epoch, lr, train_loss: loss_sum / batches.max(1) as f64, validate_macro_auroc: auc };
-        writeln!(metrics, "{}", serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?)?;
+        writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
         metrics.flush()?;
         log(&format!(
             "epoch {epoch}: loss {:.4}, validate macro AUROC {}",

@@ -61,9 +61,7 @@ pub enum CheckpointChoice {
 pub fn read_best(run: &Path) -> Result<Option<BestCheckpoint>> {
     let path = run.join(BEST);
     match fs_err::read_to_string(&path) {
-        Ok(text) => {
-            serde_json::from_str(&text).map(Some).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
-        }
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| Error::input(&path, e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -77,6 +75,6 @@ pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn read_checkpoint(run: &Path) -> Result<Checkpoint> {
     let path = run.join(CHECKPOINT);
     let text = fs_err::read_to_string(&path)
-        .map_err(|e| Error::Config(format!("{}: no checkpoint to resume from ({e})", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        .map_err(|e| Error::input(&path, format!("no checkpoint to resume from ({e})")))?;
+    serde_json::from_str(&text).map_err(|e| Error::input(&path, e))
 }

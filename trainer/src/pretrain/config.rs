@@ -154,7 +154,7 @@ impl PretrainConfig {
             }
             Ok(())
         }
-        let mut value = serde_json::to_value(self).map_err(|e| Error::Config(e.to_string()))?;
+        let mut value = serde_json::to_value(self)?;
         merge(&mut value, overrides, "", origin)?;
         serde_json::from_value(value).map_err(|e| Error::Config(format!("{origin}: {e}")))
     }

@@ -69,8 +69,9 @@ pub fn pretrain_with(
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
     let device = devices.main();
-    let ds = Dataset::open(dataset)?;
+    // Settings first: a bad one is reported before any data is read.
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
+    let ds = Dataset::open(dataset)?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
     if images.len() < cfg.batch_size {
@@ -85,15 +86,18 @@ pub fn pretrain_with(
     if let Some(c) = &checkpoint
         && c.dataset_version != ds.version
     {
-        return Err(Error::Config(format!(
-            "the run was trained on dataset {}, not {}; resume with the same dataset",
-            c.dataset_version, ds.version
-        )));
+        return Err(Error::input(
+            run,
+            format!(
+                "the run was trained on dataset {}, not {}; resume with the same dataset",
+                c.dataset_version, ds.version
+            ),
+        ));
     }
-    let mut saved = serde_json::to_value(cfg).map_err(|e| Error::Config(e.to_string()))?;
+    let mut saved = serde_json::to_value(cfg)?;
     saved["dataset_version"] = ds.version.clone().into();
     saved["ehr_columns"] = columns.clone().into();
-    let text = serde_json::to_string_pretty(&saved).map_err(|e| Error::Config(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&saved)?;
     fs_err::write(run.join("config.json"), text)?;
     // A fresh run forgets an earlier run's lowest-loss epoch in the same folder.
     let mut best = if checkpoint.is_some() { read_best(run)? } else { None };
@@ -111,7 +115,7 @@ pub fn pretrain_with(
     if !cfg.train_prototypes {
         net.prototypes = net.prototypes.set_require_grad(false);
     }
-    let record_err = |what: &str, e: burn::store::RecordError| Error::Config(format!("{what}: {e}"));
+    let record_err = |what: &str, e: burn::store::RecordError| Error::record(&run.join(what), e);
     if let Some(c) = &checkpoint {
         let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
         net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
@@ -194,7 +198,7 @@ pub fn pretrain_with(
             model: model.clone(),
             optimizer: optimizer.clone(),
         };
-        let text = serde_json::to_string_pretty(&c).map_err(|e| Error::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&c)?;
         write_atomic(&run.join(CHECKPOINT), text.as_bytes())?;
         // Older checkpoints are no longer referenced.
         for e in fs_err::read_dir(run)?.flatten() {
@@ -261,7 +265,7 @@ pub fn pretrain_with(
                     first = m.loss;
                 }
                 last = m.loss;
-                writeln!(metrics, "{}", serde_json::to_string(&m).map_err(|e| Error::Config(e.to_string()))?)?;
+                writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
                 on_step(&m, stop);
                 step += 1;
                 images_seen += batch.size;
@@ -276,7 +280,7 @@ pub fn pretrain_with(
                         let tmp = run.join("best-model.bpk.tmp");
                         replicas.net().clone().into_record().save(&tmp).map_err(|e| record_err(BEST_MODEL, e))?;
                         fs_err::rename(&tmp, run.join(BEST_MODEL))?;
-                        let text = serde_json::to_string_pretty(&b).map_err(|e| Error::Config(e.to_string()))?;
+                        let text = serde_json::to_string_pretty(&b)?;
                         write_atomic(&run.join(BEST), text.as_bytes())?;
                         best = Some(b);
                     }
