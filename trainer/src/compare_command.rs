@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use trainer::parity::{CompareConfig, compare_reference, python_reference};
 
-use crate::{EvalOpts, TrainOpts, device, log_line, step_printer};
+use crate::cli::{EvalOpts, TrainOpts};
+use crate::{device, log_line, step_printer};
 
 #[derive(Debug, Args)]
 pub(crate) struct CompareArgs {
