@@ -13,7 +13,8 @@ use burn::tensor::{Device, Tensor, TensorData, activation::sigmoid};
 use rayon::prelude::*;
 
 use super::results::EpochMetrics;
-use super::{LinearEvalConfig, SplitData, eval_batch, macro_auroc, to_vec};
+use super::source::{eval_batch, to_vec};
+use super::{LinearEvalConfig, SplitData, macro_auroc};
 use crate::model::Vit;
 use crate::model::init::Init;
 use crate::rng::Rng;

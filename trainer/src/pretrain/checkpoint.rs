@@ -78,3 +78,102 @@ pub fn read_checkpoint(run: &Path) -> Result<Checkpoint> {
         .map_err(|e| Error::input(&path, format!("no checkpoint to resume from ({e})")))?;
     serde_json::from_str(&text).map_err(|e| Error::input(&path, e))
 }
+
+/// A run folder's files, with the checkpoint a resumed run starts from.
+pub(super) struct RunFiles {
+    pub run: std::path::PathBuf,
+    pub dataset_version: String,
+    /// Where the run stands (`--resume`); `None` for a fresh run.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl RunFiles {
+    /// The folder `run` (created), trained on dataset `version`; with `resume`, its
+    /// checkpoint, which must be of the same dataset. A fresh run forgets an earlier run's
+    /// lowest-loss epoch in the same folder.
+    pub fn open(run: &Path, version: &str, resume: bool) -> Result<Self> {
+        fs_err::create_dir_all(run)?;
+        let checkpoint = if resume { Some(read_checkpoint(run)?) } else { None };
+        match &checkpoint {
+            Some(c) if c.dataset_version != version => {
+                return Err(Error::input(
+                    run,
+                    format!(
+                        "the run was trained on dataset {}, not {version}; resume with the same dataset",
+                        c.dataset_version
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                for f in [BEST, BEST_MODEL] {
+                    if run.join(f).exists() {
+                        fs_err::remove_file(run.join(f))?;
+                    }
+                }
+            }
+        }
+        Ok(Self { run: run.to_path_buf(), dataset_version: version.to_string(), checkpoint })
+    }
+
+    /// `config.json`: the resolved config with the dataset version and the EHR columns.
+    pub fn write_config(&self, cfg: &super::PretrainConfig, columns: &[String]) -> Result<()> {
+        let mut saved = serde_json::to_value(cfg)?;
+        saved["dataset_version"] = self.dataset_version.clone().into();
+        saved["ehr_columns"] = columns.into();
+        Ok(fs_err::write(self.run.join("config.json"), serde_json::to_string_pretty(&saved)?)?)
+    }
+
+    /// A record written to `name` through a temporary file, so `name` is whole or absent.
+    fn save_record(
+        &self,
+        name: &str,
+        save: impl FnOnce(&Path) -> std::result::Result<(), burn::store::RecordError>,
+    ) -> Result<()> {
+        let (tmp, path) = (self.run.join(format!("{name}.tmp")), self.run.join(name));
+        save(&tmp).map_err(|e| Error::record(&path, e))?;
+        Ok(fs_err::rename(&tmp, &path)?)
+    }
+
+    /// A checkpoint after `step` steps, the next step at `(epoch, batch)`: the model and
+    /// optimizer files, then `checkpoint.json` atomically; older checkpoint files are removed.
+    pub fn save(
+        &self,
+        net: &crate::model::fusion::MsnNet,
+        optimizer: burn::optim::OptimizerRecord,
+        step: usize,
+        (epoch, batch): (usize, usize),
+        first_loss: f32,
+    ) -> Result<()> {
+        use burn::module::Module;
+        let model = format!("model-{step:08}.bpk");
+        let optim = format!("optimizer-{step:08}.bpk");
+        self.save_record(&model, |p| net.clone().into_record().save(p))?;
+        self.save_record(&optim, |p| optimizer.save(p))?;
+        let c = Checkpoint {
+            dataset_version: self.dataset_version.clone(),
+            step,
+            epoch,
+            batch,
+            first_loss,
+            model: model.clone(),
+            optimizer: optim.clone(),
+        };
+        write_atomic(&self.run.join(CHECKPOINT), serde_json::to_string_pretty(&c)?.as_bytes())?;
+        // Older checkpoints are no longer referenced.
+        for e in fs_err::read_dir(&self.run)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".bpk") && name != model && name != optim && name != BEST_MODEL {
+                fs_err::remove_file(e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The lowest-loss epoch's model and `best.json`.
+    pub fn save_best(&self, net: &crate::model::fusion::MsnNet, best: &BestCheckpoint) -> Result<()> {
+        use burn::module::Module;
+        self.save_record(BEST_MODEL, |p| net.clone().into_record().save(p))?;
+        write_atomic(&self.run.join(BEST), serde_json::to_string_pretty(best)?.as_bytes())
+    }
+}

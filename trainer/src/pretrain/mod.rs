@@ -14,7 +14,7 @@ use std::time::Instant;
 use burn::module::Module;
 use cxr_dataset::features::EhrSelection;
 
-use crate::data::Dataset;
+use crate::data::{Dataset, Images};
 use crate::model::fusion::{FusionShape, MsnNet};
 use crate::parallel::{Devices, Replicas};
 use crate::rng::Rng;
@@ -29,7 +29,7 @@ pub use checkpoint::*;
 pub use config::*;
 pub use step::*;
 
-use checkpoint::write_atomic;
+use checkpoint::RunFiles;
 use step::scalar;
 
 /// What a run produced.
@@ -68,7 +68,6 @@ pub fn pretrain_with(
     resume: bool,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
-    let device = devices.main();
     // Settings first: a bad one is reported before any data is read.
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let ds = Dataset::open(dataset)?;
@@ -81,152 +80,163 @@ pub fn pretrain_with(
             cfg.batch_size
         )));
     }
-    fs_err::create_dir_all(run)?;
-    let checkpoint = if resume { Some(read_checkpoint(run)?) } else { None };
-    if let Some(c) = &checkpoint
-        && c.dataset_version != ds.version
-    {
-        return Err(Error::input(
-            run,
-            format!(
-                "the run was trained on dataset {}, not {}; resume with the same dataset",
-                c.dataset_version, ds.version
-            ),
-        ));
-    }
-    let mut saved = serde_json::to_value(cfg)?;
-    saved["dataset_version"] = ds.version.clone().into();
-    saved["ehr_columns"] = columns.clone().into();
-    let text = serde_json::to_string_pretty(&saved)?;
-    fs_err::write(run.join("config.json"), text)?;
-    // A fresh run forgets an earlier run's lowest-loss epoch in the same folder.
-    let mut best = if checkpoint.is_some() { read_best(run)? } else { None };
-    if checkpoint.is_none() {
-        for f in [BEST, BEST_MODEL] {
-            if run.join(f).exists() {
-                fs_err::remove_file(run.join(f))?;
-            }
-        }
-    }
-
-    let mut rng = Rng::new(cfg.seed);
-    let shape = FusionShape { ehr_in: columns.len(), ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
-    let mut net = MsnNet::new(&cfg.vit, shape, device, &mut rng);
-    if !cfg.train_prototypes {
-        net.prototypes = net.prototypes.set_require_grad(false);
-    }
-    let record_err = |what: &str, e: burn::store::RecordError| Error::record(&run.join(what), e);
-    if let Some(c) = &checkpoint {
-        let record = burn::store::ModuleRecord::load(run.join(&c.model)).map_err(|e| record_err(&c.model, e))?;
-        net = net.try_load_record(record).map_err(|e| record_err(&c.model, e))?;
-    }
-    let mut replicas = Replicas::new(net, devices);
-    if let Some(c) = &checkpoint {
-        replicas.load_optimizer(|| {
-            burn::optim::OptimizerRecord::load(run.join(&c.optimizer)).map_err(|e| record_err(&c.optimizer, e))
-        })?;
-    }
+    let files = RunFiles::open(run, &ds.version, resume)?;
+    files.write_config(cfg, &columns)?;
+    let mut replicas = start_network(cfg, columns.len(), devices, &files)?;
     let per_epoch = batches_per_epoch(images.len(), cfg.batch_size, cfg.drop_last, devices.len());
     // The schedules span every epoch; --max-steps only stops early.
     let total = per_epoch * cfg.epochs;
     let stop = cfg.max_steps.unwrap_or(total).min(total);
-    let metrics_path = run.join("metrics.jsonl");
-    let (start_epoch, start_batch, mut step, mut first) = match &checkpoint {
-        Some(c) => (c.epoch, c.batch, c.step, c.first_loss),
-        None => (0, 0, 0, f32::NAN),
+    let mut state = RunState::start(&files)?;
+    // A fresh run asked for no steps still leaves its initial network as a checkpoint.
+    if files.checkpoint.is_none() && stop == 0 {
+        files.save(replicas.net(), replicas.optimizer_record(), 0, (0, 0), state.first)?;
+    }
+    let started = Instant::now();
+    let steps_before = state.step;
+    let start = files.checkpoint.as_ref().map_or((0, 0), |c| (c.epoch, c.batch));
+    for epoch in start.0..cfg.epochs {
+        let epoch_run = EpochRun { cfg, images: &images, epoch, skip: if epoch == start.0 { start.1 } else { 0 } };
+        let finished = epoch_run.train(per_epoch, stop, &mut replicas, &mut state, &files, on_step)?;
+        if !finished || state.step >= stop {
+            break;
+        }
+    }
+    state.metrics.flush()?;
+    Ok(PretrainSummary {
+        run: run.to_path_buf(),
+        steps: state.step - steps_before,
+        images: state.images_seen,
+        first_loss: state.first,
+        last_loss: state.last,
+        seconds: started.elapsed().as_secs_f64(),
+        net: replicas.into_net(),
+    })
+}
+
+/// The network of a run on `devices`: freshly initialised from the seed, or the checkpoint's
+/// weights and optimizer state when resuming.
+fn start_network(cfg: &PretrainConfig, ehr_in: usize, devices: &Devices, files: &RunFiles) -> Result<Replicas> {
+    let mut rng = Rng::new(cfg.seed);
+    let shape = FusionShape { ehr_in, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
+    let mut net = MsnNet::new(&cfg.vit, shape, devices.main(), &mut rng);
+    if !cfg.train_prototypes {
+        net.prototypes = net.prototypes.set_require_grad(false);
+    }
+    let Some(c) = &files.checkpoint else {
+        return Ok(Replicas::new(net, devices));
     };
-    // Keep the metrics of the steps the checkpoint holds; later lines are redone.
-    // A missing file has no lines to keep; any other read error stops the resume (the file
-    // is rewritten below, so reading it as empty would lose the metrics).
-    let kept: Vec<String> = if checkpoint.is_some() {
-        let previous = match fs_err::read_to_string(&metrics_path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e.into()),
+    let model = files.run.join(&c.model);
+    let record = burn::store::ModuleRecord::load(&model).map_err(|e| Error::record(&model, e))?;
+    let net = net.try_load_record(record).map_err(|e| Error::record(&model, e))?;
+    let mut replicas = Replicas::new(net, devices);
+    let optimizer = files.run.join(&c.optimizer);
+    replicas
+        .load_optimizer(|| burn::optim::OptimizerRecord::load(&optimizer).map_err(|e| Error::record(&optimizer, e)))?;
+    Ok(replicas)
+}
+
+/// Where a run stands between steps: the step count, losses, the metrics file and the
+/// running mean of the current epoch's loss (for the lowest-loss checkpoint).
+struct RunState {
+    step: usize,
+    first: f32,
+    last: f32,
+    images_seen: usize,
+    metrics: std::io::BufWriter<fs_err::File>,
+    epoch_sum: f64,
+    epoch_steps: usize,
+    best: Option<BestCheckpoint>,
+}
+
+impl RunState {
+    /// A fresh state, or the checkpoint's: the metrics lines of the steps it holds are kept
+    /// (later lines are redone) and the current epoch's loss sum is rebuilt from them.
+    fn start(files: &RunFiles) -> Result<Self> {
+        let path = files.run.join("metrics.jsonl");
+        let (step, first, epoch) =
+            files.checkpoint.as_ref().map_or((0, f32::NAN, 0), |c| (c.step, c.first_loss, c.epoch));
+        // A missing file has no lines to keep; any other read error stops the resume (the
+        // file is rewritten below, so reading it as empty would lose the metrics).
+        let previous = match (&files.checkpoint, fs_err::read_to_string(&path)) {
+            (None, _) => String::new(),
+            (Some(_), Ok(text)) => text,
+            (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            (Some(_), Err(e)) => return Err(e.into()),
         };
-        previous
+        let parsed = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok();
+        let kept: Vec<&str> = previous
             .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| (s as usize) < step)
-            })
-            .map(str::to_string)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    // The running sum of the current epoch's losses (from the kept lines when resuming
-    // within an epoch), for the lowest-loss checkpoint.
-    let (mut epoch_sum, mut epoch_steps) = (0.0f64, 0usize);
-    for l in &kept {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(l)
-            && v["epoch"].as_u64() == Some(start_epoch as u64)
-        {
+            .filter(|l| parsed(l).and_then(|v| v["step"].as_u64()).is_some_and(|s| (s as usize) < step))
+            .collect();
+        let (mut epoch_sum, mut epoch_steps) = (0.0f64, 0usize);
+        for v in kept.iter().filter_map(|l| parsed(l)).filter(|v| v["epoch"].as_u64() == Some(epoch as u64)) {
             epoch_sum += v["loss"].as_f64().unwrap_or(f64::NAN);
             epoch_steps += 1;
         }
-    }
-    let mut metrics = std::io::BufWriter::new(fs_err::File::create(&metrics_path)?);
-    for l in kept {
-        writeln!(metrics, "{l}")?;
-    }
-    let started = Instant::now();
-    let (steps_before, mut last, mut images_seen) = (step, f32::NAN, 0usize);
-    let save = |net: &MsnNet,
-                optim_record: burn::optim::OptimizerRecord,
-                step: usize,
-                epoch: usize,
-                batch: usize,
-                first: f32|
-     -> Result<()> {
-        let model = format!("model-{step:08}.bpk");
-        let optimizer = format!("optimizer-{step:08}.bpk");
-        let tmp = run.join("model.bpk.tmp");
-        net.clone().into_record().save(&tmp).map_err(|e| record_err(&model, e))?;
-        fs_err::rename(&tmp, run.join(&model))?;
-        let tmp = run.join("optimizer.bpk.tmp");
-        optim_record.save(&tmp).map_err(|e| record_err(&optimizer, e))?;
-        fs_err::rename(&tmp, run.join(&optimizer))?;
-        let c = Checkpoint {
-            dataset_version: ds.version.clone(),
-            step,
-            epoch,
-            batch,
-            first_loss: first,
-            model: model.clone(),
-            optimizer: optimizer.clone(),
-        };
-        let text = serde_json::to_string_pretty(&c)?;
-        write_atomic(&run.join(CHECKPOINT), text.as_bytes())?;
-        // Older checkpoints are no longer referenced.
-        for e in fs_err::read_dir(run)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".bpk") && name != model && name != optimizer && name != BEST_MODEL {
-                fs_err::remove_file(e.path())?;
-            }
+        let mut metrics = std::io::BufWriter::new(fs_err::File::create(&path)?);
+        for l in kept {
+            writeln!(metrics, "{l}")?;
         }
-        Ok(())
-    };
-    // A fresh run asked for no steps still leaves its initial network as a checkpoint.
-    if checkpoint.is_none() && stop == 0 {
-        save(replicas.net(), replicas.optimizer_record(), 0, 0, 0, first)?;
+        let best = if files.checkpoint.is_some() { read_best(&files.run)? } else { None };
+        Ok(Self { step, first, last: f32::NAN, images_seen: 0, metrics, epoch_sum, epoch_steps, best })
     }
-    'epochs: for epoch in start_epoch..cfg.epochs {
-        let skip = if epoch == start_epoch { start_batch } else { 0 };
-        let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(images.len());
-        // Views of the next batch are made on a worker thread while the model runs.
+
+    /// Records a step's metrics.
+    fn record(&mut self, m: &StepMetrics, images: usize) -> Result<()> {
+        if self.step == 0 {
+            self.first = m.loss;
+        }
+        self.last = m.loss;
+        writeln!(self.metrics, "{}", serde_json::to_string(m)?)?;
+        self.step += 1;
+        self.images_seen += images;
+        self.epoch_sum += f64::from(m.loss);
+        self.epoch_steps += 1;
+        Ok(())
+    }
+
+    /// At an epoch's end: the epoch's mean loss, when it is the lowest so far.
+    fn end_epoch(&mut self, epoch: usize) -> Option<BestCheckpoint> {
+        let mean_loss = (self.epoch_sum / self.epoch_steps.max(1) as f64) as f32;
+        (self.epoch_sum, self.epoch_steps) = (0.0, 0);
+        let lower = self.best.as_ref().is_none_or(|b| mean_loss < b.mean_loss);
+        lower.then(|| BestCheckpoint { epoch, step: self.step, mean_loss, model: BEST_MODEL.into() })
+    }
+}
+
+/// One epoch of a run, from batch `skip` on.
+struct EpochRun<'a> {
+    cfg: &'a PretrainConfig,
+    images: &'a Images,
+    epoch: usize,
+    skip: usize,
+}
+
+impl EpochRun<'_> {
+    /// Trains the epoch's batches (views made on a worker thread while the model runs),
+    /// checkpointing as configured; false when the run stopped (`stop` steps) within it.
+    fn train(
+        &self,
+        per_epoch: usize,
+        stop: usize,
+        replicas: &mut Replicas,
+        state: &mut RunState,
+        files: &RunFiles,
+        on_step: &mut dyn FnMut(&StepMetrics, usize),
+    ) -> Result<bool> {
+        let (cfg, epoch) = (self.cfg, self.epoch);
+        let order = Rng::derive(cfg.seed, 0xE90C, epoch as u64).permutation(self.images.len());
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(2);
-        let result = std::thread::scope(|s| -> Result<bool> {
-            let images = &images;
+        std::thread::scope(|s| -> Result<bool> {
             let order = &order;
             s.spawn(move || {
-                for (k, chunk) in order.chunks(cfg.batch_size).take(per_epoch).enumerate().skip(skip) {
+                for (k, chunk) in order.chunks(cfg.batch_size).take(per_epoch).enumerate().skip(self.skip) {
+                    let v = &cfg.views;
                     let b = make_batch(
-                        images,
+                        self.images,
                         chunk,
-                        &cfg.views,
+                        v,
                         cfg.masking,
                         cfg.mask_ratio,
                         cfg.vit.patch_size,
@@ -243,16 +253,15 @@ pub fn pretrain_with(
             let rx = rx;
             for (k, batch) in rx.iter().enumerate() {
                 let batch = batch?;
-                let k = k + skip;
-                if step >= stop {
+                if state.step >= stop {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
-                let sched = cfg.schedule_at(epoch, step, per_epoch);
+                let sched = cfg.schedule_at(epoch, state.step, per_epoch);
                 let (loss, _) = replicas.step(&batch, cfg, sched)?;
                 let m = StepMetrics {
                     epoch,
-                    step,
+                    step: state.step,
                     loss: scalar(loss.loss),
                     cross_entropy: scalar(loss.cross_entropy),
                     me_max: scalar(loss.me_max),
@@ -261,51 +270,24 @@ pub fn pretrain_with(
                     momentum: sched.momentum,
                     images_per_second: batch.size as f64 / t0.elapsed().as_secs_f64(),
                 };
-                if step == 0 {
-                    first = m.loss;
-                }
-                last = m.loss;
-                writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+                state.record(&m, batch.size)?;
                 on_step(&m, stop);
-                step += 1;
-                images_seen += batch.size;
-                epoch_sum += f64::from(m.loss);
-                epoch_steps += 1;
-                let (next_epoch, next_batch) = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
-                if next_batch == 0 {
-                    let mean_loss = (epoch_sum / epoch_steps.max(1) as f64) as f32;
-                    (epoch_sum, epoch_steps) = (0.0, 0);
-                    if best.as_ref().is_none_or(|b| mean_loss < b.mean_loss) {
-                        let b = BestCheckpoint { epoch, step, mean_loss, model: BEST_MODEL.into() };
-                        let tmp = run.join("best-model.bpk.tmp");
-                        replicas.net().clone().into_record().save(&tmp).map_err(|e| record_err(BEST_MODEL, e))?;
-                        fs_err::rename(&tmp, run.join(BEST_MODEL))?;
-                        let text = serde_json::to_string_pretty(&b)?;
-                        write_atomic(&run.join(BEST), text.as_bytes())?;
-                        best = Some(b);
-                    }
+                let k = k + self.skip;
+                let next = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
+                if next.1 == 0
+                    && let Some(b) = state.end_epoch(epoch)
+                {
+                    files.save_best(replicas.net(), &b)?;
+                    state.best = Some(b);
                 }
-                if step % cfg.checkpoint_every.max(1) == 0 || next_batch == 0 || step == stop {
-                    metrics.flush()?;
-                    save(replicas.net(), replicas.optimizer_record(), step, next_epoch, next_batch, first)?;
+                if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || next.1 == 0 || state.step == stop {
+                    state.metrics.flush()?;
+                    files.save(replicas.net(), replicas.optimizer_record(), state.step, next, state.first)?;
                 }
             }
             Ok(true)
-        })?;
-        if !result || step >= stop {
-            break 'epochs;
-        }
+        })
     }
-    metrics.flush()?;
-    Ok(PretrainSummary {
-        run: run.to_path_buf(),
-        steps: step - steps_before,
-        images: images_seen,
-        first_loss: first,
-        last_loss: last,
-        seconds: started.elapsed().as_secs_f64(),
-        net: replicas.into_net(),
-    })
 }
 
 /// Steps in an epoch of `n` images: a partial last batch is trained unless `drop_last`, or
