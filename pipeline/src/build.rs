@@ -8,12 +8,12 @@ use polars::prelude::*;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::discover::{Inputs, Roots, discover};
-use crate::encode::{MissingPolicy, encode};
-use crate::images::{self, IMAGES_DIR, ImageSource, RunOptions, Stage, Subset};
-use crate::labels::{Labeler, SplitSource, Uncertain, Unlabeled, attach_labels, attach_split, check_leakage};
-use crate::link::{LinkInputs, MatchRule, QUERIES, images_from_metadata, link};
-use crate::preprocess::{Geometry, Output};
+use crate::discover::{Inputs, discover};
+use crate::encode::encode;
+use crate::images::{self, IMAGES_DIR, RunOptions, Stage, Subset};
+use crate::labels::{Labeler, SplitSource, Unlabeled, attach_labels, attach_split, check_leakage};
+use crate::link::{LinkInputs, QUERIES, images_from_metadata, link};
+use crate::preprocess::Output;
 use crate::progress::Progress;
 use crate::report::Cohort;
 use crate::schema::{FILES, Schema};
@@ -21,100 +21,8 @@ use crate::{Error, Result, ingest};
 use cxr_dataset::files::{hex, write_atomic};
 use cxr_dataset::manifest::{Counts, ImagesInfo, Manifest, Part, Task};
 
-/// Resolved settings of one build.
-#[derive(Debug, Clone)]
-pub struct BuildConfig {
-    pub roots: Roots,
-    pub out: PathBuf,
-    pub rule: MatchRule,
-    pub missing: MissingPolicy,
-    /// Drop images whose subject has no sex (the reference's filter) or one other than M/F
-    /// (counted apart); when false both are kept and encoded 0/0.
-    pub drop_missing_sex: bool,
-    /// Keep only AP, PA, LATERAL, LL and blank views (the reference's filter); when false rare
-    /// views are kept and flagged in `view_other`.
-    pub drop_rare_views: bool,
-    pub labeler: Labeler,
-    /// Images whose study has no label row.
-    pub unlabeled: Unlabeled,
-    pub uncertain: Uncertain,
-    pub split: SplitSource,
-    /// Images per Parquet part and per image shard.
-    pub shard_size: usize,
-    /// Which image files feed the shards.
-    pub images: ImageSource,
-    /// Side of the square 8-bit output images.
-    pub image_size: usize,
-    /// Crop to the centred square or pad to a square.
-    pub geometry: Geometry,
-    /// Histogram-equalise each image after the VOI.
-    pub equalize: bool,
-    /// Fingerprint image files by their whole content instead of size, modification time and
-    /// the first 64 KiB (`--verify-inputs full`).
-    pub verify_inputs_full: bool,
-    /// How the image stage runs (fail-fast, shard subset, merge, workers); never changes
-    /// the output.
-    pub run: RunOptions,
-}
-
-impl BuildConfig {
-    /// The data in `roots`, built into `out` with the reference's choices: calendar-date
-    /// matching, imputed blank views, drops as the reference, CheXpert labels with U-zeros,
-    /// the official split, 256-pixel centre crops from DICOM (else JPG), shards of 4096.
-    pub fn new(roots: Roots, out: PathBuf) -> Self {
-        Self {
-            roots,
-            out,
-            rule: MatchRule::Date,
-            missing: MissingPolicy::Impute,
-            drop_missing_sex: true,
-            drop_rare_views: true,
-            labeler: Labeler::Chexpert,
-            unlabeled: Unlabeled::Drop,
-            uncertain: Uncertain::Zeros,
-            split: SplitSource::Official,
-            shard_size: 4096,
-            images: ImageSource::Auto,
-            image_size: 256,
-            geometry: Geometry::Crop,
-            equalize: false,
-            verify_inputs_full: false,
-            run: RunOptions::default(),
-        }
-    }
-
-    /// What the image stage makes of each decoded image.
-    pub fn output(&self) -> Output {
-        Output { size: self.image_size, geometry: self.geometry, equalize: self.equalize }
-    }
-
-    /// The settings that change the output, as text hashed into the version.
-    pub fn describe(&self) -> String {
-        let rule = match self.rule {
-            MatchRule::Date => "date".to_string(),
-            MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
-        };
-        format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nunlabeled={}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
-            self.missing.name(),
-            self.drop_missing_sex,
-            self.drop_rare_views,
-            self.labeler,
-            self.unlabeled.name(),
-            self.uncertain.name(),
-            self.split,
-            self.shard_size,
-            self.images.name(),
-            self.image_size,
-            self.output().describe(),
-            if self.verify_inputs_full {
-                "sha256 of the whole file"
-            } else {
-                "size, mtime, sha256 of the first 64 KiB"
-            }
-        )
-    }
-}
+pub use crate::config::BuildConfig;
+pub use crate::versions::{FEATURES_DIR, part_name, read_features};
 
 /// What a build produced.
 #[derive(Debug, Clone)]
@@ -141,43 +49,8 @@ pub struct Partial {
     pub units: usize,
 }
 
-/// Folder of the feature table's Parquet parts inside a version folder.
-pub const FEATURES_DIR: &str = "features";
-
-/// File name of feature part `i` (`part-00000.parquet`); part `i` holds rows
-/// `i * shard_size ..` of the table, in table order.
-pub fn part_name(i: usize) -> String {
-    format!("part-{i:05}.parquet")
-}
-
-/// Reads every part of a version's feature table, in order.
-pub fn read_features(version_dir: &Path) -> Result<DataFrame> {
-    let dir = version_dir.join(FEATURES_DIR);
-    let mut parts = Vec::new();
-    for i in 0.. {
-        let p = dir.join(part_name(i));
-        if !p.is_file() {
-            break;
-        }
-        let (file, _) = fs_err::File::open(&p)?.into_parts();
-        parts.push(ParquetReader::new(file).finish().map_err(pe("reading parquet"))?);
-    }
-    let mut it = parts.into_iter();
-    let mut df = it.next().ok_or_else(|| Error::input(&dir, "no feature parts"))?;
-    for p in it {
-        df.vstack_mut(&p).map_err(pe("stacking parts"))?;
-    }
-    Ok(df)
-}
-
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
     move |e| Error::Polars { context: context.to_string(), source: e }
-}
-
-/// Hex sha256 of a file's bytes.
-/// The sha256 of a file, as hex.
-pub(crate) fn sha256_file(path: &Path) -> Result<String> {
-    Ok(cxr_dataset::files::sha256_file(path)?)
 }
 
 /// The input tables of a build: (role, path).
@@ -246,7 +119,7 @@ pub fn tables_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConf
     }
     for (role, path) in tables {
         let size = fs_err::metadata(path)?.len();
-        h.update(format!("table {role} {size} {}\n", sha256_file(path)?));
+        h.update(format!("table {role} {size} {}\n", cxr_dataset::files::sha256_file(path)?));
     }
     h.update(cfg.describe());
     for q in QUERIES {

@@ -34,7 +34,7 @@ struct Header {
 /// Every `.dcm` under `root/files`, sorted, from the record list when there is one.
 pub fn dicom_files(root: &Path, record_list: Option<&Path>) -> Result<Vec<PathBuf>> {
     if let Some(list) = record_list {
-        let t = crate::synth::table::Table::from_path(list)?;
+        let t = crate::table::Table::from_path(list)?;
         let c = t.col("path")?;
         let mut files: Vec<PathBuf> = t.rows.iter().map(|r| root.join(r.get(c).unwrap_or(""))).collect();
         files.sort();

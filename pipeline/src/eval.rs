@@ -27,8 +27,11 @@ use crate::images::{ImageRow, RunOptions};
 use crate::labels::Uncertain;
 use crate::preprocess::Reject;
 use crate::progress::Progress;
-use crate::synth::rng::Rng;
+use crate::rng::Rng;
 use crate::{Error, Result};
+
+/// The CheXpert folder name.
+pub const CHEXPERT_DIR: &str = "CheXpert-v1.0-small";
 
 /// Which evaluation dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -161,7 +164,7 @@ pub fn safe_path(base: &Path, rel: &str) -> std::result::Result<String, Reject> 
 fn hash_files(h: &mut Sha256, files: &[&Path]) -> Result<()> {
     for f in files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        h.update(format!("table {name} {}\n", build::sha256_file(f)?));
+        h.update(format!("table {name} {}\n", cxr_dataset::files::sha256_file(f)?));
     }
     Ok(())
 }
@@ -195,7 +198,7 @@ fn chexpert_base(root: &Path) -> Result<(PathBuf, PathBuf)> {
         let parent = root.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         return Ok((root.to_path_buf(), parent));
     }
-    for name in [crate::synth::eval::CHEXPERT_DIR, "CheXpert-v1.0"] {
+    for name in [CHEXPERT_DIR, "CheXpert-v1.0"] {
         if is_dir(&root.join(name)) {
             return Ok((root.join(name), root.to_path_buf()));
         }
@@ -240,7 +243,7 @@ fn chexpert_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, PathBuf)> 
             let age = get(ai);
             let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
             rows.push(Row {
-                id: rel.trim_start_matches(&format!("{}/", crate::synth::eval::CHEXPERT_DIR)).to_string(),
+                id: rel.trim_start_matches(&format!("{}/", CHEXPERT_DIR)).to_string(),
                 image: ImageRow { id: rel.clone(), path: rel.clone(), invalid },
                 subject,
                 split: if test { "test" } else { train_or_validate(cfg.seed, subject, cfg.validate_fraction) },

@@ -233,7 +233,7 @@ fn committed(work: &Path, unit: &Unit) -> Option<UnitRecord> {
     let shard = work.join(&rec.file);
     let on_disk = fs_err::metadata(&shard).ok()?.len();
     let same_unit = rec.unit == unit.index && rec.first == unit.first && rec.rows == unit.rows;
-    (same_unit && on_disk == rec.bytes && crate::build::sha256_file(&shard).ok()? == rec.sha256).then_some(rec)
+    (same_unit && on_disk == rec.bytes && cxr_dataset::files::sha256_file(&shard).ok()? == rec.sha256).then_some(rec)
 }
 
 /// Whether a unit is committed in the working folder.
@@ -410,7 +410,7 @@ pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress:
         let mtime =
             meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
         let digest = if full {
-            crate::build::sha256_file(&path).unwrap_or_else(|e| format!("unreadable {e}"))
+            cxr_dataset::files::sha256_file(&path).unwrap_or_else(|e| format!("unreadable {e}"))
         } else {
             let mut h = Sha256::new();
             match std::fs::File::open(&path) {

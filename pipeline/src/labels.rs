@@ -8,7 +8,7 @@ use std::path::Path;
 use cxr_dataset::{LABELS, label_column, raw_label_column};
 use polars::prelude::*;
 
-use crate::synth::rng;
+use crate::rng;
 use crate::{Error, Result};
 
 /// Which report labeller's table to use.

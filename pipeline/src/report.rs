@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::Serialize;
 
-use crate::build::BuildConfig;
+use crate::config::BuildConfig;
 use crate::{Error, Result};
 
 /// Counts of a categorical variable, `(missing)` for nulls.

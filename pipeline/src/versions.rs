@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{Error, Result};
 use cxr_dataset::manifest::Manifest;
+use polars::prelude::{DataFrame, ParquetReader, PolarsError, SerReader};
 
 /// The index of versions in an output folder.
 pub const VERSIONS: &str = "versions.json";
@@ -19,6 +20,39 @@ fn read_json(path: &Path) -> Result<Value> {
 /// The lock file serialising updates of `versions.json` (an exclusive advisory lock held for
 /// the read-modify-write, so concurrent publishers, e.g. a cluster's merge jobs, lose nothing).
 pub const VERSIONS_LOCK: &str = "versions.json.lock";
+
+/// Folder of the feature table's Parquet parts inside a version folder.
+pub const FEATURES_DIR: &str = "features";
+
+/// File name of feature part `i` (`part-00000.parquet`); part `i` holds rows
+/// `i * shard_size ..` of the table, in table order.
+pub fn part_name(i: usize) -> String {
+    format!("part-{i:05}.parquet")
+}
+
+/// Reads every part of a version's feature table, in order.
+pub fn read_features(version_dir: &Path) -> Result<DataFrame> {
+    let dir = version_dir.join(FEATURES_DIR);
+    let mut parts = Vec::new();
+    for i in 0.. {
+        let p = dir.join(part_name(i));
+        if !p.is_file() {
+            break;
+        }
+        let (file, _) = fs_err::File::open(&p)?.into_parts();
+        parts.push(ParquetReader::new(file).finish().map_err(polars_error("reading parquet"))?);
+    }
+    let mut it = parts.into_iter();
+    let mut df = it.next().ok_or_else(|| Error::input(&dir, "no feature parts"))?;
+    for p in it {
+        df.vstack_mut(&p).map_err(polars_error("stacking parts"))?;
+    }
+    Ok(df)
+}
+
+fn polars_error(context: &str) -> impl Fn(PolarsError) -> Error + '_ {
+    move |e| Error::Polars { context: context.to_string(), source: e }
+}
 
 /// The typed manifest of the version folder `dir`.
 fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -92,7 +126,7 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
                 problems.push(format!("{rel}: missing"));
                 continue;
             }
-            let sha = crate::build::sha256_file(&path)?;
+            let sha = cxr_dataset::files::sha256_file(&path)?;
             if Some(&sha) != want {
                 problems.push(format!("{rel}: sha256 {sha} differs from the manifest"));
                 continue;
@@ -110,7 +144,7 @@ pub fn verify(dir: &Path) -> Result<(usize, Vec<String>)> {
 }
 
 /// The values of a column as text (null as `None`), for comparisons across versions.
-fn as_text(df: &polars::prelude::DataFrame, name: &str) -> Result<Vec<Option<String>>> {
+fn as_text(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>> {
     use polars::prelude::DataType;
     let pe = |e| Error::Polars { context: format!("diff: column {name}"), source: e };
     let col = df.column(name).map_err(pe)?.cast(&DataType::String).map_err(pe)?;
@@ -150,7 +184,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<Vec<String>> {
             out.push(format!("count {k}: {va} -> {vb}"));
         }
     }
-    let (fa, fb) = (crate::build::read_features(a)?, crate::build::read_features(b)?);
+    let (fa, fb) = (read_features(a)?, read_features(b)?);
     let (ids_a, ids_b) = (as_text(&fa, "dicom_id")?, as_text(&fb, "dicom_id")?);
     let index_b: std::collections::HashMap<&str, usize> =
         ids_b.iter().enumerate().filter_map(|(i, d)| d.as_deref().map(|d| (d, i))).collect();
@@ -166,9 +200,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<Vec<String>> {
             out.push(format!("rows: {} images only in {side} (e.g. {})", ids.len(), eg.join(", ")));
         }
     }
-    let names = |df: &polars::prelude::DataFrame| -> Vec<String> {
-        df.get_column_names().iter().map(|c| c.to_string()).collect()
-    };
+    let names = |df: &DataFrame| -> Vec<String> { df.get_column_names().iter().map(|c| c.to_string()).collect() };
     let (cols_a, cols_b) = (names(&fa), names(&fb));
     for (side, cols, other) in [("a", &cols_a, &cols_b), ("b", &cols_b, &cols_a)] {
         let missing: Vec<&str> = cols.iter().filter(|c| !other.contains(c)).map(String::as_str).collect();

@@ -18,42 +18,8 @@ use crate::model::VitConfig;
 use crate::model::fusion::{FusionShape, MsnNet};
 use crate::pretrain::{CHECKPOINT, Checkpoint, PretrainConfig};
 use crate::rng::Rng;
-use crate::weights::{StateDict, load_vit};
+use crate::weights::{StateDict, load_vit, vit_tensor_names};
 use crate::{Error, Result};
-
-/// The names torchvision's `VisionTransformer` state dict has for `vit`, under `prefix`.
-pub fn vit_tensor_names(vit: &VitConfig, prefix: &str) -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = [
-        "conv_proj.weight",
-        "conv_proj.bias",
-        "class_token",
-        "encoder.pos_embedding",
-        "encoder.ln.weight",
-        "encoder.ln.bias",
-    ]
-    .iter()
-    .map(|n| format!("{prefix}{n}"))
-    .collect();
-    for i in 0..vit.layers {
-        for n in [
-            "ln_1.weight",
-            "ln_1.bias",
-            "self_attention.in_proj_weight",
-            "self_attention.in_proj_bias",
-            "self_attention.out_proj.weight",
-            "self_attention.out_proj.bias",
-            "ln_2.weight",
-            "ln_2.bias",
-            "mlp.0.weight",
-            "mlp.0.bias",
-            "mlp.3.weight",
-            "mlp.3.bias",
-        ] {
-            names.insert(format!("{prefix}encoder.layers.encoder_layer_{i}.{n}"));
-        }
-    }
-    names
-}
 
 fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;

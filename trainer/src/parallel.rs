@@ -1,8 +1,10 @@
-//! Data-parallel pretraining over the devices of one machine (DDP): one replica of the network
-//! and of the optimizer per device, each batch split into one shard per device, the MSN loss's
-//! Sinkhorn normalisation and me-max mean computed over the global batch (lightly's
-//! `gather_distributed`), the gradients summed over the devices, and the same update applied
-//! on every replica, so the replicas stay equal without ever broadcasting weights.
+//! What data parallelism over the devices of one machine (DDP) is built on: the device list
+//! of a run ([`Devices`]), the split of a batch into per-device shards, and the cross-device
+//! sums. The training step on each device is `pretrain::Replicas`: one replica of the network
+//! and of the optimizer per device, the MSN loss's Sinkhorn normalisation and me-max mean
+//! computed over the global batch (lightly's `gather_distributed`), the gradients summed over
+//! the devices, and the same update applied on every replica, so the replicas stay equal
+//! without ever broadcasting weights.
 //!
 //! Every cross-device sum goes through a [`Collective`] (an all-reduce sum of a tensor's
 //! values): [`Local`] (one device), [`HostAllReduce`] (through host memory, any backend, and
@@ -18,15 +20,11 @@ use std::ops::Range;
 use std::sync::{Condvar, Mutex, PoisonError};
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
-use burn::optim::{GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::GradientsParams;
 use burn::tensor::distributed::ReduceOperation;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::backend::{Backend, Precision};
-use crate::model::fusion::MsnNet;
-use crate::msn::MsnLossOutput;
-use crate::pretrain::{PretrainConfig, StepSchedule, StepTimes, batch_tensors, optimizer, train_step_with};
-use crate::views::Batch;
 use crate::{Error, Result};
 
 /// The cross-device reductions of a data-parallel step: an element-wise sum of a tensor over
@@ -179,8 +177,8 @@ pub enum AllReduce {
 /// checkpoints are its replica; evaluation runs on it), and how they all-reduce.
 #[derive(Debug, Clone)]
 pub struct Devices {
-    list: Vec<Device>,
-    all_reduce: AllReduce,
+    pub(crate) list: Vec<Device>,
+    pub(crate) all_reduce: AllReduce,
 }
 
 impl From<&Device> for Devices {
@@ -318,130 +316,8 @@ pub fn all_reduce_gradients<M: Module>(mut grads: GradientsParams, net: &M, c: &
     scatter.grads
 }
 
-/// One replica per device, kept equal: [`Replicas::step`] trains each on its shard of a batch.
-pub struct Replicas {
-    replicas: Vec<(MsnNet, ModuleOptimizer)>,
-    devices: Devices,
-}
-
-impl std::fmt::Debug for Replicas {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replicas").field("devices", &self.devices).finish_non_exhaustive()
-    }
-}
-
-impl Replicas {
-    /// `net` (on the main device) copied to every device, each with a fresh optimizer.
-    pub fn new(net: MsnNet, devices: &Devices) -> Self {
-        let replicas = devices
-            .list
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (if i == 0 { net.clone() } else { net.clone().fork(d) }, optimizer()))
-            .collect();
-        Self { replicas, devices: devices.clone() }
-    }
-
-    /// Loads the optimizer state into every replica (`load` is called once per device).
-    pub fn load_optimizer(&mut self, load: impl Fn() -> Result<OptimizerRecord>) -> Result<()> {
-        for (_, optim) in &mut self.replicas {
-            let o = std::mem::replace(optim, optimizer());
-            *optim = o.load_record(load()?);
-        }
-        Ok(())
-    }
-
-    /// The main device's replica (all are equal).
-    pub fn net(&self) -> &MsnNet {
-        &self.replicas[0].0
-    }
-
-    /// Every device's replica, in device order.
-    pub fn nets(&self) -> impl Iterator<Item = &MsnNet> {
-        self.replicas.iter().map(|(n, _)| n)
-    }
-
-    pub fn optimizer_record(&self) -> OptimizerRecord {
-        self.replicas[0].1.to_record()
-    }
-
-    pub fn into_net(self) -> MsnNet {
-        self.replicas.into_iter().next().map(|(n, _)| n).expect("a run has at least one device")
-    }
-
-    /// One training step on `batch`, split over the devices: the global loss and the main
-    /// device's step times. A batch smaller than the number of devices is an error.
-    pub fn step(&mut self, batch: &Batch, cfg: &PretrainConfig, s: StepSchedule) -> Result<(MsnLossOutput, StepTimes)> {
-        let k = self.replicas.len();
-        // One device through NCCL still takes the group's path (a check of NCCL on one GPU).
-        if k == 1 && self.devices.all_reduce == AllReduce::Host {
-            let (net, optim) = self.replicas.pop().expect("one replica");
-            let mut optim = optim;
-            let views = batch_tensors(batch, cfg, self.devices.main());
-            let (net, loss, times) = train_step_with(net, &mut optim, views, cfg, s, &Local)?;
-            self.replicas.push((net, optim));
-            return Ok((loss, times));
-        }
-        if batch.size < k {
-            return Err(Error::Internal(format!("a batch of {} cannot be split over {k} devices", batch.size)));
-        }
-        let shards = shard_ranges(batch.size, k);
-        let host = HostAllReduce::new(k);
-        let backend = BackendAllReduce { devices: self.devices.list.clone() };
-        let replicas = std::mem::take(&mut self.replicas);
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = replicas
-                .into_iter()
-                .zip(&shards)
-                .zip(&self.devices.list)
-                .enumerate()
-                .map(|(rank, (((net, mut optim), rows), device))| {
-                    let (host, backend, all_reduce) = (&host, &backend, self.devices.all_reduce);
-                    scope.spawn(move || {
-                        let views = batch_tensors(&batch.shard(rows.clone(), cfg.views.focal_views), cfg, device);
-                        let run = std::panic::AssertUnwindSafe(|| match all_reduce {
-                            AllReduce::Host => train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank)),
-                            AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend),
-                        });
-                        let out = std::panic::catch_unwind(run);
-                        if !matches!(out, Ok(Ok(_))) {
-                            host.abort();
-                        }
-                        (out, optim)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join()).collect()
-        });
-        let mut first = None;
-        let mut failures = Vec::new();
-        for r in results {
-            match r {
-                Ok((Ok(Ok((net, loss, times))), optim)) => {
-                    first.get_or_insert((loss, times));
-                    self.replicas.push((net, optim));
-                }
-                Ok((Ok(Err(e)), _)) => failures.push(e.to_string()),
-                Ok((Err(panic), _)) | Err(panic) => failures.push(panic_message(panic)),
-            }
-        }
-        match first {
-            Some(out) if failures.is_empty() => Ok(out),
-            _ => {
-                // The device that failed first says why; the others only that it did.
-                failures.sort_by_key(|m| m.contains("another device"));
-                let hint = if self.devices.all_reduce == AllReduce::Nccl {
-                    " (NCCL: libnccl.so.2 must be on the library path; --all-reduce host needs none)"
-                } else {
-                    ""
-                };
-                Err(Error::Device(format!("a data-parallel step failed: {}{hint}", failures.join("; "))))
-            }
-        }
-    }
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The text of a panic's payload.
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))

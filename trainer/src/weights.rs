@@ -4,7 +4,7 @@
 //! burn's [`Linear`] holds `[in, out]`, so they are transposed. A missing tensor or a shape
 //! that does not match is an error naming it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -13,7 +13,7 @@ use cxr_dataset::tensors::RawTensor;
 
 use crate::model::head::BatchNorm1d;
 use crate::model::norm::LayerNorm;
-use crate::model::{ProjectionHead, Vit};
+use crate::model::{ProjectionHead, Vit, VitConfig};
 use crate::{Error, Result};
 
 /// Named tensors (a state dict), read from safetensors.
@@ -143,6 +143,40 @@ pub fn vit_state_dict(vit: &Vit, prefix: &str) -> BTreeMap<String, (Vec<usize>, 
     sd
 }
 
+/// The names torchvision's `VisionTransformer` state dict has for `vit`, under `prefix`.
+pub fn vit_tensor_names(vit: &VitConfig, prefix: &str) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = [
+        "conv_proj.weight",
+        "conv_proj.bias",
+        "class_token",
+        "encoder.pos_embedding",
+        "encoder.ln.weight",
+        "encoder.ln.bias",
+    ]
+    .iter()
+    .map(|n| format!("{prefix}{n}"))
+    .collect();
+    for i in 0..vit.layers {
+        for n in [
+            "ln_1.weight",
+            "ln_1.bias",
+            "self_attention.in_proj_weight",
+            "self_attention.in_proj_bias",
+            "self_attention.out_proj.weight",
+            "self_attention.out_proj.bias",
+            "ln_2.weight",
+            "ln_2.bias",
+            "mlp.0.weight",
+            "mlp.0.bias",
+            "mlp.3.weight",
+            "mlp.3.bias",
+        ] {
+            names.insert(format!("{prefix}encoder.layers.encoder_layer_{i}.{n}"));
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,7 +192,7 @@ mod tests {
         let mut b = cfg.init(&device, &mut Rng::new(2));
         let bytes = cxr_dataset::tensors::to_bytes(&vit_state_dict(&a, "backbone.")).unwrap();
         let sd = cxr_dataset::tensors::parse(&bytes).unwrap();
-        assert_eq!(sd.len(), crate::import::vit_tensor_names(&cfg, "backbone.").len());
+        assert_eq!(sd.len(), vit_tensor_names(&cfg, "backbone.").len());
         load_vit(&mut b, &sd, "backbone.", &device).unwrap();
         let x = Tensor::<4>::from_data(
             TensorData::new((0..768).map(|i| (i % 7) as f32 / 7.0).collect(), [1, 3, 16, 16]),

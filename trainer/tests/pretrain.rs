@@ -635,13 +635,13 @@ fn repeat(b: &trainer::views::Batch, k: usize, focal_views: usize) -> trainer::v
     }
 }
 
-fn replicas(cfg: &PretrainConfig, devices: usize) -> trainer::parallel::Replicas {
+fn replicas(cfg: &PretrainConfig, devices: usize) -> trainer::pretrain::Replicas {
     let device = device();
     let shape = trainer::model::fusion::FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
     let mut net = trainer::model::fusion::MsnNet::new(&cfg.vit, shape, &device, &mut trainer::rng::Rng::new(cfg.seed));
     net.prototypes = net.prototypes.set_require_grad(false);
     let list = trainer::parallel::Devices::new(vec![device; devices], trainer::parallel::AllReduce::Host).unwrap();
-    trainer::parallel::Replicas::new(net, &list)
+    trainer::pretrain::Replicas::new(net, &list)
 }
 
 /// Data parallelism on k = 2 and 3 devices (threads with a host all-reduce): with every

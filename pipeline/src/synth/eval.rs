@@ -21,9 +21,10 @@ use chrono::NaiveDate;
 use cxr_dataset::{NIH_LABELS, Split};
 use rayon::prelude::*;
 
-use super::rng::Rng;
 use super::studies::{Image, Label, Setting, Study, Syntax, finding::*, findings, report_labels, view_code};
 use super::{render, table};
+use crate::eval::CHEXPERT_DIR;
+use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// CheXpert's label columns, in its CSV order.
@@ -43,9 +44,6 @@ pub const CHEXPERT_COLUMNS: [&str; 14] = [
     "Fracture",
     "Support Devices",
 ];
-
-/// The CheXpert folder name.
-pub const CHEXPERT_DIR: &str = "CheXpert-v1.0-small";
 
 /// What a synthetic evaluation tree holds.
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
-use super::table::{Table, parse_date, parse_time};
+use super::table::{parse_date, parse_time};
+use crate::table::Table;
 use crate::{Error, Result};
 
 pub fn read_population(dir: &Path) -> Result<Population> {

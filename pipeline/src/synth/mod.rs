@@ -36,7 +36,7 @@ pub mod import;
 pub mod mimic_iv;
 pub mod population;
 pub mod render;
-pub mod rng;
+
 pub mod studies;
 pub mod table;
 
@@ -120,7 +120,7 @@ pub fn run(cfg: &SynthConfig, progress: &dyn Progress) -> Result<SynthSummary> {
             let mut chosen = Vec::new();
             for p in &pop.patients {
                 // Most, not all, MIMIC-IV patients have chest X-rays.
-                if rng::Rng::derive(cfg.seed, 99, u64::from(p.subject_id)).bernoulli(0.85) {
+                if crate::rng::Rng::derive(cfg.seed, 99, u64::from(p.subject_id)).bernoulli(0.85) {
                     chosen.push(p.subject_id);
                 }
             }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
 
 use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
-use super::rng::Rng;
+use crate::rng::Rng;
 
 const STREAM_IDS: u64 = 1;
 const STREAM_SUBJECT: u64 = 2;

@@ -18,8 +18,8 @@
 //!   the spine posterior and the heart anterior; recumbent lowers lung volume.
 
 use super::canvas::{Canvas, ValueNoise, smooth};
-use super::rng::Rng;
 use super::studies::{Image, Study, finding::*};
+use crate::rng::Rng;
 
 /// Subject-level anatomy.
 struct Anatomy {

@@ -16,17 +16,19 @@ use cxr_dataset::features::EhrSelection;
 
 use crate::data::{Dataset, Images};
 use crate::model::fusion::{FusionShape, MsnNet};
-use crate::parallel::{Devices, Replicas};
+use crate::parallel::Devices;
 use crate::rng::Rng;
 use crate::views::{Batch, make_batch};
 use crate::{Error, Result};
 
 mod checkpoint;
 mod config;
+mod replicas;
 mod step;
 
 pub use checkpoint::*;
 pub use config::*;
+pub use replicas::Replicas;
 pub use step::*;
 
 use checkpoint::RunFiles;

@@ -1,5 +1,6 @@
 //! A small deterministic PRNG (SplitMix64 seeding a xoshiro256**), owned by the project so
-//! that a seed gives the same archive whatever version of a random-number crate is around.
+//! that a seed gives the same re-split (and synthetic archive) whatever version of a
+//! random-number crate is around.
 
 /// xoshiro256** generator.
 #[derive(Debug, Clone)]

@@ -1,0 +1,137 @@
+//! Data-parallel training steps: one replica of the network and of the optimizer per device
+//! ([`crate::parallel::Devices`]), each batch split into one shard per device and trained on
+//! the device's own thread, the loss and the gradients summed over the devices through a
+//! [`crate::parallel::Collective`], the same update applied everywhere.
+
+use burn::module::Module;
+use burn::optim::{ModuleOptimizer, OptimizerRecord};
+
+use super::{PretrainConfig, StepSchedule, StepTimes, batch_tensors, optimizer, train_step_with};
+use crate::model::fusion::MsnNet;
+use crate::msn::MsnLossOutput;
+use crate::parallel::{AllReduce, BackendAllReduce, Devices, HostAllReduce, Local, panic_message, shard_ranges};
+use crate::views::Batch;
+use crate::{Error, Result};
+
+/// One replica per device, kept equal: [`Replicas::step`] trains each on its shard of a batch.
+pub struct Replicas {
+    replicas: Vec<(MsnNet, ModuleOptimizer)>,
+    devices: Devices,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas").field("devices", &self.devices).finish_non_exhaustive()
+    }
+}
+
+impl Replicas {
+    /// `net` (on the main device) copied to every device, each with a fresh optimizer.
+    pub fn new(net: MsnNet, devices: &Devices) -> Self {
+        let replicas = devices
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (if i == 0 { net.clone() } else { net.clone().fork(d) }, optimizer()))
+            .collect();
+        Self { replicas, devices: devices.clone() }
+    }
+
+    /// Loads the optimizer state into every replica (`load` is called once per device).
+    pub fn load_optimizer(&mut self, load: impl Fn() -> Result<OptimizerRecord>) -> Result<()> {
+        for (_, optim) in &mut self.replicas {
+            let o = std::mem::replace(optim, optimizer());
+            *optim = o.load_record(load()?);
+        }
+        Ok(())
+    }
+
+    /// The main device's replica (all are equal).
+    pub fn net(&self) -> &MsnNet {
+        &self.replicas[0].0
+    }
+
+    /// Every device's replica, in device order.
+    pub fn nets(&self) -> impl Iterator<Item = &MsnNet> {
+        self.replicas.iter().map(|(n, _)| n)
+    }
+
+    pub fn optimizer_record(&self) -> OptimizerRecord {
+        self.replicas[0].1.to_record()
+    }
+
+    pub fn into_net(self) -> MsnNet {
+        self.replicas.into_iter().next().map(|(n, _)| n).expect("a run has at least one device")
+    }
+
+    /// One training step on `batch`, split over the devices: the global loss and the main
+    /// device's step times. A batch smaller than the number of devices is an error.
+    pub fn step(&mut self, batch: &Batch, cfg: &PretrainConfig, s: StepSchedule) -> Result<(MsnLossOutput, StepTimes)> {
+        let k = self.replicas.len();
+        // One device through NCCL still takes the group's path (a check of NCCL on one GPU).
+        if k == 1 && self.devices.all_reduce == AllReduce::Host {
+            let (net, optim) = self.replicas.pop().expect("one replica");
+            let mut optim = optim;
+            let views = batch_tensors(batch, cfg, self.devices.main());
+            let (net, loss, times) = train_step_with(net, &mut optim, views, cfg, s, &Local)?;
+            self.replicas.push((net, optim));
+            return Ok((loss, times));
+        }
+        if batch.size < k {
+            return Err(Error::Internal(format!("a batch of {} cannot be split over {k} devices", batch.size)));
+        }
+        let shards = shard_ranges(batch.size, k);
+        let host = HostAllReduce::new(k);
+        let backend = BackendAllReduce { devices: self.devices.list.clone() };
+        let replicas = std::mem::take(&mut self.replicas);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = replicas
+                .into_iter()
+                .zip(&shards)
+                .zip(&self.devices.list)
+                .enumerate()
+                .map(|(rank, (((net, mut optim), rows), device))| {
+                    let (host, backend, all_reduce) = (&host, &backend, self.devices.all_reduce);
+                    scope.spawn(move || {
+                        let views = batch_tensors(&batch.shard(rows.clone(), cfg.views.focal_views), cfg, device);
+                        let run = std::panic::AssertUnwindSafe(|| match all_reduce {
+                            AllReduce::Host => train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank)),
+                            AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend),
+                        });
+                        let out = std::panic::catch_unwind(run);
+                        if !matches!(out, Ok(Ok(_))) {
+                            host.abort();
+                        }
+                        (out, optim)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut first = None;
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok((Ok(Ok((net, loss, times))), optim)) => {
+                    first.get_or_insert((loss, times));
+                    self.replicas.push((net, optim));
+                }
+                Ok((Ok(Err(e)), _)) => failures.push(e.to_string()),
+                Ok((Err(panic), _)) | Err(panic) => failures.push(panic_message(panic)),
+            }
+        }
+        match first {
+            Some(out) if failures.is_empty() => Ok(out),
+            _ => {
+                // The device that failed first says why; the others only that it did.
+                failures.sort_by_key(|m| m.contains("another device"));
+                let hint = if self.devices.all_reduce == AllReduce::Nccl {
+                    " (NCCL: libnccl.so.2 must be on the library path; --all-reduce host needs none)"
+                } else {
+                    ""
+                };
+                Err(Error::Device(format!("a data-parallel step failed: {}{hint}", failures.join("; "))))
+            }
+        }
+    }
+}
