@@ -8,7 +8,8 @@
 //!   names a built dataset carries (DATA.md section 5), plus the `--ehr` selection syntax;
 //! - [`files`]: the manifest's name, atomic writes and sha256 digests; [`manifest`]: the
 //!   typed manifest the pipeline writes and the trainer reads;
-//! - [`shard`] and [`tensors`]: the image shard format.
+//! - [`shard`] and [`tensors`]: the image shard format;
+//! - [`log`]: how both binaries report (log lines, progress, events; human, quiet or JSON).
 //!
 //! ```
 //! use cxr_dataset::features::EhrSelection;
@@ -20,6 +21,7 @@
 
 pub mod features;
 pub mod files;
+pub mod log;
 pub mod manifest;
 pub mod shard;
 mod split;

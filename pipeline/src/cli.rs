@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cxr_dataset::log::LogMode;
 use pipeline::bench::BenchStage;
 use pipeline::build::BuildConfig;
 use pipeline::discover::Roots;
@@ -68,6 +69,11 @@ pub enum SynthDataset {
 #[derive(Debug, Parser)]
 #[command(name = "pipeline", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
+    /// How progress and log lines are written to standard error: human (a status line on a
+    /// terminal, a line every 10% otherwise), quiet (errors only) or json (one JSON object a
+    /// line). Results go to standard output in every mode.
+    #[arg(long, global = true, default_value = "human", value_parser = log_values())]
+    pub log: LogMode,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -452,4 +458,10 @@ impl SynthArgs {
             force: self.force,
         })
     }
+}
+
+/// The `--log` values, listed in `--help`.
+fn log_values() -> impl clap::builder::TypedValueParser<Value = LogMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(LogMode::NAMES).map(|s| s.parse::<LogMode>().expect("a listed value"))
 }

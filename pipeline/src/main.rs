@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use cxr_dataset::log::Reporter;
 use pipeline::bench::BenchStage;
 use pipeline::build::{self, BuildConfig, BuildSummary};
 use pipeline::discover::Roots;
@@ -81,7 +82,7 @@ fn print_summary(s: &SynthSummary) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let progress = pipeline::progress::Stderr::default();
+    let progress = Reporter::new(cli.log);
     match cli.command {
         Command::Synth(args) => synth_archive(&args, &progress),
         Command::Build(args) => build_dataset(&args, &progress),
@@ -93,20 +94,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Verify { dir } => verify(&dir),
+        Command::Verify { dir } => verify(&dir, &progress),
         Command::List { out } => {
             for line in pipeline::versions::list(&out)? {
                 println!("{line}");
             }
             Ok(())
         }
-        Command::Bench(args) => bench(&args),
+        Command::Bench(args) => bench(&args, &progress),
         Command::Demo(args) => demo(&args, &progress),
     }
 }
 
 /// `pipeline synth`: a MIMIC archive, or a CheXpert or NIH tree.
-fn synth_archive(args: &cli::SynthArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
+fn synth_archive(args: &cli::SynthArgs, progress: &Reporter) -> anyhow::Result<()> {
     let size = synth::parse_size(&args.image_size).ok_or_else(|| {
         pipeline::Error::Config(format!("--image-size {}: expected COLUMNSxROWS, each at least 16", args.image_size))
     })?;
@@ -139,11 +140,12 @@ fn synth_archive(args: &cli::SynthArgs, progress: &pipeline::progress::Stderr) -
 }
 
 /// `pipeline build`.
-fn build_dataset(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
+fn build_dataset(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     let summary = build::build(&cfg, progress)?;
     print_build(&summary);
     if args.report_peak_memory {
+        // What `pipeline bench` reads from its child, whatever --log says.
         eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
         for (step, seconds) in &summary.timings {
             eprintln!("{}{step}={seconds:.3}", pipeline::bench::STEP_PREFIX);
@@ -153,7 +155,7 @@ fn build_dataset(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -
 }
 
 /// `pipeline build-eval`.
-fn build_eval(args: cli::BuildEvalArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
+fn build_eval(args: cli::BuildEvalArgs, progress: &Reporter) -> anyhow::Result<()> {
     if args.shard_size == 0 || !(8..=4096).contains(&args.image_size) {
         return Err(pipeline::Error::Config("--shard-size must be at least 1 and --image-size 8 to 4096".into()).into());
     }
@@ -186,7 +188,7 @@ fn build_eval(args: cli::BuildEvalArgs, progress: &pipeline::progress::Stderr) -
 }
 
 /// `pipeline merge`.
-fn merge(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
+fn merge(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
     if args.shard_index.is_some() {
         return Err(pipeline::Error::Config(
             "merge takes the build's options without --shard-index/--num-shards".into(),
@@ -200,11 +202,11 @@ fn merge(args: &cli::BuildArgs, progress: &pipeline::progress::Stderr) -> anyhow
 }
 
 /// `pipeline verify`.
-fn verify(dir: &std::path::Path) -> anyhow::Result<()> {
+fn verify(dir: &std::path::Path, progress: &Reporter) -> anyhow::Result<()> {
     let (checked, problems) = pipeline::versions::verify(dir)?;
     if !problems.is_empty() {
         for p in &problems {
-            eprintln!("{}: {p}", dir.display());
+            progress.line(&format!("{}: {p}", dir.display()));
         }
         let message = format!("{} of {checked} files failed verification", problems.len());
         return Err(pipeline::Error::input(dir, message).into());
@@ -214,13 +216,13 @@ fn verify(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// `pipeline bench`.
-fn bench(args: &cli::BenchArgs) -> anyhow::Result<()> {
+fn bench(args: &cli::BenchArgs, progress: &Reporter) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the pipeline executable")?;
     let (stage, subjects, name) = match args.stage {
         BenchStage::Images => (args.stage, args.subjects.unwrap_or(40), "images"),
         BenchStage::Table => (args.stage, args.subjects.unwrap_or(90_000), "table"),
     };
-    eprintln!("bench: the {name} stage, {subjects} subjects");
+    progress.line(&format!("bench: the {name} stage, {subjects} subjects"));
     let r = pipeline::bench::run(&exe, &args.dir, subjects, stage)?;
     if let Some(s) = r.generate_seconds {
         println!("generated {} in {s:.1} s", r.archive.display());
@@ -248,9 +250,9 @@ fn bench(args: &cli::BenchArgs) -> anyhow::Result<()> {
 }
 
 /// `pipeline demo`: the synthetic archive, then its dataset built with the reference's settings.
-fn demo(args: &cli::DemoArgs, progress: &pipeline::progress::Stderr) -> anyhow::Result<()> {
+fn demo(args: &cli::DemoArgs, progress: &Reporter) -> anyhow::Result<()> {
     let archive = args.out.join("synthetic-mimic");
-    eprintln!("demo 1/2: generating a synthetic MIMIC archive in {}", archive.display());
+    progress.line(&format!("demo 1/2: generating a synthetic MIMIC archive in {}", archive.display()));
     let cfg = SynthConfig {
         image_size: (256, 256),
         split_fractions: parse_fractions(&args.split_fractions)?,
@@ -259,17 +261,17 @@ fn demo(args: &cli::DemoArgs, progress: &pipeline::progress::Stderr) -> anyhow::
     let summary = synth::run(&cfg, progress)?;
     print_summary(&summary);
     let datasets = args.out.join("datasets");
-    eprintln!("demo 2/2: building the dataset (table, image shards, report) in {}", datasets.display());
+    progress.line(&format!("demo 2/2: building the dataset (table, image shards, report) in {}", datasets.display()));
     let roots = Roots { mimic_root: Some(cfg.out.clone()), ..Roots::default() };
     let build_cfg = BuildConfig::new(roots, datasets);
     let built = build::build(&build_cfg, progress)?;
     print_build(&built);
-    eprintln!(
+    progress.line(&format!(
         "next: cargo run --release -p trainer -- run --dataset {} --out {} (or `trainer demo`, which runs this \
          step too and then pretrains and evaluates with and without EHR)",
         built.dir.display(),
         args.out.join("run").display()
-    );
+    ));
     Ok(())
 }
 
@@ -281,14 +283,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = Reporter::new(cli.log);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(exit_code(&err))
+            let code = exit_code(&err);
+            log.error(&cxr_dataset::log::error_text(err.as_ref()), code);
+            ExitCode::from(code)
         }
     }
 }
@@ -297,6 +298,7 @@ fn main() -> ExitCode {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use cxr_dataset::log::LogMode;
     use pipeline::images::Subset;
     use std::path::PathBuf;
 
@@ -316,6 +318,9 @@ mod tests {
         assert_eq!(status(&["build", "--mimic-root", out, "--out", out]), 4, "no archive there");
         let bad = Cli::try_parse_from(["pipeline", "build", "--mimic-root", out, "--out", out, "--images", "png"]);
         assert_eq!(bad.unwrap_err().exit_code(), 2);
+        let bad = Cli::try_parse_from(["pipeline", "--log", "xml", "verify", out]);
+        assert_eq!(bad.unwrap_err().exit_code(), 2);
+        assert_eq!(Cli::try_parse_from(["pipeline", "verify", out, "--log", "json"]).unwrap().log, LogMode::Json);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

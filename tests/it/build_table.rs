@@ -10,9 +10,9 @@ use cxr_dataset::{LABELS, label_column, raw_label_column};
 use pipeline::build::{BuildConfig, FEATURES_DIR, REPORT_JSON, REPORT_MD, build, part_name, read_features};
 use pipeline::discover::{Roots, discover};
 use pipeline::encode::MissingPolicy;
-use pipeline::images::{ImageSource, RunOptions};
+use pipeline::images::ImageSource;
 use pipeline::ingest;
-use pipeline::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
+use pipeline::labels::{SplitSource, Uncertain, Unlabeled};
 use pipeline::link::{LinkInputs, MatchRule, images_from_metadata, link};
 use pipeline::progress::Silent;
 use pipeline::schema::Schema;
@@ -21,24 +21,12 @@ use polars::prelude::*;
 use crate::fixture::{CXR_JPG, Csv, large_tables, tables_of};
 
 pub(crate) fn config(root: &Path, out: &Path) -> BuildConfig {
+    let roots = Roots { mimic_root: Some(root.to_path_buf()), ..Roots::default() };
     BuildConfig {
-        roots: Roots { mimic_root: Some(root.to_path_buf()), ..Roots::default() },
-        out: out.to_path_buf(),
-        rule: MatchRule::Date,
-        missing: MissingPolicy::Impute,
-        drop_missing_sex: true,
-        drop_rare_views: true,
-        labeler: Labeler::Chexpert,
-        unlabeled: Unlabeled::Drop,
-        uncertain: Uncertain::Zeros,
-        split: SplitSource::Official,
         shard_size: 100,
         images: ImageSource::None,
         image_size: 32,
-        geometry: pipeline::preprocess::Geometry::Crop,
-        equalize: false,
-        verify_inputs_full: false,
-        run: RunOptions { fail_fast: false, subset: None, merge_only: false, workers: 0 },
+        ..BuildConfig::new(roots, out.to_path_buf())
     }
 }
 

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use cxr_dataset::log::LogMode;
 use trainer::backend::Precision;
 use trainer::data::ImageSource;
 use trainer::linear::{LinearEvalConfig, ProbeKind, Source, Uncertain};
@@ -42,6 +43,11 @@ pub(crate) struct Cli {
     /// bf16) on --device wgpu or cuda.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
+    /// How progress and log lines are written to standard error: human (a status line on a
+    /// terminal, a line every 50 steps otherwise), quiet (errors only) or json (one JSON
+    /// object a line, a `step` event per training step). Results go to standard output.
+    #[arg(long, global = true, default_value = "human", value_parser = log_values())]
+    pub(crate) log: LogMode,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -398,4 +404,10 @@ pub(crate) struct AblateArgs {
     pub(crate) train: TrainOpts,
     #[command(flatten)]
     pub(crate) eval: EvalOpts,
+}
+
+/// The `--log` values, listed in `--help`.
+fn log_values() -> impl clap::builder::TypedValueParser<Value = LogMode> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(LogMode::NAMES).map(|s| s.parse::<LogMode>().expect("a listed value"))
 }

@@ -12,7 +12,7 @@ use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
 use trainer::transform::ProbeTransform;
 
-use crate::{devices, log_line, print_table, step_printer};
+use crate::{devices, log, log_line, print_table, step_printer};
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -53,9 +53,9 @@ fn pipeline_exe(given: Option<&PathBuf>) -> PathBuf {
 pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let exe = pipeline_exe(args.pipeline.as_ref());
-    eprintln!("demo 1/3: synthetic archive and dataset, with {}", exe.display());
+    log_line(&format!("demo 1/3: synthetic archive and dataset, with {}", exe.display()));
     let status = std::process::Command::new(&exe)
-        .args(["demo", "--out"])
+        .args(["--log", log().mode().name(), "demo", "--out"])
         .arg(&args.out)
         .args(["--subjects", &args.subjects.to_string()])
         .args(["--split-fractions", &args.split_fractions])
@@ -83,17 +83,17 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    eprintln!(
+    log_line(&format!(
         "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay), \
          and the baselines: a random encoder, the pixels at 32x32, the EHR vector alone",
         args.epochs
-    );
+    ));
     let runs = args.out.join("runs");
     let s =
         experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &devices(), &mut step_printer(), &mut |l| {
             log_line(l)
         })?;
-    eprintln!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64());
+    log_line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
     print_table(&s, &runs)?;
     let delta = |ehr: &str| s.iter().find(|r| r.ehr == ehr).and_then(|r| r.delta_vs_vanilla);
     if let Some(d) = delta("demographics,scan,stay") {

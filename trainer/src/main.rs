@@ -7,6 +7,7 @@ use anyhow::Context;
 use burn::tensor::Device;
 use clap::Parser;
 use cxr_dataset::features::EhrSelection;
+use cxr_dataset::log::{LogMode, Reporter};
 use trainer::backend::Backend;
 use trainer::experiment::{self, RunSummary};
 use trainer::linear::{Source, linear_eval, load_encoder, random_encoder};
@@ -24,11 +25,11 @@ use demo_command::demo;
 /// See `mimalloc` in the workspace manifest.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-/// Prints pretraining progress: a status line on a terminal, a line every 50 steps otherwise.
+/// Reports pretraining progress through the log: a status line on a terminal, a line every
+/// 50 steps otherwise, a `step` event per step in JSON.
 fn step_printer() -> impl FnMut(&StepMetrics, usize) {
     let mut started = None;
     let mut first_step = None;
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     move |m: &StepMetrics, stop: usize| {
         let t0 = *started.get_or_insert_with(std::time::Instant::now);
         let first = *first_step.get_or_insert(m.step);
@@ -46,23 +47,27 @@ fn step_printer() -> impl FnMut(&StepMetrics, usize) {
             m.images_per_second,
             eta
         );
-        if tty {
-            eprint!("\r{line}\x1b[K");
-            if m.step + 1 == stop {
-                eprintln!();
-            }
-        } else if (m.step + 1).is_multiple_of(50) || m.step + 1 == stop {
-            eprintln!("{line}");
-        }
-        if m.step + 1 == stop {
+        let mut fields =
+            serde_json::to_value(m).unwrap_or_else(|e| serde_json::json!({ "unserialisable": e.to_string() }));
+        fields["stop"] = stop.into();
+        let last = m.step + 1 == stop;
+        log().event("step", fields, &line, true, last || (m.step + 1).is_multiple_of(50));
+        if last {
             started = None;
             first_step = None;
         }
     }
 }
 
+/// The run's reporter (`--log`), set once by `run`.
+static LOG: std::sync::OnceLock<Reporter> = std::sync::OnceLock::new();
+
+fn log() -> &'static Reporter {
+    LOG.get_or_init(|| Reporter::new(LogMode::Human))
+}
+
 fn log_line(line: &str) {
-    eprintln!("{line}");
+    log().line(line);
 }
 
 /// The training devices (with autodiff) of `--device`, `--precision` and `--all-reduce`, set
@@ -88,6 +93,7 @@ fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let _ = LOG.set(Reporter::new(cli.log));
     let _ = DEVICES.set(Devices::parse(&cli.device, cli.precision, cli.all_reduce).context("--device, --precision")?);
     match cli.command {
         Command::Pretrain(args) => pretrain_command(&args),
@@ -105,7 +111,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `trainer pretrain`.
 fn pretrain_command(args: &PretrainArgs) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
-    eprintln!("pretraining {} ({} preset), ehr {}, into {}", cfg.vit.name(), cfg.preset, cfg.ehr, args.out.display());
+    log_line(&format!(
+        "pretraining {} ({} preset), ehr {}, into {}",
+        cfg.vit.name(),
+        cfg.preset,
+        cfg.ehr,
+        args.out.display()
+    ));
     let s = pretrain_with(&cfg, &args.dataset, &args.out, &devices(), args.resume, &mut step_printer())?;
     println!(
         "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
@@ -250,9 +262,9 @@ fn bench_command(args: &BenchArgs, device_list: &str) -> anyhow::Result<()> {
     let main_device = device_list.split(',').next().unwrap_or_default().trim();
     let backend: Backend = main_device.parse().context("--device")?;
     let r = trainer::bench::bench(&cfg, &device(), &mut |s| {
-        eprint!("\rstep {}/{total}{}", s + 1, if s < args.warmup { " (warmup)" } else { "" });
+        let line = format!("step {}/{total}{}", s + 1, if s < args.warmup { " (warmup)" } else { "" });
+        log().event("bench-step", serde_json::json!({ "step": s + 1, "total": total }), &line, true, s + 1 == total);
     })?;
-    eprintln!();
     let s = r.seconds;
     println!(
         "{}, {} threads: {}, batch {}, views 2x{} + {}x{}, EHR width {}",
@@ -299,11 +311,9 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
-            for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::from(exit_code(&err))
+            let code = exit_code(&err);
+            log().error(&cxr_dataset::log::error_text(err.as_ref()), code);
+            ExitCode::from(code)
         }
     }
 }
