@@ -43,7 +43,7 @@ fn graph(src: &Path, skip: &[&str]) -> Graph {
     let mut files = Vec::new();
     let mut stack = vec![src.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
+        for e in fs_err::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p);
@@ -66,7 +66,7 @@ fn graph(src: &Path, skip: &[&str]) -> Graph {
     let names: BTreeSet<String> = g.keys().cloned().collect();
     for p in &files {
         let m = module(p);
-        let uses = referenced(&std::fs::read_to_string(p).unwrap());
+        let uses = referenced(&fs_err::read_to_string(p).unwrap());
         g.get_mut(&m).unwrap().extend(uses.into_iter().filter(|u| *u != m && names.contains(u)));
     }
     g
