@@ -22,10 +22,10 @@ use cxr_dataset::{LABELS, NIH_LABELS, label_column_of, raw_label_column_of};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
+use crate::build::labels::Uncertain;
 use crate::build::{self, Job, Outcome, Partial};
+use crate::images::preprocess::Reject;
 use crate::images::{ImageRow, RunOptions};
-use crate::labels::Uncertain;
-use crate::preprocess::Reject;
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -89,7 +89,7 @@ impl EvalConfig {
             self.seed,
             self.shard_size,
             self.image_size,
-            crate::preprocess::Output::square(self.image_size).describe(),
+            crate::images::preprocess::Output::square(self.image_size).describe(),
             if self.verify_inputs_full {
                 "sha256 of the whole file"
             } else {
@@ -477,7 +477,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         return Err(Error::input(&cfg.root, "no images listed"));
     }
     let df = table(cfg.kind, &rows, cfg.uncertain)?;
-    crate::labels::check_leakage(&df)?;
+    build::labels::check_leakage(&df)?;
     let mut h = Sha256::new();
     h.update(format!("{} build-eval\n{}", build::code_id(), cfg.describe()));
     hash_files(&mut h, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
@@ -489,12 +489,12 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         table: &df,
         images_root: &images_root,
         files: Some(&image_rows),
-        decode: crate::preprocess::decode_raster,
+        decode: crate::images::preprocess::decode_raster,
         source: if cfg.kind == EvalKind::Chexpert { "jpg" } else { "png" },
         tables_hash: &tables_hash,
         schema_hash: "",
         config: cfg.describe(),
-        output: crate::preprocess::Output::square(cfg.image_size),
+        output: crate::images::preprocess::Output::square(cfg.image_size),
         shard_size: cfg.shard_size.max(1),
         verify_inputs_full: cfg.verify_inputs_full,
         run: cfg.run,

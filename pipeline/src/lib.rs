@@ -1,12 +1,14 @@
 //! The `pipeline` library: everything the `pipeline` binary does, testable in-process.
 //!
-//! In data-flow order: [`build`] runs the dataset build with the settings of a
-//! [`config::BuildConfig`]: [`discover`] finds the inputs, [`ingest`] reads them against
-//! [`schema`] (and [`table`] the CSV lists it reads whole), [`dicom_meta`] reads DICOM headers
-//! when there is no metadata table, [`link`] runs the SQL linkage, [`labels`] attaches labels
-//! and splits (a re-split draws from [`rng`]), [`encode`] the EHR features, [`preprocess`] and
-//! [`images`] the image shards, [`report`] the cohort report, and [`versions`] publishes,
-//! lists, verifies and compares built versions. [`eval`] builds CheXpert and NIH as evaluation
+//! Folders by purpose, in data-flow order: [`sources`] reads the input archive
+//! ([`sources::discover`] finds it, [`sources::ingest`] reads its tables against
+//! [`sources::schema`], [`sources::table`] the CSV lists read whole, [`sources::dicom_meta`]
+//! DICOM headers when there is no metadata table); [`build`] runs the stages with the settings
+//! of a [`build::config::BuildConfig`]: [`build::link`] (the SQL linkage), [`build::labels`]
+//! (labels and splits; a re-split draws from [`rng`]), [`build::encode`] (the EHR features),
+//! the image stage in [`images`] (decoding and preprocessing in [`images::preprocess`], the
+//! shards), [`build::report`] (the cohort report) and [`build::versions`] (publishing, listing,
+//! verifying and comparing built versions). [`eval`] builds CheXpert and NIH as evaluation
 //! datasets. [`progress`] is how long stages report.
 //!
 //! Apart from the build: [`synth`], the synthetic archive generator (used by the binary's
@@ -24,23 +26,12 @@
 
 pub mod bench;
 pub mod build;
-pub mod config;
-pub mod dicom_meta;
-pub mod discover;
-pub mod encode;
 mod error;
 pub mod eval;
 pub mod images;
-pub mod ingest;
-pub mod labels;
-pub mod link;
-pub mod preprocess;
 pub mod progress;
-pub mod report;
 pub mod rng;
-pub mod schema;
+pub mod sources;
 pub mod synth;
-pub mod table;
-pub mod versions;
 
 pub use error::{Error, Result};

@@ -8,8 +8,8 @@ use clap::Parser;
 use cxr_dataset::log::Reporter;
 use pipeline::bench::BenchStage;
 use pipeline::build::{self, BuildConfig, BuildSummary};
-use pipeline::discover::Roots;
 use pipeline::images::RunOptions;
+use pipeline::sources::discover::Roots;
 use pipeline::synth::{self, SynthConfig, SynthSummary};
 
 mod cli;
@@ -89,14 +89,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BuildEval(args) => build_eval(args, &progress),
         Command::Merge(args) => merge(&args, &progress),
         Command::Diff { a, b } => {
-            for line in pipeline::versions::diff(&a, &b)? {
+            for line in build::versions::diff(&a, &b)? {
                 println!("{line}");
             }
             Ok(())
         }
         Command::Verify { dir } => verify(&dir, &progress),
         Command::List { out } => {
-            for line in pipeline::versions::list(&out)? {
+            for line in build::versions::list(&out)? {
                 println!("{line}");
             }
             Ok(())
@@ -203,7 +203,7 @@ fn merge(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
 
 /// `pipeline verify`.
 fn verify(dir: &std::path::Path, progress: &Reporter) -> anyhow::Result<()> {
-    let (checked, problems) = pipeline::versions::verify(dir)?;
+    let (checked, problems) = build::versions::verify(dir)?;
     if !problems.is_empty() {
         for p in &problems {
             progress.line(&format!("{}: {p}", dir.display()));
@@ -330,7 +330,7 @@ mod tests {
             version: "0123456789abcdef".into(),
             dir: PathBuf::from("out/0123456789abcdef"),
             reused: false,
-            cohort: Some(pipeline::report::Cohort::default()),
+            cohort: Some(build::report::Cohort::default()),
             partial: None,
             timings: Vec::new(),
         };

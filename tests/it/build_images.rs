@@ -128,11 +128,11 @@ fn verify_catches_a_changed_shard_and_list_shows_versions() {
     let root = &small().root;
     let out = tempfile::tempdir().unwrap();
     let built = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap();
-    let (checked, problems) = pipeline::versions::verify(&built.dir).unwrap();
+    let (checked, problems) = pipeline::build::versions::verify(&built.dir).unwrap();
     assert!(checked >= 2 && problems.is_empty(), "{problems:?}");
     let other =
         build(&BuildConfig { image_size: 24, ..images_config(root, out.path(), ImageSource::Dicom) }, &Silent).unwrap();
-    let lines = pipeline::versions::list(out.path()).unwrap();
+    let lines = pipeline::build::versions::list(out.path()).unwrap();
     assert_eq!(lines.len(), 2);
     assert!(lines.iter().any(|l| l.starts_with(&built.version)) && lines.iter().any(|l| l.starts_with(&other.version)));
     // Flip one pixel byte of the first shard.
@@ -141,7 +141,7 @@ fn verify_catches_a_changed_shard_and_list_shows_versions() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     fs_err::write(&shard, bytes).unwrap();
-    let (_, problems) = pipeline::versions::verify(&built.dir).unwrap();
+    let (_, problems) = pipeline::build::versions::verify(&built.dir).unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains(&shard_name(0)) && problems[0].contains("sha256"));
 }
@@ -223,7 +223,8 @@ fn letterbox_and_equalize_change_the_images_and_the_version() {
     let base = images_config(root, out.path(), ImageSource::Dicom);
     let crop = build(&base, &Silent).unwrap();
     let boxed =
-        build(&BuildConfig { geometry: pipeline::preprocess::Geometry::Letterbox, ..base.clone() }, &Silent).unwrap();
+        build(&BuildConfig { geometry: pipeline::images::preprocess::Geometry::Letterbox, ..base.clone() }, &Silent)
+            .unwrap();
     let equalized = build(&BuildConfig { equalize: true, ..base.clone() }, &Silent).unwrap();
     let versions: HashSet<&str> = [&crop, &boxed, &equalized].iter().map(|b| b.version.as_str()).collect();
     assert_eq!(versions.len(), 3);

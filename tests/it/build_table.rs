@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 use chrono::{NaiveDate, NaiveDateTime};
 use cxr_dataset::features::Variable;
 use cxr_dataset::{LABELS, label_column, raw_label_column};
+use pipeline::build::encode::MissingPolicy;
+use pipeline::build::labels::{SplitSource, Uncertain, Unlabeled};
+use pipeline::build::link::{LinkInputs, MatchRule, images_from_metadata, link};
 use pipeline::build::{BuildConfig, FEATURES_DIR, REPORT_JSON, REPORT_MD, build, part_name, read_features};
-use pipeline::discover::{Roots, discover};
-use pipeline::encode::MissingPolicy;
 use pipeline::images::ImageSource;
-use pipeline::ingest;
-use pipeline::labels::{SplitSource, Uncertain, Unlabeled};
-use pipeline::link::{LinkInputs, MatchRule, images_from_metadata, link};
 use pipeline::progress::Silent;
-use pipeline::schema::Schema;
+use pipeline::sources::discover::{Roots, discover};
+use pipeline::sources::ingest;
+use pipeline::sources::schema::Schema;
 use polars::prelude::*;
 
 use crate::fixture::{CXR_JPG, Csv, large_tables, tables_of};
@@ -596,7 +596,7 @@ fn discovery_follows_the_physionet_layout_and_release_headers() {
     .unwrap();
     assert_eq!((found.mimic_iv.version.as_str(), found.mimic_iv.root.as_path()), ("3.1", v31.as_path()));
     let v20 = tables_of("2.0").root.join("mimiciv/2.0");
-    assert_eq!(pipeline::discover::mimic_iv(&v20).unwrap().version, "2.0");
+    assert_eq!(pipeline::sources::discover::mimic_iv(&v20).unwrap().version, "2.0");
     // Nothing there: the error says where it looked.
     let empty = tempfile::tempdir().unwrap();
     let err = discover(&Roots { mimic_root: Some(empty.path().to_path_buf()), ..Roots::default() }).unwrap_err();

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use pipeline::build::labels::Uncertain;
 use pipeline::build::{MANIFEST, read_features};
 use pipeline::eval::{EvalConfig, EvalKind, build_eval, nih_age, safe_path};
 use pipeline::images::RunOptions;
-use pipeline::labels::Uncertain;
 use pipeline::progress::Silent;
 use polars::prelude::*;
 
@@ -271,7 +271,7 @@ fn synthetic_trees_build_verify_and_rebuild_to_the_same_version() {
         assert!(built.images > 30 && built.rejected == 0, "{built:?}");
         let names: Vec<&str> = built.splits.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(names, ["test", "train", "validate"], "{kind:?}");
-        let (checked, problems) = pipeline::versions::verify(&built.dir).unwrap();
+        let (checked, problems) = pipeline::build::versions::verify(&built.dir).unwrap();
         assert!(checked >= 2 && problems.is_empty(), "{problems:?}");
         let again = build_eval(&cfg, &Silent).unwrap();
         assert!(again.reused && again.version == built.version);

@@ -1,7 +1,8 @@
 //! The libraries' module graphs: no module of `pipeline` or `trainer` reaches itself through
 //! `crate::` imports, and the pipeline's build stages never use the synthetic generator (only
-//! `synth` itself and the `bench` tool do). Read from the sources; the binaries' own modules
-//! (`main.rs`, `cli.rs`, `*_command.rs`) are not part of the libraries.
+//! `synth` itself and the `bench` tool do). Modules are the top-level ones (a folder such as
+//! `pipeline/src/build/` is one). Read from the sources; the binaries' own modules (`main.rs`,
+//! `cli.rs`, `*_command.rs`) are not part of the libraries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -125,7 +126,7 @@ fn the_module_graphs_have_no_cycles() {
     let pipeline = graph(&crate_src("pipeline"), &["main.rs", "cli.rs"]);
     let trainer = graph(&crate_src("trainer"), &["main.rs", "cli.rs", "compare_command.rs", "demo_command.rs"]);
     assert!(
-        pipeline.len() > 15 && trainer.len() > 15,
+        pipeline.len() > 8 && trainer.len() > 15,
         "read the sources: {} and {} modules",
         pipeline.len(),
         trainer.len()

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pipeline::preprocess::{Gray, decode_dicom, square};
+use pipeline::images::preprocess::{Gray, decode_dicom, square};
 
 fn cache() -> PathBuf {
     std::env::var_os("CXR_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {

@@ -108,7 +108,7 @@ fn a_killed_build_resumes_to_the_same_bytes() {
     assert_eq!(resumed.version, full.version);
     assert!(full.cohort.as_ref().unwrap().images_out > 3 * second, "the kill came part-way through");
     assert_same_tree(&resumed.dir, &full.dir);
-    let (_, problems) = pipeline::versions::verify(&resumed.dir).unwrap();
+    let (_, problems) = pipeline::build::versions::verify(&resumed.dir).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
     assert!(!killed.join(format!(".tmp-{}", resumed.version)).exists(), "the working folder became the version");
 }
@@ -169,7 +169,7 @@ fn a_resumed_shard_that_does_not_match_its_record_is_rebuilt() {
     let done = build(&shard_config(root, &resumed), &Silent).unwrap();
     let one = build(&shard_config(root, &whole), &Silent).unwrap();
     assert_same_tree(&done.dir, &one.dir);
-    let (_, problems) = pipeline::versions::verify(&done.dir).unwrap();
+    let (_, problems) = pipeline::build::versions::verify(&done.dir).unwrap();
     assert!(problems.is_empty(), "{problems:?}");
 }
 
@@ -191,11 +191,11 @@ fn concurrent_publishes_keep_every_version_in_the_index() {
                 let (barrier, out) = (&barrier, out.path());
                 scope.spawn(move || {
                     barrier.wait();
-                    pipeline::versions::record(out, id).unwrap();
+                    pipeline::build::versions::record(out, id).unwrap();
                 });
             }
         });
-        let listed = pipeline::versions::list(out.path()).unwrap();
+        let listed = pipeline::build::versions::list(out.path()).unwrap();
         let mut got: Vec<&str> = listed.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
         got.sort_unstable();
         assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>(), "round {round}");
@@ -248,17 +248,18 @@ fn diff_names_settings_counts_and_changed_columns() {
     let out = tempfile::tempdir().unwrap();
     let base = config(root, out.path());
     let a = build(&base, &Silent).unwrap();
-    let b = build(&BuildConfig { uncertain: pipeline::labels::Uncertain::Ones, ..base.clone() }, &Silent).unwrap();
-    let lines = pipeline::versions::diff(&a.dir, &b.dir).unwrap();
+    let b =
+        build(&BuildConfig { uncertain: pipeline::build::labels::Uncertain::Ones, ..base.clone() }, &Silent).unwrap();
+    let lines = pipeline::build::versions::diff(&a.dir, &b.dir).unwrap();
     let text = lines.join("\n");
     assert!(text.contains("setting uncertain: zeros -> ones"), "{text}");
     assert!(lines.iter().any(|l| l.starts_with("column label_") && l.contains("shared images differ")), "{text}");
     assert!(!text.contains("only in"), "same images: {text}");
     // Dropping images with a blank view or orientation removes rows.
-    let c = build(&BuildConfig { missing: pipeline::encode::MissingPolicy::Drop, ..base }, &Silent).unwrap();
-    let text = pipeline::versions::diff(&a.dir, &c.dir).unwrap().join("\n");
+    let c = build(&BuildConfig { missing: pipeline::build::encode::MissingPolicy::Drop, ..base }, &Silent).unwrap();
+    let text = pipeline::build::versions::diff(&a.dir, &c.dir).unwrap().join("\n");
     assert!(text.contains("setting missing: impute -> drop") && text.contains("count rows:"), "{text}");
     assert!(text.contains("images only in a"), "{text}");
-    let same = pipeline::versions::diff(&a.dir, &a.dir).unwrap();
+    let same = pipeline::build::versions::diff(&a.dir, &a.dir).unwrap();
     assert!(same.last().unwrap().starts_with("no differences"), "{same:?}");
 }

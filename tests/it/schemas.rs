@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pipeline::schema::Schema;
+use pipeline::sources::schema::Schema;
 
 use crate::fixture::{CXR_DCM, CXR_JPG, Csv, large_tables, tables_of};
 

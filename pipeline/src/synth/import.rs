@@ -5,11 +5,11 @@ use std::path::Path;
 
 use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
 use super::table::{parse_date, parse_time};
-use crate::table::Table;
+use crate::sources::table::Table;
 use crate::{Error, Result};
 
 pub fn read_population(dir: &Path) -> Result<Population> {
-    let found = crate::discover::mimic_iv(dir)?;
+    let found = crate::sources::discover::mimic_iv(dir)?;
     let version = MimicIvVersion::parse(&found.version)
         .ok_or_else(|| Error::input(dir, format!("unsupported MIMIC-IV release {}", found.version)))?;
     let adm = Table::from_path(&found.admissions)?;

@@ -7,7 +7,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 
 use super::table::{GzCsv, fmt_date, fmt_g17, fmt_opt_time, fmt_time};
 use crate::Result;
-use crate::schema::Schema;
+use crate::sources::schema::Schema;
 
 /// A MIMIC-IV release, which decides folder names and column sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

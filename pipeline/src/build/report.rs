@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use polars::prelude::*;
 use serde::Serialize;
 
-use crate::config::BuildConfig;
+use crate::build::config::BuildConfig;
 use crate::{Error, Result};
 
 /// Counts of a categorical variable, `(missing)` for nulls.

@@ -11,8 +11,8 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use polars::prelude::*;
 use rayon::prelude::*;
 
-use crate::ingest::date_days;
-use crate::schema::parse_hhmmss;
+use crate::sources::ingest::date_days;
+use crate::sources::schema::parse_hhmmss;
 use crate::{Error, Result};
 
 /// One image's header values.
@@ -34,7 +34,7 @@ struct Header {
 /// Every `.dcm` under `root/files`, sorted, from the record list when there is one.
 pub fn dicom_files(root: &Path, record_list: Option<&Path>) -> Result<Vec<PathBuf>> {
     if let Some(list) = record_list {
-        let t = crate::table::Table::from_path(list)?;
+        let t = crate::sources::table::Table::from_path(list)?;
         let c = t.col("path")?;
         let mut files: Vec<PathBuf> = t.rows.iter().map(|r| root.join(r.get(c).unwrap_or(""))).collect();
         files.sort();

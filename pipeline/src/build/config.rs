@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use crate::discover::Roots;
-use crate::encode::MissingPolicy;
+use crate::build::encode::MissingPolicy;
+use crate::build::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
+use crate::build::link::MatchRule;
+use crate::images::preprocess::{Geometry, Output};
 use crate::images::{ImageSource, RunOptions};
-use crate::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
-use crate::link::MatchRule;
-use crate::preprocess::{Geometry, Output};
+use crate::sources::discover::Roots;
 
 /// Resolved settings of one build.
 #[derive(Debug, Clone)]

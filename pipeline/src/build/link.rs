@@ -15,11 +15,11 @@ pub struct Query {
 
 /// Every query, in the order they run.
 pub const QUERIES: &[Query] = &[
-    Query { name: "link_admission_date", text: include_str!("../../sql/link_admission_date.sql") },
-    Query { name: "link_admission_datetime", text: include_str!("../../sql/link_admission_datetime.sql") },
-    Query { name: "link_icu_date", text: include_str!("../../sql/link_icu_date.sql") },
-    Query { name: "link_icu_datetime", text: include_str!("../../sql/link_icu_datetime.sql") },
-    Query { name: "assemble", text: include_str!("../../sql/assemble.sql") },
+    Query { name: "link_admission_date", text: include_str!("../../../sql/link_admission_date.sql") },
+    Query { name: "link_admission_datetime", text: include_str!("../../../sql/link_admission_datetime.sql") },
+    Query { name: "link_icu_date", text: include_str!("../../../sql/link_icu_date.sql") },
+    Query { name: "link_icu_datetime", text: include_str!("../../../sql/link_icu_datetime.sql") },
+    Query { name: "assemble", text: include_str!("../../../sql/assemble.sql") },
 ];
 
 fn query(name: &str) -> Result<&'static Query> {

@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::{NaiveDate, NaiveDateTime};
 use polars::prelude::*;
 
-use crate::schema::{ColumnType, Schema, parse_date, parse_datetime, parse_hhmmss, parse_yyyymmdd};
+use crate::sources::schema::{ColumnType, Schema, parse_date, parse_datetime, parse_hhmmss, parse_yyyymmdd};
 use crate::{Error, Result};
 
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");

@@ -180,16 +180,16 @@ impl fmt::Display for Schema {
 
 /// Every embedded schema: (name, text).
 pub const FILES: &[(&str, &str)] = &[
-    ("mimic-iv/patients", include_str!("../../schemas/mimic-iv/patients.schema")),
-    ("mimic-iv/admissions", include_str!("../../schemas/mimic-iv/admissions.schema")),
-    ("mimic-iv/transfers", include_str!("../../schemas/mimic-iv/transfers.schema")),
-    ("mimic-iv/icustays", include_str!("../../schemas/mimic-iv/icustays.schema")),
-    ("mimic-cxr/metadata", include_str!("../../schemas/mimic-cxr/metadata.schema")),
-    ("mimic-cxr/split", include_str!("../../schemas/mimic-cxr/split.schema")),
-    ("mimic-cxr/chexpert", include_str!("../../schemas/mimic-cxr/chexpert.schema")),
-    ("mimic-cxr/negbio", include_str!("../../schemas/mimic-cxr/negbio.schema")),
-    ("mimic-cxr/record-list", include_str!("../../schemas/mimic-cxr/record-list.schema")),
-    ("mimic-cxr/study-list", include_str!("../../schemas/mimic-cxr/study-list.schema")),
+    ("mimic-iv/patients", include_str!("../../../schemas/mimic-iv/patients.schema")),
+    ("mimic-iv/admissions", include_str!("../../../schemas/mimic-iv/admissions.schema")),
+    ("mimic-iv/transfers", include_str!("../../../schemas/mimic-iv/transfers.schema")),
+    ("mimic-iv/icustays", include_str!("../../../schemas/mimic-iv/icustays.schema")),
+    ("mimic-cxr/metadata", include_str!("../../../schemas/mimic-cxr/metadata.schema")),
+    ("mimic-cxr/split", include_str!("../../../schemas/mimic-cxr/split.schema")),
+    ("mimic-cxr/chexpert", include_str!("../../../schemas/mimic-cxr/chexpert.schema")),
+    ("mimic-cxr/negbio", include_str!("../../../schemas/mimic-cxr/negbio.schema")),
+    ("mimic-cxr/record-list", include_str!("../../../schemas/mimic-cxr/record-list.schema")),
+    ("mimic-cxr/study-list", include_str!("../../../schemas/mimic-cxr/study-list.schema")),
 ];
 
 impl Schema {

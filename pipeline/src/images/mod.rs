@@ -8,6 +8,8 @@
 //! build resumes from the committed units, and separate processes can build disjoint sets
 //! of units (`--shard-index`/`--num-shards`) that `pipeline merge` publishes.
 
+pub mod preprocess;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -17,9 +19,9 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::preprocess::{self, Gray, Output, Reject};
 use crate::progress::Progress;
 use crate::{Error, Result};
+use preprocess::{Gray, Output, Reject};
 
 /// Which image files feed the shards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
