@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 const FILES: &[&str] = &[
     "src/build/mod.rs",
     "src/build/config.rs",
+    "src/build/identity.rs",
     "src/build/encode.rs",
     "src/build/labels.rs",
     "src/build/link.rs",

@@ -8,7 +8,8 @@
 //! (labels and splits; a re-split draws from [`rng`]), [`build::encode`] (the EHR features),
 //! the image stage in [`images`] (decoding and preprocessing in [`images::preprocess`], the
 //! shards), [`build::report`] (the cohort report) and [`build::versions`] (publishing, listing,
-//! verifying and comparing built versions). [`eval`] builds CheXpert and NIH as evaluation
+//! verifying and comparing built versions); [`build::identity`] is what a version id hashes.
+//! [`eval`] builds CheXpert and NIH as evaluation
 //! datasets. [`progress`] is how long stages report.
 //!
 //! Apart from the build: [`synth`], the synthetic archive generator (used by the binary's

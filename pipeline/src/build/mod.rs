@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod encode;
+pub mod identity;
 pub mod labels;
 pub mod link;
 pub mod report;
@@ -13,24 +14,24 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 use crate::build::encode::encode;
 use crate::build::labels::{Labeler, SplitSource, Unlabeled, attach_labels, attach_split, check_leakage};
-use crate::build::link::{LinkInputs, QUERIES, images_from_metadata, link};
+use crate::build::link::{LinkInputs, images_from_metadata, link};
 use crate::build::report::Cohort;
 use crate::images::preprocess::Output;
 use crate::images::{self, IMAGES_DIR, RunOptions, Stage, Subset};
 use crate::progress::Progress;
 use crate::sources::discover::{Inputs, discover};
 use crate::sources::ingest;
-use crate::sources::schema::{FILES, Schema};
+use crate::sources::schema::Schema;
 use crate::{Error, Result};
-use cxr_dataset::files::{hex, write_atomic};
+use cxr_dataset::files::write_atomic;
 use cxr_dataset::manifest::{Counts, ImagesInfo, Manifest, Part, Task};
 
 pub use crate::build::config::BuildConfig;
 pub use crate::build::versions::{FEATURES_DIR, part_name, read_features};
+pub use identity::{CODE_DIGEST, CODE_FILES, code_id, tables_id, version_id};
 
 /// What a build produced.
 #[derive(Debug, Clone)]
@@ -100,52 +101,6 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
         SplitSource::Resplit { .. } => {}
     }
     Ok(t)
-}
-
-/// The sha256 of the data-producing source files ([`CODE_FILES`]), computed when the crate
-/// is compiled (`pipeline/build.rs`) and hashed into every version id.
-pub const CODE_DIGEST: &str = env!("PIPELINE_CODE_DIGEST");
-
-/// The files [`CODE_DIGEST`] covers, comma-separated, relative to the pipeline crate.
-pub const CODE_FILES: &str = env!("PIPELINE_CODE_FILES");
-
-/// The code a version id stands for: the pipeline version and [`CODE_DIGEST`].
-pub fn code_id() -> String {
-    format!("pipeline {} code {CODE_DIGEST}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The hash of a build's tables: their contents, the resolved config, the SQL and schema text
-/// and the code ([`code_id`]) (the dataset version id before the images are fingerprinted).
-/// Also returns the schema hash.
-pub fn tables_id(tables: &[(&str, PathBuf)], dicoms: &[PathBuf], cfg: &BuildConfig) -> Result<(String, String)> {
-    let mut h = Sha256::new();
-    h.update(format!("{}\n", code_id()));
-    // Headers read from DICOM files: their names and sizes.
-    for p in dicoms {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        h.update(format!("dicom {name} {}\n", fs_err::metadata(p)?.len()));
-    }
-    for (role, path) in tables {
-        let size = fs_err::metadata(path)?.len();
-        h.update(format!("table {role} {size} {}\n", cxr_dataset::files::sha256_file(path)?));
-    }
-    h.update(cfg.describe());
-    for q in QUERIES {
-        h.update(format!("sql {}\n{}\n", q.name, q.text));
-    }
-    let mut sh = Sha256::new();
-    for (name, text) in FILES {
-        sh.update(format!("schema {name}\n{text}\n"));
-    }
-    let schema_hash = hex(&sh.finalize());
-    h.update(&schema_hash);
-    Ok((hex(&h.finalize()), schema_hash))
-}
-
-/// The dataset version id: the tables' hash and the fingerprint of the image files used.
-pub fn version_id(tables_id: &str, source: &str, images: &str) -> String {
-    let h = Sha256::digest(format!("{tables_id}\nimages {source} {images}\n"));
-    hex(&h)[..16].to_string()
 }
 
 fn read(path: &Path, schema: &str, version: &str) -> Result<DataFrame> {
@@ -605,54 +560,4 @@ pub fn write_parquet(df: &DataFrame, path: &Path, version: &str, schema_hash: &s
         .map_err(pe("writing parquet"))?;
     write_atomic(path, &bytes)?;
     Ok(cxr_dataset::files::sha256_hex(&bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The compiled-in digest is that of the files on disk now (the build script reran after
-    /// every change), and every module of the crate is either covered or named as not
-    /// producing data.
-    #[test]
-    fn the_code_digest_follows_the_data_producing_sources() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let files: Vec<&str> = CODE_FILES.split(',').collect();
-        let mut h = Sha256::new();
-        for file in &files {
-            let bytes = fs_err::read(root.join(file)).unwrap();
-            h.update(format!("{file} {}\n", bytes.len()));
-            h.update(&bytes);
-        }
-        assert_eq!(hex(&h.finalize()), CODE_DIGEST);
-        // Every source file outside the generator is either hashed or named here as not
-        // producing data (the CLI, reports, version bookkeeping, progress, benchmarks).
-        let not_data = [
-            "src/bench.rs",
-            "src/cli.rs",
-            "src/error.rs",
-            "src/lib.rs",
-            "src/main.rs",
-            "src/progress.rs",
-            "src/build/report.rs",
-            "src/build/versions.rs",
-            "src/sources/mod.rs",
-        ];
-        let mut stack = vec![root.join("src")];
-        while let Some(dir) = stack.pop() {
-            for entry in fs_err::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                let name = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
-                if path.is_dir() && name != "src/synth" {
-                    stack.push(path);
-                } else if name.ends_with(".rs") {
-                    assert!(
-                        files.contains(&name.as_str()) || not_data.contains(&name.as_str()),
-                        "{name}: data-producing?"
-                    );
-                }
-            }
-        }
-        assert!(code_id().contains(CODE_DIGEST));
-    }
 }
