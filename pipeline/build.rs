@@ -20,6 +20,7 @@ const FILES: &[&str] = &[
     "src/build/link.rs",
     "src/eval.rs",
     "src/images/mod.rs",
+    "src/images/dicom.rs",
     "src/images/preprocess.rs",
     "src/sources/dicom_meta.rs",
     "src/sources/discover.rs",

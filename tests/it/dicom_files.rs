@@ -180,7 +180,7 @@ fn hostile_headers_are_rejected_without_allocating() {
     huge[cols_at + 8..cols_at + 10].copy_from_slice(&[0xff, 0xff]);
     let path = dir.path().join("huge.dcm");
     fs_err::write(&path, &huge).unwrap();
-    let err = pipeline::images::preprocess::decode_dicom(&path).unwrap_err();
+    let err = pipeline::images::dicom::decode_dicom(&path).unwrap_err();
     assert!(err.contains("absurd size 65535x65535"), "{err}");
 
     let mut long = bytes.clone();
@@ -188,7 +188,7 @@ fn hostile_headers_are_rejected_without_allocating() {
     long[pd + 8..pd + 12].copy_from_slice(&0xffff_fff0u32.to_le_bytes());
     let path = dir.path().join("long.dcm");
     fs_err::write(&path, &long).unwrap();
-    let err = pipeline::images::preprocess::decode_dicom(&path).unwrap_err();
+    let err = pipeline::images::dicom::decode_dicom(&path).unwrap_err();
     assert!(err.contains("not a readable DICOM file") || err.contains("pixel data"), "{err}");
 }
 
@@ -259,7 +259,7 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
         edit(&mut o);
         let p = dir.path().join(name);
         o.write_to_file(&p).unwrap();
-        pipeline::images::preprocess::decode_dicom(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
+        pipeline::images::dicom::decode_dicom(&p).unwrap_or_else(|e| panic!("{name}: {e}"))
     };
     let check = |name: &str, got: &[f32], want: &dyn Fn(f32) -> f32| {
         let worst = stored.iter().zip(got).map(|(&s, &g)| (want(f32::from(s)) - g).abs()).fold(0.0, f32::max);
@@ -320,6 +320,6 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
         o.put(DataElement::new(tags::MODALITY_LUT_SEQUENCE, VR::SQ, DataSetSequence::from(vec![item])));
     }
     o.write_to_file(&p).unwrap();
-    let err = pipeline::images::preprocess::decode_dicom(&p).unwrap_err();
+    let err = pipeline::images::dicom::decode_dicom(&p).unwrap_err();
     assert!(err.contains("Modality LUT Sequence") && err.contains("2 LUT entries for 4096"), "{err}");
 }

@@ -262,8 +262,8 @@ fn a_missing_nih_image_is_a_reject_and_a_leaky_split_fails() {
 fn synthetic_trees_build_verify_and_rebuild_to_the_same_version() {
     let dir = tempfile::tempdir().unwrap();
     let (cx, nih) = (dir.path().join("chexpert"), dir.path().join("nih"));
-    pipeline::synth::eval::write_chexpert(&cx, 30, 5, (64, 72)).unwrap();
-    pipeline::synth::eval::write_nih(&nih, 30, 5, (64, 64)).unwrap();
+    synth::eval::write_chexpert(&cx, 30, 5, (64, 72)).unwrap();
+    synth::eval::write_nih(&nih, 30, 5, (64, 64)).unwrap();
     let out = dir.path().join("out");
     for (kind, root) in [(EvalKind::Chexpert, &cx), (EvalKind::Nih, &nih)] {
         let cfg = config(kind, root, &out);

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use pipeline::progress::Silent;
-use pipeline::synth::mimic_iv::MimicIvVersion;
-use pipeline::synth::studies::Syntax;
-use pipeline::synth::{self, ImageKinds, SynthConfig, SynthSummary};
+use synth::mimic_iv::MimicIvVersion;
+use synth::studies::Syntax;
+use synth::{ImageKinds, SynthConfig, SynthSummary};
 
 pub struct Archive {
     _dir: tempfile::TempDir,

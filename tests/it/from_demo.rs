@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use chrono::{NaiveDate, NaiveDateTime};
-use pipeline::synth::SynthConfig;
+use synth::SynthConfig;
 
 use crate::fixture::{BOTH, CXR_JPG, Csv, config, generate};
 

@@ -32,8 +32,8 @@ fn a_mimic_probe_is_tested_on_chexpert_and_nih_trains_its_own() {
     .unwrap();
     let trees = tempfile::tempdir().unwrap();
     let (cx, nih) = (trees.path().join("chexpert"), trees.path().join("nih"));
-    pipeline::synth::eval::write_chexpert(&cx, 30, 5, (64, 64)).unwrap();
-    pipeline::synth::eval::write_nih(&nih, 30, 5, (64, 64)).unwrap();
+    synth::eval::write_chexpert(&cx, 30, 5, (64, 64)).unwrap();
+    synth::eval::write_nih(&nih, 30, 5, (64, 64)).unwrap();
     let chexpert = build_eval(&eval_config(EvalKind::Chexpert, &cx, out.path()), &Silent).unwrap();
     let nih = build_eval(&eval_config(EvalKind::Nih, &nih, out.path()), &Silent).unwrap();
 

@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pipeline::images::preprocess::{Gray, decode_dicom, square};
+use pipeline::images::dicom::decode_dicom;
+use pipeline::images::preprocess::{Gray, square};
 
 fn cache() -> PathBuf {
     std::env::var_os("CXR_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {

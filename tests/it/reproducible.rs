@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use pipeline::synth::studies::Syntax;
-use pipeline::synth::{self, SynthConfig};
+use synth::SynthConfig;
+use synth::studies::Syntax;
 
 use crate::fixture::{BOTH, CXR_JPG, config, files, generate};
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use pipeline::build::{BuildConfig, build};
 use pipeline::images::{ImageSource, PROGRESS_DIR, Subset};
 use pipeline::progress::Silent;
-use pipeline::synth::ImageKinds;
-use pipeline::synth::SynthConfig;
+use synth::ImageKinds;
+use synth::SynthConfig;
 
 use crate::build_table::{config, copy_tree};
 use crate::fixture::{Archive, CXR_DCM, files, generate, small};

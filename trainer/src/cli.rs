@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use cxr_dataset::log::LogMode;
 use trainer::backend::Precision;
 use trainer::data::ImageSource;
+use trainer::experiment::{Arm, Grid};
 use trainer::linear::{LinearEvalConfig, ProbeKind, Source, Uncertain};
 use trainer::model::VitConfig;
 use trainer::parallel::AllReduce;
@@ -374,8 +375,11 @@ pub(crate) struct RunArgs {
     /// Run folder (resumed if it holds an unfinished run).
     #[arg(long)]
     pub(crate) out: PathBuf,
+    /// What to run: an EHR selection (as `trainer pretrain --ehr`; `none` = vanilla MSN), or a
+    /// baseline without pretraining: `random-init` (a randomly initialised encoder), `pixels`
+    /// (the image at 32x32) or `ehr-alone` (the EHR vector of demographics, scan and stay).
     #[arg(long, default_value = "demographics,scan,stay")]
-    pub(crate) ehr: String,
+    pub(crate) ehr: Arm,
     #[command(flatten)]
     pub(crate) train: TrainOpts,
     #[command(flatten)]
@@ -389,17 +393,16 @@ pub(crate) struct AblateArgs {
     /// Folder of the runs (one per EHR choice) and of the comparison table.
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// quick: vanilla MSN, each group, all three (5 runs); paper: vanilla, every combination
-    /// of the groups and each single variable (16 runs).
-    #[arg(long, default_value = "quick", value_parser = ["quick", "paper"])]
-    pub(crate) grid: String,
+    /// The runs, when --choices does not list them.
+    #[arg(long, value_enum, default_value_t = Grid::Quick)]
+    pub(crate) grid: Grid,
     /// Your own list of EHR choices instead of a grid, separated by `;` (e.g.
     /// "none;sex;demographics,stay"); include `none` for the deltas against vanilla MSN, and
     /// the baselines (no pretraining) `random-init` (a randomly initialised encoder),
     /// `pixels` (the image at 32x32) and `ehr-alone` (the EHR vector of demographics, scan and
     /// stay) to see what the encoder adds.
-    #[arg(long, conflicts_with = "grid")]
-    pub(crate) choices: Option<String>,
+    #[arg(long, value_delimiter = ';', conflicts_with = "grid")]
+    pub(crate) choices: Vec<Arm>,
     #[command(flatten)]
     pub(crate) train: TrainOpts,
     #[command(flatten)]

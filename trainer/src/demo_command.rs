@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use trainer::experiment;
+use trainer::experiment::{self, Arm};
 use trainer::linear::LinearEvalConfig;
 use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
@@ -79,27 +79,29 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         .with_seed(args.seed);
     cfg.lr = 5e-4;
     let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(args.seed);
-    let choices: Vec<String> = ["none", "demographics,scan,stay", experiment::RANDOM_INIT, "pixels", "ehr-alone"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let arms = [
+        Arm::vanilla(),
+        Arm::Msn("demographics,scan,stay".into()),
+        Arm::RandomInit,
+        Arm::Baseline("pixels".into()),
+        Arm::Baseline("ehr-alone".into()),
+    ];
     log_line(&format!(
         "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay), \
          and the baselines: a random encoder, the pixels at 32x32, the EHR vector alone",
         args.epochs
     ));
     let runs = args.out.join("runs");
-    let s =
-        experiment::ablate(&cfg, &eval, &choices, &dataset, &[], &runs, &devices(), &mut step_printer(), &mut |l| {
-            log_line(l)
-        })?;
+    let s = experiment::ablate(&cfg, &eval, &arms, &dataset, &[], &runs, &devices(), &mut step_printer(), &mut |l| {
+        log_line(l)
+    })?;
     log_line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
     print_table(&s, &runs)?;
     let delta = |ehr: &str| s.iter().find(|r| r.ehr == ehr).and_then(|r| r.delta_vs_vanilla);
     if let Some(d) = delta("demographics,scan,stay") {
         println!("EHR vs vanilla MSN: {}", verdict(d.value, d.low, d.high, "the EHR model"));
     }
-    if let Some(d) = delta(experiment::RANDOM_INIT) {
+    if let Some(d) = delta(Arm::RANDOM_INIT) {
         // The table's delta is random minus vanilla; this line says what pretraining bought.
         println!("vanilla MSN vs a random encoder: {}", verdict(-d.value, -d.high, -d.low, "pretraining"));
     }

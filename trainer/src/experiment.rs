@@ -9,11 +9,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::parallel::Devices;
 use serde::{Deserialize, Serialize};
 
-use crate::linear::{LinearEvalConfig, Source, TestScores, linear_eval, load_encoder, random_encoder, to_json_pretty};
+use cxr_dataset::features::EhrSelection;
+use cxr_dataset::files::write_atomic;
+
+use crate::linear::{
+    LinearEvalConfig, LinearEvalResult, Source, TestScores, linear_eval, load_encoder, random_encoder, to_json_pretty,
+};
 use crate::metrics::{Estimate, paired_macro_auroc_delta};
+use crate::parallel::Devices;
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
 use crate::{Error, Result};
@@ -46,44 +51,96 @@ struct PretrainDone {
     last_loss: f32,
 }
 
-/// The choice that skips pretraining: the linear probe on a randomly initialised encoder (of
-/// the configured model and seed), the baseline pretraining has to beat.
-pub const RANDOM_INIT: &str = "random-init";
-
-/// What one choice of an ablation runs.
-#[derive(Debug, Clone, PartialEq)]
+/// What one run of an experiment does: MSN pretraining with an EHR selection, or one of the
+/// baselines that pretrain nothing. Parsed from `trainer run --ehr` and the entries of
+/// `trainer ablate --choices`; written back as the same word in summaries and tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Arm {
-    /// MSN pretraining with this EHR selection (`none` = vanilla MSN), then its probe.
+    /// MSN pretraining with this `--ehr` selection (`none` = vanilla MSN), as the user spelt
+    /// it, then its probe.
     Msn(String),
-    /// The probe on a randomly initialised encoder ([`RANDOM_INIT`]).
+    /// The probe on a randomly initialised encoder (of the configured model and seed), the
+    /// baseline pretraining has to beat.
     RandomInit,
     /// The probe on a baseline without an encoder ([`Source::BASELINES`]).
     Baseline(String),
 }
 
 impl Arm {
-    /// The arm of an `--ehr` / `--choices` entry.
-    pub fn of(choice: &str) -> Self {
-        if choice == RANDOM_INIT {
-            Self::RandomInit
-        } else if Source::baseline(choice).is_some() {
-            Self::Baseline(choice.to_string())
-        } else {
-            Self::Msn(choice.to_string())
+    /// The word of [`Arm::RandomInit`].
+    pub const RANDOM_INIT: &'static str = "random-init";
+
+    /// Vanilla MSN (`--ehr none`), the arm the others are compared with.
+    pub fn vanilla() -> Self {
+        Self::Msn("none".into())
+    }
+
+    pub fn pretrains(&self) -> bool {
+        matches!(self, Self::Msn(_))
+    }
+
+    /// The folder name of this arm's run.
+    pub fn run_name(&self) -> String {
+        match self {
+            Self::Msn(e) if e == "none" => "vanilla-msn".into(),
+            Self::Msn(e) => format!("ehr-{}", e.replace(',', "+")),
+            Self::RandomInit => Self::RANDOM_INIT.into(),
+            Self::Baseline(name) => format!("baseline-{name}"),
         }
     }
 
-    fn pretrains(&self) -> bool {
-        matches!(self, Self::Msn(_))
+    /// The pretraining configuration of this arm: `base` with its EHR selection (`none` for
+    /// the baselines, which pretrain nothing but take the model and seed).
+    fn config(&self, base: &PretrainConfig) -> PretrainConfig {
+        let mut cfg = base.clone();
+        cfg.ehr = match self {
+            Self::Msn(e) => e.clone(),
+            Self::RandomInit | Self::Baseline(_) => "none".into(),
+        };
+        cfg
     }
 }
 
-/// Pretrains with `pretrain` (resuming a stopped run), linear-evaluates the result with
-/// `eval` (plus `external` test datasets) and writes the report, in the folder `dir`. With
-/// `pretrain.ehr` = [`RANDOM_INIT`] or a baseline ([`Arm`]) nothing is pretrained: the
+impl std::str::FromStr for Arm {
+    type Err = Error;
+
+    /// `random-init`, a baseline name, or an `--ehr` selection (checked here).
+    fn from_str(choice: &str) -> Result<Self> {
+        let choice = choice.trim();
+        if choice == Self::RANDOM_INIT {
+            return Ok(Self::RandomInit);
+        }
+        if Source::baseline(choice).is_some() {
+            return Ok(Self::Baseline(choice.to_string()));
+        }
+        choice.parse::<EhrSelection>().map_err(|e| {
+            Error::Config(format!(
+                "{choice:?}: {e}; or a baseline without pretraining: {}, {}",
+                Self::RANDOM_INIT,
+                Source::BASELINES.join(", ")
+            ))
+        })?;
+        Ok(Self::Msn(choice.to_string()))
+    }
+}
+
+impl std::fmt::Display for Arm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Msn(e) => f.write_str(e),
+            Self::RandomInit => f.write_str(Self::RANDOM_INIT),
+            Self::Baseline(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Runs `arm` with `pretrain`'s settings (its EHR selection is the arm's): pretrains
+/// (resuming a stopped run), linear-evaluates the result with `eval` (plus `external` test
+/// datasets) and writes the report, in the folder `dir`. A baseline arm pretrains nothing: the
 /// probe reads a random encoder's features, or the baseline's.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
+    arm: &Arm,
     pretrain: &PretrainConfig,
     eval: &LinearEvalConfig,
     dataset: &Path,
@@ -93,7 +150,6 @@ pub fn run(
     on_step: &mut dyn FnMut(&StepMetrics, usize),
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
-    let device = devices.main();
     let summary_path = dir.join("summary.json");
     if let Ok(text) = fs_err::read_to_string(&summary_path)
         && let Ok(s) = serde_json::from_str::<RunSummary>(&text)
@@ -101,74 +157,23 @@ pub fn run(
         log(&format!("{}: finished before, skipped", dir.display()));
         return Ok(s);
     }
-    let done_path = dir.join("pretrain-done.json");
-    let arm = Arm::of(&pretrain.ehr);
-    let done = match fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
-    {
-        Some(d) => d,
-        None if !arm.pretrains() => {
-            fs_err::create_dir_all(dir)?;
-            PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN }
-        }
-        None => {
-            let resume = dir.join(CHECKPOINT).is_file();
-            // A resumed run continues with the configuration it started with.
-            let cfg = if resume { PretrainConfig::read(&dir.join("config.json"))? } else { pretrain.clone() };
-            log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
-            let s = pretrain_with(&cfg, dataset, dir, devices, resume, on_step)?;
-            let d =
-                PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
-            fs_err::write(&done_path, to_json_pretty(&d)?)?;
-            d
-        }
-    };
-    let source: Source = match &arm {
-        Arm::Msn(_) => load_encoder(dir, eval.checkpoint, device)?.into(),
-        Arm::RandomInit => random_encoder(&pretrain.vit, pretrain.seed, device).into(),
+    let pretrain = arm.config(pretrain);
+    let done = pretrain_arm(arm, &pretrain, dataset, dir, devices, on_step, log)?;
+    let source: Source = match arm {
+        Arm::Msn(_) => load_encoder(dir, eval.checkpoint, devices.main())?.into(),
+        Arm::RandomInit => random_encoder(&pretrain.vit, pretrain.seed, devices.main()).into(),
         Arm::Baseline(name) => {
-            Source::baseline(name).ok_or_else(|| Error::Config(format!("unknown baseline {name}")))?
+            Source::baseline(name).ok_or_else(|| Error::Internal(format!("unknown baseline {name}")))?
         }
     };
     let eval_dir = dir.join("linear-eval");
     log(&format!("linear evaluation in {}", eval_dir.display()));
-    let out = linear_eval(eval, source, dataset, external, &eval_dir, &dir.join("features"), device, log)?;
+    let out = linear_eval(eval, source, dataset, external, &eval_dir, &dir.join("features"), devices.main(), log)?;
     report::linear_eval_report(&eval_dir, &out.result, &out.history, &out.test)?;
-    let version = &out.result.dataset_version;
-    let about = match &arm {
-        Arm::RandomInit => format!(
-            "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {version}.</p>",
-            pretrain.seed
-        ),
-        Arm::Baseline(name) => {
-            format!("<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>", out.result.encoder)
-        }
-        Arm::Msn(_) => {
-            report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
-            format!(
-                "<p>EHR: <b>{}</b>; dataset version {version}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
-                pretrain.ehr, done.steps, done.seconds, done.first_loss, done.last_loss
-            )
-        }
-    };
-    let mut sections = vec![("Run".to_string(), about)];
-    sections.extend(report::linear_eval_sections(&out.result));
-    let mut figures = if arm.pretrains() { vec![("pretrain-curves.svg", "Pretraining curves")] } else { vec![] };
-    figures.extend([
-        ("linear-eval/probe-curves.svg", "Linear probe: loss and validation AUROC"),
-        ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
-        ("linear-eval/roc.svg", "ROC curves"),
-        ("linear-eval/embedding.svg", "Test embeddings (PCA)"),
-        ("linear-eval/tsne.svg", "Test embeddings (t-SNE)"),
-    ]);
-    let external_figs: Vec<String> =
-        (0..out.result.external.len()).map(|k| format!("linear-eval/external-{k}-auroc.svg")).collect();
-    for f in &external_figs {
-        figures.push((f.as_str(), "External test AUROC per label"));
-    }
-    report::page(dir, "report.html", &format!("Run: ehr {}", pretrain.ehr), &sections, &figures)?;
+    run_page(arm, &pretrain, &done, &out.result, dir)?;
     let summary = RunSummary {
         run: dir.display().to_string(),
-        ehr: pretrain.ehr.clone(),
+        ehr: arm.to_string(),
         dataset_version: out.result.dataset_version.clone(),
         pretrain_steps: done.steps,
         pretrain_seconds: done.seconds,
@@ -178,63 +183,126 @@ pub fn run(
         linear_eval_seconds: out.result.seconds,
         delta_vs_vanilla: None,
     };
-    let tmp = dir.join("summary.json.tmp");
-    fs_err::write(&tmp, to_json_pretty(&summary)?)?;
-    fs_err::rename(&tmp, &summary_path)?;
+    write_atomic(&summary_path, to_json_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }
 
-/// The EHR choices of a grid: `quick` (vanilla, each group, all three) or `paper` (vanilla,
-/// every non-empty combination of the groups, each single variable with age as norm, 5- and
-/// 10-year bins). `none` (vanilla MSN) comes first.
-pub fn grid(name: &str) -> Result<Vec<String>> {
-    let groups = ["demographics", "scan", "stay"];
-    let mut v = vec!["none".to_string()];
-    match name {
-        "quick" => {
-            v.extend(groups.iter().map(|g| g.to_string()));
-            v.push(groups.join(","));
-        }
-        "paper" => {
-            for mask in 1..8usize {
-                v.push(
-                    groups
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| mask >> i & 1 == 1)
-                        .map(|(_, g)| *g)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                );
-            }
-            v.sort_by_key(|s| (s != "none", s.matches(',').count(), s.clone()));
-            for var in ["sex", "age-norm", "age-bins5", "age-bins10", "view", "orientation", "mortality", "icu"] {
-                v.push(var.to_string());
-            }
-        }
-        other => return Err(Error::Config(format!("--grid {other}: expected quick or paper"))),
+/// The pretraining of `arm` in `dir`: read back when it finished before, resumed when it
+/// stopped, none for a baseline.
+fn pretrain_arm(
+    arm: &Arm,
+    pretrain: &PretrainConfig,
+    dataset: &Path,
+    dir: &Path,
+    devices: &Devices,
+    on_step: &mut dyn FnMut(&StepMetrics, usize),
+    log: &mut dyn FnMut(&str),
+) -> Result<PretrainDone> {
+    let done_path = dir.join("pretrain-done.json");
+    if let Some(d) = fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+        return Ok(d);
     }
-    Ok(v)
+    if !arm.pretrains() {
+        fs_err::create_dir_all(dir)?;
+        return Ok(PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN });
+    }
+    let resume = dir.join(CHECKPOINT).is_file();
+    // A resumed run continues with the configuration it started with.
+    let cfg = if resume { PretrainConfig::read(&dir.join("config.json"))? } else { pretrain.clone() };
+    log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
+    let s = pretrain_with(&cfg, dataset, dir, devices, resume, on_step)?;
+    let d = PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
+    fs_err::write(&done_path, to_json_pretty(&d)?)?;
+    Ok(d)
 }
 
-/// The folder name of a choice.
-pub fn run_name(ehr: &str) -> String {
-    match Arm::of(ehr) {
-        Arm::Msn(e) if e == "none" => "vanilla-msn".into(),
-        Arm::Msn(e) => format!("ehr-{}", e.replace(',', "+")),
-        Arm::RandomInit => RANDOM_INIT.into(),
-        Arm::Baseline(name) => format!("baseline-{name}"),
+/// The run's `report.html`: what ran, the probe's results and the figures.
+fn run_page(
+    arm: &Arm,
+    pretrain: &PretrainConfig,
+    done: &PretrainDone,
+    result: &LinearEvalResult,
+    dir: &Path,
+) -> Result<()> {
+    let version = &result.dataset_version;
+    let about = match arm {
+        Arm::RandomInit => format!(
+            "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {version}.</p>",
+            pretrain.seed
+        ),
+        Arm::Baseline(name) => {
+            format!("<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>", result.encoder)
+        }
+        Arm::Msn(ehr) => {
+            report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
+            format!(
+                "<p>EHR: <b>{ehr}</b>; dataset version {version}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
+                done.steps, done.seconds, done.first_loss, done.last_loss
+            )
+        }
+    };
+    let mut sections = vec![("Run".to_string(), about)];
+    sections.extend(report::linear_eval_sections(result));
+    let mut figures = if arm.pretrains() { vec![("pretrain-curves.svg", "Pretraining curves")] } else { vec![] };
+    figures.extend([
+        ("linear-eval/probe-curves.svg", "Linear probe: loss and validation AUROC"),
+        ("linear-eval/auroc.svg", "Test AUROC per label (95% CI)"),
+        ("linear-eval/roc.svg", "ROC curves"),
+        ("linear-eval/embedding.svg", "Test embeddings (PCA)"),
+        ("linear-eval/tsne.svg", "Test embeddings (t-SNE)"),
+    ]);
+    let external_figs: Vec<String> =
+        (0..result.external.len()).map(|k| format!("linear-eval/external-{k}-auroc.svg")).collect();
+    for f in &external_figs {
+        figures.push((f.as_str(), "External test AUROC per label"));
+    }
+    report::page(dir, "report.html", &format!("Run: ehr {arm}"), &sections, &figures)
+}
+
+/// A predefined set of arms for `trainer ablate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Grid {
+    /// Vanilla MSN, each group alone, all three groups (5 runs).
+    Quick,
+    /// Vanilla MSN, every non-empty combination of the groups, each single variable with age
+    /// as norm, 5- and 10-year age bins (16 runs).
+    Paper,
+}
+
+impl Grid {
+    /// The arms of the grid, vanilla MSN first.
+    pub fn arms(self) -> Vec<Arm> {
+        let groups = ["demographics", "scan", "stay"];
+        let mut v = vec!["none".to_string()];
+        match self {
+            Self::Quick => {
+                v.extend(groups.iter().map(|g| g.to_string()));
+                v.push(groups.join(","));
+            }
+            Self::Paper => {
+                for mask in 1..8usize {
+                    let chosen: Vec<&str> =
+                        groups.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g).collect();
+                    v.push(chosen.join(","));
+                }
+                v.sort_by_key(|s| (s != "none", s.matches(',').count(), s.clone()));
+                for var in ["sex", "age-norm", "age-bins5", "age-bins10", "view", "orientation", "mortality", "icu"] {
+                    v.push(var.to_string());
+                }
+            }
+        }
+        v.into_iter().map(Arm::Msn).collect()
     }
 }
 
-/// Runs every EHR choice of `choices` into `dir/<run_name>` with the same configuration
-/// (`base`'s seed and budget), skipping finished runs, then writes `ablation.md`,
+/// Runs every arm of `arms` into `dir/<run_name>` with the same configuration (`base`'s seed
+/// and budget), skipping finished runs, then writes `ablation.md`,
 /// `ablation.csv`, `ablation.svg` and `ablation.html`. Returns the summaries in order.
 #[allow(clippy::too_many_arguments)]
 pub fn ablate(
     base: &PretrainConfig,
     eval: &LinearEvalConfig,
-    choices: &[String],
+    arms: &[Arm],
     dataset: &Path,
     external: &[PathBuf],
     dir: &Path,
@@ -244,14 +312,12 @@ pub fn ablate(
 ) -> Result<Vec<RunSummary>> {
     fs_err::create_dir_all(dir)?;
     let mut out = Vec::new();
-    for (k, ehr) in choices.iter().enumerate() {
-        log(&format!("ablation {}/{}: ehr {ehr}", k + 1, choices.len()));
-        let mut cfg = base.clone();
-        cfg.ehr.clone_from(ehr);
-        out.push(run(&cfg, eval, dataset, external, &dir.join(run_name(ehr)), devices, on_step, log)?);
+    for (k, arm) in arms.iter().enumerate() {
+        log(&format!("ablation {}/{}: {arm}", k + 1, arms.len()));
+        out.push(run(arm, base, eval, dataset, external, &dir.join(arm.run_name()), devices, on_step, log)?);
     }
     // Paired deltas against vanilla MSN: both probes scored on the same bootstrap resamples.
-    if let Some(v) = out.iter().position(|r| r.ehr == "none") {
+    if let Some(v) = arms.iter().position(|a| *a == Arm::vanilla()) {
         let base = TestScores::read(&Path::new(&out[v].run).join("linear-eval"))?;
         let targets = base.targets_f32();
         for r in &mut out {

@@ -191,9 +191,10 @@ fn linear_eval_command(args: &LinearEvalArgs) -> anyhow::Result<()> {
 
 /// `trainer run`.
 fn run_command(args: &RunArgs) -> anyhow::Result<()> {
-    let cfg = args.train.resolve(&args.ehr)?;
+    let cfg = args.train.resolve("none")?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
     let s = experiment::run(
+        &args.ehr,
         &cfg,
         &eval,
         &args.dataset,
@@ -216,14 +217,11 @@ fn run_command(args: &RunArgs) -> anyhow::Result<()> {
 fn ablate_command(args: &AblateArgs) -> anyhow::Result<()> {
     let cfg = args.train.resolve("none")?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
-    let choices = match &args.choices {
-        Some(c) => c.split(';').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        None => experiment::grid(&args.grid)?,
-    };
+    let arms = if args.choices.is_empty() { args.grid.arms() } else { args.choices.clone() };
     let s = experiment::ablate(
         &cfg,
         &eval,
-        &choices,
+        &arms,
         &args.dataset,
         &args.eval.test_dataset,
         &args.out,

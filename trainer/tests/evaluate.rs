@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
-use trainer::experiment::{RANDOM_INIT, RunSummary, ablate, grid, run_name};
+use trainer::experiment::{Arm, Grid, RunSummary, ablate};
 use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::pretrain::{CheckpointChoice, PretrainConfig, pretrain};
@@ -299,9 +299,10 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0003", &["Edema", "Fracture"]);
-    let choices = grid("quick").unwrap();
-    assert_eq!(choices, ["none", "demographics", "scan", "stay", "demographics,scan,stay"]);
-    assert_eq!(grid("paper").unwrap().len(), 16);
+    let choices = Grid::Quick.arms();
+    let words: Vec<String> = choices.iter().map(Arm::to_string).collect();
+    assert_eq!(words, ["none", "demographics", "scan", "stay", "demographics,scan,stay"]);
+    assert_eq!(Grid::Paper.arms().len(), 16);
     let out = dir.path().join("ablate");
     let mut logs = Vec::new();
     let runs = tiny_ablate(&data, &out, &choices, &mut logs);
@@ -316,12 +317,12 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
         assert!(out.join(f).is_file(), "{f}");
     }
     for c in &choices {
-        let r = out.join(run_name(c));
+        let r = out.join(c.run_name());
         for f in ["report.html", "pretrain-curves.svg", "linear-eval/results.json", "summary.json"] {
             assert!(r.join(f).is_file(), "{c}: {f}");
         }
         let config = read_json(&r.join("config.json"));
-        assert_eq!(config["ehr"], c.as_str());
+        assert_eq!(config["ehr"], c.to_string());
         assert_eq!(config["seed"], 24, "same seed for every choice");
     }
 
@@ -333,7 +334,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     assert_eq!(again[4].macro_auroc, runs[4].macro_auroc);
 
     // An unfinished run (pretrained, not evaluated) redoes only the evaluation, to the same result.
-    let scan = out.join(run_name("scan"));
+    let scan = out.join(Arm::Msn("scan".into()).run_name());
     std::fs::remove_file(scan.join("summary.json")).unwrap();
     let metrics_before = std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap();
     logs.clear();
@@ -348,14 +349,16 @@ fn the_baseline_choices_evaluate_without_pretraining_against_vanilla() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0004", &["Edema", "Fracture"]);
-    let choices = ["none", RANDOM_INIT, "pixels", "ehr-alone"].map(String::from);
+    let choices: Vec<Arm> = ["none", "random-init", "pixels", "ehr-alone"].map(|c| c.parse().unwrap()).into();
+    assert_eq!(choices[..2], [Arm::vanilla(), Arm::RandomInit]);
+    assert!("demographics,nonsense".parse::<Arm>().unwrap_err().to_string().contains("random-init, pixels, ehr-alone"));
     let out = dir.path().join("ablate");
     let mut logs = Vec::new();
     let runs = tiny_ablate(&data, &out, &choices, &mut logs);
     let random = &runs[1];
-    assert_eq!((random.ehr.as_str(), random.pretrain_steps), (RANDOM_INIT, 0));
-    let r = out.join(run_name(RANDOM_INIT));
-    assert_eq!(r.file_name().unwrap(), RANDOM_INIT);
+    assert_eq!((random.ehr.as_str(), random.pretrain_steps), ("random-init", 0));
+    let r = out.join(Arm::RandomInit.run_name());
+    assert_eq!(r.file_name().unwrap(), "random-init");
     assert!(!r.join("config.json").exists() && !r.join("pretrain-curves.svg").exists(), "nothing pretrained");
     assert!(r.join("report.html").is_file() && r.join("summary.json").is_file());
     assert_eq!(logs.iter().filter(|l| l.starts_with("pretraining")).count(), 1, "{logs:?}");
@@ -368,7 +371,7 @@ fn the_baseline_choices_evaluate_without_pretraining_against_vanilla() {
     assert_ne!(vanilla["encoder"], results["encoder"]);
     // The pixel and EHR baselines: their own folders, no pretraining, a paired delta.
     for (k, name) in [(2, "baseline-pixels"), (3, "baseline-ehr-alone")] {
-        assert_eq!(run_name(&choices[k]), name);
+        assert_eq!(choices[k].run_name(), name);
         let r = out.join(name);
         assert!(!r.join("config.json").exists() && r.join("summary.json").is_file(), "{name}");
         assert_eq!(runs[k].pretrain_steps, 0);
@@ -440,7 +443,7 @@ fn compare_reference_against_itself_finds_no_difference() {
 }
 
 /// `ablate` of `choices` with a 3-step pretraining and a 3-epoch probe, logging into `logs`.
-fn tiny_ablate(data: &Path, out: &Path, choices: &[String], logs: &mut Vec<String>) -> Vec<RunSummary> {
+fn tiny_ablate(data: &Path, out: &Path, choices: &[Arm], logs: &mut Vec<String>) -> Vec<RunSummary> {
     let base = tiny("none").with_max_steps(Some(3));
     let eval = probe().with_epochs(3).with_bootstrap(20);
     ablate(&base, &eval, choices, data, &[], out, &(&device()).into(), &mut |_, _| {}, &mut |l| {

@@ -8,6 +8,7 @@
 //! build resumes from the committed units, and separate processes can build disjoint sets
 //! of units (`--shard-index`/`--num-shards`) that `pipeline merge` publishes.
 
+pub mod dicom;
 pub mod preprocess;
 
 use std::io::Read;
@@ -140,7 +141,7 @@ pub type Decoder = fn(&Path) -> std::result::Result<Gray, Reject>;
 
 /// The decoder of a source's files.
 pub fn decoder(source: ImageSource) -> Decoder {
-    if source == ImageSource::Dicom { preprocess::decode_dicom } else { preprocess::decode_raster }
+    if source == ImageSource::Dicom { dicom::decode_dicom } else { preprocess::decode_raster }
 }
 
 /// One table row's image: its id, its path relative to the image root, and, when the path

@@ -3,13 +3,13 @@
 
 use std::path::Path;
 
-use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
-use super::table::{parse_date, parse_time};
-use crate::sources::table::Table;
-use crate::{Error, Result};
+use crate::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
+use crate::table::{parse_date, parse_time};
+use pipeline::sources::table::Table;
+use pipeline::{Error, Result};
 
 pub fn read_population(dir: &Path) -> Result<Population> {
-    let found = crate::sources::discover::mimic_iv(dir)?;
+    let found = pipeline::sources::discover::mimic_iv(dir)?;
     let version = MimicIvVersion::parse(&found.version)
         .ok_or_else(|| Error::input(dir, format!("unsupported MIMIC-IV release {}", found.version)))?;
     let adm = Table::from_path(&found.admissions)?;

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use cxr_dataset::{LABELS, Split};
 use rayon::prelude::*;
 
-use super::studies::{Image, Label, Study, finding};
-use super::table::{GzCsv, fmt_study_time, write_atomic};
-use crate::Result;
+use crate::studies::{Image, Label, Study, finding};
+use crate::table::{GzCsv, fmt_study_time, write_atomic};
+use pipeline::Result;
 
 /// `files/p10/p10000032/s50414267` for a study, relative to a project root.
 pub fn study_dir(s: &Study) -> String {

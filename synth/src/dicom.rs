@@ -10,9 +10,9 @@ use dicom_core::{DataElement, Length, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
-use super::studies::{Image, Study, Syntax};
-use super::table::{fmt_dicom_time, write_atomic};
-use crate::{Error, Result};
+use crate::studies::{Image, Study, Syntax};
+use crate::table::{fmt_dicom_time, write_atomic};
+use pipeline::{Error, Result};
 
 /// Implementation Class UID of files the generator writes (a UUID-derived `2.25` UID).
 const IMPLEMENTATION_UID: &str = "2.25.302945120386385187386203466498186839731";

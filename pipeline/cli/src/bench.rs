@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::progress::Silent;
-use crate::synth::{self, ImageKinds, SynthConfig};
-use crate::{Error, Result};
+use pipeline::progress::Silent;
+use pipeline::{Error, Result};
+use synth::{ImageKinds, SynthConfig};
 
 /// Peak resident memory of this process in KiB (Linux `VmHWM`), if known.
 pub fn peak_memory_kib() -> Option<u64> {

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{NaiveDate, NaiveDateTime};
 
-use super::table::{GzCsv, fmt_date, fmt_g17, fmt_opt_time, fmt_time};
-use crate::Result;
-use crate::sources::schema::Schema;
+use crate::table::{GzCsv, fmt_date, fmt_g17, fmt_opt_time, fmt_time};
+use pipeline::Result;
+use pipeline::sources::schema::Schema;
 
 /// A MIMIC-IV release, which decides folder names and column sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,8 @@
-//! `pipeline synth`: a synthetic MIMIC archive in the exact PhysioNet layout.
+//! The synthetic archive generator (`pipeline synth`): a MIMIC archive in the exact
+//! PhysioNet layout, for the tests, the demo and the benchmarks. Its own crate: it uses the
+//! pipeline's readers (the declared table schemas, the archive discovery, the seeded rng), and
+//! the pipeline cannot use it (cargo refuses a dependency cycle), so no build stage depends on
+//! the generator.
 //!
 //! ```text
 //! OUT/mimic-cxr/2.0.0/files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm   (+ sSTUDY.txt reports)
@@ -25,8 +29,17 @@
 //!    orientation are visible (see that module).
 //! 4. [`dicom`] and JPEG writers; [`cxr`] and [`mimic_iv`] write the tables.
 //!
-//! Every random choice comes from [`rng`] streams derived from the seed and stable ids, so a
+//! Every random choice comes from [`pipeline::rng`] streams derived from the seed and stable ids, so a
 //! seed gives the same bytes whatever the thread count.
+//!
+//! ```no_run
+//! use synth::SynthConfig;
+//! let cfg = SynthConfig { image_size: (256, 256), ..SynthConfig::new("/tmp/synthetic-mimic".into(), 50, 1) };
+//! let summary = synth::run(&cfg, &pipeline::progress::Silent).unwrap();
+//! println!("{} images", summary.images);
+//! ```
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod canvas;
 pub mod cxr;
@@ -48,8 +61,8 @@ use rayon::prelude::*;
 
 use self::mimic_iv::MimicIvVersion;
 use self::studies::{Image, Study, StudyConfig, Syntax};
-use crate::progress::Progress;
-use crate::{Error, Result};
+use pipeline::progress::Progress;
+use pipeline::{Error, Result};
 
 /// Which image files to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +133,7 @@ pub fn run(cfg: &SynthConfig, progress: &dyn Progress) -> Result<SynthSummary> {
             let mut chosen = Vec::new();
             for p in &pop.patients {
                 // Most, not all, MIMIC-IV patients have chest X-rays.
-                if crate::rng::Rng::derive(cfg.seed, 99, u64::from(p.subject_id)).bernoulli(0.85) {
+                if pipeline::rng::Rng::derive(cfg.seed, 99, u64::from(p.subject_id)).bernoulli(0.85) {
                     chosen.push(p.subject_id);
                 }
             }

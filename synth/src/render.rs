@@ -17,9 +17,9 @@
 //!   volumes, more scatter and noise, a "portable" marker); LATERAL/LL a side projection with
 //!   the spine posterior and the heart anterior; recumbent lowers lung volume.
 
-use super::canvas::{Canvas, ValueNoise, smooth};
-use super::studies::{Image, Study, finding::*};
-use crate::rng::Rng;
+use crate::canvas::{Canvas, ValueNoise, smooth};
+use crate::studies::{Image, Study, finding::*};
+use pipeline::rng::Rng;
 
 /// Subject-level anatomy.
 struct Anatomy {
@@ -422,7 +422,7 @@ mod tests {
     use cxr_dataset::Split;
 
     use super::*;
-    use crate::synth::studies::{Setting, Syntax};
+    use crate::studies::{Setting, Syntax};
 
     fn study(findings: &[usize], sex: char) -> Study {
         let mut truth = [false; 14];

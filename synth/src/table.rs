@@ -8,7 +8,7 @@ use chrono::{NaiveDate, NaiveDateTime};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::{Error, Result};
+use pipeline::{Error, Result};
 
 /// A gzip CSV being written to `<path>.tmp`, renamed into place by [`GzCsv::finish`].
 pub struct GzCsv {

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime};
 use cxr_dataset::Split;
 
-use super::mimic_iv::{Patient, Population};
-use crate::rng::Rng;
+use crate::mimic_iv::{Patient, Population};
+use pipeline::rng::Rng;
 
 const STREAM_STUDY_IDS: u64 = 10;
 const STREAM_SUBJECT_STUDIES: u64 = 11;
@@ -234,7 +234,7 @@ pub fn generate(pop: &Population, cxr_subjects: &[u32], cfg: &StudyConfig) -> Ve
                     break id;
                 }
             };
-            let seed = crate::rng::mix(&[cfg.seed, STREAM_STUDY, u64::from(study_id)]);
+            let seed = pipeline::rng::mix(&[cfg.seed, STREAM_STUDY, u64::from(study_id)]);
             let mut srng = Rng::new(seed);
             let age = patient.age_in(time.year());
             let mut study = Study {

@@ -21,11 +21,11 @@ use chrono::NaiveDate;
 use cxr_dataset::{NIH_LABELS, Split};
 use rayon::prelude::*;
 
-use super::studies::{Image, Label, Setting, Study, Syntax, finding::*, findings, report_labels, view_code};
-use super::{render, table};
-use crate::eval::CHEXPERT_DIR;
-use crate::rng::Rng;
-use crate::{Error, Result};
+use crate::studies::{Image, Label, Setting, Study, Syntax, finding::*, findings, report_labels, view_code};
+use crate::{render, table};
+use pipeline::eval::CHEXPERT_DIR;
+use pipeline::rng::Rng;
+use pipeline::{Error, Result};
 
 /// CheXpert's label columns, in its CSV order.
 pub const CHEXPERT_COLUMNS: [&str; 14] = [

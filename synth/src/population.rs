@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, Timelike};
 
-use super::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
-use crate::rng::Rng;
+use crate::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
+use pipeline::rng::Rng;
 
 const STREAM_IDS: u64 = 1;
 const STREAM_SUBJECT: u64 = 2;

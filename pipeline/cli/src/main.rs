@@ -3,15 +3,16 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::bench::BenchStage;
 use anyhow::Context;
 use clap::Parser;
 use cxr_dataset::log::Reporter;
-use pipeline::bench::BenchStage;
 use pipeline::build::{self, BuildConfig, BuildSummary};
 use pipeline::images::RunOptions;
 use pipeline::sources::discover::Roots;
-use pipeline::synth::{self, SynthConfig, SynthSummary};
+use synth::{SynthConfig, SynthSummary};
 
+mod bench;
 mod cli;
 use cli::{Cli, Command, SynthDataset, VerifyInputs, parse_fractions};
 
@@ -146,9 +147,9 @@ fn build_dataset(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<(
     print_build(&summary);
     if args.report_peak_memory {
         // What `pipeline bench` reads from its child, whatever --log says.
-        eprintln!("peak_memory_kib={}", pipeline::bench::peak_memory_kib().unwrap_or(0));
+        eprintln!("peak_memory_kib={}", bench::peak_memory_kib().unwrap_or(0));
         for (step, seconds) in &summary.timings {
-            eprintln!("{}{step}={seconds:.3}", pipeline::bench::STEP_PREFIX);
+            eprintln!("{}{step}={seconds:.3}", bench::STEP_PREFIX);
         }
     }
     Ok(())
@@ -223,7 +224,7 @@ fn bench(args: &cli::BenchArgs, progress: &Reporter) -> anyhow::Result<()> {
         BenchStage::Table => (args.stage, args.subjects.unwrap_or(90_000), "table"),
     };
     progress.line(&format!("bench: the {name} stage, {subjects} subjects"));
-    let r = pipeline::bench::run(&exe, &args.dir, subjects, stage)?;
+    let r = bench::run(&exe, &args.dir, subjects, stage)?;
     if let Some(s) = r.generate_seconds {
         println!("generated {} in {s:.1} s", r.archive.display());
     }

@@ -1,7 +1,7 @@
 //! Drawing primitives of the procedural radiograph: a density canvas in normalised
 //! coordinates and a smooth value-noise texture.
 
-use crate::rng::Rng;
+use pipeline::rng::Rng;
 
 /// A density canvas in normalised coordinates (x right, y down, both 0..1).
 pub struct Canvas {

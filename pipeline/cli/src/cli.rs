@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::bench::BenchStage;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use cxr_dataset::log::LogMode;
-use pipeline::bench::BenchStage;
 use pipeline::build::BuildConfig;
 use pipeline::build::encode::MissingPolicy;
 use pipeline::build::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
@@ -14,9 +14,9 @@ use pipeline::eval::EvalKind;
 use pipeline::images::preprocess::Geometry;
 use pipeline::images::{ImageSource, RunOptions, Subset};
 use pipeline::sources::discover::Roots;
-use pipeline::synth::mimic_iv::MimicIvVersion;
-use pipeline::synth::studies::Syntax;
-use pipeline::synth::{self, ImageKinds, SynthConfig};
+use synth::mimic_iv::MimicIvVersion;
+use synth::studies::Syntax;
+use synth::{ImageKinds, SynthConfig};
 
 /// The exit statuses, in `--help` (see `pipeline::Error::exit_code`).
 const EXIT_CODES: &str = "Exit status: 0 done; 1 internal error; 2 usage (unknown flag or value); 3 invalid \
