@@ -99,6 +99,23 @@ impl Reporter {
         }
     }
 
+    /// What a binary's `main` returns for the outcome of its command: success, or the error
+    /// reported (with its causes) and the exit status `status` gives it.
+    pub fn exit<E: AsRef<dyn std::error::Error + 'static>>(
+        &self,
+        outcome: Result<(), E>,
+        status: impl FnOnce(&E) -> u8,
+    ) -> std::process::ExitCode {
+        match outcome {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                let code = status(&err);
+                self.error(&error_text(err.as_ref()), code);
+                std::process::ExitCode::from(code)
+            }
+        }
+    }
+
     /// A structured event (`fields`: a JSON object): in JSON mode one line of it; in human
     /// mode `human` (redrawn in place on a terminal when `transient`; otherwise written when
     /// `keep`, e.g. every 50th training step).
@@ -169,6 +186,22 @@ pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// The exit status of a failure: `code` of the first `T` in the chain of `err` and its
+/// sources, or 1 (an internal error) when there is none.
+pub fn exit_status<T: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+    code: impl Fn(&T) -> u8,
+) -> u8 {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return code(t);
+        }
+        next = e.source();
+    }
+    1
+}
+
 fn emit(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
@@ -217,6 +250,25 @@ pub fn status_line(stage: &str, done: u64, total: u64, elapsed: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("setting")]
+    struct Setting;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("while building")]
+    struct Context(#[source] Setting);
+
+    /// The exit status is the first error of the wanted type in the chain, wherever it is; an
+    /// error of another type is internal (1).
+    #[test]
+    fn exit_status_finds_the_error_kind_in_the_chain() {
+        let status = |e: &(dyn std::error::Error + 'static)| exit_status::<Setting>(e, |_| 3);
+        assert_eq!(status(&Setting), 3);
+        assert_eq!(status(&Context(Setting)), 3);
+        assert_eq!(status(&std::io::Error::other("disk")), 1);
+        assert_eq!(error_text(&Context(Setting)), "error: while building\n  caused by: setting");
+    }
 
     #[test]
     fn status_line_shows_rate_and_eta() {

@@ -22,13 +22,13 @@ use cxr_dataset::{LABELS, NIH_LABELS, label_column_of, raw_label_column_of};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::build::labels::Uncertain;
 use crate::build::{self, Job, Outcome, Partial};
 use crate::images::preprocess::Reject;
 use crate::images::{ImageRow, RunOptions};
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::{Error, Result};
+use cxr_dataset::Uncertain;
 
 /// The CheXpert folder name.
 pub const CHEXPERT_DIR: &str = "CheXpert-v1.0-small";
@@ -368,17 +368,8 @@ fn nih_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, usize, usize)> 
         };
         let name = fields[0].trim().to_string();
         let subject: i64 = fields[3].trim().parse().map_err(|_| bad("Patient ID", fields[3], "an integer id"))?;
-        let mut raw = vec![Some(0.0); 14];
-        for f in fields[1].split('|').map(str::trim) {
-            if f == "No Finding" {
-                continue;
-            }
-            let i = NIH_LABELS
-                .iter()
-                .position(|l| *l == f)
-                .ok_or_else(|| bad("Finding Labels", fields[1], "`|`-joined NIH findings or No Finding"))?;
-            raw[i] = Some(1.0);
-        }
+        let raw = nih_findings(fields[1])
+            .ok_or_else(|| bad("Finding Labels", fields[1], "`|`-joined NIH findings or No Finding"))?;
         let age = nih_age(fields[4]);
         invalid_ages += usize::from(age.is_none());
         let split = if test.contains(&name) {
@@ -389,22 +380,7 @@ fn nih_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, usize, usize)> 
             unlisted += 1;
             continue;
         };
-        let image = if name.contains(['/', '\\']) || name.contains("..") || name.is_empty() {
-            ImageRow {
-                id: name.clone(),
-                path: name.clone(),
-                invalid: Some(format!("image name {name:?} is not a file name")),
-            }
-        } else {
-            match index.get(&name) {
-                Some(rel) => ImageRow { id: name.clone(), path: rel.clone(), invalid: safe_path(&cfg.root, rel).err() },
-                None => ImageRow {
-                    id: name.clone(),
-                    path: format!("images/{name}"),
-                    invalid: Some("image file not found under images/ or images_NNN/images/".into()),
-                },
-            }
-        };
+        let image = nih_image(&name, &index, &cfg.root);
         let gender = fields[5].trim();
         rows.push(Row {
             id: name,
@@ -419,6 +395,29 @@ fn nih_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, usize, usize)> 
         });
     }
     Ok((rows, vec![path, tv_path, test_path], unlisted, invalid_ages))
+}
+
+/// The 14 NIH labels of a `Finding Labels` field (`|`-joined findings or `No Finding`): 1 for
+/// a listed finding, else 0; `None` for an unknown finding.
+fn nih_findings(field: &str) -> Option<Vec<Option<f64>>> {
+    let mut raw = vec![Some(0.0); NIH_LABELS.len()];
+    for f in field.split('|').map(str::trim).filter(|f| *f != "No Finding") {
+        raw[NIH_LABELS.iter().position(|l| *l == f)?] = Some(1.0);
+    }
+    Some(raw)
+}
+
+/// The image of an `Image Index` entry, found through `index` (file name -> path under
+/// `root`); invalid when the name is not a plain file name or no such file exists.
+fn nih_image(name: &str, index: &HashMap<String, String>, root: &Path) -> ImageRow {
+    let invalid = |path: String, why: String| ImageRow { id: name.to_string(), path, invalid: Some(why) };
+    if name.contains(['/', '\\']) || name.contains("..") || name.is_empty() {
+        return invalid(name.to_string(), format!("image name {name:?} is not a file name"));
+    }
+    match index.get(name) {
+        Some(rel) => ImageRow { id: name.to_string(), path: rel.clone(), invalid: safe_path(root, rel).err() },
+        None => invalid(format!("images/{name}"), "image file not found under images/ or images_NNN/images/".into()),
+    }
 }
 
 fn table(kind: EvalKind, rows: &[Row], uncertain: Uncertain) -> Result<DataFrame> {

@@ -43,6 +43,22 @@ fn seq(tag: dicom_core::Tag, items: Vec<InMemDicomObject>) -> DataElement<InMemD
 /// inverted for MONOCHROME1), row-major.
 pub fn encode(study: &Study, image: &Image, index_in_study: usize, stored: &[u16], path: &Path) -> Result<Vec<u8>> {
     let err = |message: String| Error::Dicom { path: path.to_path_buf(), message };
+    let mut obj = header(study, image, index_in_study);
+    let ts = put_pixels(&mut obj, image, stored);
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts).implementation_class_uid(IMPLEMENTATION_UID))
+        .map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(stored.len() * 2 + 4096);
+    bytes.extend_from_slice(&[0u8; 128]);
+    bytes.extend_from_slice(b"DICM");
+    file.meta().write(&mut bytes).map_err(|e| err(e.to_string()))?;
+    file.write_dataset(&mut bytes).map_err(|e| err(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The image's attributes but the pixels: identifiers, dates, view, orientation, the pixel
+/// format, the procedure and view code sequences.
+fn header(study: &Study, image: &Image, index_in_study: usize) -> InMemDicomObject {
     let date = study.time.format("%Y%m%d").to_string();
     let time = fmt_dicom_time(study.time);
     let sop = sop_uid(&image.dicom_id);
@@ -105,6 +121,12 @@ pub fn encode(study: &Study, image: &Image, index_in_study: usize, stored: &[u16
         "Recumbent" => obj.put(seq(tags::PATIENT_ORIENTATION_CODE_SEQUENCE, vec![code_item("F-10450", "Recumbent")])),
         _ => None,
     };
+    obj
+}
+
+/// The window, rescale and pixel data elements of `stored` in the image's transfer syntax;
+/// returns that syntax's UID.
+fn put_pixels(obj: &mut InMemDicomObject, image: &Image, stored: &[u16]) -> &'static str {
     if image.window {
         let (lo, hi) = stored.iter().fold((u16::MAX, 0u16), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let width = f64::from(hi.saturating_sub(lo)).max(1.0);
@@ -118,7 +140,7 @@ pub fn encode(study: &Study, image: &Image, index_in_study: usize, stored: &[u16
         obj.put(DataElement::new(tags::RESCALE_TYPE, VR::LO, PrimitiveValue::from("US")));
     }
     let le: Vec<u8> = stored.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let ts = match image.syntax {
+    match image.syntax {
         Syntax::ExplicitLittle => {
             obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(le)));
             uids::EXPLICIT_VR_LITTLE_ENDIAN
@@ -136,16 +158,7 @@ pub fn encode(study: &Study, image: &Image, index_in_study: usize, stored: &[u16
             ));
             uids::RLE_LOSSLESS
         }
-    };
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts).implementation_class_uid(IMPLEMENTATION_UID))
-        .map_err(|e| err(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(stored.len() * 2 + 4096);
-    bytes.extend_from_slice(&[0u8; 128]);
-    bytes.extend_from_slice(b"DICM");
-    file.meta().write(&mut bytes).map_err(|e| err(e.to_string()))?;
-    file.write_dataset(&mut bytes).map_err(|e| err(e.to_string()))?;
-    Ok(bytes)
+    }
 }
 
 /// Encodes and writes atomically.

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use chrono::NaiveDateTime;
+
 use crate::mimic_iv::{Admission, IcuStay, MimicIvVersion, Patient, Population, Transfer};
 use crate::table::{parse_date, parse_time};
 use pipeline::sources::table::Table;
@@ -12,9 +14,22 @@ pub fn read_population(dir: &Path) -> Result<Population> {
     let found = pipeline::sources::discover::mimic_iv(dir)?;
     let version = MimicIvVersion::parse(&found.version)
         .ok_or_else(|| Error::input(dir, format!("unsupported MIMIC-IV release {}", found.version)))?;
-    let adm = Table::from_path(&found.admissions)?;
+    let admissions = admissions(&Table::from_path(&found.admissions)?, version)?;
+    Ok(Population {
+        version,
+        patients: patients(&Table::from_path(&found.patients)?)?,
+        admissions,
+        transfers: transfers(&Table::from_path(&found.transfers)?)?,
+        icustays: icustays(&Table::from_path(&found.icustays)?)?,
+    })
+}
 
-    let t = Table::from_path(&found.patients)?;
+/// A time or a blank: `Some(None)` for blank, `None` for an unreadable value.
+fn opt_time(s: &str) -> Option<Option<NaiveDateTime>> {
+    if s.is_empty() { Some(None) } else { parse_time(s).map(Some) }
+}
+
+fn patients(t: &Table) -> Result<Vec<Patient>> {
     let (c_sub, c_gen, c_age, c_year, c_group, c_dod) = (
         t.col("subject_id")?,
         t.col("gender")?,
@@ -34,8 +49,12 @@ pub fn read_population(dir: &Path) -> Result<Population> {
             dod: t.parse(i, c_dod, |s| if s.is_empty() { Some(None) } else { parse_date(s).map(Some) })?,
         });
     }
+    Ok(patients)
+}
 
-    let t = &adm;
+/// The admissions of a release (the race column's name and the admitting provider depend on
+/// it).
+fn admissions(t: &Table, version: MimicIvVersion) -> Result<Vec<Admission>> {
     let col = |n: &str| t.col(n);
     let race_col = t.col(version.race_column())?;
     let provider_col = if version.has_admit_provider() { Some(col("admit_provider_id")?) } else { None };
@@ -57,7 +76,6 @@ pub fn read_population(dir: &Path) -> Result<Population> {
         col("edouttime")?,
         col("hospital_expire_flag")?,
     );
-    let opt_time = |s: &str| if s.is_empty() { Some(None) } else { parse_time(s).map(Some) };
     let text = |i: usize, c: usize| t.rows[i].get(c).unwrap_or("").to_string();
     let mut admissions = Vec::with_capacity(t.rows.len());
     for i in 0..t.rows.len() {
@@ -84,8 +102,10 @@ pub fn read_population(dir: &Path) -> Result<Population> {
             })?,
         });
     }
+    Ok(admissions)
+}
 
-    let t = Table::from_path(&found.transfers)?;
+fn transfers(t: &Table) -> Result<Vec<Transfer>> {
     let (c_sub, c_hadm, c_id, c_ev, c_unit, c_in, c_out) = (
         t.col("subject_id")?,
         t.col("hadm_id")?,
@@ -107,8 +127,10 @@ pub fn read_population(dir: &Path) -> Result<Population> {
             outtime: t.parse(i, c_out, opt_time)?,
         });
     }
+    Ok(transfers)
+}
 
-    let t = Table::from_path(&found.icustays)?;
+fn icustays(t: &Table) -> Result<Vec<IcuStay>> {
     let (c_sub, c_hadm, c_stay, c_first, c_last, c_in, c_out, c_los) = (
         t.col("subject_id")?,
         t.col("hadm_id")?,
@@ -132,5 +154,5 @@ pub fn read_population(dir: &Path) -> Result<Population> {
             los: t.parse(i, c_los, |s| s.parse().ok())?,
         });
     }
-    Ok(Population { version, patients, admissions, transfers, icustays })
+    Ok(icustays)
 }

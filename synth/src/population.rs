@@ -286,11 +286,32 @@ fn admission(
     let died =
         rng.bernoulli((0.03 + if icu { 0.12 } else { 0.0 } + 0.002 * (f64::from(c.age) - 60.0)).clamp(0.005, 0.5));
 
+    let stay = Stay { hadm_id, edregtime, edouttime, first_unit_time, disch_exact, icu };
+    stay_transfers(rng, subject_id, &stay, pop, ids);
+    let dischtime = minutes(disch_exact);
+    pop.admissions.push(admission_row(rng, c, &stay, admittime, dischtime, died));
+    (dischtime, died)
+}
+
+/// The timeline of one admission, drawn before its transfers.
+struct Stay {
+    hadm_id: u32,
+    edregtime: Option<NaiveDateTime>,
+    edouttime: Option<NaiveDateTime>,
+    /// When the patient reached the first ward or ICU (ED exit, or admission).
+    first_unit_time: NaiveDateTime,
+    disch_exact: NaiveDateTime,
+    icu: bool,
+}
+
+/// The transfers of a stay (ED rows, then ward and ICU rows, then the discharge row) and its
+/// ICU stays.
+fn stay_transfers(rng: &mut Rng, subject_id: u32, s: &Stay, pop: &mut Population, ids: &mut Ids) {
     // ED rows, then ward/ICU rows, then the discharge row.
-    if let (Some(reg), Some(out)) = (edregtime, edouttime) {
+    if let (Some(reg), Some(out)) = (s.edregtime, s.edouttime) {
         pop.transfers.push(Transfer {
             subject_id,
-            hadm_id: Some(hadm_id),
+            hadm_id: Some(s.hadm_id),
             transfer_id: ids.transfer.next(),
             eventtype: "ED".into(),
             careunit: "Emergency Department".into(),
@@ -299,10 +320,10 @@ fn admission(
         });
     }
     let ward = rng.pick(WARDS).to_string();
-    let spans = if icu { icu_spans(rng, first_unit_time, disch_exact) } else { Vec::new() };
+    let spans = if s.icu { icu_spans(rng, s.first_unit_time, s.disch_exact) } else { Vec::new() };
     // Ward between and around the ICU stays.
     let mut segments: Vec<(String, NaiveDateTime, NaiveDateTime)> = Vec::new();
-    let mut cursor = first_unit_time;
+    let mut cursor = s.first_unit_time;
     for &(i_in, i_out) in &spans {
         if i_in > cursor {
             segments.push((ward.clone(), cursor, i_in));
@@ -311,7 +332,7 @@ fn admission(
         segments.push((unit.clone(), i_in, i_out));
         pop.icustays.push(IcuStay {
             subject_id,
-            hadm_id,
+            hadm_id: s.hadm_id,
             stay_id: ids.stay.next(),
             first_careunit: unit.clone(),
             last_careunit: unit,
@@ -321,13 +342,13 @@ fn admission(
         });
         cursor = i_out;
     }
-    if cursor < disch_exact {
-        segments.push((ward, cursor, disch_exact));
+    if cursor < s.disch_exact {
+        segments.push((ward, cursor, s.disch_exact));
     }
     for (k, (unit, a, b)) in segments.into_iter().enumerate() {
         pop.transfers.push(Transfer {
             subject_id,
-            hadm_id: Some(hadm_id),
+            hadm_id: Some(s.hadm_id),
             transfer_id: ids.transfer.next(),
             eventtype: if k == 0 { "admit" } else { "transfer" }.into(),
             careunit: unit,
@@ -337,15 +358,25 @@ fn admission(
     }
     pop.transfers.push(Transfer {
         subject_id,
-        hadm_id: Some(hadm_id),
+        hadm_id: Some(s.hadm_id),
         transfer_id: ids.transfer.next(),
         eventtype: "discharge".into(),
         careunit: String::new(),
-        intime: disch_exact,
+        intime: s.disch_exact,
         outtime: None,
     });
+}
 
-    let dischtime = minutes(disch_exact);
+/// The `admissions` row of a stay: its type, locations, insurance and language drawn for the
+/// patient and release.
+fn admission_row(
+    rng: &mut Rng,
+    c: &AdmitCtx,
+    s: &Stay,
+    admittime: NaiveDateTime,
+    dischtime: NaiveDateTime,
+    died: bool,
+) -> Admission {
     let admission_type = if c.via_ed {
         *rng.pick(&[
             ("EW EMER.", 0.6),
@@ -388,9 +419,9 @@ fn admission(
         (false, true) => "ENGLISH",
         (false, false) => "?",
     };
-    pop.admissions.push(Admission {
-        subject_id,
-        hadm_id,
+    Admission {
+        subject_id: c.subject_id,
+        hadm_id: s.hadm_id,
         admittime,
         dischtime,
         deathtime: died.then_some(dischtime),
@@ -402,11 +433,10 @@ fn admission(
         language: language.into(),
         marital_status: c.marital.into(),
         race: c.race.into(),
-        edregtime,
-        edouttime,
+        edregtime: s.edregtime,
+        edouttime: s.edouttime,
         hospital_expire_flag: died,
-    });
-    (dischtime, died)
+    }
 }
 
 #[cfg(test)]

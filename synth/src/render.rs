@@ -123,6 +123,46 @@ fn draw_frontal(cv: &mut Canvas, s: &Study, a: &Anatomy, sr: &mut Rng, ir: &mut 
     lung_h += (ir.normal() * 0.005) as f32;
     let lung_cy = 0.45 + jy - (a.lung_h - lung_h) * 0.5;
     let dx = a.lung_w + 0.035;
+    draw_lungs(cv, t, a, sr, (cx, dx, lung_cy, lung_h), recumbent);
+    // Mediastinum and spine (wider upper mediastinum when enlarged).
+    let upper = if t[ENLARGED_CM] { 0.085 } else { 0.055 };
+    let half_w = |y: f32| if y < 0.45 { upper } else { 0.055 };
+    cv.each(cx - 0.1, cx + 0.1, 0.05, 0.95, |x, y, v| {
+        let k = 1.0 - (x - cx).abs() / half_w(y);
+        *v += 0.42 * smooth(k * 2.5);
+    });
+    for k in 0..18 {
+        let vy = 0.06 + k as f32 * 0.047;
+        cv.ellipse(cx, vy + jy, 0.026, 0.018, 0.18 * a.bone, 0.4);
+    }
+    // Heart: wider with cardiomegaly, magnified on AP.
+    let hw = a.heart_w * if t[CARDIOMEGALY] { 1.45 } else { 1.0 } * if portable { 1.12 } else { 1.0 };
+    cv.ellipse(cx + 0.45 * hw, lung_cy + 0.17, hw, 0.12, 0.55, 0.12);
+    // Aortic knob grows with age.
+    cv.ellipse(cx + 0.05, lung_cy - 0.11, 0.018 + 0.00025 * a.age, 0.02, 0.45, 0.3);
+    // Liver under the right hemidiaphragm, gastric bubble under the left.
+    cv.ellipse(cx - 0.18, lung_cy + lung_h + 0.13, 0.2, 0.12, 0.25, 0.3);
+    cv.ellipse(cx + 0.16, lung_cy + lung_h + 0.05, 0.04, 0.025, -0.35, 0.4);
+    // Breast shadows.
+    if a.female {
+        for side in [-1.0f32, 1.0] {
+            cv.ellipse(cx + side * 0.19, lung_cy + 0.28, 0.15, 0.1, 0.22, 0.5);
+        }
+    }
+    draw_ribs(cv, t, a, sr, (cx, dx, lung_cy, lung_h), portable);
+    draw_opacities(cv, s, sr, |u, v| (cx + u * (dx + a.lung_w * 0.8), lung_cy + v * lung_h));
+    if t[SUPPORT_DEVICES] {
+        draw_devices(cv, sr, cx, lung_cy, lung_h, false);
+    }
+    if portable {
+        cv.ellipse(0.9, 0.06, 0.035, 0.015, 2.2, 0.05);
+    }
+}
+
+/// The frontal lungs (`frame`: centre x, lung centre offset, lung centre y, lung height):
+/// air, markings, pneumothorax, effusion, pleural thickening, and the hilar vessels.
+fn draw_lungs(cv: &mut Canvas, t: &[bool], a: &Anatomy, sr: &mut Rng, frame: (f32, f32, f32, f32), recumbent: bool) {
+    let (cx, dx, lung_cy, lung_h) = frame;
     let texture = ValueNoise::new(sr, 10);
     let effusion_side = side_of(sr);
     let effusion_level = 0.15 + 0.3 * sr.f64() as f32;
@@ -179,32 +219,11 @@ fn draw_frontal(cv: &mut Canvas, s: &Study, a: &Anatomy, sr: &mut Rng, ir: &mut 
             cv.segment((hx, hy), end, 0.004, 0.12);
         }
     }
-    // Mediastinum and spine (wider upper mediastinum when enlarged).
-    let upper = if t[ENLARGED_CM] { 0.085 } else { 0.055 };
-    let half_w = |y: f32| if y < 0.45 { upper } else { 0.055 };
-    cv.each(cx - 0.1, cx + 0.1, 0.05, 0.95, |x, y, v| {
-        let k = 1.0 - (x - cx).abs() / half_w(y);
-        *v += 0.42 * smooth(k * 2.5);
-    });
-    for k in 0..18 {
-        let vy = 0.06 + k as f32 * 0.047;
-        cv.ellipse(cx, vy + jy, 0.026, 0.018, 0.18 * a.bone, 0.4);
-    }
-    // Heart: wider with cardiomegaly, magnified on AP.
-    let hw = a.heart_w * if t[CARDIOMEGALY] { 1.45 } else { 1.0 } * if portable { 1.12 } else { 1.0 };
-    cv.ellipse(cx + 0.45 * hw, lung_cy + 0.17, hw, 0.12, 0.55, 0.12);
-    // Aortic knob grows with age.
-    cv.ellipse(cx + 0.05, lung_cy - 0.11, 0.018 + 0.00025 * a.age, 0.02, 0.45, 0.3);
-    // Liver under the right hemidiaphragm, gastric bubble under the left.
-    cv.ellipse(cx - 0.18, lung_cy + lung_h + 0.13, 0.2, 0.12, 0.25, 0.3);
-    cv.ellipse(cx + 0.16, lung_cy + lung_h + 0.05, 0.04, 0.025, -0.35, 0.4);
-    // Breast shadows.
-    if a.female {
-        for side in [-1.0f32, 1.0] {
-            cv.ellipse(cx + side * 0.19, lung_cy + 0.28, 0.15, 0.1, 0.22, 0.5);
-        }
-    }
-    // Ribs and clavicles.
+}
+
+/// The frontal ribs (one broken with a fracture) and clavicles; `frame` as [`draw_lungs`].
+fn draw_ribs(cv: &mut Canvas, t: &[bool], a: &Anatomy, sr: &mut Rng, frame: (f32, f32, f32, f32), portable: bool) {
+    let (cx, dx, lung_cy, lung_h) = frame;
     let fracture =
         t[FRACTURE].then(|| (side_of(sr).one(), 3 + sr.range_i64(0, 5) as usize, 0.4 + 0.3 * sr.f64() as f32));
     let steep = if portable { 0.6 } else { 1.0 };
@@ -241,13 +260,6 @@ fn draw_frontal(cv: &mut Canvas, s: &Study, a: &Anatomy, sr: &mut Rng, ir: &mut 
             0.011,
             0.45 * a.bone,
         );
-    }
-    draw_opacities(cv, s, sr, |u, v| (cx + u * (dx + a.lung_w * 0.8), lung_cy + v * lung_h));
-    if t[SUPPORT_DEVICES] {
-        draw_devices(cv, sr, cx, lung_cy, lung_h, false);
-    }
-    if portable {
-        cv.ellipse(0.9, 0.06, 0.035, 0.015, 2.2, 0.05);
     }
 }
 

@@ -141,36 +141,7 @@ fn random_time(rng: &mut Rng, from: NaiveDateTime, to: NaiveDateTime) -> NaiveDa
 /// Places studies on each CXR subject's timeline and fills in views and labels.
 pub fn generate(pop: &Population, cxr_subjects: &[u32], cfg: &StudyConfig) -> Vec<Study> {
     let patients: HashMap<u32, &Patient> = pop.patients.iter().map(|p| (p.subject_id, p)).collect();
-    let mut windows: HashMap<u32, Vec<Window>> = HashMap::new();
-    let mut icu_by_hadm: HashMap<u32, Vec<(NaiveDateTime, NaiveDateTime)>> = HashMap::new();
-    for s in &pop.icustays {
-        icu_by_hadm.entry(s.hadm_id).or_default().push((s.intime, s.outtime));
-    }
-    for a in &pop.admissions {
-        let w = windows.entry(a.subject_id).or_default();
-        if let Some(reg) = a.edregtime
-            && reg < a.admittime
-        {
-            w.push(Window { from: reg, to: a.admittime, setting: Setting::Ed, died: a.hospital_expire_flag });
-        }
-        w.push(Window { from: a.admittime, to: a.dischtime, setting: Setting::Ward, died: a.hospital_expire_flag });
-        for &(i, o) in icu_by_hadm.get(&a.hadm_id).into_iter().flatten() {
-            w.push(Window { from: i, to: o, setting: Setting::Icu, died: a.hospital_expire_flag });
-        }
-    }
-    for t in &pop.transfers {
-        if t.eventtype == "ED"
-            && t.hadm_id.is_none()
-            && let Some(out) = t.outtime
-        {
-            windows.entry(t.subject_id).or_default().push(Window {
-                from: t.intime,
-                to: out,
-                setting: Setting::Ed,
-                died: false,
-            });
-        }
-    }
+    let windows = care_windows(pop);
 
     let mut id_rng = Rng::derive(cfg.seed, STREAM_STUDY_IDS, 0);
     let mut study_ids = HashSet::new();
@@ -182,51 +153,8 @@ pub fn generate(pop: &Population, cxr_subjects: &[u32], cfg: &StudyConfig) -> Ve
         let mut rng = Rng::derive(cfg.seed, STREAM_SUBJECT_STUDIES, u64::from(subject_id));
         let split = Split::ALL[rng.weighted(&cfg.split_fractions)];
         let subject_seed = rng.next_u64();
-        let mut slots: Vec<(NaiveDateTime, Setting, bool)> = Vec::new();
-        for w in windows.get(&subject_id).into_iter().flatten() {
-            let n = match w.setting {
-                Setting::Ed => u32::from(rng.bernoulli(0.7)),
-                Setting::Ward => rng.geometric(0.3, 4),
-                Setting::Icu => {
-                    let days = (w.to - w.from).num_hours() as f64 / 24.0;
-                    1 + rng.geometric((days / (days + 1.5)).min(0.8), 5)
-                }
-                Setting::Outpatient => 0,
-            };
-            for _ in 0..n {
-                slots.push((random_time(&mut rng, w.from, w.to), w.setting, w.died));
-            }
-        }
-        // Outpatient studies on days without a hospital stay.
-        let n_out = rng.geometric(0.35, 5);
-        let base = NaiveDate::from_ymd_opt(patient.anchor_year, 1, 1)
-            .unwrap_or_default()
-            .and_hms_opt(7, 0, 0)
-            .unwrap_or_default();
         let subject_windows = windows.get(&subject_id).map(Vec::as_slice).unwrap_or_default();
-        let outpatient = |rng: &mut Rng| {
-            // Daytime on a day outside every stay and before death.
-            let day = rng.range_i64(0, 3 * 365);
-            let t = base + Duration::days(day) + Duration::milliseconds(rng.range_i64(0, 11 * 3_600_000));
-            let inside = subject_windows.iter().any(|w| w.from.date() <= t.date() && t.date() <= w.to.date());
-            let dead = patient.dod.is_some_and(|d| t.date() >= d);
-            (!inside && !dead).then_some((t, Setting::Outpatient, false))
-        };
-        for _ in 0..n_out {
-            slots.extend(outpatient(&mut rng));
-        }
-        // Every CXR subject has at least one study.
-        let mut tries = 0;
-        while slots.is_empty() && tries < 50 {
-            slots.extend(outpatient(&mut rng));
-            tries += 1;
-        }
-        if slots.is_empty()
-            && let Some(w) = subject_windows.first()
-        {
-            slots.push((random_time(&mut rng, w.from, w.to), w.setting, w.died));
-        }
-        slots.sort_by_key(|s| s.0);
+        let slots = study_slots(&mut rng, patient, subject_windows);
         for (time, setting, died) in slots {
             let study_id = loop {
                 let id = id_rng.range_i64(50_000_000, 59_999_999) as u32;
@@ -263,6 +191,90 @@ pub fn generate(pop: &Population, cxr_subjects: &[u32], cfg: &StudyConfig) -> Ve
     }
     studies.sort_by_key(|s| (s.subject_id, s.study_id));
     studies
+}
+
+/// Each subject's care windows: ED before an admission, the admission (ward), its ICU stays,
+/// and ED visits without an admission.
+fn care_windows(pop: &Population) -> HashMap<u32, Vec<Window>> {
+    let mut windows: HashMap<u32, Vec<Window>> = HashMap::new();
+    let mut icu_by_hadm: HashMap<u32, Vec<(NaiveDateTime, NaiveDateTime)>> = HashMap::new();
+    for s in &pop.icustays {
+        icu_by_hadm.entry(s.hadm_id).or_default().push((s.intime, s.outtime));
+    }
+    for a in &pop.admissions {
+        let w = windows.entry(a.subject_id).or_default();
+        if let Some(reg) = a.edregtime
+            && reg < a.admittime
+        {
+            w.push(Window { from: reg, to: a.admittime, setting: Setting::Ed, died: a.hospital_expire_flag });
+        }
+        w.push(Window { from: a.admittime, to: a.dischtime, setting: Setting::Ward, died: a.hospital_expire_flag });
+        for &(i, o) in icu_by_hadm.get(&a.hadm_id).into_iter().flatten() {
+            w.push(Window { from: i, to: o, setting: Setting::Icu, died: a.hospital_expire_flag });
+        }
+    }
+    for t in &pop.transfers {
+        if t.eventtype == "ED"
+            && t.hadm_id.is_none()
+            && let Some(out) = t.outtime
+        {
+            windows.entry(t.subject_id).or_default().push(Window {
+                from: t.intime,
+                to: out,
+                setting: Setting::Ed,
+                died: false,
+            });
+        }
+    }
+    windows
+}
+
+/// When a subject's studies happen, in time order: draws in the care windows, outpatient
+/// days outside them (and before death), at least one study.
+fn study_slots(rng: &mut Rng, patient: &Patient, subject_windows: &[Window]) -> Vec<(NaiveDateTime, Setting, bool)> {
+    let mut slots: Vec<(NaiveDateTime, Setting, bool)> = Vec::new();
+    for w in subject_windows {
+        let n = match w.setting {
+            Setting::Ed => u32::from(rng.bernoulli(0.7)),
+            Setting::Ward => rng.geometric(0.3, 4),
+            Setting::Icu => {
+                let days = (w.to - w.from).num_hours() as f64 / 24.0;
+                1 + rng.geometric((days / (days + 1.5)).min(0.8), 5)
+            }
+            Setting::Outpatient => 0,
+        };
+        for _ in 0..n {
+            slots.push((random_time(rng, w.from, w.to), w.setting, w.died));
+        }
+    }
+    // Outpatient studies on days without a hospital stay.
+    let n_out = rng.geometric(0.35, 5);
+    let base =
+        NaiveDate::from_ymd_opt(patient.anchor_year, 1, 1).unwrap_or_default().and_hms_opt(7, 0, 0).unwrap_or_default();
+    let outpatient = |rng: &mut Rng| {
+        // Daytime on a day outside every stay and before death.
+        let day = rng.range_i64(0, 3 * 365);
+        let t = base + Duration::days(day) + Duration::milliseconds(rng.range_i64(0, 11 * 3_600_000));
+        let inside = subject_windows.iter().any(|w| w.from.date() <= t.date() && t.date() <= w.to.date());
+        let dead = patient.dod.is_some_and(|d| t.date() >= d);
+        (!inside && !dead).then_some((t, Setting::Outpatient, false))
+    };
+    for _ in 0..n_out {
+        slots.extend(outpatient(rng));
+    }
+    // Every CXR subject has at least one study.
+    let mut tries = 0;
+    while slots.is_empty() && tries < 50 {
+        slots.extend(outpatient(rng));
+        tries += 1;
+    }
+    if slots.is_empty()
+        && let Some(w) = subject_windows.first()
+    {
+        slots.push((random_time(rng, w.from, w.to), w.setting, w.died));
+    }
+    slots.sort_by_key(|s| s.0);
+    slots
 }
 
 fn sigmoid(x: f64) -> f64 {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pipeline::build::labels::Uncertain;
+use cxr_dataset::Uncertain;
 use pipeline::build::{MANIFEST, read_features};
 use pipeline::eval::{EvalConfig, EvalKind, build_eval, nih_age, safe_path};
 use pipeline::images::RunOptions;

@@ -15,6 +15,7 @@ mod mimic_iv_format;
 mod probe_transfer;
 mod python_reader;
 mod real_dicom;
+mod reference_code;
 mod reproducible;
 mod resume;
 mod schemas;

@@ -248,8 +248,7 @@ fn diff_names_settings_counts_and_changed_columns() {
     let out = tempfile::tempdir().unwrap();
     let base = config(root, out.path());
     let a = build(&base, &Silent).unwrap();
-    let b =
-        build(&BuildConfig { uncertain: pipeline::build::labels::Uncertain::Ones, ..base.clone() }, &Silent).unwrap();
+    let b = build(&BuildConfig { uncertain: cxr_dataset::Uncertain::Ones, ..base.clone() }, &Silent).unwrap();
     let lines = pipeline::build::versions::diff(&a.dir, &b.dir).unwrap();
     let text = lines.join("\n");
     assert!(text.contains("setting uncertain: zeros -> ones"), "{text}");

@@ -8,7 +8,7 @@ use cxr_dataset::log::LogMode;
 use trainer::backend::Precision;
 use trainer::data::ImageSource;
 use trainer::experiment::{Arm, Grid};
-use trainer::linear::{LinearEvalConfig, ProbeKind, Source, Uncertain};
+use trainer::linear::{LinearEvalConfig, ProbeKind, ProbeUncertain, Source};
 use trainer::model::VitConfig;
 use trainer::parallel::AllReduce;
 use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit};
@@ -301,8 +301,8 @@ pub(crate) struct EvalOpts {
     #[arg(long, default_value_t = 1e-4)]
     pub(crate) probe_lr: f64,
     /// What uncertain labels become.
-    #[arg(long, value_enum, default_value_t = Uncertain::Dataset)]
-    pub(crate) uncertain: Uncertain,
+    #[arg(long, value_enum, default_value_t = ProbeUncertain::Dataset)]
+    pub(crate) uncertain: ProbeUncertain,
     /// Bootstrap resamples of the test set for the 95% intervals.
     #[arg(long, default_value_t = 1000)]
     pub(crate) bootstrap: usize,

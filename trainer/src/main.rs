@@ -301,19 +301,14 @@ fn ehr_columns_command(ehr: &str) -> anyhow::Result<()> {
 /// The exit status of a failed run: the kind of the first trainer error in the chain (1 for
 /// anything else).
 fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain().find_map(|e| e.downcast_ref::<trainer::Error>()).map_or(1, trainer::Error::exit_code)
+    cxr_dataset::log::exit_status(err.as_ref(), trainer::Error::exit_code)
 }
 
 fn main() -> ExitCode {
     trainer::memory::keep_freed_memory();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let code = exit_code(&err);
-            log().error(&cxr_dataset::log::error_text(err.as_ref()), code);
-            ExitCode::from(code)
-        }
-    }
+    // The command runs first: it sets the reporter's mode (`--log`).
+    let outcome = run(Cli::parse());
+    log().exit(outcome, exit_code)
 }
 
 #[cfg(test)]

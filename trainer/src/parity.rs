@@ -193,26 +193,14 @@ pub fn compare_reference(
     checkpoints.sort_unstable();
     checkpoints.dedup();
     fs_err::create_dir_all(out)?;
-    let mut probes = Vec::new();
-    let mut scores: Vec<(String, u64, usize, TestScores)> = Vec::new();
+    let mut probed = Probed::default();
     for &seed in &cfg.seeds {
         let pre = cfg.pretrain.clone().with_seed(seed);
-        let burn_dir = out.join(format!("burn-seed{seed}"));
-        train_burn(&pre, dataset, &burn_dir, &checkpoints, device, on_step, log)?;
-        let ref_dir = out.join(format!("reference-seed{seed}"));
-        let file = |c: usize| ref_dir.join(format!("{}.safetensors", step_dir(c)));
-        if !checkpoints.iter().all(|&c| file(c).is_file()) {
-            log(&format!("reference: pretraining into {}", ref_dir.display()));
-            fs_err::create_dir_all(&ref_dir)?;
-            reference(&burn_dir.join("config.json"), &ref_dir, &checkpoints)?;
-        }
-        for &c in &checkpoints {
-            let run = ref_dir.join(step_dir(c));
-            if !run.join(CHECKPOINT).is_file() {
-                import_torch(&file(c), &pre.vit, "backbone.", &run, device)?;
-            }
-        }
-        for (implementation, root) in [(BURN, &burn_dir), (REFERENCE, &ref_dir)] {
+        let dirs =
+            [(BURN, out.join(format!("burn-seed{seed}"))), (REFERENCE, out.join(format!("reference-seed{seed}")))];
+        train_burn(&pre, dataset, &dirs[0].1, &checkpoints, device, on_step, log)?;
+        train_reference(&pre, &dirs[0].1.join("config.json"), &dirs[1].1, &checkpoints, reference, device, log)?;
+        for (implementation, root) in &dirs {
             for &c in &checkpoints {
                 let dir = out.join("probes").join(format!("{implementation}-seed{seed}-{}", step_dir(c)));
                 if TestScores::read(&dir).is_err() {
@@ -220,66 +208,28 @@ pub fn compare_reference(
                     let encoder = load_encoder(&root.join(step_dir(c)), CheckpointChoice::Last, device)?;
                     linear_eval(&cfg.eval, encoder, dataset, &[], &dir, &dir.join("features"), device, log)?;
                 }
-                let text = fs_err::read_to_string(dir.join("results.json"))?;
-                let result: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(&dir, e))?;
-                let macro_auroc = serde_json::from_value(result["test"]["macro_auroc"].clone()).ok();
-                probes.push(Probe { implementation: implementation.into(), seed, step: c, macro_auroc });
-                scores.push((implementation.into(), seed, c, TestScores::read(&dir)?));
+                probed.read(implementation, seed, c, &dir)?;
             }
         }
     }
-    let find = |implementation: &str, seed: u64, c: usize| {
-        scores.iter().find(|s| s.0 == implementation && s.1 == seed && s.2 == c).map(|s| &s.3)
-    };
-    let first = &scores[0].3;
-    let (targets, l) = (first.targets_f32(), first.labels.len());
-    let (resamples, boot_seed) = (cfg.eval.bootstrap, cfg.eval.seed);
-    // Paired, averaged over seeds: b minus a for each seed's (a, b).
-    let pooled = |pairs: Vec<(&TestScores, &TestScores)>| {
-        let slices: Vec<(&[f32], &[f32])> =
-            pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
-        paired_mean_macro_auroc_delta(&slices, &targets, l, resamples, boot_seed)
-    };
-    let mean_auc = |implementation: &str, c: usize| {
-        let v: Vec<f64> = probes
-            .iter()
-            .filter(|p| p.implementation == implementation && p.step == c)
-            .filter_map(|p| p.macro_auroc.map(|e| e.value))
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    let mut rows = Vec::new();
-    for &c in &checkpoints {
-        let pairs: Option<Vec<_>> =
-            cfg.seeds.iter().map(|&s| Some((find(REFERENCE, s, c)?, find(BURN, s, c)?))).collect();
-        let delta = pairs.and_then(pooled);
-        let fraction = cfg.fractions.iter().find(|&&(a, b)| steps * a / b.max(1) == c).map_or_else(
-            || format!("{c}/{steps}"),
-            |&(a, b)| {
-                if a == 0 {
-                    "0".into()
-                } else if a == b {
-                    "1".into()
-                } else {
-                    format!("{a}/{b}")
-                }
-            },
-        );
-        rows.push(CheckpointRow {
-            step: c,
-            fraction,
-            burn: mean_auc(BURN, c),
-            reference: mean_auc(REFERENCE, c),
-            within: delta.is_some_and(|d| d.low <= 0.0 && 0.0 <= d.high),
-            delta,
-        });
-    }
+    let rows = checkpoints
+        .iter()
+        .map(|&c| {
+            let delta = probed
+                .pooled(&cfg.seeds, &cfg.eval, |s| Some((probed.find(REFERENCE, s, c)?, probed.find(BURN, s, c)?)));
+            CheckpointRow {
+                step: c,
+                fraction: fraction_label(&cfg.fractions, steps, c),
+                burn: probed.mean_auroc(BURN, c),
+                reference: probed.mean_auroc(REFERENCE, c),
+                within: delta.is_some_and(|d| d.low <= 0.0 && 0.0 <= d.high),
+                delta,
+            }
+        })
+        .collect();
     let (c0, c1) = (checkpoints[0], checkpoints[checkpoints.len() - 1]);
-    let learns = |implementation: &str| {
-        let pairs: Option<Vec<_>> =
-            cfg.seeds.iter().map(|&s| Some((find(implementation, s, c0)?, find(implementation, s, c1)?))).collect();
-        pairs.and_then(pooled)
-    };
+    let learns =
+        |i: &str| probed.pooled(&cfg.seeds, &cfg.eval, |s| Some((probed.find(i, s, c0)?, probed.find(i, s, c1)?)));
     let mut losses = Vec::new();
     for (implementation, prefix) in [(BURN, "burn"), (REFERENCE, "reference")] {
         let per_seed = cfg
@@ -297,13 +247,99 @@ pub fn compare_reference(
         loss_epochs_within_spread: loss_gap.iter().filter(|(gap, spread)| gap <= spread).count(),
         loss_gap,
         rows,
-        probes,
         burn_learns: learns(BURN),
         reference_learns: learns(REFERENCE),
+        probes: probed.probes,
         losses,
     };
     write(&comparison, out)?;
     Ok(comparison)
+}
+
+/// The reference's pretraining of `config` into `dir` (unless its checkpoints are there), each
+/// checkpoint imported as a run folder `dir/step-N`.
+fn train_reference(
+    pre: &PretrainConfig,
+    config: &Path,
+    dir: &Path,
+    checkpoints: &[usize],
+    reference: &mut Reference,
+    device: &Device,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let file = |c: usize| dir.join(format!("{}.safetensors", step_dir(c)));
+    if !checkpoints.iter().all(|&c| file(c).is_file()) {
+        log(&format!("reference: pretraining into {}", dir.display()));
+        fs_err::create_dir_all(dir)?;
+        reference(config, dir, checkpoints)?;
+    }
+    for &c in checkpoints {
+        let run = dir.join(step_dir(c));
+        if !run.join(CHECKPOINT).is_file() {
+            import_torch(&file(c), &pre.vit, "backbone.", &run, device)?;
+        }
+    }
+    Ok(())
+}
+
+/// How a checkpoint's step is shown: the fraction of the run it was asked as (`0`, `1/4`,
+/// `1`), else `step/steps`.
+fn fraction_label(fractions: &[(usize, usize)], steps: usize, c: usize) -> String {
+    match fractions.iter().find(|&&(a, b)| steps * a / b.max(1) == c) {
+        None => format!("{c}/{steps}"),
+        Some(&(0, _)) => "0".into(),
+        Some(&(a, b)) if a == b => "1".into(),
+        Some(&(a, b)) => format!("{a}/{b}"),
+    }
+}
+
+/// The probes' results, per implementation, seed and checkpoint.
+#[derive(Default)]
+struct Probed {
+    probes: Vec<Probe>,
+    scores: Vec<(String, u64, usize, TestScores)>,
+}
+
+impl Probed {
+    /// Reads the results of the probe in `dir`.
+    fn read(&mut self, implementation: &str, seed: u64, step: usize, dir: &Path) -> Result<()> {
+        let text = fs_err::read_to_string(dir.join("results.json"))?;
+        let result: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(dir, e))?;
+        let macro_auroc = serde_json::from_value(result["test"]["macro_auroc"].clone()).ok();
+        self.probes.push(Probe { implementation: implementation.into(), seed, step, macro_auroc });
+        self.scores.push((implementation.into(), seed, step, TestScores::read(dir)?));
+        Ok(())
+    }
+
+    fn find(&self, implementation: &str, seed: u64, step: usize) -> Option<&TestScores> {
+        self.scores.iter().find(|s| s.0 == implementation && s.1 == seed && s.2 == step).map(|s| &s.3)
+    }
+
+    /// The seeds' mean test macro AUROC of `implementation` at `step`.
+    fn mean_auroc(&self, implementation: &str, step: usize) -> Option<f64> {
+        let v: Vec<f64> = self
+            .probes
+            .iter()
+            .filter(|p| p.implementation == implementation && p.step == step)
+            .filter_map(|p| p.macro_auroc.map(|e| e.value))
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    /// Paired, averaged over seeds: b minus a for each seed's `(a, b)` (none when a seed lacks
+    /// one).
+    fn pooled<'a>(
+        &'a self,
+        seeds: &[u64],
+        eval: &LinearEvalConfig,
+        pair: impl Fn(u64) -> Option<(&'a TestScores, &'a TestScores)>,
+    ) -> Option<Estimate> {
+        let pairs: Vec<(&TestScores, &TestScores)> = seeds.iter().map(|&s| pair(s)).collect::<Option<_>>()?;
+        let first = &self.scores.first()?.3;
+        let slices: Vec<(&[f32], &[f32])> =
+            pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
+        paired_mean_macro_auroc_delta(&slices, &first.targets_f32(), first.labels.len(), eval.bootstrap, eval.seed)
+    }
 }
 
 /// Per epoch: |difference of the seed-mean losses| and the larger seed spread.

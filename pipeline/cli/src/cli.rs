@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use crate::bench::BenchStage;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cxr_dataset::Uncertain;
 use cxr_dataset::log::LogMode;
 use pipeline::build::BuildConfig;
 use pipeline::build::encode::MissingPolicy;
-use pipeline::build::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
+use pipeline::build::labels::{Labeler, SplitSource, Unlabeled};
 use pipeline::build::link::MatchRule;
 use pipeline::eval::EvalKind;
 use pipeline::images::preprocess::Geometry;

@@ -279,20 +279,12 @@ fn demo(args: &cli::DemoArgs, progress: &Reporter) -> anyhow::Result<()> {
 /// The exit status of a failed run: the kind of the first pipeline error in the chain (1 for
 /// anything else).
 fn exit_code(err: &anyhow::Error) -> u8 {
-    err.chain().find_map(|e| e.downcast_ref::<pipeline::Error>()).map_or(1, pipeline::Error::exit_code)
+    cxr_dataset::log::exit_status(err.as_ref(), pipeline::Error::exit_code)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log = Reporter::new(cli.log);
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            let code = exit_code(&err);
-            log.error(&cxr_dataset::log::error_text(err.as_ref()), code);
-            ExitCode::from(code)
-        }
-    }
+    Reporter::new(cli.log).exit(run(cli), exit_code)
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 use std::path::PathBuf;
 
+use cxr_dataset::Uncertain;
+
 use crate::build::encode::MissingPolicy;
-use crate::build::labels::{Labeler, SplitSource, Uncertain, Unlabeled};
+use crate::build::labels::{Labeler, SplitSource, Unlabeled};
 use crate::build::link::MatchRule;
 use crate::images::preprocess::{Geometry, Output};
 use crate::images::{ImageSource, RunOptions};

@@ -94,9 +94,6 @@ pub const VIEW_OTHER: &str = "view_other";
 /// `rare_views` is true: the rows may hold views outside the four categories), and rows
 /// dropped by the `drop` policy removed, plus the number dropped.
 pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result<(DataFrame, usize)> {
-    let n = df.height();
-    let sex = strings(df, "sex")?;
-    let age = floats(df, "age")?;
     let view_of = |s: &Option<&str>| s.and_then(|v| VIEW_CATEGORIES.iter().position(|c| *c == v));
     let orient_of = |s: &Option<&str>| s.and_then(|v| ORIENTATION_CATEGORIES.iter().position(|c| *c == v));
     let raw_views = strings(df, "view")?;
@@ -105,49 +102,106 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
     let other: Vec<bool> =
         raw_views.iter().zip(&views).map(|(r, v)| rare_views && r.is_some() && v.is_none()).collect();
     let orients: Vec<Option<usize>> = strings(df, "orientation")?.iter().map(orient_of).collect();
-    let died = floats(df, "died_in_stay")?;
-    let icu = floats(df, "icu_stay")?;
     let train: Vec<bool> = strings(df, "split")?.iter().map(|s| *s == Some("train")).collect();
+    let scan = Scan::with_policy(views, orients, other, &train, policy);
+    let raw = Raw {
+        sex: strings(df, "sex")?,
+        age: floats(df, "age")?,
+        died: floats(df, "died_in_stay")?,
+        icu: floats(df, "icu_stay")?,
+    };
 
-    let imputer = ScanImputer::fit(&views, &orients, &train);
-    let mut keep = vec![true; n];
-    let mut final_view = views.clone();
-    let mut final_orient = orients.clone();
-    let mut view_imputed = vec![false; n];
-    let mut orient_imputed = vec![false; n];
-    for i in 0..n {
-        let view_known = views[i].is_some() || other[i];
-        if view_known && orients[i].is_some() {
-            continue;
-        }
-        match policy {
-            MissingPolicy::Drop => keep[i] = false,
-            MissingPolicy::Unknown => {}
-            // A rare view says nothing about the orientation: the overall most frequent one.
-            MissingPolicy::Impute if other[i] => {
-                if let Some((_, o)) = imputer.impute(None, None) {
-                    orient_imputed[i] = true;
-                    final_orient[i] = Some(o);
-                }
-            }
-            MissingPolicy::Impute => {
-                if let Some((v, o)) = imputer.impute(views[i], orients[i]) {
-                    view_imputed[i] = views[i].is_none();
-                    orient_imputed[i] = orients[i].is_none();
-                    final_view[i] = Some(v);
-                    final_orient[i] = Some(o);
-                }
-            }
-        }
+    let mut out = df.clone();
+    for c in columns(&raw, &scan, policy, rare_views) {
+        out.with_column(c).map_err(pe("encoded columns"))?;
     }
+    let dropped = scan.keep.iter().filter(|k| !**k).count();
+    if dropped > 0 {
+        let mask = BooleanChunked::from_slice("keep".into(), &scan.keep);
+        out = out.filter(&mask).map_err(pe("drop policy"))?;
+    }
+    Ok((out, dropped))
+}
 
+/// The raw EHR variables other than the scan's, one entry per row.
+struct Raw<'a> {
+    sex: Vec<Option<&'a str>>,
+    age: Vec<Option<f64>>,
+    died: Vec<Option<f64>>,
+    icu: Vec<Option<f64>>,
+}
+
+/// View and orientation (category indices) after the missing-value policy, per row.
+struct Scan {
+    view: Vec<Option<usize>>,
+    orient: Vec<Option<usize>>,
+    /// A rare view, kept.
+    other: Vec<bool>,
+    view_imputed: Vec<bool>,
+    orient_imputed: Vec<bool>,
+    /// False for the rows the `drop` policy removes.
+    keep: Vec<bool>,
+}
+
+impl Scan {
+    /// Applies `policy` to the rows with a missing view or orientation (the imputer is fitted
+    /// on the `train` rows).
+    fn with_policy(
+        views: Vec<Option<usize>>,
+        orients: Vec<Option<usize>>,
+        other: Vec<bool>,
+        train: &[bool],
+        policy: MissingPolicy,
+    ) -> Self {
+        let n = views.len();
+        let imputer = ScanImputer::fit(&views, &orients, train);
+        let mut s = Self {
+            view: views,
+            orient: orients,
+            other,
+            view_imputed: vec![false; n],
+            orient_imputed: vec![false; n],
+            keep: vec![true; n],
+        };
+        for i in 0..n {
+            let (view, orient) = (s.view[i], s.orient[i]);
+            if (view.is_some() || s.other[i]) && orient.is_some() {
+                continue;
+            }
+            match policy {
+                MissingPolicy::Drop => s.keep[i] = false,
+                MissingPolicy::Unknown => {}
+                // A rare view says nothing about the orientation: the overall most frequent one.
+                MissingPolicy::Impute if s.other[i] => {
+                    if let Some((_, o)) = imputer.impute(None, None) {
+                        s.orient_imputed[i] = true;
+                        s.orient[i] = Some(o);
+                    }
+                }
+                MissingPolicy::Impute => {
+                    if let Some((v, o)) = imputer.impute(view, orient) {
+                        s.view_imputed[i] = view.is_none();
+                        s.orient_imputed[i] = orient.is_none();
+                        s.view[i] = Some(v);
+                        s.orient[i] = Some(o);
+                    }
+                }
+            }
+        }
+        s
+    }
+}
+
+/// The encoded columns of DATA.md section 5, in catalog order, then the imputation flags.
+fn columns(raw: &Raw<'_>, scan: &Scan, policy: MissingPolicy, rare_views: bool) -> Vec<Column> {
+    let n = scan.view.len();
     let mut cols: Vec<Column> = Vec::new();
     let mut push = |name: String, values: Vec<f32>| cols.push(Column::new(name.into(), values));
     let onehot = |k: usize, idx: &dyn Fn(usize) -> Option<usize>| -> Vec<f32> {
         (0..n).map(|i| if idx(i) == Some(k) { 1.0 } else { 0.0 }).collect()
     };
     let names = |v: Variable| v.columns();
-    let sex_idx = |i: usize| match sex[i] {
+    let sex_idx = |i: usize| match raw.sex[i] {
         Some("M") => Some(0),
         Some("F") => Some(1),
         _ => None,
@@ -156,49 +210,38 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
         push(name, onehot(k, &sex_idx));
     }
     let age_norm_name = names(Variable::AgeNorm).into_iter().next().unwrap_or_else(|| "age_norm".into());
-    push(age_norm_name, age.iter().map(|a| a.map_or(f32::NAN, |a| age_norm(a) as f32)).collect());
+    push(age_norm_name, raw.age.iter().map(|a| a.map_or(f32::NAN, |a| age_norm(a) as f32)).collect());
     for (var, edges) in [(Variable::AgeBins5, &AGE_BINS5_EDGES[..]), (Variable::AgeBins10, &AGE_BINS10_EDGES[..])] {
-        let bin = |i: usize| age[i].map(|a| age_bin(a, edges));
+        let bin = |i: usize| raw.age[i].map(|a| age_bin(a, edges));
         for (k, name) in names(var).into_iter().enumerate() {
             push(name, onehot(k, &bin));
         }
     }
     for (k, name) in names(Variable::View).into_iter().enumerate() {
-        push(name, onehot(k, &|i| final_view[i]));
+        push(name, onehot(k, &|i| scan.view[i]));
     }
     for (k, name) in names(Variable::Orientation).into_iter().enumerate() {
-        push(name, onehot(k, &|i| final_orient[i]));
+        push(name, onehot(k, &|i| scan.orient[i]));
     }
+    let indicator = |f: &dyn Fn(usize) -> bool| -> Vec<f32> { (0..n).map(|i| f32::from(u8::from(f(i)))).collect() };
     if rare_views {
-        push(VIEW_OTHER.into(), other.iter().map(|o| f32::from(u8::from(*o))).collect());
+        push(VIEW_OTHER.into(), indicator(&|i| scan.other[i]));
     }
     if policy == MissingPolicy::Unknown {
-        push(
-            "view_unknown".into(),
-            (0..n).map(|i| f32::from(u8::from(final_view[i].is_none() && !other[i]))).collect(),
-        );
-        push("orientation_unknown".into(), (0..n).map(|i| f32::from(u8::from(final_orient[i].is_none()))).collect());
+        push("view_unknown".into(), indicator(&|i| scan.view[i].is_none() && !scan.other[i]));
+        push("orientation_unknown".into(), indicator(&|i| scan.orient[i].is_none()));
     }
-    let flag = |v: &[Option<f64>], i: usize| v[i].unwrap_or(0.0) > 0.5;
+    let died = |i: usize| raw.died[i].unwrap_or(0.0) > 0.5;
+    let icu = |i: usize| raw.icu[i].unwrap_or(0.0) > 0.5;
     let mort = names(Variable::Mortality);
-    push(mort[0].clone(), (0..n).map(|i| if flag(&died, i) { 0.0 } else { 1.0 }).collect());
-    push(mort[1].clone(), (0..n).map(|i| if flag(&died, i) { 1.0 } else { 0.0 }).collect());
+    push(mort[0].clone(), indicator(&|i| !died(i)));
+    push(mort[1].clone(), indicator(&died));
     let icu_names = names(Variable::Icu);
-    push(icu_names[0].clone(), (0..n).map(|i| if flag(&icu, i) { 1.0 } else { 0.0 }).collect());
-    push(icu_names[1].clone(), (0..n).map(|i| if flag(&icu, i) { 0.0 } else { 1.0 }).collect());
-    cols.push(Column::new("view_imputed".into(), view_imputed));
-    cols.push(Column::new("orientation_imputed".into(), orient_imputed));
-
-    let mut out = df.clone();
-    for c in cols {
-        out.with_column(c).map_err(pe("encoded columns"))?;
-    }
-    let dropped = keep.iter().filter(|k| !**k).count();
-    if dropped > 0 {
-        let mask = BooleanChunked::from_slice("keep".into(), &keep);
-        out = out.filter(&mask).map_err(pe("drop policy"))?;
-    }
-    Ok((out, dropped))
+    push(icu_names[0].clone(), indicator(&icu));
+    push(icu_names[1].clone(), indicator(&|i| !icu(i)));
+    cols.push(Column::new("view_imputed".into(), scan.view_imputed.clone()));
+    cols.push(Column::new("orientation_imputed".into(), scan.orient_imputed.clone()));
+    cols
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use cxr_dataset::{LABELS, label_column, raw_label_column};
+use cxr_dataset::{LABELS, Uncertain, label_column, raw_label_column};
 use polars::prelude::*;
 
 use crate::rng;
@@ -18,40 +18,6 @@ pub enum Labeler {
     Chexpert,
     /// `mimic-cxr-2.0.0-negbio.csv.gz`.
     Negbio,
-}
-
-/// How an uncertain (-1) label becomes a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Uncertain {
-    /// U-zeros (the reference).
-    Zeros,
-    /// U-ones.
-    Ones,
-    /// Null: ignored in the loss.
-    Ignore,
-}
-
-impl Uncertain {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Zeros => "zeros",
-            Self::Ones => "ones",
-            Self::Ignore => "ignore",
-        }
-    }
-
-    /// Target of a raw value; blank (not mentioned) is negative.
-    pub fn resolve(self, raw: Option<f64>) -> Option<f32> {
-        match raw {
-            Some(v) if v > 0.5 => Some(1.0),
-            Some(v) if v < -0.5 => match self {
-                Self::Zeros => Some(0.0),
-                Self::Ones => Some(1.0),
-                Self::Ignore => None,
-            },
-            _ => Some(0.0),
-        }
-    }
 }
 
 fn pe(context: &str) -> impl Fn(PolarsError) -> Error + '_ {

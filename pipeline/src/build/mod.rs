@@ -216,9 +216,76 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     };
     let (tables_hash, schema_hash) = tables_id(&tables, &dicoms, cfg)?;
     timings.lap("discover and hash the inputs");
+    let staged = table_stage(cfg, &tables, &dicoms, &inputs.mimic_iv.version, progress, &mut timings)?;
+    let (encoded, mut cohort) = (staged.encoded, staged.cohort);
+
+    let (source, root) = images::resolve(
+        cfg.images,
+        inputs.cxr_dicom.as_ref().map(|d| d.root.as_path()),
+        inputs.cxr_jpg.as_ref().map(|j| j.root.as_path()),
+    )?;
+    let rows = images::extension(source).map(|ext| images::relative_paths(&encoded, ext)).transpose()?;
+    let job = Job {
+        out: &cfg.out,
+        table: &encoded,
+        images_root: &root,
+        files: rows.as_deref(),
+        decode: images::decoder(source),
+        source: source.name(),
+        tables_hash: &tables_hash,
+        schema_hash: &schema_hash,
+        config: cfg.describe(),
+        output: cfg.output(),
+        shard_size: cfg.shard_size.max(1),
+        verify_inputs_full: cfg.verify_inputs_full,
+        run: cfg.run,
+        task: Task::new("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
+        images_read: staged.images_read,
+        header_rejects: staged.header_rejects,
+    };
+    let outcome = finish(&job, progress, &mut |kept, rejected, version| {
+        cohort.rejected_images = rejected;
+        cohort.finish(kept)?;
+        Ok((cohort.to_markdown(version, cfg), cohort.to_json(version, cfg)?))
+    })?;
+    timings.lap("images, Parquet parts, report, manifest");
+    let summary = |version, dir, reused, cohort, partial| BuildSummary {
+        version,
+        dir,
+        reused,
+        cohort,
+        partial,
+        timings: timings.steps.clone(),
+    };
+    Ok(match outcome {
+        Outcome::Reused { version, dir } => summary(version, dir, true, None, None),
+        Outcome::Partial { version, work, partial } => summary(version, work, false, Some(cohort), Some(partial)),
+        Outcome::Published { version, dir } => summary(version, dir, false, Some(cohort), None),
+    })
+}
+
+/// What the table stage hands the image stage.
+struct TableStage {
+    /// One row per image kept, with labels, split and the encoded EHR columns.
+    encoded: DataFrame,
+    cohort: Cohort,
+    images_read: usize,
+    header_rejects: Vec<images::RejectRow>,
+}
+
+/// The table stage: reads the tables, links them (SQL), attaches labels and the split, applies
+/// the cohort filters and encodes the EHR variables.
+fn table_stage(
+    cfg: &BuildConfig,
+    tables: &[(&'static str, PathBuf)],
+    dicoms: &[PathBuf],
+    mimic_iv_version: &str,
+    progress: &dyn Progress,
+    timings: &mut Timings,
+) -> Result<TableStage> {
     progress.start("tables", 3);
     let Tables { meta, header_rejects, patients, admissions, icustays, labels, official } =
-        read_tables(cfg, &tables, &dicoms, &inputs.mimic_iv.version)?;
+        read_tables(cfg, tables, dicoms, mimic_iv_version)?;
     if let Some((path, why)) = header_rejects.first() {
         progress.note(&format!(
             "{} DICOM file(s) with an unreadable header are rejected (see rejects.parquet), e.g. {}: {why}",
@@ -248,49 +315,11 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     progress.advance(1);
     progress.finish();
     timings.lap("labels, split, filters, encodings");
-
-    let (source, root) = images::resolve(
-        cfg.images,
-        inputs.cxr_dicom.as_ref().map(|d| d.root.as_path()),
-        inputs.cxr_jpg.as_ref().map(|j| j.root.as_path()),
-    )?;
-    let rows = images::extension(source).map(|ext| images::relative_paths(&encoded, ext)).transpose()?;
-    let job = Job {
-        out: &cfg.out,
-        table: &encoded,
-        images_root: &root,
-        files: rows.as_deref(),
-        decode: images::decoder(source),
-        source: source.name(),
-        tables_hash: &tables_hash,
-        schema_hash: &schema_hash,
-        config: cfg.describe(),
-        output: cfg.output(),
-        shard_size: cfg.shard_size.max(1),
-        verify_inputs_full: cfg.verify_inputs_full,
-        run: cfg.run,
-        task: Task::new("mimic-cxr", "dicom_id", &cxr_dataset::LABELS),
+    Ok(TableStage {
+        encoded,
+        cohort,
         images_read,
         header_rejects: header_rejects.into_iter().map(header_reject).collect(),
-    };
-    let outcome = finish(&job, progress, &mut |kept, rejected, version| {
-        cohort.rejected_images = rejected;
-        cohort.finish(kept)?;
-        Ok((cohort.to_markdown(version, cfg), cohort.to_json(version, cfg)?))
-    })?;
-    timings.lap("images, Parquet parts, report, manifest");
-    let summary = |version, dir, reused, cohort, partial| BuildSummary {
-        version,
-        dir,
-        reused,
-        cohort,
-        partial,
-        timings: timings.steps.clone(),
-    };
-    Ok(match outcome {
-        Outcome::Reused { version, dir } => summary(version, dir, true, None, None),
-        Outcome::Partial { version, work, partial } => summary(version, work, false, Some(cohort), Some(partial)),
-        Outcome::Published { version, dir } => summary(version, dir, false, Some(cohort), None),
     })
 }
 

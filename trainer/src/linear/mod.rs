@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::Device;
-use cxr_dataset::Split;
+use cxr_dataset::{Split, Uncertain};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
@@ -57,10 +57,11 @@ pub enum ProbeKind {
     Sgd,
 }
 
-/// What uncertain (-1) labels become for the probe (`--uncertain`); blanks are negatives.
+/// What uncertain (-1) labels become for the probe (`--uncertain`): the dataset's targets as
+/// built, or the raw labels under another policy; blanks are negatives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Uncertain {
+pub enum ProbeUncertain {
     /// The policy the dataset was built with.
     Dataset,
     /// Negatives (U-zeros).
@@ -71,13 +72,18 @@ pub enum Uncertain {
     Ignore,
 }
 
-impl Uncertain {
+impl ProbeUncertain {
     pub fn name(self) -> &'static str {
+        self.policy().map_or("dataset", Uncertain::name)
+    }
+
+    /// The policy applied to the raw labels; `None`: the dataset's built targets.
+    pub fn policy(self) -> Option<Uncertain> {
         match self {
-            Self::Dataset => "dataset",
-            Self::Zeros => "zeros",
-            Self::Ones => "ones",
-            Self::Ignore => "ignore",
+            Self::Dataset => None,
+            Self::Zeros => Some(Uncertain::Zeros),
+            Self::Ones => Some(Uncertain::Ones),
+            Self::Ignore => Some(Uncertain::Ignore),
         }
     }
 }
@@ -123,8 +129,8 @@ pub struct LinearEvalConfig {
     #[config(default = 24)]
     pub seed: u64,
     /// What uncertain labels become; blanks are negatives.
-    #[config(default = "Uncertain::Dataset")]
-    pub uncertain: Uncertain,
+    #[config(default = "ProbeUncertain::Dataset")]
+    pub uncertain: ProbeUncertain,
     #[config(default = 1000)]
     pub bootstrap: usize,
     pub transform: ProbeTransform,
@@ -279,18 +285,8 @@ pub fn linear_eval(
     let ds = Dataset::open(dataset)?;
     let names = ds.labels.clone();
     let columns = source.columns()?;
-    let splits = load_splits(&ds, &names, cfg.uncertain, &[Split::Train, Split::Validate, Split::Test], &columns)?;
-    let [train, val, test]: [SplitData; 3] =
-        splits.try_into().map_err(|_| Error::Internal("expected three splits".into()))?;
-    for (what, s) in [("train", &train), ("validate", &val), ("test", &test)] {
-        if s.is_empty() {
-            return Err(Error::Dataset { path: ds.dir.clone(), message: format!("the {what} split has no images") });
-        }
-    }
-    // The probe's training rows: a seeded random fraction of the training images.
-    let mut train_rows = Rng::derive(cfg.seed, 0xF2AC, 0).permutation(train.len());
-    train_rows.truncate(((train.len() as f64 * cfg.fraction).ceil() as usize).max(1));
-    train_rows.sort_unstable();
+    let [train, val, test] = three_splits(&ds, &names, cfg.uncertain, &columns)?;
+    let train_rows = probe_rows(cfg, train.len());
     let cache = (cfg.cache_features && !cfg.finetune).then_some(cache_dir);
     let features = Features { source: &source, columns: &columns, transform: &cfg.transform, cache, device };
     fs_err::create_dir_all(out)?;
@@ -344,6 +340,32 @@ pub fn linear_eval(
         result,
         history: fit.history,
     })
+}
+
+/// The train, validate and test splits of `ds`, none of them empty.
+fn three_splits(
+    ds: &Dataset,
+    names: &[String],
+    uncertain: ProbeUncertain,
+    columns: &[String],
+) -> Result<[SplitData; 3]> {
+    let splits = load_splits(ds, names, uncertain, &[Split::Train, Split::Validate, Split::Test], columns)?;
+    let splits: [SplitData; 3] = splits.try_into().map_err(|_| Error::Internal("expected three splits".into()))?;
+    for (what, s) in ["train", "validate", "test"].iter().zip(&splits) {
+        if s.is_empty() {
+            return Err(Error::Dataset { path: ds.dir.clone(), message: format!("the {what} split has no images") });
+        }
+    }
+    Ok(splits)
+}
+
+/// The probe's training rows: a seeded random `cfg.fraction` of the `n` training images, in
+/// order.
+fn probe_rows(cfg: &LinearEvalConfig, n: usize) -> Vec<usize> {
+    let mut rows = Rng::derive(cfg.seed, 0xF2AC, 0).permutation(n);
+    rows.truncate(((n as f64 * cfg.fraction).ceil() as usize).max(1));
+    rows.sort_unstable();
+    rows
 }
 
 /// The settings that cannot work, refused before any data is read.

@@ -36,6 +36,46 @@ pub(super) enum Input<'a> {
     Images { train: &'a SplitData, validate: &'a SplitData },
 }
 
+impl Input<'_> {
+    /// The head's input for the training rows `chunk` in `epoch`: feature rows, or augmented
+    /// images through `encoder` (detached unless fine-tuning).
+    fn training(
+        &self,
+        encoder: Option<&Vit>,
+        chunk: &[usize],
+        dim: usize,
+        cfg: &LinearEvalConfig,
+        epoch: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        match (self, encoder) {
+            (Self::Features { train, .. }, _) => Ok(rows_of(train, chunk, dim, device)),
+            (Self::Images { train, .. }, Some(vit)) => {
+                let f = vit.forward(train_batch(&train.images, chunk, &cfg.transform, cfg.seed, epoch, device)?, None);
+                Ok(if cfg.finetune { f } else { f.detach() })
+            }
+            (Self::Images { .. }, None) => Err(Error::Internal("an image probe without an encoder".into())),
+        }
+    }
+
+    /// The probe's scores on the validation split (`[rows, labels]`).
+    fn validation_scores(&self, p: &Probe, dim: usize, t: &ProbeTransform, device: &Device) -> Result<Vec<f32>> {
+        match (self, &p.encoder) {
+            (Self::Features { validate, .. }, _) => Ok(score_features(&p.head, validate, dim, device)),
+            (Self::Images { validate, .. }, Some(vit)) => {
+                let rows: Vec<usize> = (0..validate.len()).collect();
+                let mut s = Vec::new();
+                for chunk in rows.chunks(256) {
+                    let x = vit.forward(eval_batch(&validate.images, chunk, t, device)?, None).detach();
+                    s.extend(to_vec(sigmoid(p.head.forward(x)).detach()));
+                }
+                Ok(s)
+            }
+            (Self::Images { .. }, None) => Err(Error::Internal("an image probe without an encoder".into())),
+        }
+    }
+}
+
 /// What training returns: the best-validation probe and the history.
 pub(super) struct Trained {
     pub best: Probe,
@@ -116,7 +156,6 @@ pub(super) fn train(
 ) -> Result<Trained> {
     let l = names.len();
     let t = &cfg.transform;
-    let frozen = !cfg.finetune;
     let mut init_rng = Rng::derive(cfg.seed, 0x4EAD, 0);
     let head = Init::new(device, &mut init_rng).linear_default(dim, l, true);
     let mut probe = Probe { encoder, head };
@@ -124,37 +163,13 @@ pub(super) fn train(
     let mut history = Vec::new();
     let (mut best, mut best_auc, mut best_epoch, mut since) = (probe.clone(), f64::NEG_INFINITY, 0, 0);
     let mut metrics = std::io::BufWriter::new(fs_err::File::create(out.join("metrics.jsonl"))?);
-    let validate = |p: &Probe| -> Result<Vec<f32>> {
-        match (input, &p.encoder) {
-            (Input::Features { validate, .. }, _) => Ok(score_features(&p.head, validate, dim, device)),
-            (Input::Images { validate, .. }, Some(vit)) => {
-                let rows: Vec<usize> = (0..validate.len()).collect();
-                let mut s = Vec::with_capacity(validate.len() * l);
-                for chunk in rows.chunks(256) {
-                    let x = vit.forward(eval_batch(&validate.images, chunk, t, device)?, None).detach();
-                    s.extend(to_vec(sigmoid(p.head.forward(x)).detach()));
-                }
-                Ok(s)
-            }
-            (Input::Images { .. }, None) => Err(Error::Internal("an image probe without an encoder".into())),
-        }
-    };
     for epoch in 0..cfg.epochs {
         let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
         let perm = Rng::derive(cfg.seed, 0x0DE2, epoch as u64).permutation(train_rows.len());
         let order: Vec<usize> = perm.into_iter().map(|k| train_rows[k]).collect();
         let (mut loss_sum, mut batches) = (0.0f64, 0usize);
         for chunk in order.chunks(cfg.batch_size) {
-            let x = match (input, &probe.encoder) {
-                (Input::Features { train, .. }, _) => rows_of(train, chunk, dim, device),
-                (Input::Images { train, .. }, Some(vit)) => {
-                    let f = vit.forward(train_batch(&train.images, chunk, t, cfg.seed, epoch, device)?, None);
-                    if frozen { f.detach() } else { f }
-                }
-                (Input::Images { .. }, None) => {
-                    return Err(Error::Internal("an image probe without an encoder".into()));
-                }
-            };
+            let x = input.training(probe.encoder.as_ref(), chunk, dim, cfg, epoch, device)?;
             let (y, m) = label_tensors(labels, chunk, l, device);
             let loss = bce(probe.head.forward(x), y, m);
             loss_sum += f64::from(to_vec(loss.clone().detach()).first().copied().unwrap_or(f32::NAN));
@@ -162,7 +177,7 @@ pub(super) fn train(
             let grads = GradientsParams::from_grads(loss.backward(), &probe);
             probe = optim.step(lr, probe, grads);
         }
-        let auc = macro_auroc(&validate(&probe)?, val_labels, names);
+        let auc = macro_auroc(&input.validation_scores(&probe, dim, t, device)?, val_labels, names);
         let m = EpochMetrics { epoch, lr, train_loss: loss_sum / batches.max(1) as f64, validate_macro_auroc: auc };
         writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
         metrics.flush()?;

@@ -5,7 +5,7 @@
 use cxr_dataset::Split;
 use cxr_dataset::shard::split_code;
 
-use super::Uncertain;
+use super::ProbeUncertain;
 use crate::data::{Dataset, ImageSource, Images};
 use crate::{Error, Result};
 
@@ -37,13 +37,13 @@ impl SplitData {
 pub fn load_splits(
     ds: &Dataset,
     names: &[String],
-    uncertain: Uncertain,
+    uncertain: ProbeUncertain,
     splits: &[Split],
     extra: &[String],
 ) -> Result<Vec<SplitData>> {
     let available = ds.feature_columns()?;
     let has = |c: &str| available.iter().any(|a| a == c);
-    let raw_policy = uncertain != Uncertain::Dataset;
+    let raw_policy = uncertain.policy();
     // Column of each requested label in the dataset (by name), if any.
     let mut columns = vec!["split".to_string()];
     let mut label_at = Vec::new();
@@ -51,7 +51,7 @@ pub fn load_splits(
         let pos = ds.labels.iter().position(|l| l.eq_ignore_ascii_case(name));
         let col = pos.map(|p| {
             let built = ds.label_columns[p].clone();
-            if raw_policy { format!("raw_{built}") } else { built }
+            if raw_policy.is_some() { format!("raw_{built}") } else { built }
         });
         match col {
             Some(c) if has(&c) => {
@@ -95,7 +95,11 @@ pub fn load_splits(
             let f = all.feature_row(i);
             for at in &label_at {
                 let v = at.map_or(f32::NAN, |c| f[c]);
-                labels.push(if raw_policy { resolve(v, uncertain) } else { v });
+                labels.push(match raw_policy {
+                    // A raw value: 1, 0, -1 or blank (NaN); an ignored label is NaN.
+                    Some(p) => p.resolve((!v.is_nan()).then_some(f64::from(v))).unwrap_or(f32::NAN),
+                    None => v,
+                });
             }
             let view = views.iter().find(|(c, _)| f[*c] > 0.5).map(|(_, n)| n.clone()).unwrap_or_default();
             meta.push((sex_col.map_or(f32::NAN, |c| f[c]), age_col.map_or(f32::NAN, |c| f[c]), view));
@@ -103,19 +107,4 @@ pub fn load_splits(
         out.push(SplitData { images: all.subset(&rows)?, labels, meta });
     }
     Ok(out)
-}
-
-/// A raw CheXpert value (1, 0, -1, blank = NaN) under a policy.
-fn resolve(raw: f32, policy: Uncertain) -> f32 {
-    if raw.is_nan() {
-        return 0.0;
-    }
-    if raw < -0.5 {
-        return match policy {
-            Uncertain::Ones => 1.0,
-            Uncertain::Ignore => f32::NAN,
-            Uncertain::Zeros | Uncertain::Dataset => 0.0,
-        };
-    }
-    raw
 }

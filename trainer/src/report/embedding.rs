@@ -1,6 +1,8 @@
 //! The embedding maps' maths: PCA (power iteration with deflation) and t-SNE, each to two
 //! dimensions, on `[n, d]` row-major features.
 
+use rayon::prelude::*;
+
 /// The first two principal components of `x` (`[n, d]`), by power iteration on the
 /// covariance with deflation; returns `[n]` pairs.
 pub fn pca2(x: &[f32], d: usize) -> Vec<(f64, f64)> {
@@ -53,7 +55,6 @@ pub fn pca2(x: &[f32], d: usize) -> Vec<(f64, f64)> {
 /// exaggeration 12 for 250, momentum 0.5 then 0.8, per-coordinate gains, learning rate
 /// max(n / 48, 50) as scikit-learn's `auto`; seeded initialisation. Quadratic in `n`.
 pub fn tsne2(x: &[f32], d: usize, perplexity: f64, seed: u64) -> Vec<(f64, f64)> {
-    use rayon::prelude::*;
     let n = x.len() / d.max(1);
     if n < 3 {
         return (0..n).map(|i| (i as f64, 0.0)).collect();
@@ -66,42 +67,8 @@ pub fn tsne2(x: &[f32], d: usize, perplexity: f64, seed: u64) -> Vec<(f64, f64)>
         })
         .collect();
     let target = perplexity.min((n - 1) as f64 / 3.0).max(1.0).ln();
-    // Conditional affinities, row by row, by bisection on the precision.
-    let cond: Vec<Vec<f64>> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let row = &dist[i * n..(i + 1) * n];
-            let (mut lo, mut hi, mut beta) = (0.0f64, f64::INFINITY, 1.0f64);
-            let mut p = vec![0f64; n];
-            for _ in 0..64 {
-                let min =
-                    row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
-                let mut sum = 0.0;
-                for j in 0..n {
-                    p[j] = if j == i { 0.0 } else { (-(row[j] - min) * beta).exp() };
-                    sum += p[j];
-                }
-                let mut h = 0.0;
-                for v in p.iter_mut() {
-                    *v /= sum;
-                    if *v > 1e-12 {
-                        h -= *v * v.ln();
-                    }
-                }
-                if (h - target).abs() < 1e-5 {
-                    break;
-                }
-                if h > target {
-                    lo = beta;
-                    beta = if hi.is_finite() { (beta + hi) / 2.0 } else { beta * 2.0 };
-                } else {
-                    hi = beta;
-                    beta = (beta + lo) / 2.0;
-                }
-            }
-            p
-        })
-        .collect();
+    let cond: Vec<Vec<f64>> =
+        (0..n).into_par_iter().map(|i| affinities(&dist[i * n..(i + 1) * n], i, target)).collect();
     let p: Vec<f64> =
         (0..n * n).map(|ij| ((cond[ij / n][ij % n] + cond[ij % n][ij / n]) / (2.0 * n as f64)).max(1e-12)).collect();
     let mut rng = crate::rng::Rng::new(seed);
@@ -112,40 +79,77 @@ pub fn tsne2(x: &[f32], d: usize, perplexity: f64, seed: u64) -> Vec<(f64, f64)>
     for it in 0..1000 {
         let exaggeration = if it < 250 { 12.0 } else { 1.0 };
         let momentum = if it < 250 { 0.5 } else { 0.8 };
-        let num: Vec<f64> = (0..n * n)
-            .into_par_iter()
-            .map(|ij| {
-                let (i, j) = (ij / n, ij % n);
-                if i == j {
-                    0.0
-                } else {
-                    1.0 / (1.0 + (y[2 * i] - y[2 * j]).powi(2) + (y[2 * i + 1] - y[2 * j + 1]).powi(2))
-                }
-            })
-            .collect();
-        let z: f64 = num.iter().sum::<f64>().max(1e-12);
-        let grad: Vec<(f64, f64)> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let (mut gx, mut gy) = (0.0, 0.0);
-                for j in 0..n {
-                    let w = (exaggeration * p[i * n + j] - num[i * n + j] / z) * num[i * n + j];
-                    gx += w * (y[2 * i] - y[2 * j]);
-                    gy += w * (y[2 * i + 1] - y[2 * j + 1]);
-                }
-                (4.0 * gx, 4.0 * gy)
-            })
-            .collect();
-        for (i, &(gx, gy)) in grad.iter().enumerate() {
-            for (c, g) in [(0, gx), (1, gy)] {
-                let k = 2 * i + c;
-                gains[k] = if (g > 0.0) == (update[k] > 0.0) { (gains[k] * 0.8).max(0.01) } else { gains[k] + 0.2 };
-                update[k] = momentum * update[k] - lr * gains[k] * g;
-                y[k] += update[k];
-            }
+        for (k, g) in gradient(&p, &y, exaggeration).into_iter().enumerate() {
+            gains[k] = if (g > 0.0) == (update[k] > 0.0) { (gains[k] * 0.8).max(0.01) } else { gains[k] + 0.2 };
+            update[k] = momentum * update[k] - lr * gains[k] * g;
+            y[k] += update[k];
         }
     }
     (0..n).map(|i| (y[2 * i], y[2 * i + 1])).collect()
+}
+
+/// Point `i`'s conditional affinities from its squared distances `row`: a Gaussian whose
+/// precision is found by bisection so that the entropy is `target` (the log perplexity).
+fn affinities(row: &[f64], i: usize, target: f64) -> Vec<f64> {
+    let n = row.len();
+    let (mut lo, mut hi, mut beta) = (0.0f64, f64::INFINITY, 1.0f64);
+    let mut p = vec![0f64; n];
+    for _ in 0..64 {
+        let min = row.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+        let mut sum = 0.0;
+        for j in 0..n {
+            p[j] = if j == i { 0.0 } else { (-(row[j] - min) * beta).exp() };
+            sum += p[j];
+        }
+        let mut h = 0.0;
+        for v in p.iter_mut() {
+            *v /= sum;
+            if *v > 1e-12 {
+                h -= *v * v.ln();
+            }
+        }
+        if (h - target).abs() < 1e-5 {
+            break;
+        }
+        if h > target {
+            lo = beta;
+            beta = if hi.is_finite() { (beta + hi) / 2.0 } else { beta * 2.0 };
+        } else {
+            hi = beta;
+            beta = (beta + lo) / 2.0;
+        }
+    }
+    p
+}
+
+/// The gradient of the t-SNE loss at the map `y` (`[n, 2]` flattened), with the affinities
+/// `p` multiplied by `exaggeration`.
+fn gradient(p: &[f64], y: &[f64], exaggeration: f64) -> Vec<f64> {
+    let n = y.len() / 2;
+    let num: Vec<f64> = (0..n * n)
+        .into_par_iter()
+        .map(|ij| {
+            let (i, j) = (ij / n, ij % n);
+            if i == j {
+                0.0
+            } else {
+                1.0 / (1.0 + (y[2 * i] - y[2 * j]).powi(2) + (y[2 * i + 1] - y[2 * j + 1]).powi(2))
+            }
+        })
+        .collect();
+    let z: f64 = num.iter().sum::<f64>().max(1e-12);
+    (0..n)
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let (mut gx, mut gy) = (0.0, 0.0);
+            for j in 0..n {
+                let w = (exaggeration * p[i * n + j] - num[i * n + j] / z) * num[i * n + j];
+                gx += w * (y[2 * i] - y[2 * j]);
+                gy += w * (y[2 * i + 1] - y[2 * j + 1]);
+            }
+            [4.0 * gx, 4.0 * gy]
+        })
+        .collect()
 }
 
 #[cfg(test)]
