@@ -9,7 +9,7 @@ use trainer::backend::Precision;
 use trainer::data::ImageSource;
 use trainer::experiment::{Arm, Grid};
 use trainer::linear::{LinearEvalConfig, ProbeKind, ProbeUncertain, Source};
-use trainer::model::VitConfig;
+use trainer::model::VitPreset;
 use trainer::parallel::AllReduce;
 use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit};
 use trainer::transform::ProbeTransform;
@@ -84,8 +84,8 @@ pub(crate) enum Command {
         /// The checkpoint file.
         file: PathBuf,
         /// The ViT it holds.
-        #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
-        model: String,
+        #[arg(long, value_enum, default_value_t = VitPreset::VitTiny)]
+        model: VitPreset,
         /// Prefix of the encoder's tensors.
         #[arg(long, default_value = "backbone.")]
         prefix: String,
@@ -152,10 +152,9 @@ pub(crate) struct BenchArgs {
 /// Pretraining settings shared by `pretrain`, `run`, `ablate`, `bench` and `demo`.
 #[derive(Debug, Args)]
 pub(crate) struct TrainOpts {
-    /// Backbone: vit-tiny (192 wide, 6 heads, the paper's), vit-small, vit-tiny-deit (3 heads),
-    /// vit-micro (96 wide, 4 layers, 64x64 input: demos and laptops).
-    #[arg(long, default_value = "vit-tiny", value_parser = VitConfig::PRESETS)]
-    pub(crate) model: String,
+    /// The backbone.
+    #[arg(long, value_enum, default_value_t = VitPreset::VitTiny)]
+    pub(crate) model: VitPreset,
     /// The configuration the other settings start from.
     #[arg(long, value_enum, default_value_t = Preset::Paper)]
     pub(crate) preset: Preset,
@@ -196,8 +195,7 @@ pub(crate) struct TrainOpts {
 
 impl TrainOpts {
     pub(crate) fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
-        let vit =
-            VitConfig::preset(&self.model).ok_or_else(|| trainer::Error::Config(format!("--model {}", self.model)))?;
+        let vit = self.model.config();
         let base = self.preset.config(vit, ehr);
         let mut cfg = match &self.config {
             Some(path) => base.with_overrides_from(path)?,
@@ -349,8 +347,8 @@ pub(crate) struct LinearEvalArgs {
     #[arg(long, value_name = "RUN", required_unless_present_any = ["random_init", "baseline"], conflicts_with_all = ["random_init", "baseline"])]
     pub(crate) checkpoint: Option<PathBuf>,
     /// Evaluate a randomly initialised encoder of this model instead (a baseline).
-    #[arg(long, value_name = "MODEL", value_parser = VitConfig::PRESETS, conflicts_with = "baseline")]
-    pub(crate) random_init: Option<String>,
+    #[arg(long, value_name = "MODEL", value_enum, conflicts_with = "baseline")]
+    pub(crate) random_init: Option<VitPreset>,
     /// Evaluate a baseline without an encoder: pixels (the image area-downsampled to 32x32)
     /// or ehr-alone (the EHR vector of demographics, scan and stay).
     #[arg(long, value_parser = Source::BASELINES)]

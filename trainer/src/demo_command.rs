@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use trainer::experiment::{self, Arm};
+use trainer::experiment::{self, Arm, Setup};
 use trainer::linear::LinearEvalConfig;
 use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
@@ -92,9 +92,9 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         args.epochs
     ));
     let runs = args.out.join("runs");
-    let s = experiment::ablate(&cfg, &eval, &arms, &dataset, &[], &runs, &devices(), &mut step_printer(), &mut |l| {
-        log_line(l)
-    })?;
+    let devices = devices();
+    let setup = Setup { dataset: &dataset, eval: &eval, external: &[], devices: &devices };
+    let s = experiment::ablate(&cfg, &arms, &setup, &runs, &mut step_printer(), &mut |l| log_line(l))?;
     log_line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
     print_table(&s, &runs)?;
     let delta = |ehr: &str| s.iter().find(|r| r.ehr == ehr).and_then(|r| r.delta_vs_vanilla);

@@ -134,22 +134,30 @@ impl std::fmt::Display for Arm {
     }
 }
 
+/// What every run of an experiment shares: the dataset, the linear evaluation (with the
+/// external test datasets) and the devices.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    pub dataset: &'a Path,
+    pub eval: &'a LinearEvalConfig,
+    /// Datasets the probe is also tested on (`--test-dataset`).
+    pub external: &'a [PathBuf],
+    pub devices: &'a Devices,
+}
+
 /// Runs `arm` with `pretrain`'s settings (its EHR selection is the arm's): pretrains
-/// (resuming a stopped run), linear-evaluates the result with `eval` (plus `external` test
-/// datasets) and writes the report, in the folder `dir`. A baseline arm pretrains nothing: the
+/// (resuming a stopped run), linear-evaluates the result (`setup`) and writes the report, in
+/// the folder `dir`. A baseline arm pretrains nothing: the
 /// probe reads a random encoder's features, or the baseline's.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     arm: &Arm,
     pretrain: &PretrainConfig,
-    eval: &LinearEvalConfig,
-    dataset: &Path,
-    external: &[PathBuf],
+    setup: &Setup,
     dir: &Path,
-    devices: &Devices,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
+    let Setup { eval, dataset, external, devices } = *setup;
     let summary_path = dir.join("summary.json");
     if let Ok(text) = fs_err::read_to_string(&summary_path)
         && let Ok(s) = serde_json::from_str::<RunSummary>(&text)
@@ -298,15 +306,11 @@ impl Grid {
 /// Runs every arm of `arms` into `dir/<run_name>` with the same configuration (`base`'s seed
 /// and budget), skipping finished runs, then writes `ablation.md`,
 /// `ablation.csv`, `ablation.svg` and `ablation.html`. Returns the summaries in order.
-#[allow(clippy::too_many_arguments)]
 pub fn ablate(
     base: &PretrainConfig,
-    eval: &LinearEvalConfig,
     arms: &[Arm],
-    dataset: &Path,
-    external: &[PathBuf],
+    setup: &Setup,
     dir: &Path,
-    devices: &Devices,
     on_step: &mut dyn FnMut(&StepMetrics, usize),
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<RunSummary>> {
@@ -314,7 +318,7 @@ pub fn ablate(
     let mut out = Vec::new();
     for (k, arm) in arms.iter().enumerate() {
         log(&format!("ablation {}/{}: {arm}", k + 1, arms.len()));
-        out.push(run(arm, base, eval, dataset, external, &dir.join(arm.run_name()), devices, on_step, log)?);
+        out.push(run(arm, base, setup, &dir.join(arm.run_name()), on_step, log)?);
     }
     // Paired deltas against vanilla MSN: both probes scored on the same bootstrap resamples.
     if let Some(v) = arms.iter().position(|a| *a == Arm::vanilla()) {
@@ -330,8 +334,8 @@ pub fn ablate(
                 &other.scores,
                 &targets,
                 base.labels.len(),
-                eval.bootstrap,
-                eval.seed,
+                setup.eval.bootstrap,
+                setup.eval.seed,
             );
         }
     }

@@ -9,9 +9,9 @@ use clap::Parser;
 use cxr_dataset::features::EhrSelection;
 use cxr_dataset::log::{LogMode, Reporter};
 use trainer::backend::Backend;
-use trainer::experiment::{self, RunSummary};
+use trainer::experiment::{self, RunSummary, Setup};
 use trainer::linear::{Source, linear_eval, load_encoder, random_encoder};
-use trainer::model::VitConfig;
+use trainer::model::VitPreset;
 use trainer::parallel::Devices;
 use trainer::pretrain::{StepMetrics, pretrain_with};
 use trainer::report;
@@ -102,7 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ablate(args) => ablate_command(&args),
         Command::Demo(args) => demo(&args),
         Command::CompareReference(args) => compare(&args),
-        Command::ImportTorch { file, model, prefix, out } => import_command(&file, &model, &prefix, &out),
+        Command::ImportTorch { file, model, prefix, out } => import_command(&file, model, &prefix, &out),
         Command::Bench(args) => bench_command(&args, &cli.device),
         Command::EhrColumns { ehr } => ehr_columns_command(&ehr),
     }
@@ -142,8 +142,7 @@ fn linear_eval_command(args: &LinearEvalArgs) -> anyhow::Result<()> {
             (e.into(), run.join("features"), crop)
         }
         (None, Some(model), _) => {
-            let vit =
-                VitConfig::preset(model).ok_or_else(|| trainer::Error::Config(format!("--random-init {model}")))?;
+            let vit = model.config();
             let crop = vit.image_size;
             (random_encoder(&vit, args.seed, &device).into(), PathBuf::new(), crop)
         }
@@ -193,17 +192,9 @@ fn linear_eval_command(args: &LinearEvalArgs) -> anyhow::Result<()> {
 fn run_command(args: &RunArgs) -> anyhow::Result<()> {
     let cfg = args.train.resolve("none")?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
-    let s = experiment::run(
-        &args.ehr,
-        &cfg,
-        &eval,
-        &args.dataset,
-        &args.eval.test_dataset,
-        &args.out,
-        &devices(),
-        &mut step_printer(),
-        &mut |l| log_line(l),
-    )?;
+    let devices = devices();
+    let setup = Setup { dataset: &args.dataset, eval: &eval, external: &args.eval.test_dataset, devices: &devices };
+    let s = experiment::run(&args.ehr, &cfg, &setup, &args.out, &mut step_printer(), &mut |l| log_line(l))?;
     println!(
         "ehr {}: test macro AUROC {}",
         s.ehr,
@@ -218,24 +209,16 @@ fn ablate_command(args: &AblateArgs) -> anyhow::Result<()> {
     let cfg = args.train.resolve("none")?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
     let arms = if args.choices.is_empty() { args.grid.arms() } else { args.choices.clone() };
-    let s = experiment::ablate(
-        &cfg,
-        &eval,
-        &arms,
-        &args.dataset,
-        &args.eval.test_dataset,
-        &args.out,
-        &devices(),
-        &mut step_printer(),
-        &mut |l| log_line(l),
-    )?;
+    let devices = devices();
+    let setup = Setup { dataset: &args.dataset, eval: &eval, external: &args.eval.test_dataset, devices: &devices };
+    let s = experiment::ablate(&cfg, &arms, &setup, &args.out, &mut step_printer(), &mut |l| log_line(l))?;
     print_table(&s, &args.out)?;
     Ok(())
 }
 
 /// `trainer import-torch`.
-fn import_command(file: &std::path::Path, model: &str, prefix: &str, out: &std::path::Path) -> anyhow::Result<()> {
-    let vit = VitConfig::preset(model).ok_or_else(|| trainer::Error::Config(format!("--model {model}")))?;
+fn import_command(file: &std::path::Path, model: VitPreset, prefix: &str, out: &std::path::Path) -> anyhow::Result<()> {
+    let vit = model.config();
     let i = trainer::import::import_torch(file, &vit, prefix, out, &device())?;
     println!(
         "imported {} encoder tensors ({prefix}*) from {} (sha256 {}); {} other tensors not read",

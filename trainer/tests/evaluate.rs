@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
-use trainer::experiment::{Arm, Grid, RunSummary, ablate};
+use trainer::experiment::{Arm, Grid, RunSummary, Setup, ablate};
 use trainer::linear::{LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
 use trainer::model::VitConfig;
 use trainer::pretrain::{CheckpointChoice, PretrainConfig, pretrain};
@@ -446,10 +446,9 @@ fn compare_reference_against_itself_finds_no_difference() {
 fn tiny_ablate(data: &Path, out: &Path, choices: &[Arm], logs: &mut Vec<String>) -> Vec<RunSummary> {
     let base = tiny("none").with_max_steps(Some(3));
     let eval = probe().with_epochs(3).with_bootstrap(20);
-    ablate(&base, &eval, choices, data, &[], out, &(&device()).into(), &mut |_, _| {}, &mut |l| {
-        logs.push(l.to_string())
-    })
-    .unwrap()
+    let devices = (&device()).into();
+    let setup = Setup { dataset: data, eval: &eval, external: &[], devices: &devices };
+    ablate(&base, choices, &setup, out, &mut |_, _| {}, &mut |l| logs.push(l.to_string())).unwrap()
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).

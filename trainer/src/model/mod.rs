@@ -11,4 +11,4 @@ pub mod pos;
 pub mod vit;
 
 pub use head::ProjectionHead;
-pub use vit::{Vit, VitConfig};
+pub use vit::{Vit, VitConfig, VitPreset};

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Int, Tensor};
 use crate::rng::Rng;
 
 /// A ViT's shape. Presets: [`VitConfig::vit_tiny`], [`VitConfig::vit_small`],
-/// [`VitConfig::vit_tiny_deit`], [`VitConfig::vit_micro`].
+/// [`VitConfig::vit_tiny_deit`], [`VitConfig::vit_micro`] (by name: [`VitPreset`]).
 #[derive(Config, Debug)]
 pub struct VitConfig {
     /// Side of the square input the position embedding is learned for.
@@ -58,26 +58,12 @@ impl VitConfig {
         Self::new(96, 4, 3, 384).with_image_size(64).with_patch_size(8)
     }
 
-    /// A preset by its command-line name.
-    pub fn preset(name: &str) -> Option<Self> {
-        match name {
-            "vit-tiny" => Some(Self::vit_tiny()),
-            "vit-small" => Some(Self::vit_small()),
-            "vit-tiny-deit" => Some(Self::vit_tiny_deit()),
-            "vit-micro" => Some(Self::vit_micro()),
-            _ => None,
-        }
-    }
-
-    /// Names accepted by [`VitConfig::preset`].
-    pub const PRESETS: [&'static str; 4] = ["vit-tiny", "vit-small", "vit-tiny-deit", "vit-micro"];
-
     /// The preset name of this configuration, or its width, depth and heads when it is none.
     pub fn name(&self) -> String {
         let same = |p: &Self| serde_json::to_value(p).ok() == serde_json::to_value(self).ok();
-        Self::PRESETS.iter().find(|n| Self::preset(n).is_some_and(|p| same(&p))).map_or_else(
+        VitPreset::ALL.iter().find(|p| same(&p.config())).map_or_else(
             || format!("ViT {} wide, {} layers, {} heads", self.hidden, self.layers, self.heads),
-            |n| n.to_string(),
+            |p| p.name().to_string(),
         )
     }
 
@@ -254,14 +240,52 @@ impl Vit {
     }
 }
 
+/// The named ViT configurations, as `--model` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VitPreset {
+    /// 192 wide, 12 layers, 6 heads: the paper's ViT-Tiny.
+    VitTiny,
+    /// 384 wide, 12 layers, 6 heads: the paper's ViT-Small.
+    VitSmall,
+    /// 192 wide, 12 layers, 3 heads: DeiT-Ti.
+    VitTinyDeit,
+    /// 96 wide, 4 layers, 3 heads, 64x64 input: demos, tests and laptops.
+    VitMicro,
+}
+
+impl VitPreset {
+    pub const ALL: [Self; 4] = [Self::VitTiny, Self::VitSmall, Self::VitTinyDeit, Self::VitMicro];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::VitTiny => "vit-tiny",
+            Self::VitSmall => "vit-small",
+            Self::VitTinyDeit => "vit-tiny-deit",
+            Self::VitMicro => "vit-micro",
+        }
+    }
+
+    pub fn config(self) -> VitConfig {
+        match self {
+            Self::VitTiny => VitConfig::vit_tiny(),
+            Self::VitSmall => VitConfig::vit_small(),
+            Self::VitTinyDeit => VitConfig::vit_tiny_deit(),
+            Self::VitMicro => VitConfig::vit_micro(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_config_is_named_by_its_preset_or_its_shape() {
-        for name in VitConfig::PRESETS {
-            assert_eq!(VitConfig::preset(name).unwrap().name(), name);
+        use clap::ValueEnum;
+        for p in VitPreset::ALL {
+            assert_eq!(p.config().name(), p.name());
+            assert_eq!(p.to_possible_value().unwrap().get_name(), p.name(), "--model spells it");
         }
         assert_eq!(VitConfig::new(96, 2, 3, 384).name(), "ViT 96 wide, 2 layers, 3 heads");
     }
