@@ -391,25 +391,17 @@ fn dicom_id(rng: &mut Rng) -> String {
     format!("{:08x}-{:08x}-{:08x}-{:08x}-{:08x}", (a >> 32) as u32, a as u32, (b >> 32) as u32, b as u32, c)
 }
 
-/// Procedure and views of a study, by care setting (the mix approximates the real counts
-/// AP > PA > LATERAL > LL > blank).
-fn views(
-    rng: &mut Rng,
-    s: &mut Study,
-    cfg: &StudyConfig,
-    id_rng: &mut Rng,
-    ids: &mut HashSet<String>,
-    counter: &mut usize,
-) {
-    // Kinds: 0 = PA + lateral, 1 = PA alone, 2 = portable AP, 3 = AP + lateral.
-    let weights = match s.setting {
+/// A study's examination by care setting: its kind (0 = PA + lateral, 1 = PA alone, 2 =
+/// portable AP, 3 = AP + lateral), procedure name and views.
+fn examination(rng: &mut Rng, setting: Setting) -> (usize, &'static str, Vec<&'static str>) {
+    let weights = match setting {
         Setting::Outpatient => [0.84, 0.08, 0.06, 0.02],
         Setting::Ed => [0.38, 0.02, 0.55, 0.05],
         Setting::Ward => [0.2, 0.02, 0.74, 0.04],
         Setting::Icu => [0.02, 0.0, 0.97, 0.01],
     };
     let kind = rng.weighted(&weights);
-    s.procedure = match (kind, s.setting) {
+    let procedure = match (kind, setting) {
         (0, Setting::Outpatient) if rng.bernoulli(0.15) => "CHEST (PRE-OP PA AND LAT)",
         (0 | 3, _) => "CHEST (PA AND LAT)",
         (1, _) => "CHEST (SINGLE VIEW)",
@@ -427,6 +419,21 @@ fn views(
     if matches!(kind, 0 | 3) && rng.bernoulli(0.06) {
         list.push(lateral(rng));
     }
+    (kind, procedure, list)
+}
+
+/// Procedure and views of a study, by care setting (the mix approximates the real counts
+/// AP > PA > LATERAL > LL > blank).
+fn views(
+    rng: &mut Rng,
+    s: &mut Study,
+    cfg: &StudyConfig,
+    id_rng: &mut Rng,
+    ids: &mut HashSet<String>,
+    counter: &mut usize,
+) {
+    let (kind, procedure, list) = examination(rng, s.setting);
+    s.procedure = procedure;
     let portable = kind == 2;
     let study_orientation = match (s.setting, portable) {
         (Setting::Icu, true) => *rng.pick(&[("Recumbent", 0.72), ("Erect", 0.1), ("", 0.18)]),
