@@ -8,7 +8,7 @@ use cxr_dataset::log::LogMode;
 use trainer::backend::Precision;
 use trainer::data::ImageSource;
 use trainer::experiment::{Arm, Grid};
-use trainer::linear::{LinearEvalConfig, ProbeKind, ProbeUncertain, Source};
+use trainer::linear::{Baseline, LinearEvalConfig, ProbeKind, ProbeUncertain};
 use trainer::model::VitPreset;
 use trainer::parallel::AllReduce;
 use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit};
@@ -349,10 +349,9 @@ pub(crate) struct LinearEvalArgs {
     /// Evaluate a randomly initialised encoder of this model instead (a baseline).
     #[arg(long, value_name = "MODEL", value_enum, conflicts_with = "baseline")]
     pub(crate) random_init: Option<VitPreset>,
-    /// Evaluate a baseline without an encoder: pixels (the image area-downsampled to 32x32)
-    /// or ehr-alone (the EHR vector of demographics, scan and stay).
-    #[arg(long, value_parser = Source::BASELINES)]
-    pub(crate) baseline: Option<String>,
+    /// Evaluate a baseline without an encoder instead.
+    #[arg(long, value_enum)]
+    pub(crate) baseline: Option<Baseline>,
     /// The dataset the probe trains, validates and tests on (MIMIC-CXR, or NIH with its own
     /// labels).
     #[arg(long)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Args;
 use trainer::experiment::{self, Arm, Setup};
-use trainer::linear::LinearEvalConfig;
+use trainer::linear::{Baseline, LinearEvalConfig};
 use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
 use trainer::transform::ProbeTransform;
@@ -83,8 +83,8 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         Arm::vanilla(),
         Arm::Msn("demographics,scan,stay".into()),
         Arm::RandomInit,
-        Arm::Baseline("pixels".into()),
-        Arm::Baseline("ehr-alone".into()),
+        Arm::Baseline(Baseline::Pixels),
+        Arm::Baseline(Baseline::EhrAlone),
     ];
     log_line(&format!(
         "demo 2/3: pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, scan, stay), \

@@ -15,7 +15,8 @@ use cxr_dataset::features::EhrSelection;
 use cxr_dataset::files::write_atomic;
 
 use crate::linear::{
-    LinearEvalConfig, LinearEvalResult, Source, TestScores, linear_eval, load_encoder, random_encoder, to_json_pretty,
+    Baseline, LinearEvalConfig, LinearEvalResult, Source, TestScores, linear_eval, load_encoder, random_encoder,
+    to_json_pretty,
 };
 use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::parallel::Devices;
@@ -62,8 +63,8 @@ pub enum Arm {
     /// The probe on a randomly initialised encoder (of the configured model and seed), the
     /// baseline pretraining has to beat.
     RandomInit,
-    /// The probe on a baseline without an encoder ([`Source::BASELINES`]).
-    Baseline(String),
+    /// The probe on a baseline without an encoder.
+    Baseline(Baseline),
 }
 
 impl Arm {
@@ -85,7 +86,7 @@ impl Arm {
             Self::Msn(e) if e == "none" => "vanilla-msn".into(),
             Self::Msn(e) => format!("ehr-{}", e.replace(',', "+")),
             Self::RandomInit => Self::RANDOM_INIT.into(),
-            Self::Baseline(name) => format!("baseline-{name}"),
+            Self::Baseline(b) => format!("baseline-{}", b.name()),
         }
     }
 
@@ -110,14 +111,14 @@ impl std::str::FromStr for Arm {
         if choice == Self::RANDOM_INIT {
             return Ok(Self::RandomInit);
         }
-        if Source::baseline(choice).is_some() {
-            return Ok(Self::Baseline(choice.to_string()));
+        if let Some(b) = Baseline::parse(choice) {
+            return Ok(Self::Baseline(b));
         }
         choice.parse::<EhrSelection>().map_err(|e| {
             Error::Config(format!(
                 "{choice:?}: {e}; or a baseline without pretraining: {}, {}",
                 Self::RANDOM_INIT,
-                Source::BASELINES.join(", ")
+                Baseline::ALL.map(Baseline::name).join(", ")
             ))
         })?;
         Ok(Self::Msn(choice.to_string()))
@@ -129,7 +130,7 @@ impl std::fmt::Display for Arm {
         match self {
             Self::Msn(e) => f.write_str(e),
             Self::RandomInit => f.write_str(Self::RANDOM_INIT),
-            Self::Baseline(name) => f.write_str(name),
+            Self::Baseline(b) => f.write_str(b.name()),
         }
     }
 }
@@ -170,9 +171,7 @@ pub fn run(
     let source: Source = match arm {
         Arm::Msn(_) => load_encoder(dir, eval.checkpoint, devices.main())?.into(),
         Arm::RandomInit => random_encoder(&pretrain.vit, pretrain.seed, devices.main()).into(),
-        Arm::Baseline(name) => {
-            Source::baseline(name).ok_or_else(|| Error::Internal(format!("unknown baseline {name}")))?
-        }
+        Arm::Baseline(b) => b.source(),
     };
     let eval_dir = dir.join("linear-eval");
     log(&format!("linear evaluation in {}", eval_dir.display()));
@@ -238,8 +237,8 @@ fn run_page(
             "<p>Baseline: a randomly initialised encoder (seed {}), no pretraining; dataset version {version}.</p>",
             pretrain.seed
         ),
-        Arm::Baseline(name) => {
-            format!("<p>Baseline <b>{name}</b> (no encoder): {}; dataset version {version}.</p>", result.encoder)
+        Arm::Baseline(b) => {
+            format!("<p>Baseline <b>{}</b> (no encoder): {}; dataset version {version}.</p>", b.name(), result.encoder)
         }
         Arm::Msn(ehr) => {
             report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;

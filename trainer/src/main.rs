@@ -146,10 +146,7 @@ fn linear_eval_command(args: &LinearEvalArgs) -> anyhow::Result<()> {
             let crop = vit.image_size;
             (random_encoder(&vit, args.seed, &device).into(), PathBuf::new(), crop)
         }
-        (None, None, Some(name)) => {
-            let b = Source::baseline(name).ok_or_else(|| trainer::Error::Config(format!("--baseline {name}")))?;
-            (b, PathBuf::new(), 224)
-        }
+        (None, None, Some(b)) => (b.source(), PathBuf::new(), 224),
         (None, None, None) => {
             return Err(
                 trainer::Error::Config("give --checkpoint RUN, --random-init MODEL or --baseline NAME".into()).into()

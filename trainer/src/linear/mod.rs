@@ -43,7 +43,7 @@ mod splits;
 pub use logistic::{LogisticConfig, LogisticModel, Standardizer};
 pub use results::{CPoint, EpochMetrics, ExternalResult, LinearEvalResult, TEST_SCORES, TestScores};
 use source::Features;
-pub use source::{Encoder, Source, downsample, embed, load_encoder, random_encoder};
+pub use source::{Baseline, Encoder, Source, downsample, embed, load_encoder, random_encoder};
 pub use splits::{SplitData, load_splits};
 
 /// How the linear classifier is trained.

@@ -165,20 +165,41 @@ impl From<Encoder> for Source {
     }
 }
 
-impl Source {
-    /// The baseline choices: `pixels` (the image at 32x32) and `ehr-alone` (the EHR vector of
-    /// demographics, scan and stay).
-    pub const BASELINES: [&'static str; 2] = ["pixels", "ehr-alone"];
+/// The probe's baselines without an encoder, what a pretrained encoder has to add to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// The image itself, area-downsampled to 32x32.
+    Pixels,
+    /// The EHR vector of demographics, scan and stay.
+    EhrAlone,
+}
 
-    /// The baseline of a name in [`Source::BASELINES`].
-    pub fn baseline(name: &str) -> Option<Self> {
-        match name {
-            "pixels" => Some(Self::Pixels { side: 32 }),
-            "ehr-alone" => Some(Self::Ehr { selection: "demographics,scan,stay".into() }),
-            _ => None,
+impl Baseline {
+    pub const ALL: [Self; 2] = [Self::Pixels, Self::EhrAlone];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pixels => "pixels",
+            Self::EhrAlone => "ehr-alone",
         }
     }
 
+    /// The baseline of a command-line name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// The features the probe reads.
+    pub fn source(self) -> Source {
+        match self {
+            Self::Pixels => Source::Pixels { side: 32 },
+            Self::EhrAlone => Source::Ehr { selection: "demographics,scan,stay".into() },
+        }
+    }
+}
+
+impl Source {
     /// What the results record about the source.
     pub(super) fn describe(&self) -> serde_json::Value {
         match self {
