@@ -54,25 +54,28 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let exe = pipeline_exe(args.pipeline.as_ref());
     log_line(&format!("demo 1/3: synthetic archive and dataset, with {}", exe.display()));
-    let status = std::process::Command::new(&exe)
+    // The pipeline prints the version it built (or found built) as `dataset <version>...`;
+    // that version, and no other folder of `datasets/`, is the demo's dataset.
+    let output = std::process::Command::new(&exe)
         .args(["--log", log().mode().name(), "demo", "--out"])
         .arg(&args.out)
         .args(["--subjects", &args.subjects.to_string()])
         .args(["--split-fractions", &args.split_fractions])
-        .stdout(std::process::Stdio::null())
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .with_context(|| {
             format!("running {} (build it with `cargo build --release`, or pass --pipeline)", exe.display())
         })?;
-    if !status.success() {
-        bail!("{} demo failed ({status})", exe.display());
+    if !output.status.success() {
+        bail!("{} demo failed ({})", exe.display(), output.status);
     }
-    let datasets = args.out.join("datasets");
-    let dataset = fs_err::read_dir(&datasets)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join(cxr_dataset::files::MANIFEST).is_file())
-        .with_context(|| format!("no dataset in {}", datasets.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let version = built_version(&stdout)
+        .with_context(|| format!("{} demo printed no `dataset <version>` line:\n{stdout}", exe.display()))?;
+    let dataset = args.out.join("datasets").join(version);
+    if !dataset.join(cxr_dataset::files::MANIFEST).is_file() {
+        bail!("{} demo reported dataset {version}, but {} has no manifest", exe.display(), dataset.display());
+    }
     let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none")
         .with_epochs(args.epochs)
         .with_batch_size(32)
@@ -108,6 +111,15 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The version id of the first `dataset <version>: ...` or `dataset <version> already built
+/// ...` line of the pipeline's standard output.
+fn built_version(stdout: &str) -> Option<&str> {
+    stdout.lines().find_map(|l| {
+        let word = l.strip_prefix("dataset ")?.split_whitespace().next()?.trim_end_matches(':');
+        (!word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric())).then_some(word)
+    })
+}
+
 /// One line on a paired difference in macro AUROC and whether its interval excludes 0.
 fn verdict(value: f64, low: f64, high: f64, what: &str) -> String {
     let v = if low > 0.0 {
@@ -118,4 +130,17 @@ fn verdict(value: f64, low: f64, high: f64, what: &str) -> String {
         "no measurable difference on this test set (the interval includes 0)".to_string()
     };
     format!("{value:+.3} macro AUROC (paired 95% CI {low:+.3} to {high:+.3}): {v}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_built_version_is_read_from_the_pipeline_output() {
+        let out = "synthetic archive: out/demo/synthetic-mimic\n  MIMIC-IV 2.2: 600 patients\n\
+                   dataset 4a2e3a4175934b6d: out/demo/datasets/4a2e3a4175934b6d\n  648 images read\n";
+        assert_eq!(super::built_version(out), Some("4a2e3a4175934b6d"));
+        let reused = "dataset 60cc4894aed75cb0 already built with these inputs and settings: out/x\n";
+        assert_eq!(super::built_version(reused), Some("60cc4894aed75cb0"));
+        assert_eq!(super::built_version("synthetic archive: out\n"), None);
+    }
 }

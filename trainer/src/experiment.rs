@@ -4,15 +4,24 @@
 //!
 //! A run folder holds `config.json`, `metrics.jsonl` and checkpoints (pretraining),
 //! `pretrain-done.json`, `linear-eval/` (results, probe, figures), `pretrain-curves.svg`,
-//! `report.html` and, last, `summary.json`; a folder with `summary.json` is finished and
-//! skipped, one without resumes where it stopped.
+//! `report.html` and, last, `summary.json`.
+//!
+//! Every reusable stage is keyed by what made it ([`RunKey`]): the pretraining by the arm's
+//! resolved pretraining config, the dataset version and the trainer's code digest
+//! ([`crate::CODE_DIGEST`]); the summary by that plus the evaluation config and the external test
+//! datasets' versions (cached features carry their own key, see `linear`). A folder whose
+//! `summary.json` has the same key is finished and reused; one whose pretraining has the same
+//! key (finished, or stopped with the same config) resumes; anything else is stale and is
+//! redone from scratch, the log saying which stage and why.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use cxr_dataset::features::EhrSelection;
-use cxr_dataset::files::write_atomic;
+use cxr_dataset::files::{hex, write_atomic};
+use cxr_dataset::manifest::Manifest;
+use sha2::{Digest, Sha256};
 
 use crate::linear::{
     Baseline, LinearEvalConfig, LinearEvalResult, Source, TestScores, linear_eval, load_encoder, random_encoder,
@@ -22,7 +31,7 @@ use crate::metrics::{Estimate, paired_macro_auroc_delta};
 use crate::parallel::Devices;
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
-use crate::{Error, Result};
+use crate::{CODE_DIGEST, Error, Result};
 
 /// What a finished run reports (`summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +50,10 @@ pub struct RunSummary {
     /// interval (filled in by [`ablate`]).
     #[serde(default)]
     pub delta_vs_vanilla: Option<Estimate>,
+    /// The [`RunKey`] of what made this summary (empty in summaries older than the keys,
+    /// which are therefore never reused).
+    #[serde(default)]
+    pub key: String,
 }
 
 /// Pretraining outcome kept between sessions.
@@ -50,6 +63,114 @@ struct PretrainDone {
     seconds: f64,
     first_loss: f32,
     last_loss: f32,
+    /// The pretraining stage's [`RunKey`].
+    #[serde(default)]
+    key: String,
+}
+
+/// What made one stage of a run, as a 16-hex digest of a JSON document (the stage, the
+/// trainer's [`CODE_DIGEST`], the dataset version and the stage's resolved settings). A stage
+/// is reused only when its saved key equals the key of what would make it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunKey {
+    pub digest: String,
+    /// The document that was hashed (for the log line that says why a stage is redone).
+    pub about: serde_json::Value,
+}
+
+impl RunKey {
+    fn new(stage: &str, dataset_version: &str, settings: serde_json::Value) -> Self {
+        let about = serde_json::json!({
+            "stage": stage,
+            "trainer_code": CODE_DIGEST,
+            "dataset_version": dataset_version,
+            "settings": settings,
+        });
+        let digest = hex(&Sha256::digest(about.to_string().as_bytes()))[..16].to_string();
+        Self { digest, about }
+    }
+
+    /// The pretraining of `arm` with its resolved `cfg` on dataset `version`. A baseline
+    /// pretrains nothing: its key is its name with the model and seed (the random encoder's).
+    pub fn pretraining(arm: &Arm, cfg: &PretrainConfig, version: &str) -> Result<Self> {
+        let settings = match arm {
+            Arm::Msn(_) => serde_json::to_value(cfg)?,
+            Arm::RandomInit | Arm::Baseline(_) => {
+                serde_json::json!({ "arm": arm.to_string(), "vit": cfg.vit, "seed": cfg.seed })
+            }
+        };
+        Ok(Self::new("pretraining", version, settings))
+    }
+
+    /// The evaluation of a pretraining stage `pretraining` with `eval` on the dataset and the
+    /// external test datasets of `versions` (in order).
+    pub fn summary(pretraining: &RunKey, eval: &LinearEvalConfig, version: &str, external: &[String]) -> Result<Self> {
+        let settings = serde_json::json!({
+            "pretraining": pretraining.digest,
+            "eval": serde_json::to_value(eval)?,
+            "external": external,
+        });
+        Ok(Self::new("summary", version, settings))
+    }
+}
+
+/// The version of the dataset in `dir`, from its manifest.
+fn version_of(dir: &Path) -> Result<String> {
+    Manifest::read(dir).map(|m| m.dataset_version).map_err(|e| Error::Dataset { path: dir.to_path_buf(), message: e })
+}
+
+/// What differs between a saved key's document and the current one, in a few words.
+fn why_stale(saved: Option<&serde_json::Value>, now: &serde_json::Value) -> String {
+    let Some(saved) = saved else { return "made before runs were keyed, or its key is unreadable".into() };
+    let mut differs = Vec::new();
+    for (what, field) in [("trainer code", "trainer_code"), ("dataset version", "dataset_version")] {
+        if saved[field] != now[field] {
+            differs.push(format!("{what} {} -> {}", saved[field], now[field]));
+        }
+    }
+    if let (Some(a), Some(b)) = (saved["settings"].as_object(), now["settings"].as_object()) {
+        let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
+        names.sort();
+        names.dedup();
+        let changed: Vec<String> =
+            names.into_iter().filter(|n| a.get(*n) != b.get(*n)).map(|n| n.to_string()).collect();
+        if !changed.is_empty() {
+            differs.push(format!("settings {}", changed.join(", ")));
+        }
+    }
+    if differs.is_empty() { "its key differs".into() } else { differs.join("; ") }
+}
+
+/// File next to a stage's outcome that holds its key document.
+const KEYS: &str = "run-keys.json";
+
+/// The saved key documents of a run folder (stage name -> document).
+fn saved_keys(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    fs_err::read_to_string(dir.join(KEYS))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default()
+}
+
+fn save_key(dir: &Path, stage: &str, key: &RunKey) -> Result<()> {
+    let mut keys = saved_keys(dir);
+    keys.insert(stage.into(), key.about.clone());
+    fs_err::create_dir_all(dir)?;
+    write_atomic(&dir.join(KEYS), to_json_pretty(&keys)?.as_bytes())?;
+    Ok(())
+}
+
+/// Removes what a stale run folder holds (everything but the folder), so the stage starts
+/// from scratch instead of resuming other settings' checkpoints.
+fn clear(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        for entry in fs_err::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() { fs_err::remove_dir_all(&path)? } else { fs_err::remove_file(&path)? }
+        }
+    }
+    Ok(())
 }
 
 /// What one run of an experiment does: MSN pretraining with an EHR selection, or one of the
@@ -159,15 +280,27 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<RunSummary> {
     let Setup { eval, dataset, external, devices } = *setup;
-    let summary_path = dir.join("summary.json");
-    if let Ok(text) = fs_err::read_to_string(&summary_path)
-        && let Ok(s) = serde_json::from_str::<RunSummary>(&text)
-    {
-        log(&format!("{}: finished before, skipped", dir.display()));
-        return Ok(s);
-    }
     let pretrain = arm.config(pretrain);
-    let done = pretrain_arm(arm, &pretrain, dataset, dir, devices, on_step, log)?;
+    let version = version_of(dataset)?;
+    let external_versions: Vec<String> = external.iter().map(|d| version_of(d)).collect::<Result<_>>()?;
+    let pretrain_key = RunKey::pretraining(arm, &pretrain, &version)?;
+    let summary_key = RunKey::summary(&pretrain_key, eval, &version, &external_versions)?;
+    let summary_path = dir.join("summary.json");
+    if let Ok(text) = fs_err::read_to_string(&summary_path) {
+        match serde_json::from_str::<RunSummary>(&text) {
+            Ok(s) if s.key == summary_key.digest => {
+                log(&format!("{}: finished before with these settings (key {}), reused", dir.display(), s.key));
+                return Ok(s);
+            }
+            _ => log(&format!(
+                "{}: the results are stale ({}), evaluating again",
+                dir.display(),
+                why_stale(saved_keys(dir).get("summary"), &summary_key.about)
+            )),
+        }
+        fs_err::remove_file(&summary_path)?;
+    }
+    let done = pretrain_arm(arm, &pretrain, &pretrain_key, dataset, dir, devices, on_step, log)?;
     let source: Source = match arm {
         Arm::Msn(_) => load_encoder(dir, eval.checkpoint, devices.main())?.into(),
         Arm::RandomInit => random_encoder(&pretrain.vit, pretrain.seed, devices.main()).into(),
@@ -189,16 +322,21 @@ pub fn run(
         auroc: out.result.test.labels.iter().map(|r| (r.label.clone(), r.auroc)).collect(),
         linear_eval_seconds: out.result.seconds,
         delta_vs_vanilla: None,
+        key: summary_key.digest.clone(),
     };
+    save_key(dir, "summary", &summary_key)?;
     write_atomic(&summary_path, to_json_pretty(&summary)?.as_bytes())?;
     Ok(summary)
 }
 
-/// The pretraining of `arm` in `dir`: read back when it finished before, resumed when it
-/// stopped, none for a baseline.
+/// The pretraining of `arm` in `dir`: read back when it finished before with the same `key`,
+/// resumed when it stopped with the same key, started afresh (the folder cleared) when what
+/// is there was made otherwise; none for a baseline.
+#[allow(clippy::too_many_arguments)]
 fn pretrain_arm(
     arm: &Arm,
     pretrain: &PretrainConfig,
+    key: &RunKey,
     dataset: &Path,
     dir: &Path,
     devices: &Devices,
@@ -206,20 +344,38 @@ fn pretrain_arm(
     log: &mut dyn FnMut(&str),
 ) -> Result<PretrainDone> {
     let done_path = dir.join("pretrain-done.json");
-    if let Some(d) = fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+    let saved = saved_keys(dir);
+    let same = saved.get("pretraining") == Some(&key.about);
+    if let Some(d) = fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
+        && same
+        && d.key == key.digest
+    {
         return Ok(d);
     }
-    if !arm.pretrains() {
-        fs_err::create_dir_all(dir)?;
-        return Ok(PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN });
+    let resume = same && dir.join(CHECKPOINT).is_file();
+    if !same && fs_err::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        log(&format!(
+            "{}: the pretraining there is stale ({}), starting again",
+            dir.display(),
+            why_stale(saved.get("pretraining"), &key.about)
+        ));
+        clear(dir)?;
     }
-    let resume = dir.join(CHECKPOINT).is_file();
-    // A resumed run continues with the configuration it started with.
-    let cfg = if resume { PretrainConfig::read(&dir.join("config.json"))? } else { pretrain.clone() };
-    log(&format!("pretraining ({}) in {}{}", cfg.ehr, dir.display(), if resume { ", resuming" } else { "" }));
-    let s = pretrain_with(&cfg, dataset, dir, devices, resume, on_step)?;
-    let d = PretrainDone { steps: s.steps, seconds: s.seconds, first_loss: s.first_loss, last_loss: s.last_loss };
-    fs_err::write(&done_path, to_json_pretty(&d)?)?;
+    save_key(dir, "pretraining", key)?;
+    let d = if arm.pretrains() {
+        log(&format!("pretraining ({}) in {}{}", pretrain.ehr, dir.display(), if resume { ", resuming" } else { "" }));
+        let s = pretrain_with(pretrain, dataset, dir, devices, resume, on_step)?;
+        PretrainDone {
+            steps: s.steps,
+            seconds: s.seconds,
+            first_loss: s.first_loss,
+            last_loss: s.last_loss,
+            key: key.digest.clone(),
+        }
+    } else {
+        PretrainDone { steps: 0, seconds: 0.0, first_loss: f32::NAN, last_loss: f32::NAN, key: key.digest.clone() }
+    };
+    write_atomic(&done_path, to_json_pretty(&d)?.as_bytes())?;
     Ok(d)
 }
 

@@ -47,3 +47,7 @@ pub mod views;
 pub mod weights;
 
 pub use error::{Error, Result};
+
+/// A digest of the trainer's source files (and the contract crate's), from the build script:
+/// the code every run stage stands for (`experiment::RunKey`, the feature cache's key).
+pub const CODE_DIGEST: &str = env!("TRAINER_CODE_DIGEST");

@@ -326,22 +326,85 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
         assert_eq!(config["seed"], 24, "same seed for every choice");
     }
 
-    // Again: every run is skipped, the table is the same.
+    // Again: every run is reused (same key), the table is the same.
     logs.clear();
     let again = tiny_ablate(&data, &out, &choices, &mut logs);
-    assert_eq!(logs.iter().filter(|l| l.contains("skipped")).count(), 5, "{logs:?}");
+    assert_eq!(logs.iter().filter(|l| l.contains("reused")).count(), 5, "{logs:?}");
+    assert!(again.iter().zip(&runs).all(|(a, r)| a.key == r.key && a.key.len() == 16), "{again:?}");
     assert_eq!(std::fs::read_to_string(out.join("ablation.md")).unwrap(), md);
     assert_eq!(again[4].macro_auroc, runs[4].macro_auroc);
 
     // An unfinished run (pretrained, not evaluated) redoes only the evaluation, to the same result.
     let scan = out.join(Arm::Msn("scan".into()).run_name());
     std::fs::remove_file(scan.join("summary.json")).unwrap();
+    assert!(scan.join("run-keys.json").is_file());
     let metrics_before = std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap();
     logs.clear();
     let third = tiny_ablate(&data, &out, &choices, &mut logs);
     assert!(!logs.iter().any(|l| l.starts_with("pretraining")), "{logs:?}");
     assert_eq!(std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap(), metrics_before);
     assert_eq!(third[2].macro_auroc, runs[2].macro_auroc);
+}
+
+/// A run is reused only with the settings, data and code that made it: another seed or
+/// budget pretrains again (from scratch, not resuming the other run's checkpoint), another
+/// probe setting evaluates again without pretraining, another dataset version redoes both.
+#[test]
+fn a_rerun_with_other_settings_or_data_is_redone_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0007", &["Edema", "Fracture"]);
+    let out = dir.path().join("runs");
+    let arms = [Arm::vanilla(), Arm::RandomInit];
+    let base = tiny("none").with_max_steps(Some(3));
+    let eval = probe().with_epochs(3).with_bootstrap(20);
+    let mut logs = Vec::new();
+    let first = ablate_with(&data, &out, &arms, &base, &eval, &mut logs);
+    let vanilla = out.join(Arm::vanilla().run_name());
+    let metrics = || std::fs::read_to_string(vanilla.join("metrics.jsonl")).unwrap();
+    let first_metrics = metrics();
+    assert_eq!(first_metrics.lines().count(), 3);
+
+    // Another seed: both arms are stale and redone; vanilla pretrains from step 0 again.
+    logs.clear();
+    let seeded = ablate_with(&data, &out, &arms, &base.clone().with_seed(25), &eval, &mut logs);
+    assert_eq!(logs.iter().filter(|l| l.contains("results are stale")).count(), 2, "{logs:?}");
+    let stale = logs.iter().find(|l| l.contains("pretraining there is stale")).expect("stale pretraining");
+    assert!(stale.contains("settings seed"), "{stale}");
+    assert!(!logs.iter().any(|l| l.contains("resuming")), "{logs:?}");
+    assert_eq!(metrics().lines().count(), 3, "a fresh run of 3 steps, not a resumed one");
+    assert_ne!(metrics(), first_metrics);
+    assert_ne!(seeded[0].key, first[0].key);
+    assert_ne!(read_json(&vanilla.join("config.json"))["seed"], 24);
+
+    // Another budget: pretrained again.
+    logs.clear();
+    ablate_with(&data, &out, &arms[..1], &base.clone().with_seed(25).with_max_steps(Some(2)), &eval, &mut logs);
+    assert!(logs.iter().any(|l| l.contains("settings max_steps")), "{logs:?}");
+    assert_eq!(metrics().lines().count(), 2);
+
+    // Another probe setting: evaluated again, the pretraining reused.
+    let base = base.with_seed(25).with_max_steps(Some(2));
+    logs.clear();
+    let probed = ablate_with(&data, &out, &arms[..1], &base, &eval.clone().with_bootstrap(30), &mut logs);
+    assert!(logs.iter().any(|l| l.contains("results are stale") && l.contains("settings")), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.starts_with("pretraining")), "{logs:?}");
+    assert_eq!(read_json(&vanilla.join("linear-eval/results.json"))["test"]["bootstrap_resamples"], 30);
+
+    // The same again: reused.
+    logs.clear();
+    let same = ablate_with(&data, &out, &arms[..1], &base, &eval.clone().with_bootstrap(30), &mut logs);
+    assert!(logs.iter().any(|l| l.contains("reused")), "{logs:?}");
+    assert_eq!(same[0].key, probed[0].key);
+
+    // Another dataset version (the same images): nothing is reused.
+    write_dataset(&data, "data0008", &["Edema", "Fracture"]);
+    logs.clear();
+    let moved = ablate_with(&data, &out, &arms[..1], &base, &eval.clone().with_bootstrap(30), &mut logs);
+    let stale = logs.iter().find(|l| l.contains("pretraining there is stale")).expect("stale pretraining");
+    assert!(stale.contains("dataset version \"data0007\" -> \"data0008\""), "{stale}");
+    assert_eq!(moved[0].dataset_version, "data0008");
+    assert_ne!(moved[0].key, same[0].key);
 }
 
 #[test]
@@ -445,10 +508,20 @@ fn compare_reference_against_itself_finds_no_difference() {
 /// `ablate` of `choices` with a 3-step pretraining and a 3-epoch probe, logging into `logs`.
 fn tiny_ablate(data: &Path, out: &Path, choices: &[Arm], logs: &mut Vec<String>) -> Vec<RunSummary> {
     let base = tiny("none").with_max_steps(Some(3));
-    let eval = probe().with_epochs(3).with_bootstrap(20);
+    ablate_with(data, out, choices, &base, &probe().with_epochs(3).with_bootstrap(20), logs)
+}
+
+fn ablate_with(
+    data: &Path,
+    out: &Path,
+    choices: &[Arm],
+    base: &PretrainConfig,
+    eval: &LinearEvalConfig,
+    logs: &mut Vec<String>,
+) -> Vec<RunSummary> {
     let devices = (&device()).into();
-    let setup = Setup { dataset: data, eval: &eval, external: &[], devices: &devices };
-    ablate(&base, choices, &setup, out, &mut |_, _| {}, &mut |l| logs.push(l.to_string())).unwrap()
+    let setup = Setup { dataset: data, eval, external: &[], devices: &devices };
+    ablate(base, choices, &setup, out, &mut |_, _| {}, &mut |l| logs.push(l.to_string())).unwrap()
 }
 
 /// The training device `CXR_TEST_DEVICE` names (default cpu; see `trainer::backend`).

@@ -144,9 +144,9 @@ enum Classifier {
 
 impl Classifier {
     /// Sigmoid outputs `[rows, labels]` of raw feature rows `x` (`[rows, dim]`).
-    fn score(&self, x: &[f32], dim: usize, device: &Device) -> Vec<f32> {
+    fn score(&self, x: &[f32], dim: usize, device: &Device) -> Result<Vec<f32>> {
         match self {
-            Self::Logistic { standardizer, model } => model.predict(&standardizer.apply(x)),
+            Self::Logistic { standardizer, model } => Ok(model.predict(&standardizer.apply(x))),
             Self::Linear { standardizer: Some(s), probe } => sgd::score_features(&probe.head, &s.apply(x), dim, device),
             Self::Linear { standardizer: None, probe } => sgd::score_features(&probe.head, x, dim, device),
         }
@@ -298,7 +298,7 @@ pub fn linear_eval(
     };
     let dim = features.dim();
     let test_feats = features.rows("test", &ds.version, &test, test_vit.as_ref(), log)?;
-    let test_scores = fit.classifier.score(&test_feats, dim, device);
+    let test_scores = fit.classifier.score(&test_feats, dim, device)?;
     log(&format!("testing on {} images ({} bootstrap resamples)", test.len(), cfg.bootstrap));
     let test_eval = evaluate(&test_scores, &test.labels, &names, cfg.bootstrap, cfg.seed);
     let externals = external_tests(cfg, &features, &fit.classifier, test_vit.as_ref(), external, &names, log)?;
@@ -494,7 +494,7 @@ fn external_tests(
             return Err(Error::Dataset { path: ext.dir.clone(), message: "the test split has no images".into() });
         }
         let f = features.rows("test", &ext.version, &data, vit, log)?;
-        let s = classifier.score(&f, features.dim(), features.device);
+        let s = classifier.score(&f, features.dim(), features.device)?;
         log(&format!("external test on {} ({}, {} images)", ext.version, ext.kind, data.len()));
         results.push(ExternalResult {
             dataset: dir.display().to_string(),

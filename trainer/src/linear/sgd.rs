@@ -61,13 +61,13 @@ impl Input<'_> {
     /// The probe's scores on the validation split (`[rows, labels]`).
     fn validation_scores(&self, p: &Probe, dim: usize, t: &ProbeTransform, device: &Device) -> Result<Vec<f32>> {
         match (self, &p.encoder) {
-            (Self::Features { validate, .. }, _) => Ok(score_features(&p.head, validate, dim, device)),
+            (Self::Features { validate, .. }, _) => score_features(&p.head, validate, dim, device),
             (Self::Images { validate, .. }, Some(vit)) => {
                 let rows: Vec<usize> = (0..validate.len()).collect();
                 let mut s = Vec::new();
                 for chunk in rows.chunks(256) {
                     let x = vit.forward(eval_batch(&validate.images, chunk, t, device)?, None).detach();
-                    s.extend(to_vec(sigmoid(p.head.forward(x)).detach()));
+                    s.extend(to_vec(sigmoid(p.head.forward(x)).detach())?);
                 }
                 Ok(s)
             }
@@ -85,13 +85,13 @@ pub(super) struct Trained {
 }
 
 /// Sigmoid outputs `[rows, labels]` of the head on feature rows `x` (`[rows, dim]`).
-pub(super) fn score_features(head: &Linear, x: &[f32], dim: usize, device: &Device) -> Vec<f32> {
+pub(super) fn score_features(head: &Linear, x: &[f32], dim: usize, device: &Device) -> Result<Vec<f32>> {
     let mut s = Vec::with_capacity(x.len() / dim.max(1) * head.weight.dims()[1]);
     for chunk in x.chunks(256 * dim) {
         let t = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [chunk.len() / dim, dim]), device);
-        s.extend(to_vec(sigmoid(head.forward(t)).detach()));
+        s.extend(to_vec(sigmoid(head.forward(t)).detach())?);
     }
-    s
+    Ok(s)
 }
 
 fn rows_of(x: &[f32], rows: &[usize], dim: usize, device: &Device) -> Tensor<2> {
@@ -172,7 +172,7 @@ pub(super) fn train(
             let x = input.training(probe.encoder.as_ref(), chunk, dim, cfg, epoch, device)?;
             let (y, m) = label_tensors(labels, chunk, l, device);
             let loss = bce(probe.head.forward(x), y, m);
-            loss_sum += f64::from(to_vec(loss.clone().detach()).first().copied().unwrap_or(f32::NAN));
+            loss_sum += f64::from(to_vec(loss.clone().detach())?.first().copied().unwrap_or(f32::NAN));
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &probe);
             probe = optim.step(lr, probe, grads);

@@ -95,7 +95,7 @@ pub fn embed(vit: &Vit, images: &Images, rows: &[usize], t: &ProbeTransform, dev
     let mut out = Vec::with_capacity(rows.len() * vit.dim());
     for chunk in rows.chunks(64) {
         let x = eval_batch(images, chunk, t, device)?;
-        out.extend(to_vec(vit.forward(x, None).detach()));
+        out.extend(to_vec(vit.forward(x, None).detach())?);
     }
     Ok(out)
 }
@@ -110,30 +110,45 @@ pub(super) fn eval_batch(images: &Images, rows: &[usize], t: &ProbeTransform, de
     Ok(Tensor::from_data(TensorData::new(data, [rows.len(), t.channels, t.crop, t.crop]), device))
 }
 
-pub(super) fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+/// The values of `t` as f32; a tensor whose data cannot be read as f32 is an internal error
+/// (never an empty vector).
+pub(super) fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    let dims = t.dims();
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Internal(format!("reading a tensor of shape {dims:?} as f32: {e:?}")))
 }
 
 /// Reads or computes (and writes) the cached features `key` in `dir`: `<key>.f32` (rows of
 /// `dim` little-endian f32) and `<key>.json` (`about`, plus `rows` and `dim`), which says
-/// what they are to other tools (e.g. `trainer/reference/probe_sklearn.py`).
+/// what they are to other tools (e.g. `trainer/reference/probe_sklearn.py`). A cached file
+/// is used only when it holds exactly `rows x dim` values; one of another size is computed
+/// again, saying so.
 fn cached(
     dir: &Path,
     key: &str,
     about: serde_json::Value,
     compute: impl FnOnce() -> Result<Vec<f32>>,
-    dim: usize,
+    (rows, dim): (usize, usize),
+    log: &mut dyn FnMut(&str),
 ) -> Result<Vec<f32>> {
     let path = dir.join(format!("{key}.f32"));
-    if let Ok(bytes) = fs_err::read(&path)
-        && bytes.len() % 4 == 0
-    {
-        let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        if v.len().is_multiple_of(dim.max(1)) {
-            return Ok(v);
+    if let Ok(bytes) = fs_err::read(&path) {
+        if bytes.len() == rows * dim * 4 {
+            return Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
         }
+        log(&format!(
+            "{}: {} bytes where {rows} rows of {dim} f32 take {}; computing the features again",
+            path.display(),
+            bytes.len(),
+            rows * dim * 4
+        ));
     }
     let v = compute()?;
+    if v.len() != rows * dim {
+        return Err(Error::Internal(format!("{} feature values for {rows} rows of {dim}", v.len())));
+    }
     fs_err::create_dir_all(dir)?;
     let mut about = about;
     about["rows"] = (v.len() / dim.max(1)).into();
@@ -299,12 +314,18 @@ impl Features<'_> {
                 let rows: Vec<usize> = (0..data.len()).collect();
                 let compute = || embed(vit, &data.images, &rows, self.transform, self.device);
                 let Some(dir) = self.cache else { return compute() };
-                let text = format!("{}|{version}|{split}|{}", e.id, serde_json::to_string(self.transform)?);
+                let text = format!(
+                    "{}|{version}|{split}|{}|{}",
+                    e.id,
+                    serde_json::to_string(self.transform)?,
+                    crate::CODE_DIGEST
+                );
                 let key = hex(&Sha256::digest(text.as_bytes()))[..24].to_string();
                 let about = serde_json::json!({
                     "split": split, "dataset_version": version, "encoder": e.id, "source": e.source,
+                    "trainer_code": crate::CODE_DIGEST,
                 });
-                cached(dir, &key, about, compute, vit.dim())
+                cached(dir, &key, about, compute, (data.len(), vit.dim()), log)
             }
             (Source::Pixels { side }, _) => downsample(&data.images, *side),
             (Source::Ehr { .. }, _) => columns_of(data, self.columns),
@@ -323,7 +344,7 @@ mod tests {
     fn the_random_encoder_is_the_initial_network_of_a_run() {
         let device = Device::flex();
         let vit = VitConfig::new(16, 1, 2, 32).with_image_size(16).with_patch_size(8);
-        let weights = |v: &Vit| to_vec(v.patch.weight.val());
+        let weights = |v: &Vit| to_vec(v.patch.weight.val()).unwrap();
         let shape = FusionShape { ehr_in: 13, ehr_dim: 8, prototypes: 16 };
         let run = MsnNet::new(&vit, shape, &device, &mut Rng::new(24));
         assert_eq!(weights(&random_encoder(&vit, 24, &device).vit), weights(&run.target));
