@@ -121,7 +121,7 @@ fn version_of(dir: &Path) -> Result<String> {
 
 /// What differs between a saved key's document and the current one, in a few words.
 fn why_stale(saved: Option<&serde_json::Value>, now: &serde_json::Value) -> String {
-    let Some(saved) = saved else { return "made before runs were keyed, or its key is unreadable".into() };
+    let Some(saved) = saved else { return "made before runs were keyed".into() };
     let mut differs = Vec::new();
     for (what, field) in [("trainer code", "trainer_code"), ("dataset version", "dataset_version")] {
         if saved[field] != now[field] {
@@ -144,27 +144,46 @@ fn why_stale(saved: Option<&serde_json::Value>, now: &serde_json::Value) -> Stri
 /// File next to a stage's outcome that holds its key document.
 const KEYS: &str = "run-keys.json";
 
-/// The saved key documents of a run folder (stage name -> document).
-fn saved_keys(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
-    fs_err::read_to_string(dir.join(KEYS))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.as_object().cloned())
-        .unwrap_or_default()
+/// The saved key documents of a run folder (stage name -> document); none when the folder
+/// has no `run-keys.json`. A file that is there but cannot be read is an error naming it.
+fn saved_keys(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let path = dir.join(KEYS);
+    let text = match fs_err::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(serde_json::Map::new()),
+        Err(e) => return Err(e.into()),
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(keys)) => Ok(keys),
+        Ok(_) => Err(Error::input(&path, "expected a JSON object of stage keys; delete the run folder to redo it")),
+        Err(e) => Err(Error::input(&path, format!("{e}; delete the run folder to redo it"))),
+    }
 }
 
 fn save_key(dir: &Path, stage: &str, key: &RunKey) -> Result<()> {
-    let mut keys = saved_keys(dir);
+    let mut keys = saved_keys(dir)?;
     keys.insert(stage.into(), key.about.clone());
     fs_err::create_dir_all(dir)?;
     write_atomic(&dir.join(KEYS), to_json_pretty(&keys)?.as_bytes())?;
     Ok(())
 }
 
+/// Files only a run folder holds: a folder with none of them is not a run's and is never
+/// cleared.
+const RUN_FILES: [&str; 5] = [KEYS, "summary.json", "pretrain-done.json", "config.json", CHECKPOINT];
+
 /// Removes what a stale run folder holds (everything but the folder), so the stage starts
-/// from scratch instead of resuming other settings' checkpoints.
+/// from scratch instead of resuming other settings' checkpoints. A non-empty folder that is
+/// not a run folder is refused, not emptied.
 fn clear(dir: &Path) -> Result<()> {
     if dir.is_dir() {
+        if !RUN_FILES.iter().any(|f| dir.join(f).is_file()) {
+            return Err(Error::Config(format!(
+                "{} is not empty and holds no run (none of {}); choose an empty or new folder",
+                dir.display(),
+                RUN_FILES.join(", ")
+            )));
+        }
         for entry in fs_err::read_dir(dir)? {
             let path = entry?.path();
             if path.is_dir() { fs_err::remove_dir_all(&path)? } else { fs_err::remove_file(&path)? }
@@ -295,7 +314,7 @@ pub fn run(
             _ => log(&format!(
                 "{}: the results are stale ({}), evaluating again",
                 dir.display(),
-                why_stale(saved_keys(dir).get("summary"), &summary_key.about)
+                why_stale(saved_keys(dir)?.get("summary"), &summary_key.about)
             )),
         }
         fs_err::remove_file(&summary_path)?;
@@ -344,12 +363,9 @@ fn pretrain_arm(
     log: &mut dyn FnMut(&str),
 ) -> Result<PretrainDone> {
     let done_path = dir.join("pretrain-done.json");
-    let saved = saved_keys(dir);
+    let saved = saved_keys(dir)?;
     let same = saved.get("pretraining") == Some(&key.about);
-    if let Some(d) = fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str::<PretrainDone>(&t).ok())
-        && same
-        && d.key == key.digest
-    {
+    if same && let Some(d) = fs_err::read_to_string(&done_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
         return Ok(d);
     }
     let resume = same && dir.join(CHECKPOINT).is_file();

@@ -405,6 +405,23 @@ fn a_rerun_with_other_settings_or_data_is_redone_not_reused() {
     assert!(stale.contains("dataset version \"data0007\" -> \"data0008\""), "{stale}");
     assert_eq!(moved[0].dataset_version, "data0008");
     assert_ne!(moved[0].key, same[0].key);
+
+    // A folder that holds something else is refused, never emptied; a malformed key file is
+    // an error naming it.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join(Arm::vanilla().run_name())).unwrap();
+    let notes = other.join(Arm::vanilla().run_name()).join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let devices = (&device()).into();
+    let eval = eval.with_bootstrap(30);
+    let setup = Setup { dataset: &data, eval: &eval, external: &[], devices: &devices };
+    let err = ablate(&base, &arms[..1], &setup, &other, &mut |_, _| {}, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, trainer::Error::Config(_)) && err.to_string().contains("holds no run"), "{err}");
+    assert!(notes.is_file());
+    std::fs::remove_file(vanilla.join("summary.json")).unwrap();
+    std::fs::write(vanilla.join("run-keys.json"), "{not json").unwrap();
+    let err = ablate(&base, &arms[..1], &setup, &out, &mut |_, _| {}, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("run-keys.json"), "{err}");
 }
 
 #[test]

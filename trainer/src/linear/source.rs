@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use cxr_dataset::files::hex;
+use cxr_dataset::files::{hex, write_atomic};
 use sha2::{Digest, Sha256};
 
 use burn::module::Module;
@@ -151,12 +151,10 @@ fn cached(
     }
     fs_err::create_dir_all(dir)?;
     let mut about = about;
-    about["rows"] = (v.len() / dim.max(1)).into();
+    about["rows"] = rows.into();
     about["dim"] = dim.into();
     fs_err::write(dir.join(format!("{key}.json")), to_json_pretty(&about)?)?;
-    let tmp = path.with_extension("tmp");
-    fs_err::write(&tmp, v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
-    fs_err::rename(&tmp, &path)?;
+    write_atomic(&path, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
     Ok(v)
 }
 
