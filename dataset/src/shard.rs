@@ -1,7 +1,7 @@
 //! Image shards: safetensors files holding the tensor `images`, `u8 [N, H, W]`, whose rows
 //! are in the same order as the matching Parquet part of the feature table, and (from the
 //! pipeline) the tensor `features`, `f32 [N, F]`: the numeric columns of those rows (EHR
-//! encodings, labels, split code; null as NaN), named in order by the metadata entry
+//! encodings, labels, split code, [`SUBJECT_INDEX`]; null as NaN), named in order by the metadata entry
 //! `feature_columns` (a JSON list). The trainer reads only shards; Python, PyTorch and numpy
 //! users read them with any safetensors reader.
 //!
@@ -22,6 +22,12 @@ pub const FEATURES: &str = "features";
 
 /// Metadata key listing the feature columns (a JSON array of names).
 pub const FEATURE_COLUMNS: &str = "feature_columns";
+
+/// Feature column holding each row's patient as a dense index (0, 1, ... in order of first
+/// appearance in the feature table): the unit of the trainer's patient-level bootstrap. A
+/// dense index, not `subject_id` itself, because f32 holds integers exactly only up to 2^24
+/// and MIMIC's subject ids reach 19,999,999.
+pub const SUBJECT_INDEX: &str = "subject_index";
 
 /// Code of each split in the `split` feature column.
 pub fn split_code(split: &str) -> Option<f32> {

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use cxr_dataset::shard::Shard;
+use cxr_dataset::shard::{SUBJECT_INDEX, Shard};
 use pipeline::build::{BuildConfig, FEATURES_DIR, MANIFEST, REJECTS, build, part_name, read_features};
 use pipeline::images::{IMAGES_DIR, ImageSource, shard_name};
 use pipeline::progress::Silent;
@@ -159,32 +159,53 @@ fn a_build_where_every_image_is_rejected_fails_and_publishes_nothing() {
 }
 
 /// The trainer reads only shards: each carries the numeric columns of its rows (EHR
-/// encodings, labels, split code; null as NaN), equal to the Parquet part's values.
+/// encodings, labels, split code; null as NaN), equal to the Parquet part's values, and each
+/// row's patient as a dense index that is equal exactly when the subject ids are, across parts.
 #[test]
 fn shards_carry_the_numeric_columns_of_their_rows() {
     let root = &small().root;
     let out = tempfile::tempdir().unwrap();
     let built = build(&images_config(root, out.path(), ImageSource::Dicom), &Silent).unwrap();
-    let shard = Shard::read(fs_err::File::open(built.dir.join(IMAGES_DIR).join(shard_name(0))).unwrap()).unwrap();
-    let (part, _) = fs_err::File::open(built.dir.join(FEATURES_DIR).join(part_name(0))).unwrap().into_parts();
-    let part = ParquetReader::new(part).finish().unwrap();
-    for name in ["sex_male", "age_norm", "view_AP", "icu_icu", "label_edema", "raw_label_edema", "split"] {
-        assert!(shard.feature_names.iter().any(|n| n == name), "{name} in {:?}", shard.feature_names);
-    }
-    assert!(!shard.feature_names.iter().any(|n| n == "subject_id" || n == "dicom_id"));
-    for (j, name) in shard.feature_names.iter().enumerate() {
-        let expected: Vec<f32> = if name == "split" {
-            let s = part.column("split").unwrap().str().unwrap().clone();
-            s.iter().map(|v| cxr_dataset::shard::split_code(v.unwrap()).unwrap()).collect()
-        } else {
-            let c = part.column(name).unwrap().cast(&DataType::Float32).unwrap();
-            c.f32().unwrap().iter().map(|v| v.unwrap_or(f32::NAN)).collect()
-        };
-        for (i, e) in expected.iter().enumerate() {
-            let got = shard.feature_row(i)[j];
-            assert!(got == *e || (got.is_nan() && e.is_nan()), "row {i} {name}: {got} vs {e}");
+    let parts = cxr_dataset::manifest::Manifest::read(&built.dir).unwrap().parts.len();
+    assert!(parts > 1, "the check of the subject index needs several parts");
+    // subject_id -> subject_index over every part.
+    let mut index_of = std::collections::HashMap::new();
+    for p in 0..parts {
+        let shard = Shard::read(fs_err::File::open(built.dir.join(IMAGES_DIR).join(shard_name(p))).unwrap()).unwrap();
+        let (part, _) = fs_err::File::open(built.dir.join(FEATURES_DIR).join(part_name(p))).unwrap().into_parts();
+        let part = ParquetReader::new(part).finish().unwrap();
+        for name in ["sex_male", "age_norm", "view_AP", "icu_icu", "label_edema", "raw_label_edema", "split"] {
+            assert!(shard.feature_names.iter().any(|n| n == name), "{name} in {:?}", shard.feature_names);
+        }
+        assert!(!shard.feature_names.iter().any(|n| n == "subject_id" || n == "dicom_id"));
+        for (j, name) in shard.feature_names.iter().enumerate() {
+            if name == SUBJECT_INDEX {
+                let ids = part.column("subject_id").unwrap().cast(&DataType::Int64).unwrap();
+                for (i, id) in ids.i64().unwrap().iter().enumerate() {
+                    let got = shard.feature_row(i)[j];
+                    assert_eq!(got, got.trunc(), "part {p} row {i}: {got} is not an index");
+                    assert_eq!(*index_of.entry(id.unwrap()).or_insert(got), got, "part {p} row {i}, subject {id:?}");
+                }
+                continue;
+            }
+            let expected: Vec<f32> = if name == "split" {
+                let s = part.column("split").unwrap().str().unwrap().clone();
+                s.iter().map(|v| cxr_dataset::shard::split_code(v.unwrap()).unwrap()).collect()
+            } else {
+                let c = part.column(name).unwrap().cast(&DataType::Float32).unwrap();
+                c.f32().unwrap().iter().map(|v| v.unwrap_or(f32::NAN)).collect()
+            };
+            for (i, e) in expected.iter().enumerate() {
+                let got = shard.feature_row(i)[j];
+                assert!(got == *e || (got.is_nan() && e.is_nan()), "part {p} row {i} {name}: {got} vs {e}");
+            }
         }
     }
+    // One index per subject, no two subjects sharing one, dense from 0.
+    let mut indices: Vec<u32> = index_of.values().map(|&v| v as u32).collect();
+    indices.sort_unstable();
+    assert_eq!(indices, (0..index_of.len() as u32).collect::<Vec<_>>(), "{index_of:?}");
+    assert!(index_of.len() > 1);
 }
 
 /// Without the metadata table, a DICOM file whose header cannot be read is a reject (stage

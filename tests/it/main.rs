@@ -12,6 +12,7 @@ mod fixture;
 mod from_demo;
 mod layout;
 mod mimic_iv_format;
+mod patient_bootstrap;
 mod probe_transfer;
 mod python_reader;
 mod real_dicom;

@@ -17,6 +17,19 @@ use trainer::data::{Dataset, ImageSource as Held};
 use crate::build_images::archive_copy;
 use crate::build_table::config;
 
+/// A Python with numpy and safetensors; `None` (saying why) where there is none, except
+/// under CI, where having none fails the test.
+pub(crate) fn python_or_skip() -> Option<PathBuf> {
+    match python() {
+        Ok(p) => Some(p),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("no Python environment under CI: {why}"),
+        Err(why) => {
+            eprintln!("not checked here, no Python environment with numpy: {why}");
+            None
+        }
+    }
+}
+
 /// A Python with numpy and safetensors, or why there is none.
 fn python() -> Result<PathBuf, String> {
     let cache = std::env::var_os("CXR_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| {
@@ -42,14 +55,7 @@ fn python() -> Result<PathBuf, String> {
 
 #[test]
 fn the_python_reader_reads_what_the_trainer_reads() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("CI").is_some() => panic!("no Python reader environment under CI: {why}"),
-        Err(why) => {
-            eprintln!("not checked here, no Python environment for the reader: {why}");
-            return;
-        }
-    };
+    let Some(py) = python_or_skip() else { return };
     let (_d, root) = archive_copy();
     let out = tempfile::tempdir().unwrap();
     let built = build(

@@ -9,6 +9,7 @@ use trainer::backend::Precision;
 use trainer::data::ImageSource;
 use trainer::experiment::{Arm, Grid};
 use trainer::linear::{Baseline, LinearEvalConfig, ProbeKind, ProbeUncertain};
+use trainer::metrics::BootstrapUnit;
 use trainer::model::VitPreset;
 use trainer::parallel::AllReduce;
 use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit};
@@ -304,6 +305,10 @@ pub(crate) struct EvalOpts {
     /// Bootstrap resamples of the test set for the 95% intervals.
     #[arg(long, default_value_t = 1000)]
     pub(crate) bootstrap: usize,
+    /// What a bootstrap resample draws: test patients, each with all of its images (images of
+    /// one patient are correlated), or images as if independent (narrower intervals).
+    #[arg(long, value_enum, default_value_t = BootstrapUnit::Patient)]
+    pub(crate) bootstrap_unit: BootstrapUnit,
     /// Probe input side (default: the pretraining view size, 224 for vit-tiny) and the side
     /// images are resized to before the centre crop (default: crop * 256 / 224).
     #[arg(long)]
@@ -336,6 +341,7 @@ impl EvalOpts {
             .with_lr(self.probe_lr)
             .with_uncertain(self.uncertain)
             .with_bootstrap(self.bootstrap)
+            .with_bootstrap_unit(self.bootstrap_unit)
             .with_seed(seed))
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use trainer::metrics::Verdict;
 use trainer::parity::{CompareConfig, compare_reference, python_reference};
 
 use crate::cli::{EvalOpts, TrainOpts};
@@ -32,6 +33,12 @@ pub(crate) struct CompareArgs {
     /// source tree).
     #[arg(long)]
     script: Option<PathBuf>,
+    /// Equivalence margin in macro AUROC: at each checkpoint burn and the reference are
+    /// "equivalent" when the 90% interval of their paired difference lies within +-margin (two
+    /// one-sided tests at 0.05), "different" when not and the 95% interval excludes 0, else
+    /// "undecided".
+    #[arg(long, default_value_t = CompareConfig::MARGIN)]
+    margin: f64,
     #[command(flatten)]
     train: TrainOpts,
     #[command(flatten)]
@@ -49,7 +56,14 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<()> {
             s
         }
     };
-    let cfg = CompareConfig { pretrain, eval, seeds: args.seeds.clone(), fractions: CompareConfig::FRACTIONS.to_vec() };
+    anyhow::ensure!(args.margin > 0.0 && args.margin < 1.0, "--margin {}: expected a value in (0, 1)", args.margin);
+    let cfg = CompareConfig {
+        pretrain,
+        eval,
+        seeds: args.seeds.clone(),
+        fractions: CompareConfig::FRACTIONS.to_vec(),
+        margin: args.margin,
+    };
     let mut reference = python_reference(args.python.clone(), script, args.dataset.clone());
     let c =
         compare_reference(&cfg, &args.dataset, &args.out, &mut reference, &device(), &mut step_printer(), &mut |l| {
@@ -57,11 +71,15 @@ pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<()> {
         })
         .context("compare-reference")?;
     println!("{}", fs_err::read_to_string(args.out.join("comparison.md"))?);
-    let within = c.rows.iter().filter(|r| r.within).count();
+    let count = |v: Verdict| c.rows.iter().filter(|r| r.equivalence.is_some_and(|e| e.verdict == v)).count();
     println!(
-        "burn within the paired 95% CI of the reference at {within} of {} checkpoints; loss curves within the seed \
-         spread in {} of {} epochs",
+        "burn vs the reference (margin +-{}): equivalent at {} of {} checkpoints, different at {}, undecided at {}; \
+         loss curves within the seed spread in {} of {} epochs",
+        c.margin,
+        count(Verdict::Equivalent),
         c.rows.len(),
+        count(Verdict::Different),
+        count(Verdict::Undecided),
         c.loss_epochs_within_spread,
         c.loss_gap.len()
     );

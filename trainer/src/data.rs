@@ -184,6 +184,36 @@ impl Dataset {
         Ok((head, f))
     }
 
+    /// Checks that the EHR `columns` are finite in every row of `splits` (all when empty): the
+    /// first NaN or infinite value is an error naming the column, the shard and the row
+    /// (the same row of the same-numbered features part).
+    pub fn require_finite(&self, splits: &[Split], columns: &[String]) -> Result<()> {
+        let codes: Vec<f32> = splits.iter().filter_map(|s| split_code(s.as_str())).collect();
+        for i in 0..self.shards.len() {
+            let (head, _) = self.read_head(i)?;
+            let index = |name: &str| head.feature_names.iter().position(|n| n == name);
+            let split = index("split");
+            for c in columns {
+                let Some(k) = index(c) else { continue };
+                for r in 0..head.rows {
+                    let row = head.feature_row(r);
+                    let selected = codes.is_empty() || split.is_some_and(|s| codes.contains(&row[s]));
+                    if selected && !row[k].is_finite() {
+                        return Err(Error::Dataset {
+                            path: self.dir.clone(),
+                            message: format!(
+                                "EHR column {c:?} is {} in row {r} of {}; the EHR vector must be finite: leave the \
+                                 column out of --ehr, or rebuild the dataset so that it is filled",
+                                row[k], self.shards[i].0
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the images of `splits` (all when empty) with the feature `columns`, held as
     /// `source` says; an unknown column is an error listing the available ones.
     pub fn load(&self, splits: &[Split], columns: &[String], source: ImageSource) -> Result<Images> {

@@ -23,6 +23,15 @@ pub enum Error {
     /// A setting (flag or config field) that is invalid or does not fit the data.
     #[error("invalid setting: {0}")]
     Config(String),
+    /// Training diverged: a step's loss is NaN or infinite. The run stops there; its last
+    /// checkpoint (saved before that step) is kept.
+    #[error(
+        "{}: the loss of step {step} (epoch {epoch}) is {loss}; pretraining stopped there, {}; lower --lr, check the \
+         EHR columns, or keep gradient clipping on",
+        run.display(),
+        match kept { Some(s) => format!("the checkpoint of step {s} is kept"), None => "no checkpoint was saved".into() }
+    )]
+    NonFiniteLoss { run: std::path::PathBuf, step: usize, epoch: usize, loss: f32, kept: Option<usize> },
     /// The reference PyTorch code (`compare-reference`) failed or cannot run.
     #[error("reference: {0}")]
     Reference(String),
@@ -39,10 +48,11 @@ pub enum Error {
 
 impl Error {
     /// The exit status of the `trainer` binary: 3 invalid setting, 4 unusable input (dataset,
-    /// run folder, weights, records), 5 I/O, 6 device, 7 reference code, 1 anything else
-    /// (clap's usage errors exit with 2).
+    /// run folder, weights, records), 5 I/O, 6 device, 7 reference code, 8 a non-finite loss,
+    /// 1 anything else (clap's usage errors exit with 2).
     pub fn exit_code(&self) -> u8 {
         match self {
+            Error::NonFiniteLoss { .. } => 8,
             Error::Config(_) => 3,
             Error::Dataset { .. } | Error::Input { .. } | Error::Weights(_) | Error::Record { .. } => 4,
             Error::Io(_) => 5,

@@ -50,6 +50,9 @@ pub struct RunSummary {
     /// interval (filled in by [`ablate`]).
     #[serde(default)]
     pub delta_vs_vanilla: Option<Estimate>,
+    /// What the intervals resample, in a sentence (patients or images, how many).
+    #[serde(default)]
+    pub intervals: String,
     /// The [`RunKey`] of what made this summary (empty in summaries older than the keys,
     /// which are therefore never reused).
     #[serde(default)]
@@ -79,7 +82,7 @@ pub struct RunKey {
 }
 
 impl RunKey {
-    fn new(stage: &str, dataset_version: &str, settings: serde_json::Value) -> Self {
+    pub(crate) fn new(stage: &str, dataset_version: &str, settings: serde_json::Value) -> Self {
         let about = serde_json::json!({
             "stage": stage,
             "trainer_code": CODE_DIGEST,
@@ -120,7 +123,7 @@ fn version_of(dir: &Path) -> Result<String> {
 }
 
 /// What differs between a saved key's document and the current one, in a few words.
-fn why_stale(saved: Option<&serde_json::Value>, now: &serde_json::Value) -> String {
+pub(crate) fn why_stale(saved: Option<&serde_json::Value>, now: &serde_json::Value) -> String {
     let Some(saved) = saved else { return "made before runs were keyed".into() };
     let mut differs = Vec::new();
     for (what, field) in [("trainer code", "trainer_code"), ("dataset version", "dataset_version")] {
@@ -146,7 +149,7 @@ const KEYS: &str = "run-keys.json";
 
 /// The saved key documents of a run folder (stage name -> document); none when the folder
 /// has no `run-keys.json`. A file that is there but cannot be read is an error naming it.
-fn saved_keys(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn saved_keys(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let path = dir.join(KEYS);
     let text = match fs_err::read_to_string(&path) {
         Ok(t) => t,
@@ -160,7 +163,7 @@ fn saved_keys(dir: &Path) -> Result<serde_json::Map<String, serde_json::Value>> 
     }
 }
 
-fn save_key(dir: &Path, stage: &str, key: &RunKey) -> Result<()> {
+pub(crate) fn save_key(dir: &Path, stage: &str, key: &RunKey) -> Result<()> {
     let mut keys = saved_keys(dir)?;
     keys.insert(stage.into(), key.about.clone());
     fs_err::create_dir_all(dir)?;
@@ -341,6 +344,7 @@ pub fn run(
         auroc: out.result.test.labels.iter().map(|r| (r.label.clone(), r.auroc)).collect(),
         linear_eval_seconds: out.result.seconds,
         delta_vs_vanilla: None,
+        intervals: out.result.test.interval_note(),
         key: summary_key.digest.clone(),
     };
     save_key(dir, "summary", &summary_key)?;
@@ -493,11 +497,13 @@ pub fn ablate(
     }
     // Paired deltas against vanilla MSN: both probes scored on the same bootstrap resamples.
     if let Some(v) = arms.iter().position(|a| *a == Arm::vanilla()) {
-        let base = TestScores::read(&Path::new(&out[v].run).join("linear-eval"))?;
+        let base_dir = Path::new(&out[v].run).join("linear-eval");
+        let base = TestScores::read(&base_dir)?;
         let targets = base.targets_f32();
+        let clusters = base.clusters(setup.eval.bootstrap_unit, &base_dir)?;
         for r in &mut out {
             let other = TestScores::read(&Path::new(&r.run).join("linear-eval"))?;
-            if other.targets != base.targets || other.labels != base.labels {
+            if other.targets != base.targets || other.labels != base.labels || other.subjects != base.subjects {
                 continue;
             }
             r.delta_vs_vanilla = paired_macro_auroc_delta(
@@ -507,6 +513,7 @@ pub fn ablate(
                 base.labels.len(),
                 setup.eval.bootstrap,
                 setup.eval.seed,
+                &clusters,
             );
         }
     }
@@ -566,6 +573,10 @@ pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
         md += "\n";
         csv += "\n";
     }
+    let intervals = runs.first().map_or("", |r| r.intervals.as_str());
+    if !intervals.is_empty() {
+        md += &format!("\n{intervals} Deltas are paired: both probes on the same resamples.\n");
+    }
     fs_err::write(dir.join("ablation.md"), &md)?;
     fs_err::write(dir.join("ablation.csv"), &csv)?;
     let rows: Vec<(String, Option<Estimate>)> = runs.iter().map(|r| (r.ehr.clone(), r.macro_auroc)).collect();
@@ -582,7 +593,9 @@ pub fn write_table(runs: &[RunSummary], dir: &Path) -> Result<()> {
             delta(r)
         );
     }
-    table += "</table>\n<p>Per label: <a href=\"ablation.md\">ablation.md</a>, <a href=\"ablation.csv\">ablation.csv</a>.</p>";
+    table += &format!(
+        "</table>\n<p>{intervals}</p>\n<p>Per label: <a href=\"ablation.md\">ablation.md</a>, <a href=\"ablation.csv\">ablation.csv</a>.</p>"
+    );
     report::page(
         dir,
         "ablation.html",

@@ -8,7 +8,11 @@
 //!
 //! The reference side is any [`Reference`]: in the command, `trainer/reference/train_msn.py`
 //! (torchvision and lightly) run by Python. Every stage is skipped when its output exists, so
-//! a stopped comparison resumes.
+//! a stopped comparison resumes; what exists is keyed (`run-keys.json`): a seed's two
+//! pretrainings by its resolved config, the checkpoint steps, the dataset version and the
+//! trainer's code, the probes by the evaluation settings too. What was made otherwise is
+//! removed and redone, the log saying why. (The reference script's own code is not in the
+//! key: after changing it, delete `reference-seed*/`.)
 //!
 //! Writes into the output folder: `burn-seed<S>/` (the run, `step-<N>/` snapshots),
 //! `reference-seed<S>/` (its `metrics.jsonl`, `step-<N>.safetensors`, imported `step-<N>/`),
@@ -21,9 +25,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, ImageSource};
+use crate::experiment::{RunKey, save_key, saved_keys, why_stale};
 use crate::import::import_torch;
-use crate::linear::{LinearEvalConfig, TestScores, linear_eval, load_encoder};
-use crate::metrics::{Estimate, paired_mean_macro_auroc_delta};
+use crate::linear::{LinearEvalConfig, LinearEvalResult, TestScores, linear_eval, load_encoder};
+use crate::metrics::{BootstrapUnit, Clusters, Equivalence, Estimate, paired_mean_macro_auroc_equivalence};
 use crate::pretrain::{CHECKPOINT, CheckpointChoice, PretrainConfig, StepMetrics, pretrain_with, read_checkpoint};
 use crate::report;
 use crate::{Error, Result};
@@ -42,11 +47,16 @@ pub struct CompareConfig {
     pub seeds: Vec<u64>,
     /// Checkpoints as fractions of the pretraining steps, `(numerator, denominator)`.
     pub fractions: Vec<(usize, usize)>,
+    /// The equivalence margin in macro AUROC: burn and the reference are equivalent at a
+    /// checkpoint when the 90% interval of their difference lies within +-margin.
+    pub margin: f64,
 }
 
 impl CompareConfig {
     /// 0, 1/8, 1/4, 1/2 and all of the budget.
     pub const FRACTIONS: [(usize, usize); 5] = [(0, 1), (1, 8), (1, 4), (1, 2), (1, 1)];
+    /// The default equivalence margin, 0.01 macro AUROC.
+    pub const MARGIN: f64 = 0.01;
 }
 
 /// One implementation's probe at one checkpoint of one seed.
@@ -66,10 +76,9 @@ pub struct CheckpointRow {
     /// Mean over the seeds of each probe's test macro AUROC.
     pub burn: Option<f64>,
     pub reference: Option<f64>,
-    /// Burn minus the reference, averaged over the seeds, with its paired 95% interval.
-    pub delta: Option<Estimate>,
-    /// Whether 0 lies in that interval.
-    pub within: bool,
+    /// Burn minus the reference, averaged over the seeds, with its paired 95% and 90%
+    /// intervals and the equivalence test's verdict at the configured margin.
+    pub equivalence: Option<Equivalence>,
 }
 
 /// One implementation's loss curve: per epoch, the mean over steps of each part, and its
@@ -87,6 +96,11 @@ pub struct Comparison {
     pub dataset_version: String,
     pub seeds: Vec<u64>,
     pub steps: usize,
+    /// What the paired bootstraps resample: test patients or test images, and how many.
+    pub bootstrap_unit: BootstrapUnit,
+    pub bootstrap_clusters: usize,
+    /// The equivalence margin of the verdicts.
+    pub margin: f64,
     pub rows: Vec<CheckpointRow>,
     pub probes: Vec<Probe>,
     /// Each implementation's last checkpoint minus its first (the untrained encoder), paired,
@@ -156,18 +170,77 @@ fn train_burn(
     Ok(())
 }
 
+/// The probes are keyed by the evaluation settings (and, through [`RunKey`], the dataset
+/// version and the trainer's code): made otherwise, they are all removed, saying why.
+fn forget_stale_probes(cfg: &CompareConfig, version: &str, out: &Path, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let key = RunKey::new("compare-probes", version, serde_json::json!({ "eval": cfg.eval }));
+    let saved = saved_keys(out)?;
+    let probes = out.join("probes");
+    if saved.get("probes") != Some(&key.about) && probes.is_dir() {
+        log(&format!("{}: stale ({}), probing again", probes.display(), why_stale(saved.get("probes"), &key.about)));
+        fs_err::remove_dir_all(&probes)?;
+    }
+    save_key(out, "probes", &key)
+}
+
+/// One seed's two pretrainings (and their probes) are keyed by the seed's resolved config and
+/// the checkpoint steps: made otherwise, they are removed, saying why.
+fn forget_stale_seed(
+    cfg: &PretrainConfig,
+    checkpoints: &[usize],
+    version: &str,
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let seed = cfg.seed;
+    let stage = format!("seed-{seed}");
+    let key =
+        RunKey::new("compare-pretraining", version, serde_json::json!({ "pretrain": cfg, "checkpoints": checkpoints }));
+    let saved = saved_keys(out)?;
+    if saved.get(&stage) != Some(&key.about) {
+        let mut stale: Vec<PathBuf> = [format!("burn-seed{seed}"), format!("reference-seed{seed}")]
+            .iter()
+            .map(|d| out.join(d))
+            .filter(|d| d.is_dir())
+            .collect();
+        if let Ok(entries) = fs_err::read_dir(out.join("probes")) {
+            for e in entries {
+                let e = e?;
+                if e.file_name().to_string_lossy().contains(&format!("-seed{seed}-")) {
+                    stale.push(e.path());
+                }
+            }
+        }
+        if !stale.is_empty() {
+            log(&format!(
+                "seed {seed}: stale ({}), training and probing again",
+                why_stale(saved.get(&stage), &key.about)
+            ));
+        }
+        for d in stale {
+            fs_err::remove_dir_all(&d)?;
+        }
+    }
+    save_key(out, &stage, &key)
+}
+
 /// Per epoch, the means of loss, cross-entropy and me-max of a `metrics.jsonl`.
 fn epoch_means(path: &Path) -> Result<Vec<[f64; 3]>> {
     let text = fs_err::read_to_string(path)?;
     let mut sums: Vec<([f64; 3], usize)> = Vec::new();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::input(path, e))?;
-        let epoch = v["epoch"].as_u64().unwrap_or(0) as usize;
+    for (n, line) in text.lines().enumerate() {
+        let bad = |what: &str| Error::input(path, format!("line {}: {what}", n + 1));
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
+        let epoch = v["epoch"].as_u64().ok_or_else(|| bad("no \"epoch\""))? as usize;
         if sums.len() <= epoch {
             sums.resize(epoch + 1, ([0.0; 3], 0));
         }
         for (k, key) in ["loss", "cross_entropy", "me_max"].iter().enumerate() {
-            sums[epoch].0[k] += v[key].as_f64().unwrap_or(f64::NAN);
+            // A non-finite loss is written as null (JSON has no NaN): it stays NaN here.
+            sums[epoch].0[k] += match &v[key] {
+                serde_json::Value::Null if v.get(key).is_some() => f64::NAN,
+                x => x.as_f64().ok_or_else(|| bad(&format!("no number {key:?}")))?,
+            };
         }
         sums[epoch].1 += 1;
     }
@@ -193,11 +266,14 @@ pub fn compare_reference(
     checkpoints.sort_unstable();
     checkpoints.dedup();
     fs_err::create_dir_all(out)?;
+    let version = Dataset::open(dataset)?.version;
+    forget_stale_probes(cfg, &version, out, log)?;
     let mut probed = Probed::default();
     for &seed in &cfg.seeds {
         let pre = cfg.pretrain.clone().with_seed(seed);
         let dirs =
             [(BURN, out.join(format!("burn-seed{seed}"))), (REFERENCE, out.join(format!("reference-seed{seed}")))];
+        forget_stale_seed(&pre, &checkpoints, &version, out, log)?;
         train_burn(&pre, dataset, &dirs[0].1, &checkpoints, device, on_step, log)?;
         train_reference(&pre, &dirs[0].1.join("config.json"), &dirs[1].1, &checkpoints, reference, device, log)?;
         for (implementation, root) in &dirs {
@@ -208,28 +284,26 @@ pub fn compare_reference(
                     let encoder = load_encoder(&root.join(step_dir(c)), CheckpointChoice::Last, device)?;
                     linear_eval(&cfg.eval, encoder, dataset, &[], &dir, &dir.join("features"), device, log)?;
                 }
-                probed.read(implementation, seed, c, &dir)?;
+                probed.read(implementation, seed, c, &dir, cfg.eval.bootstrap_unit)?;
             }
         }
     }
     let rows = checkpoints
         .iter()
         .map(|&c| {
-            let delta = probed
-                .pooled(&cfg.seeds, &cfg.eval, |s| Some((probed.find(REFERENCE, s, c)?, probed.find(BURN, s, c)?)));
+            let equivalence = probed.pooled(cfg, |s| Some((probed.find(REFERENCE, s, c)?, probed.find(BURN, s, c)?)));
             CheckpointRow {
                 step: c,
                 fraction: fraction_label(&cfg.fractions, steps, c),
                 burn: probed.mean_auroc(BURN, c),
                 reference: probed.mean_auroc(REFERENCE, c),
-                within: delta.is_some_and(|d| d.low <= 0.0 && 0.0 <= d.high),
-                delta,
+                equivalence,
             }
         })
         .collect();
     let (c0, c1) = (checkpoints[0], checkpoints[checkpoints.len() - 1]);
     let learns =
-        |i: &str| probed.pooled(&cfg.seeds, &cfg.eval, |s| Some((probed.find(i, s, c0)?, probed.find(i, s, c1)?)));
+        |i: &str| probed.pooled(cfg, |s| Some((probed.find(i, s, c0)?, probed.find(i, s, c1)?))).map(|e| e.delta);
     let mut losses = Vec::new();
     for (implementation, prefix) in [(BURN, "burn"), (REFERENCE, "reference")] {
         let per_seed = cfg
@@ -241,9 +315,12 @@ pub fn compare_reference(
     }
     let loss_gap = loss_gap(&losses[0], &losses[1]);
     let comparison = Comparison {
-        dataset_version: Dataset::open(dataset)?.version,
+        dataset_version: version,
         seeds: cfg.seeds.clone(),
         steps,
+        bootstrap_unit: cfg.eval.bootstrap_unit,
+        bootstrap_clusters: probed.clusters.as_ref().map_or(0, Clusters::count),
+        margin: cfg.margin,
         loss_epochs_within_spread: loss_gap.iter().filter(|(gap, spread)| gap <= spread).count(),
         loss_gap,
         rows,
@@ -298,16 +375,31 @@ fn fraction_label(fractions: &[(usize, usize)], steps: usize, c: usize) -> Strin
 struct Probed {
     probes: Vec<Probe>,
     scores: Vec<(String, u64, usize, TestScores)>,
+    /// What the paired bootstraps resample: the test rows' clusters, from the first probe.
+    clusters: Option<Clusters>,
 }
 
 impl Probed {
-    /// Reads the results of the probe in `dir`.
-    fn read(&mut self, implementation: &str, seed: u64, step: usize, dir: &Path) -> Result<()> {
-        let text = fs_err::read_to_string(dir.join("results.json"))?;
-        let result: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::input(dir, e))?;
-        let macro_auroc = serde_json::from_value(result["test"]["macro_auroc"].clone()).ok();
+    /// Reads the results of the probe in `dir`; every probe must have tested the same rows
+    /// (and patients) as the first.
+    fn read(&mut self, implementation: &str, seed: u64, step: usize, dir: &Path, unit: BootstrapUnit) -> Result<()> {
+        let path = dir.join("results.json");
+        let text = fs_err::read_to_string(&path)?;
+        let result: LinearEvalResult = serde_json::from_str(&text).map_err(|e| Error::input(&path, e))?;
+        let macro_auroc = result.test.macro_auroc;
+        let scores = TestScores::read(dir)?;
+        match self.scores.first() {
+            None => self.clusters = Some(scores.clusters(unit, dir)?),
+            Some((.., first)) if first.targets != scores.targets || first.subjects != scores.subjects => {
+                return Err(Error::input(
+                    &dir.join(crate::linear::TEST_SCORES),
+                    "tested on other rows than the first probe; delete the probes folder to probe again",
+                ));
+            }
+            Some(_) => {}
+        }
         self.probes.push(Probe { implementation: implementation.into(), seed, step, macro_auroc });
-        self.scores.push((implementation.into(), seed, step, TestScores::read(dir)?));
+        self.scores.push((implementation.into(), seed, step, scores));
         Ok(())
     }
 
@@ -326,19 +418,20 @@ impl Probed {
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     }
 
-    /// Paired, averaged over seeds: b minus a for each seed's `(a, b)` (none when a seed lacks
-    /// one).
+    /// Paired, averaged over the seeds: b minus a for each seed's `(a, b)` (none when a seed
+    /// lacks one), with its equivalence test at `cfg.margin`.
     fn pooled<'a>(
         &'a self,
-        seeds: &[u64],
-        eval: &LinearEvalConfig,
+        cfg: &CompareConfig,
         pair: impl Fn(u64) -> Option<(&'a TestScores, &'a TestScores)>,
-    ) -> Option<Estimate> {
-        let pairs: Vec<(&TestScores, &TestScores)> = seeds.iter().map(|&s| pair(s)).collect::<Option<_>>()?;
+    ) -> Option<Equivalence> {
+        let pairs: Vec<(&TestScores, &TestScores)> = cfg.seeds.iter().map(|&s| pair(s)).collect::<Option<_>>()?;
         let first = &self.scores.first()?.3;
         let slices: Vec<(&[f32], &[f32])> =
             pairs.iter().map(|(a, b)| (a.scores.as_slice(), b.scores.as_slice())).collect();
-        paired_mean_macro_auroc_delta(&slices, &first.targets_f32(), first.labels.len(), eval.bootstrap, eval.seed)
+        let (targets, l, eval) = (first.targets_f32(), first.labels.len(), &cfg.eval);
+        let clusters = self.clusters.as_ref()?;
+        paired_mean_macro_auroc_equivalence(&slices, &targets, l, eval.bootstrap, eval.seed, clusters, cfg.margin)
     }
 }
 
@@ -370,19 +463,29 @@ fn write(c: &Comparison, out: &Path) -> Result<()> {
     let mut md = format!(
         "# Learning parity: burn vs the reference PyTorch MSN\n\nDataset {}, {} pretraining steps, seeds {:?}; \
          probe macro AUROC on the test split (mean over seeds) and burn minus the reference, paired on the same \
-         bootstrap resamples, averaged over seeds.\n\n| checkpoint | step | burn | reference | burn - reference \
-         (paired 95% CI) | 0 in CI |\n|---|---|---|---|---|---|\n",
-        c.dataset_version, c.steps, c.seeds
+         bootstrap resamples of the {} test {}, averaged over seeds. Equivalence: two one-sided tests at level \
+         0.05 with a margin of +-{}, i.e. the 90% interval within the margin (equivalent); otherwise a 95% interval \
+         without 0 is a shown difference (different), and anything else is undecided.\n\n\
+         | checkpoint | step | burn | reference | burn - reference (paired 95% CI) | 90% CI | verdict |\n\
+         |---|---|---|---|---|---|---|\n",
+        c.dataset_version,
+        c.steps,
+        c.seeds,
+        c.bootstrap_clusters,
+        c.bootstrap_unit.plural(),
+        c.margin,
     );
     for r in &c.rows {
+        let e = r.equivalence.as_ref();
         md += &format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.fraction,
             r.step,
             num(r.burn),
             num(r.reference),
-            est(&r.delta),
-            if r.within { "yes" } else { "no" }
+            est(&e.map(|e| e.delta)),
+            e.map_or("n/a".into(), |e| format!("{:+.3} to {:+.3}", e.low90, e.high90)),
+            e.map_or("n/a", |e| e.verdict.name()),
         );
     }
     md += &format!(

@@ -90,25 +90,36 @@ pub fn load_head(head: &mut ProjectionHead, sd: &StateDict, prefix: &str, device
     load_linear(&mut head.fc3, sd, &format!("{prefix}layers.6"), device)
 }
 
+/// f32 tensors by name: `(shape, values)`.
+pub type ShapedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The tensors of `vit` under torchvision's `VisionTransformer` names (what [`load_vit`]
 /// reads), `prefix` before each: the conv patch embedding, class token, position embedding,
 /// each encoder layer's norms, attention and MLP, and the final norm; `[out, in]` weights.
-pub fn vit_state_dict(vit: &Vit, prefix: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+/// A tensor that cannot be read back is an error naming it.
+pub fn vit_state_dict(vit: &Vit, prefix: &str) -> Result<ShapedTensors> {
+    type Values = std::result::Result<Vec<f32>, String>;
+    fn values<const D: usize>(t: Tensor<D>) -> Values {
+        t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
     }
     let mut sd = BTreeMap::new();
-    let mut put = |name: String, shape: Vec<usize>, v: Vec<f32>| {
-        sd.insert(format!("{prefix}{name}"), (shape, v));
+    let mut failed: Option<Error> = None;
+    let mut put = |name: String, shape: Vec<usize>, v: Values| match v {
+        Ok(v) => {
+            sd.insert(format!("{prefix}{name}"), (shape, v));
+        }
+        Err(e) => {
+            failed.get_or_insert(Error::Weights(format!("{prefix}{name}: reading the tensor back failed: {e}")));
+        }
     };
-    let linear = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>), name: &str, l: &Linear| {
+    let linear = |put: &mut dyn FnMut(String, Vec<usize>, Values), name: &str, l: &Linear| {
         let [d_in, d_out] = l.weight.dims();
         put(format!("{name}.weight"), vec![d_out, d_in], values(l.weight.val().transpose()));
         if let Some(b) = &l.bias {
             put(format!("{name}.bias"), vec![d_out], values(b.val()));
         }
     };
-    let norm = |put: &mut dyn FnMut(String, Vec<usize>, Vec<f32>), name: &str, n: &LayerNorm| {
+    let norm = |put: &mut dyn FnMut(String, Vec<usize>, Values), name: &str, n: &LayerNorm| {
         let [d] = n.gamma.dims();
         put(format!("{name}.weight"), vec![d], values(n.gamma.val()));
         if let Some(b) = &n.beta {
@@ -140,7 +151,10 @@ pub fn vit_state_dict(vit: &Vit, prefix: &str) -> BTreeMap<String, (Vec<usize>, 
         linear(&mut put, &format!("{b}.mlp.3"), &block.fc2);
     }
     norm(&mut put, "encoder.ln", &vit.norm);
-    sd
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(sd),
+    }
 }
 
 /// The names torchvision's `VisionTransformer` state dict has for `vit`, under `prefix`.
@@ -190,7 +204,7 @@ mod tests {
         let cfg = VitConfig::new(16, 2, 2, 32).with_image_size(16).with_patch_size(8);
         let a = cfg.init(&device, &mut Rng::new(1));
         let mut b = cfg.init(&device, &mut Rng::new(2));
-        let bytes = cxr_dataset::tensors::to_bytes(&vit_state_dict(&a, "backbone.")).unwrap();
+        let bytes = cxr_dataset::tensors::to_bytes(&vit_state_dict(&a, "backbone.").unwrap()).unwrap();
         let sd = cxr_dataset::tensors::parse(&bytes).unwrap();
         assert_eq!(sd.len(), vit_tensor_names(&cfg, "backbone.").len());
         load_vit(&mut b, &sd, "backbone.", &device).unwrap();

@@ -7,11 +7,12 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use cxr_dataset::shard::Shard;
+use cxr_dataset::shard::{SUBJECT_INDEX, Shard};
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
 use trainer::experiment::{Arm, Grid, RunSummary, Setup, ablate};
 use trainer::linear::{Baseline, LinearEvalConfig, ProbeKind, Source, linear_eval, load_encoder, random_encoder};
+use trainer::metrics::BootstrapUnit;
 use trainer::model::VitConfig;
 use trainer::pretrain::{CheckpointChoice, PretrainConfig, pretrain};
 use trainer::transform::ProbeTransform;
@@ -34,14 +35,22 @@ const EHR: [&str; 13] = [
 ];
 
 /// 120 images of 32x32: a bright disc left (class 0) or right (class 1), EHR columns that
-/// agree with the class, splits 80/20/20. Labels: Edema = class; Fracture = 1 on two training
-/// images only (a single class on validation and test: undefined there). The manifest's task
-/// lists `labels` (names) with their columns.
+/// agree with the class, splits 80/20/20, two images a patient. Labels: Edema = class;
+/// Fracture = 1 on two training images only (a single class on validation and test: undefined
+/// there). The manifest's task lists `labels` (names) with their columns.
 fn write_dataset(dir: &Path, version: &str, labels: &[&str]) {
+    write_dataset_with(dir, version, labels, true);
+}
+
+/// [`write_dataset`], with or without the patient column (`subject_index`).
+fn write_dataset_with(dir: &Path, version: &str, labels: &[&str], patients: bool) {
     std::fs::create_dir_all(dir.join("images")).unwrap();
     let mut shard = Shard::new(32, 32);
     let mut names: Vec<String> = EHR.iter().map(|s| s.to_string()).collect();
     names.extend(["age", "label_edema", "label_fracture", "split"].map(String::from));
+    if patients {
+        names.push(SUBJECT_INDEX.into());
+    }
     shard.feature_names = names;
     for k in 0..120usize {
         let class = (k * 7 % 11) % 2;
@@ -63,6 +72,9 @@ fn write_dataset(dir: &Path, version: &str, labels: &[&str]) {
         };
         let mut f = vec![c, 1.0 - c, c - 0.5, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0 - c, c, c, 1.0 - c];
         f.extend([40.0 + 30.0 * c, c, if k == 3 || k == 5 { 1.0 } else { 0.0 }, split]);
+        if patients {
+            f.push((k / 2) as f32);
+        }
         shard.push_with_features(&img, &f).unwrap();
     }
     let mut bytes = Vec::new();
@@ -139,6 +151,14 @@ fn linear_eval_of_random_and_pretrained_encoders() {
     assert_eq!(json["train_rows"], 80);
     assert_eq!(json["test_rows"], 20);
     assert_eq!(json["test"]["undefined"], serde_json::json!(["Fracture"]));
+    // The intervals resample the 10 test patients (two images each), named in the results.
+    assert_eq!(
+        (json["test"]["bootstrap_unit"].as_str(), json["test"]["bootstrap_clusters"].as_u64()),
+        (Some("patient"), Some(10))
+    );
+    assert!(std::fs::read_to_string(out.join("results.md")).unwrap().contains("200 resamples of the 10 patients"));
+    let saved = trainer::linear::TestScores::read(&out).unwrap();
+    assert_eq!(saved.subjects, Some((50..60).flat_map(|p| [p, p]).collect::<Vec<u32>>()));
     let edema = json["test"]["labels"][0]["auroc"]["value"].as_f64().unwrap();
     assert_eq!(json["test"]["macro_auroc"]["value"].as_f64().unwrap(), edema);
     assert!(json["test"]["macro_auroc"]["low"].as_f64().unwrap() <= edema);
@@ -211,6 +231,24 @@ fn linear_eval_of_random_and_pretrained_encoders() {
         let svg = std::fs::read_to_string(out2.join(f)).unwrap();
         assert!(svg.starts_with("<svg") && svg.len() > 1000, "{f}");
     }
+}
+
+/// A dataset without the patient column cannot resample patients: the error says what to do,
+/// and image-level resampling still works.
+#[test]
+fn patient_intervals_need_the_patient_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset_with(&data, "data0009", &["Edema"], false);
+    let device = device();
+    let out = dir.path().join("pixels");
+    let eval = |cfg: &LinearEvalConfig| {
+        linear_eval(cfg, Baseline::Pixels.source(), &data, &[], &out, &out.join("f"), &device, &mut |_| {})
+    };
+    let err = eval(&probe()).unwrap_err().to_string();
+    assert!(err.contains("subject_index") && err.contains("--bootstrap-unit image"), "{err}");
+    let r = eval(&probe().with_bootstrap_unit(BootstrapUnit::Image)).unwrap().result;
+    assert_eq!((r.test.bootstrap_unit, r.test.bootstrap_clusters), (BootstrapUnit::Image, 20));
 }
 
 /// The logistic probe sees what the images show (the disc's side is the Edema label): far
@@ -308,7 +346,8 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     let runs = tiny_ablate(&data, &out, &choices, &mut logs);
     assert_eq!(runs.len(), 5);
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
-    assert_eq!(md.lines().count(), 2 + 5, "header, rule, one row per choice");
+    assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 5, "header, rule, one row per choice");
+    assert!(md.contains("20 resamples of the 10 patients, each with all of its images"), "{md}");
     assert!(md.lines().nth(2).unwrap().starts_with("| none |") && md.contains("| +0.000 (+0.000 to +0.000) |"), "{md}");
     let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 6);
@@ -478,15 +517,16 @@ fn compare_reference_against_itself_finds_no_difference() {
         eval: probe().with_bootstrap(50),
         seeds: vec![24, 25],
         fractions: CompareConfig::FRACTIONS.to_vec(),
+        margin: CompareConfig::MARGIN,
     };
-    let mut calls = 0;
+    let calls = std::cell::Cell::new(0);
     let mut itself = |config: &Path, out: &Path, steps: &[usize]| -> trainer::Result<()> {
-        calls += 1;
+        calls.set(calls.get() + 1);
         let burn = config.parent().unwrap();
         std::fs::copy(burn.join("metrics.jsonl"), out.join("metrics.jsonl")).unwrap();
         for &s in steps {
             let enc = load_encoder(&burn.join(format!("step-{s:08}")), CheckpointChoice::Last, &device).unwrap();
-            let sd = trainer::weights::vit_state_dict(&enc.vit, "backbone.");
+            let sd = trainer::weights::vit_state_dict(&enc.vit, "backbone.").unwrap();
             let bytes = cxr_dataset::tensors::to_bytes(&sd).unwrap();
             std::fs::write(out.join(format!("step-{s:08}.safetensors")), bytes).unwrap();
         }
@@ -501,10 +541,14 @@ fn compare_reference_against_itself_finds_no_difference() {
     assert_eq!(c.steps, 10);
     assert_eq!(c.rows.iter().map(|r| r.step).collect::<Vec<_>>(), [0, 1, 2, 5, 10]);
     for r in &c.rows {
-        let d = r.delta.unwrap();
-        assert_eq!((d.value, d.low, d.high), (0.0, 0.0, 0.0), "step {}", r.step);
-        assert!(r.within && r.burn == r.reference);
+        let e = r.equivalence.unwrap();
+        let d = e.delta;
+        assert_eq!((d.value, d.low, d.high, e.low90, e.high90), (0.0, 0.0, 0.0, 0.0, 0.0), "step {}", r.step);
+        assert_eq!(e.verdict, trainer::metrics::Verdict::Equivalent);
+        assert_eq!(r.burn, r.reference);
     }
+    // The 10 test patients (two images each) are what the paired bootstrap resampled.
+    assert_eq!((c.bootstrap_unit, c.bootstrap_clusters), (BootstrapUnit::Patient, 10));
     assert_eq!(c.probes.len(), 2 * 2 * 5);
     assert_eq!(c.loss_epochs_within_spread, 2);
     assert!(c.loss_gap.iter().all(|(gap, _)| *gap == 0.0));
@@ -513,13 +557,33 @@ fn compare_reference_against_itself_finds_no_difference() {
         assert!(out.join(f).is_file(), "{f}");
     }
     let md = std::fs::read_to_string(out.join("comparison.md")).unwrap();
-    assert!(md.contains("| 1/8 | 1 |") && md.contains("| +0.000 (+0.000 to +0.000) | yes |"), "{md}");
+    assert!(
+        md.contains("| 1/8 | 1 |") && md.contains("| +0.000 (+0.000 to +0.000) | +0.000 to +0.000 | equivalent |"),
+        "{md}"
+    );
     // Everything is there: nothing is trained or probed again.
     logs.clear();
     compare_reference(&cfg, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
         .unwrap();
     assert!(logs.is_empty(), "{logs:?}");
-    assert_eq!(calls, 2, "the reference ran once per seed");
+    assert_eq!(calls.get(), 2, "the reference ran once per seed");
+    // Other probe settings: the probes are redone, the pretrainings reused.
+    let reprobe = CompareConfig { eval: probe().with_bootstrap(60), ..cfg.clone() };
+    logs.clear();
+    compare_reference(&reprobe, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| logs.push(l.to_string()))
+        .unwrap();
+    assert!(logs.iter().any(|l| l.contains("stale (settings eval), probing again")), "{logs:?}");
+    assert!(!logs.iter().any(|l| l.contains("training and probing again")), "{logs:?}");
+    assert_eq!(calls.get(), 2);
+    // Another pretraining budget: both seeds train again.
+    let longer = CompareConfig { pretrain: tiny("none").with_epochs(3), ..reprobe };
+    logs.clear();
+    let c = compare_reference(&longer, &data, &out, &mut itself, &device, &mut |_, _| {}, &mut |l| {
+        logs.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(logs.iter().filter(|l| l.contains("stale (settings checkpoints, pretrain)")).count(), 2, "{logs:?}");
+    assert_eq!((calls.get(), c.steps), (4, 15));
 }
 
 /// `ablate` of `choices` with a 3-step pretraining and a 3-epoch probe, logging into `logs`.

@@ -243,7 +243,7 @@ fn golden_auroc_and_average_precision() {
     let scores = c.f32("scores");
     let y = c.f32("labels");
     let names: Vec<String> = (0..labels).map(|k| format!("label{k}")).collect();
-    let ev = trainer::metrics::evaluate(&scores, &y, &names, 100, 1);
+    let ev = trainer::metrics::evaluate(&scores, &y, &names, 100, 1, &trainer::metrics::Clusters::images(rows));
     assert_eq!(ev.rows, rows);
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
     for (k, name) in names.iter().enumerate() {

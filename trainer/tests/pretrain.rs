@@ -18,6 +18,11 @@ use trainer::views::ViewConfig;
 /// 96 images of 32x32 in two shards: a bright disc whose position depends on the class, with
 /// sex one-hots that agree with the class; splits 80/8/8.
 fn write_dataset(dir: &Path) {
+    write_dataset_with(dir, None);
+}
+
+/// [`write_dataset`], with `sex_male` NaN in image `nan_at` (of all 96) when given.
+fn write_dataset_with(dir: &Path, nan_at: Option<usize>) {
     std::fs::create_dir_all(dir.join("images")).unwrap();
     let mut parts = Vec::new();
     for s in 0..2 {
@@ -41,7 +46,8 @@ fn write_dataset(dir: &Path) {
             } else {
                 2.0
             };
-            shard.push_with_features(&img, &[class as f32, 1.0 - class as f32, class as f32, split]).unwrap();
+            let sex = if nan_at == Some(k) { f32::NAN } else { class as f32 };
+            shard.push_with_features(&img, &[sex, 1.0 - class as f32, class as f32, split]).unwrap();
         }
         let mut bytes = Vec::new();
         shard.write(&mut bytes).unwrap();
@@ -295,6 +301,41 @@ fn an_unknown_ehr_column_and_a_changed_shard_are_refused() {
     std::fs::write(&shard, bytes).unwrap();
     let err = pretrain(&tiny("none"), &data, &dir.path().join("r2"), &device, false).unwrap_err().to_string();
     assert!(err.contains("does not verify"), "{err}");
+}
+
+/// A NaN in a selected EHR column is an error naming the column, the shard and the row; a
+/// selection without that column trains.
+#[test]
+fn a_non_finite_ehr_value_is_an_error_naming_column_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset_with(&data, Some(50));
+    let device = device();
+    let err = pretrain(&tiny("sex"), &data, &dir.path().join("r"), &device, false).unwrap_err();
+    assert_eq!(err.exit_code(), 4);
+    let text = err.to_string();
+    assert!(text.contains("\"sex_male\" is NaN in row 2 of images/part-00001.safetensors"), "{text}");
+    pretrain(&tiny("none").with_epochs(1), &data, &dir.path().join("r2"), &device, false).unwrap();
+}
+
+/// A diverging run (a huge learning rate) stops at the first non-finite loss with its own
+/// exit status, keeping the checkpoint of the step before.
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data);
+    let run = dir.path().join("run");
+    let cfg = tiny("none").with_lr(1e30).with_checkpoint_every(1);
+    let err = pretrain(&cfg, &data, &run, &device(), false).unwrap_err();
+    let trainer::Error::NonFiniteLoss { step, kept, loss, .. } = &err else { panic!("{err}") };
+    assert!(!loss.is_finite() && *step >= 1, "{err}");
+    assert_eq!(*kept, Some(*step), "{err}");
+    assert_eq!(err.exit_code(), 8);
+    assert!(err.to_string().contains(&format!("the checkpoint of step {step} is kept")), "{err}");
+    assert_eq!(trainer::pretrain::read_checkpoint(&run).unwrap().step, *step);
+    let lines = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), step + 1, "the diverged step's metrics are written");
 }
 
 /// The `msn` preset trains the prototypes (the `paper` preset keeps them frozen).

@@ -453,8 +453,8 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
 /// Identifier columns, not stored as features.
 const ID_COLUMNS: [&str; 4] = ["subject_id", "study_id", "hadm_id", "stay_id"];
 
-/// The numeric columns of the table (and `split` as its code), as `f32` with null as NaN: what
-/// the trainer reads from the image shards.
+/// The numeric columns of the table (and `split` as its code), as `f32` with null as NaN, then
+/// [`cxr_dataset::shard::SUBJECT_INDEX`]: what the trainer reads from the image shards.
 pub fn feature_matrix(df: &DataFrame) -> Result<images::FeatureMatrix> {
     let mut names = Vec::new();
     let mut columns: Vec<Vec<f32>> = Vec::new();
@@ -475,12 +475,41 @@ pub fn feature_matrix(df: &DataFrame) -> Result<images::FeatureMatrix> {
         names.push(name);
         columns.push(values);
     }
+    names.push(cxr_dataset::shard::SUBJECT_INDEX.to_string());
+    columns.push(subject_index(df)?);
     let n = df.height();
     let mut values = Vec::with_capacity(n * names.len());
     for r in 0..n {
         values.extend(columns.iter().map(|c| c[r]));
     }
     Ok(images::FeatureMatrix { names, values })
+}
+
+/// Each row's patient as a dense index in order of first appearance (exact in f32 up to 2^24
+/// patients); a row without a subject id is a patient of its own.
+fn subject_index(df: &DataFrame) -> Result<Vec<f32>> {
+    let ids = df.column("subject_id").map_err(pe("subject_id"))?.cast(&DataType::Int64).map_err(pe("subject_id"))?;
+    let ids = ids.i64().map_err(pe("subject_id"))?;
+    let mut seen = std::collections::HashMap::new();
+    let mut next = 0u32;
+    let mut index = Vec::with_capacity(ids.len());
+    for id in ids.iter() {
+        let i = match id {
+            Some(id) => *seen.entry(id).or_insert_with(|| {
+                next += 1;
+                next - 1
+            }),
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+        if i >= 1 << 24 {
+            return Err(Error::Internal("more than 2^24 patients: the subject index would not fit f32".into()));
+        }
+        index.push(i as f32);
+    }
+    Ok(index)
 }
 
 /// The report files of a version.

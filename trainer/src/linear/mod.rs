@@ -28,7 +28,7 @@ use cxr_dataset::{Split, Uncertain};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
-use crate::metrics::evaluate;
+use crate::metrics::{BootstrapUnit, evaluate, macro_auroc};
 use crate::model::Vit;
 use crate::pretrain::CheckpointChoice;
 use crate::rng::Rng;
@@ -133,6 +133,9 @@ pub struct LinearEvalConfig {
     pub uncertain: ProbeUncertain,
     #[config(default = 1000)]
     pub bootstrap: usize,
+    /// What a bootstrap resample draws: patients (each with all of its images) or images.
+    #[config(default = "BootstrapUnit::Patient")]
+    pub bootstrap_unit: BootstrapUnit,
     pub transform: ProbeTransform,
 }
 
@@ -259,10 +262,6 @@ pub struct LinearEvalOutput {
     pub history: Vec<EpochMetrics>,
 }
 
-fn macro_auroc(scores: &[f32], labels: &[f32], names: &[String]) -> Option<f64> {
-    evaluate(scores, labels, names, 0, 0).macro_auroc.map(|e| e.value)
-}
-
 /// Runs the linear evaluation of `source` (an [`Encoder`] or a baseline) on `dataset`
 /// (train/validate/test splits), tests the classifier chosen on validation on the test split
 /// and on each of `external` (labels by name), and writes `results.json`, `results.md`,
@@ -285,6 +284,7 @@ pub fn linear_eval(
     let ds = Dataset::open(dataset)?;
     let names = ds.labels.clone();
     let columns = source.columns()?;
+    ds.require_finite(&[], &columns)?;
     let [train, val, test] = three_splits(&ds, &names, cfg.uncertain, &columns)?;
     let train_rows = probe_rows(cfg, train.len());
     let cache = (cfg.cache_features && !cfg.finetune).then_some(cache_dir);
@@ -299,13 +299,21 @@ pub fn linear_eval(
     let dim = features.dim();
     let test_feats = features.rows("test", &ds.version, &test, test_vit.as_ref(), log)?;
     let test_scores = fit.classifier.score(&test_feats, dim, device)?;
-    log(&format!("testing on {} images ({} bootstrap resamples)", test.len(), cfg.bootstrap));
-    let test_eval = evaluate(&test_scores, &test.labels, &names, cfg.bootstrap, cfg.seed);
+    let clusters = test.clusters(cfg.bootstrap_unit, &ds.dir)?;
+    log(&format!(
+        "testing on {} images ({} bootstrap resamples of {} {})",
+        test.len(),
+        cfg.bootstrap,
+        clusters.count(),
+        cfg.bootstrap_unit.plural()
+    ));
+    let test_eval = evaluate(&test_scores, &test.labels, &names, cfg.bootstrap, cfg.seed, &clusters);
     let externals = external_tests(cfg, &features, &fit.classifier, test_vit.as_ref(), external, &names, log)?;
     let saved = TestScores {
         labels: names.clone(),
         scores: test_scores.clone(),
         targets: test.labels.iter().map(|v| (!v.is_nan()).then_some(*v)).collect(),
+        subjects: test.subjects.clone(),
     };
     fs_err::write(out.join(TEST_SCORES), to_json(&saved)?)?;
     fit.classifier.save(out, &names)?;
@@ -501,7 +509,7 @@ fn external_tests(
             version: ext.version.clone(),
             kind: ext.kind.clone(),
             unmatched_labels: unmatched,
-            test: evaluate(&s, &data.labels, names, cfg.bootstrap, cfg.seed),
+            test: evaluate(&s, &data.labels, names, cfg.bootstrap, cfg.seed, &data.clusters(cfg.bootstrap_unit, dir)?),
         });
     }
     Ok(results)

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::ProbeKind;
-use crate::metrics::Evaluation;
+use crate::metrics::{BootstrapUnit, Clusters, Evaluation};
 use crate::{Error, Result};
 
 /// The test split's probe outputs, saved as `test-scores.json` (for paired comparisons).
@@ -17,6 +17,9 @@ pub struct TestScores {
     pub scores: Vec<f32>,
     /// `[rows, labels]`; `None` = left out.
     pub targets: Vec<Option<f32>>,
+    /// Per row, its patient (the dataset's subject index); `None` when the dataset has none.
+    #[serde(default)]
+    pub subjects: Option<Vec<u32>>,
 }
 
 /// File name of [`TestScores`] in a linear-evaluation folder.
@@ -31,6 +34,19 @@ impl TestScores {
 
     pub fn targets_f32(&self) -> Vec<f32> {
         self.targets.iter().map(|v| v.unwrap_or(f32::NAN)).collect()
+    }
+
+    /// The clusters a paired bootstrap on these rows resamples (`dir`: where the scores were
+    /// read, for the error).
+    pub fn clusters(&self, unit: BootstrapUnit, dir: &Path) -> Result<Clusters> {
+        let rows = self.targets.len() / self.labels.len().max(1);
+        Clusters::new(unit, rows, self.subjects.as_deref()).ok_or_else(|| {
+            Error::input(
+                &dir.join(TEST_SCORES),
+                "no patient of each row, so a paired bootstrap cannot resample patients: evaluate again on a \
+                 dataset built by this pipeline, or pass --bootstrap-unit image",
+            )
+        })
     }
 }
 

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use super::results::EpochMetrics;
 use super::source::{eval_batch, to_vec};
-use super::{LinearEvalConfig, SplitData, macro_auroc};
+use super::{LinearEvalConfig, SplitData};
+use crate::metrics::macro_auroc;
 use crate::model::Vit;
 use crate::model::init::Init;
 use crate::rng::Rng;

@@ -2,11 +2,14 @@
 //! memory), labels under an uncertainty policy
 //! (matched by name), and the metadata the reports colour embeddings by.
 
+use std::path::Path;
+
 use cxr_dataset::Split;
-use cxr_dataset::shard::split_code;
+use cxr_dataset::shard::{SUBJECT_INDEX, split_code};
 
 use super::ProbeUncertain;
 use crate::data::{Dataset, ImageSource, Images};
+use crate::metrics::{BootstrapUnit, Clusters};
 use crate::{Error, Result};
 
 /// One split of an evaluation dataset: images, labels (NaN = left out) and the
@@ -18,6 +21,8 @@ pub struct SplitData {
     pub labels: Vec<f32>,
     /// Per row: sex (1 male, 0 female, NaN unknown), age in years, view name.
     pub meta: Vec<(f32, f32, String)>,
+    /// Per row: the patient ([`SUBJECT_INDEX`]); `None` in datasets built before the column.
+    pub subjects: Option<Vec<u32>>,
 }
 
 impl SplitData {
@@ -27,6 +32,18 @@ impl SplitData {
 
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
+    }
+
+    /// The clusters the bootstrap resamples on these rows; patients need the dataset's
+    /// [`SUBJECT_INDEX`] column (`dir` names the dataset in the error).
+    pub fn clusters(&self, unit: BootstrapUnit, dir: &Path) -> Result<Clusters> {
+        Clusters::new(unit, self.len(), self.subjects.as_deref()).ok_or_else(|| Error::Dataset {
+            path: dir.to_path_buf(),
+            message: format!(
+                "no {SUBJECT_INDEX:?} column, so the bootstrap cannot resample patients: rebuild the dataset with this \
+                 pipeline (a new version), or pass --bootstrap-unit image"
+            ),
+        })
     }
 }
 
@@ -75,6 +92,10 @@ pub fn load_splits(
         columns.push("age".into());
         columns.len() - 1
     });
+    let subject_col = has(SUBJECT_INDEX).then(|| {
+        columns.push(SUBJECT_INDEX.into());
+        columns.len() - 1
+    });
     let views: Vec<(usize, String)> = available
         .iter()
         .filter(|c| c.starts_with("view_") && *c != "view_imputed")
@@ -104,7 +125,8 @@ pub fn load_splits(
             let view = views.iter().find(|(c, _)| f[*c] > 0.5).map(|(_, n)| n.clone()).unwrap_or_default();
             meta.push((sex_col.map_or(f32::NAN, |c| f[c]), age_col.map_or(f32::NAN, |c| f[c]), view));
         }
-        out.push(SplitData { images: all.subset(&rows)?, labels, meta });
+        let subjects = subject_col.map(|c| rows.iter().map(|&i| all.feature_row(i)[c] as u32).collect());
+        out.push(SplitData { images: all.subset(&rows)?, labels, meta, subjects });
     }
     Ok(out)
 }

@@ -74,6 +74,7 @@ pub fn pretrain_with(
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let ds = Dataset::open(dataset)?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
+    ds.require_finite(&cfg.pretrain_split.splits(), &columns)?;
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
     if images.len() < cfg.batch_size {
         return Err(Error::Config(format!(
@@ -149,6 +150,8 @@ struct RunState {
     epoch_sum: f64,
     epoch_steps: usize,
     best: Option<BestCheckpoint>,
+    /// The step of the newest checkpoint on disk.
+    saved: Option<usize>,
 }
 
 impl RunState {
@@ -181,7 +184,8 @@ impl RunState {
             writeln!(metrics, "{l}")?;
         }
         let best = if files.checkpoint.is_some() { read_best(&files.run)? } else { None };
-        Ok(Self { step, first, last: f32::NAN, images_seen: 0, metrics, epoch_sum, epoch_steps, best })
+        let saved = files.checkpoint.as_ref().map(|c| c.step);
+        Ok(Self { step, first, last: f32::NAN, images_seen: 0, metrics, epoch_sum, epoch_steps, best, saved })
     }
 
     /// Records a step's metrics.
@@ -274,6 +278,19 @@ impl EpochRun<'_> {
                 };
                 state.record(&m, batch.size)?;
                 on_step(&m, stop);
+                if !m.loss.is_finite() {
+                    // The update of this step is not saved: the last checkpoint stays the
+                    // one before it.
+                    state.metrics.flush()?;
+                    let kept = state.saved;
+                    return Err(Error::NonFiniteLoss {
+                        run: files.run.clone(),
+                        step: m.step,
+                        epoch,
+                        loss: m.loss,
+                        kept,
+                    });
+                }
                 let k = k + self.skip;
                 let next = if k + 1 == per_epoch { (epoch + 1, 0) } else { (epoch, k + 1) };
                 if next.1 == 0
@@ -285,6 +302,7 @@ impl EpochRun<'_> {
                 if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || next.1 == 0 || state.step == stop {
                     state.metrics.flush()?;
                     files.save(replicas.net(), replicas.optimizer_record(), state.step, next, state.first)?;
+                    state.saved = Some(state.step);
                 }
             }
             Ok(true)

@@ -86,7 +86,11 @@ pub fn overlay_panels(path: &Path, title: &str, x_desc: &str, panels: &[(&str, V
 /// `metrics.jsonl`.
 pub fn pretrain_curves(metrics: &Path, out: &Path) -> Result<()> {
     let text = fs_err::read_to_string(metrics)?;
-    let rows: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| serde_json::from_str(l).map_err(|e| Error::input(metrics, format!("line {}: {e}", n + 1))))
+        .collect::<Result<_>>()?;
     let get = |k: &str| -> Vec<(f64, f64)> {
         rows.iter().filter_map(|r| Some((r["step"].as_f64()?, r[k].as_f64()?))).collect()
     };
