@@ -404,7 +404,7 @@ fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
         net.visit(&mut zero);
         let grads = burn::optim::GradientsParams::from_grads(zero.0.unwrap().backward(), &net);
         let s = StepSchedule { lr, weight_decay: wd, momentum: 0.996 };
-        let after = trainer::pretrain::update(net.clone(), &mut optim, grads, &cfg, s);
+        let after = trainer::pretrain::update(net.clone(), &mut optim, grads, &cfg, s).unwrap();
         let ratio = |before: Vec<f32>, after: Vec<f32>| {
             let (b, a): (f32, f32) = (before.iter().map(|x| x.abs()).sum(), after.iter().map(|x| x.abs()).sum());
             a / b
@@ -616,7 +616,7 @@ fn gradient_clipping_is_global_over_the_anchor_branch() {
     let mut loss = Linear(None);
     net.visit(&mut loss);
     let grads = burn::optim::GradientsParams::from_grads(loss.0.unwrap().backward(), &net);
-    let clipped = trainer::pretrain::clip_global_norm(grads, &net, 3.0);
+    let clipped = trainer::pretrain::clip_global_norm(grads, &net, 3.0).unwrap();
     struct Sq<'a>(&'a burn::optim::GradientsParams, f64, usize);
     impl ModuleVisitor for Sq<'_> {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {

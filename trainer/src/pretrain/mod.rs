@@ -268,9 +268,9 @@ impl EpochRun<'_> {
                 let m = StepMetrics {
                     epoch,
                     step: state.step,
-                    loss: scalar(loss.loss),
-                    cross_entropy: scalar(loss.cross_entropy),
-                    me_max: scalar(loss.me_max),
+                    loss: scalar(loss.loss, "the loss")?,
+                    cross_entropy: scalar(loss.cross_entropy, "the cross-entropy")?,
+                    me_max: scalar(loss.me_max, "the me-max term")?,
                     lr: sched.lr,
                     weight_decay: sched.weight_decay,
                     momentum: sched.momentum,

@@ -9,11 +9,11 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::config::{PretrainConfig, StepSchedule};
-use crate::Result;
 use crate::model::fusion::{MsnNet, Views};
 use crate::msn::MsnLossOutput;
 use crate::parallel::{Collective, Local, all_reduce_gradients};
 use crate::views::Batch;
+use crate::{Error, Result};
 
 /// Collects a module's float parameters, flattened, in visiting order.
 struct Collect(Vec<Tensor<1>>);
@@ -119,7 +119,7 @@ impl ModuleMapper for Scale<'_> {
 
 /// Scales the gradients of the anchor branch (encoder, head, EHR modules) so their global L2
 /// norm is at most `max` (torch's `clip_grad_norm_`: factor `max / (norm + 1e-6)` when below 1).
-pub fn clip_global_norm(grads: GradientsParams, net: &MsnNet, max: f64) -> GradientsParams {
+pub fn clip_global_norm(grads: GradientsParams, net: &MsnNet, max: f64) -> Result<GradientsParams> {
     struct Norm<'a>(&'a GradientsParams, Option<Tensor<1>>);
     impl ModuleVisitor for Norm<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -145,17 +145,20 @@ pub fn clip_global_norm(grads: GradientsParams, net: &MsnNet, max: f64) -> Gradi
     net.anchor_head.visit(&mut norm);
     net.f_ehr.visit(&mut norm);
     net.g.visit(&mut norm);
-    let total = norm.1.map_or(0.0, |t| f64::from(scalar(t)).sqrt());
+    let total = match norm.1 {
+        Some(t) => f64::from(scalar(t, "the gradient norm")?).sqrt(),
+        None => 0.0,
+    };
     let factor = max / (total + 1e-6);
     if factor >= 1.0 {
-        return grads;
+        return Ok(grads);
     }
     let mut r = Rescale(grads, factor);
     net.anchor.visit(&mut r);
     net.anchor_head.visit(&mut r);
     net.f_ehr.visit(&mut r);
     net.g.visit(&mut r);
-    r.0
+    Ok(r.0)
 }
 
 /// The parameter update of one step: global gradient clipping (`grad_clip_norm`), decoupled
@@ -167,9 +170,9 @@ pub fn update(
     grads: GradientsParams,
     cfg: &PretrainConfig,
     s: StepSchedule,
-) -> MsnNet {
+) -> Result<MsnNet> {
     let grads = match cfg.grad_clip_norm {
-        Some(max) => clip_global_norm(grads, &net, max),
+        Some(max) => clip_global_norm(grads, &net, max)?,
         None => grads,
     };
     let net = if s.weight_decay > 0.0 {
@@ -188,7 +191,7 @@ pub fn update(
     } else {
         net
     };
-    optim.step(s.lr, net, grads)
+    Ok(optim.step(s.lr, net, grads))
 }
 
 /// Seconds spent in each part of a training step (exact on an eager backend such as
@@ -235,7 +238,7 @@ pub fn train_step_with(
     let grads = GradientsParams::from_grads(loss.backward.backward(), &net);
     let grads = all_reduce_gradients(grads, &net, collective);
     let t3 = Instant::now();
-    let net = update(net, optim, grads, cfg, s);
+    let net = update(net, optim, grads, cfg, s)?;
     let t4 = Instant::now();
     let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
     let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
@@ -264,6 +267,9 @@ pub fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views 
     }
 }
 
-pub(super) fn scalar(t: Tensor<1>) -> f32 {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().ok().and_then(|v| v.first().copied()).unwrap_or(f32::NAN)
+/// The first value of `t` (named `what` in the error when it cannot be read back).
+pub(super) fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
+    let v = t.into_data().convert::<f32>().try_to_vec::<f32>();
+    let v = v.map_err(|e| Error::Device(format!("reading {what} back from the device: {e:?}")))?;
+    v.first().copied().ok_or_else(|| Error::Device(format!("reading {what} back from the device: no value")))
 }
