@@ -186,8 +186,12 @@ impl Dataset {
 
     /// Checks that the EHR `columns` are finite in every row of `splits` (all when empty): the
     /// first NaN or infinite value is an error naming the column, the shard and the row
-    /// (the same row of the same-numbered features part).
+    /// (the same row of the same-numbered features part). Reads every shard's features: call
+    /// it to locate a value already found non-finite, or before loading only those columns.
     pub fn require_finite(&self, splits: &[Split], columns: &[String]) -> Result<()> {
+        if columns.is_empty() {
+            return Ok(());
+        }
         let codes: Vec<f32> = splits.iter().filter_map(|s| split_code(s.as_str())).collect();
         for i in 0..self.shards.len() {
             let (head, _) = self.read_head(i)?;

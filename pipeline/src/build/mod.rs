@@ -494,12 +494,12 @@ fn subject_index(df: &DataFrame) -> Result<Vec<f32>> {
     let mut next = 0u32;
     let mut index = Vec::with_capacity(ids.len());
     for id in ids.iter() {
-        let i = match id {
-            Some(id) => *seen.entry(id).or_insert_with(|| {
-                next += 1;
-                next - 1
-            }),
+        let i = match id.and_then(|id| seen.get(&id)) {
+            Some(&i) => i,
             None => {
+                if let Some(id) = id {
+                    seen.insert(id, next);
+                }
                 next += 1;
                 next - 1
             }

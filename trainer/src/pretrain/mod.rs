@@ -74,8 +74,11 @@ pub fn pretrain_with(
     let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let ds = Dataset::open(dataset)?;
     let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
-    ds.require_finite(&cfg.pretrain_split.splits(), &columns)?;
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
+    // The loaded features are exactly the EHR columns; a non-finite one is located and named.
+    if images.features.iter().any(|v| !v.is_finite()) {
+        ds.require_finite(&cfg.pretrain_split.splits(), &columns)?;
+    }
     if images.len() < cfg.batch_size {
         return Err(Error::Config(format!(
             "{} pretraining images, fewer than one batch of {}",
