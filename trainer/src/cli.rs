@@ -264,8 +264,11 @@ impl PretrainArgs {
 pub(crate) struct EvalOpts {
     /// The classifier on frozen features: logistic (a logistic regression per label on
     /// standardised features, solved to convergence, L2 strength chosen on validation macro
-    /// AUROC) or sgd (a linear head trained by Adam with early stopping, as the reference).
-    /// --finetune and --no-cache always train by sgd.
+    /// AUROC), sgd (a linear head trained by Adam with early stopping, as the reference), or
+    /// paper (the paper's linear evaluation, to set beside its tables: the sgd head trained
+    /// on augmented images through the frozen encoder, raw features; with the default
+    /// --probe-lr, --probe-epochs and --patience, which are the paper's; slow, as every epoch
+    /// runs the encoder). --finetune and --no-cache always train the linear head.
     #[arg(long, value_enum, default_value_t = ProbeKind::Logistic)]
     pub(crate) probe: ProbeKind,
     /// The pretraining checkpoint evaluated: lowest-loss (the end of the epoch with the lowest

@@ -332,6 +332,50 @@ fn finetuning_trains_the_encoder_and_frozen_probing_does_not() {
     assert_eq!(saved(&frozen), initial, "a frozen probe leaves the encoder as it was");
 }
 
+/// `--probe paper`: the Adam head on augmented images through the frozen encoder, on raw
+/// features, even with the feature cache on; a baseline trains it on its raw features.
+#[test]
+fn the_paper_probe_trains_on_augmented_images_without_standardising() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0005", &["Edema"]);
+    let device = device();
+    let run = |source: Source, cfg: &LinearEvalConfig, name: &str| {
+        let out = dir.path().join(name);
+        let mut lines = Vec::new();
+        let r = linear_eval(cfg, source, &data, &[], &out, &out.join("f"), &device, &mut |l| lines.push(l.to_string()))
+            .unwrap();
+        (r, out, lines)
+    };
+    let paper = probe().with_probe(ProbeKind::Paper).with_epochs(3).with_bootstrap(10);
+    assert!(paper.cache_features && paper.standardize, "the paper probe overrides both");
+    let (r, out, lines) = run(random_encoder(&vit(), 5, &device).into(), &paper, "paper");
+    assert_eq!(r.result.probe, ProbeKind::Paper);
+    assert_eq!(r.result.epochs_run, Some(r.history.len()));
+    assert!(r.result.probe_summary().contains("augmented images"), "{}", r.result.probe_summary());
+    let cached_splits = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir.join("f")).map_or(Vec::new(), |d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().unwrap() == "json")
+                .map(|p| read_json(&p)["split"].as_str().unwrap().to_string())
+                .collect()
+        })
+    };
+    assert!(!cached_splits(&out).contains(&"train".to_string()), "trained on images, not on cached features");
+    assert!(out.join("probe.bpk").is_file() && !out.join("probe.json").exists(), "no standardisation saved");
+    assert!(lines.iter().any(|l| l.contains("augmented images through the frozen encoder")), "{lines:?}");
+    // The same head on cached eval-transform features trains on other inputs.
+    let sgd = paper.clone().with_probe(ProbeKind::Sgd).with_standardize(false);
+    let (s, out_sgd, _) = run(random_encoder(&vit(), 5, &device).into(), &sgd, "sgd");
+    assert!(cached_splits(&out_sgd).contains(&"train".to_string()), "the sgd probe trains on cached features");
+    assert_ne!(s.history[0].train_loss, r.history[0].train_loss, "augmented inputs, another loss");
+    // A baseline has no encoder: raw features, said so.
+    let (b, out_b, lines) = run(Baseline::Pixels.source(), &paper, "pixels");
+    assert_eq!(b.result.probe, ProbeKind::Paper);
+    assert!(!out_b.join("probe.json").exists(), "raw features");
+    assert!(lines.iter().any(|l| l.contains("baseline has no encoder")), "{lines:?}");
+}
+
 #[test]
 fn quick_ablation_completes_resumes_and_writes_the_table() {
     let dir = tempfile::tempdir().unwrap();
@@ -499,6 +543,46 @@ fn the_baseline_choices_evaluate_without_pretraining_against_vanilla() {
     assert_eq!(read_json(&out.join("baseline-ehr-alone/linear-eval/results.json"))["encoder"]["baseline"], "ehr");
     let md = std::fs::read_to_string(out.join("ablation.md")).unwrap();
     assert!(md.contains("| pixels |") && md.contains("| ehr-alone |"), "{md}");
+}
+
+/// The demo's verdicts: a difference pooled over seeds is the mean of the per-seed paired
+/// differences (each equal to that seed's ablation delta), on the same resampled patients;
+/// runs tested on other rows are refused.
+#[test]
+fn seed_pooled_deltas_average_the_per_seed_paired_deltas() {
+    use trainer::experiment::pooled_delta;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_dataset(&data, "data0008", &["Edema", "Fracture"]);
+    let arms = [Arm::vanilla(), Arm::RandomInit];
+    let eval = probe().with_epochs(3).with_bootstrap(50);
+    let mut deltas = Vec::new();
+    let mut pairs = Vec::new();
+    for seed in [24u64, 25] {
+        let out = dir.path().join(format!("seed-{seed}"));
+        let base = tiny("none").with_max_steps(Some(3)).with_seed(seed);
+        let runs = ablate_with(&data, &out, &arms, &base, &eval, &mut Vec::new());
+        deltas.push(runs[1].delta_vs_vanilla.unwrap());
+        pairs.push((out.join(arms[0].run_name()), out.join(arms[1].run_name())));
+    }
+    assert_ne!(deltas[0].value, deltas[1].value, "two seeds, two random encoders");
+    let p = pooled_delta(&[24, 25], &pairs, &eval, 0.01).unwrap();
+    assert_eq!(p.per_seed, deltas.iter().map(|d| Some(*d)).collect::<Vec<_>>(), "each seed's ablation delta");
+    let q = p.pooled.unwrap();
+    assert!((q.delta.value - (deltas[0].value + deltas[1].value) / 2.0).abs() < 1e-12, "{q:?}");
+    assert!(
+        q.delta.low <= q.low90 && q.low90 <= q.delta.value && q.delta.value <= q.high90 && q.high90 <= q.delta.high
+    );
+    assert_eq!(q.margin, 0.01);
+    assert!(p.intervals.contains("50 resamples of the 10 test patients"), "{}", p.intervals);
+    // One run on another dataset (another label set): refused, naming its scores.
+    let other = dir.path().join("other");
+    write_dataset(&other, "data0009", &["Edema"]);
+    let out = dir.path().join("other-runs");
+    ablate_with(&other, &out, &arms[1..], &tiny("none"), &eval, &mut Vec::new());
+    pairs[1].1 = out.join(arms[1].run_name());
+    let err = pooled_delta(&[24, 25], &pairs, &eval, 0.01).unwrap_err().to_string();
+    assert!(err.contains("other-runs/random-init/linear-eval/test-scores.json") && err.contains("other rows"), "{err}");
 }
 
 /// `compare-reference` with burn itself as the "reference" (its own snapshots exported under

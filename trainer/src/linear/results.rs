@@ -120,9 +120,10 @@ impl LinearEvalResult {
                  strengths chosen on validation macro AUROC {auc}",
                 self.regularization.as_ref().map_or(0, Vec::len)
             ),
-            (_, _, Some(run), Some(best)) => {
+            (kind, _, Some(run), Some(best)) => {
+                let on = if kind == ProbeKind::Paper { " on augmented images (the paper's protocol)" } else { "" };
                 format!(
-                    "linear head trained by Adam, {run} epochs run, best validation macro AUROC {auc} at epoch {best}"
+                    "linear head trained by Adam{on}, {run} epochs run, best validation macro AUROC {auc} at epoch {best}"
                 )
             }
             _ => format!("best validation macro AUROC {auc}"),
