@@ -148,9 +148,42 @@ pub fn age_norm(age: f64) -> f64 {
 /// `mortality`, `icu`), or `none` for vanilla MSN. Variables are kept in catalog order, so
 /// `scan,demographics` and `demographics,scan` give the same vector. A group brings its
 /// default variables, except that an explicit age encoding replaces the default `age-norm`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+///
+/// Two selections are equal when they select the same variables. A selection keeps the
+/// spelling it was parsed from ([`EhrSelection::spelling`], e.g. `demographics,scan,stay`):
+/// that is what tables, folder names and run keys show, and what it serialises to (a JSON
+/// string, parsed back on reading; [`Display`](fmt::Display) writes the variables instead).
+#[derive(Debug, Clone)]
 pub struct EhrSelection {
     variables: Vec<Variable>,
+    spelling: String,
+}
+
+impl PartialEq for EhrSelection {
+    fn eq(&self, other: &Self) -> bool {
+        self.variables == other.variables
+    }
+}
+
+impl Eq for EhrSelection {}
+
+impl Default for EhrSelection {
+    fn default() -> Self {
+        Self { variables: Vec::new(), spelling: "none".into() }
+    }
+}
+
+impl serde::Serialize for EhrSelection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.spelling)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EhrSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|e| serde::de::Error::custom(format!("EHR selection {text:?}: {e}")))
+    }
 }
 
 /// Why an `--ehr` value could not be parsed.
@@ -179,6 +212,38 @@ impl EhrSelection {
 
     pub fn is_none(&self) -> bool {
         self.variables.is_empty()
+    }
+
+    /// The default variables of `groups`, spelt as their names joined by commas (the groups
+    /// in catalog order).
+    pub fn groups(groups: &[Group]) -> Self {
+        let mut groups = groups.to_vec();
+        groups.sort();
+        groups.dedup();
+        if groups.is_empty() {
+            return Self::none();
+        }
+        let mut variables: Vec<Variable> = groups.iter().flat_map(|g| g.default_variables().iter().copied()).collect();
+        variables.sort();
+        let spelling = groups.iter().map(|g| g.name()).collect::<Vec<_>>().join(",");
+        Self { variables, spelling }
+    }
+
+    /// The variables `variables`, spelt as their names joined by commas (in catalog order).
+    pub fn of_variables(variables: &[Variable]) -> Self {
+        let mut variables = variables.to_vec();
+        variables.sort();
+        variables.dedup();
+        if variables.is_empty() {
+            return Self::none();
+        }
+        let spelling = variables.iter().map(|v| v.name()).collect::<Vec<_>>().join(",");
+        Self { variables, spelling }
+    }
+
+    /// The selection as it was written (its comma-separated names, trimmed), `none` for none.
+    pub fn spelling(&self) -> &str {
+        &self.spelling
     }
 
     /// The encoded column names the EHR vector is built from, in order.
@@ -219,6 +284,7 @@ impl FromStr for EhrSelection {
         if tokens.contains(&"none") {
             return if tokens.len() == 1 { Ok(Self::none()) } else { Err(EhrSelectionError::NoneWithOthers) };
         }
+        let spelling = tokens.join(",");
         let mut explicit = Vec::new();
         let mut from_groups = Vec::new();
         for token in tokens {
@@ -239,7 +305,7 @@ impl FromStr for EhrSelection {
         if ages.len() > 1 {
             return Err(EhrSelectionError::TwoAgeEncodings(ages.join(", ")));
         }
-        Ok(Self { variables })
+        Ok(Self { variables, spelling })
     }
 }
 
@@ -254,6 +320,23 @@ mod tests {
         assert_eq!(Variable::AgeBins5.columns()[0], "age5_00_20");
         assert_eq!(Variable::AgeBins5.columns()[15], "age5_90_up");
         assert_eq!(Variable::AgeBins10.columns()[7], "age10_80_90");
+    }
+
+    #[test]
+    fn a_selection_keeps_its_spelling_and_round_trips_through_json() {
+        let sel: EhrSelection = " demographics, scan,stay ".parse().unwrap();
+        assert_eq!(sel.spelling(), "demographics,scan,stay");
+        assert_eq!(sel.to_string(), "sex,age-norm,view,orientation,mortality,icu");
+        let reordered: EhrSelection = "stay,scan,demographics".parse().unwrap();
+        assert_eq!(sel, reordered, "equal: the same variables");
+        assert_ne!(sel.spelling(), reordered.spelling());
+        let json = serde_json::to_string(&sel).unwrap();
+        assert_eq!(json, "\"demographics,scan,stay\"");
+        let back: EhrSelection = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.spelling(), back.columns()), (sel.spelling(), sel.columns()));
+        assert_eq!(EhrSelection::none().spelling(), "none");
+        let bad = serde_json::from_str::<EhrSelection>("\"demographics,height\"").unwrap_err().to_string();
+        assert!(bad.contains("\"height\"") && bad.contains("available"), "{bad}");
     }
 
     /// Every `--ehr` group and variable resolves to exactly the columns of DATA.md section 5's

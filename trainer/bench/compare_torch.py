@@ -70,7 +70,7 @@ def main():
             ap.error(f"give --ehr-width for --ehr {args.ehr} (`trainer ehr-columns --ehr {args.ehr}` prints it)")
         args.ehr_width = EHR_WIDTH[args.ehr]
     if not os.path.exists(args.trainer):
-        ap.error(f"{args.trainer} not found: build it with `cargo build --release -p trainer` or give --trainer")
+        ap.error(f"{args.trainer} not found: build it with `cargo build --release -p trainer-cli` or give --trainer")
 
     ratios = []
     for pair in range(1, args.pairs + 1):

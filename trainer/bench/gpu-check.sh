@@ -39,7 +39,7 @@ run "GPU" 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used
 features=cuda
 [ "${GPU_CHECK_WGPU:-0}" = 1 ] && features=cuda,wgpu
 if [ -z "${TRAINER_BIN:-}" ]; then
-    run "build (--features $features)" 3000 cargo build --release --locked -p trainer -p pipeline-cli --features "trainer/$features"
+    run "build (--features $features)" 3000 cargo build --release --locked -p trainer-cli -p pipeline-cli --features "trainer/$features"
     TRAINER_BIN=target/release/trainer
     PIPELINE_BIN=${PIPELINE_BIN:-target/release/pipeline}
 fi

@@ -169,11 +169,23 @@ fn cpu_half() -> Error {
     Error::Config("half precision (f16, bf16) is for --device wgpu or cuda; the CPU backends train in f32".into())
 }
 
+/// The `--device` word: `cpu`, `wgpu`, `ndarray` or `cuda:N`.
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Cpu => f.write_str("cpu"),
+            Backend::Wgpu => f.write_str("wgpu"),
+            Backend::Ndarray => f.write_str("ndarray"),
+            Backend::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl FromStr for Backend {
     type Err = Error;
     fn from_str(s: &str) -> Result<Backend> {
         let cuda = |n: &str| n.parse().map(Backend::Cuda).ok();
-        let backend = match s {
+        let backend = match s.trim() {
             "cpu" => Backend::Cpu,
             "wgpu" => Backend::Wgpu,
             "ndarray" => Backend::Ndarray,

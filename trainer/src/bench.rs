@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use cxr_dataset::features::EhrSelection;
 
 use crate::data::Images;
 use crate::model::fusion::{FusionShape, MsnNet};
@@ -80,8 +79,7 @@ pub fn peak_rss_mb() -> Option<f64> {
 /// calling `on_step` after each with its index, and returns the medians of the timed ones.
 pub fn bench(cfg: &BenchConfig, device: &Device, on_step: &mut dyn FnMut(usize)) -> Result<BenchResult> {
     let p = &cfg.pretrain;
-    let selection: EhrSelection = p.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", p.ehr)))?;
-    let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
+    let columns = p.ehr.columns();
     let (b, side) = (p.batch_size, cfg.image_side);
     if b == 0 || cfg.steps == 0 || side < p.views.global_size.min(p.views.focal_size) {
         return Err(Error::Config(
@@ -149,7 +147,7 @@ mod tests {
     #[test]
     fn times_every_part_of_a_tiny_step() {
         let vit = VitConfig::new(16, 1, 2, 32).with_image_size(32).with_patch_size(8);
-        let mut p = PretrainConfig::paper(vit, "sex,view").with_batch_size(4).with_prototypes(8);
+        let mut p = PretrainConfig::paper(vit, "sex,view".parse().unwrap()).with_batch_size(4).with_prototypes(8);
         p.views = ViewConfig::new().with_global_size(32).with_focal_size(16).with_focal_views(2);
         let cfg = BenchConfig { pretrain: p, image_side: 48, warmup: 1, steps: 3 };
         let mut seen = Vec::new();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use cxr_dataset::features::EhrSelection;
+use cxr_dataset::features::{EhrSelection, Group, Variable};
 use cxr_dataset::files::{hex, write_atomic};
 use cxr_dataset::manifest::Manifest;
 use sha2::{Digest, Sha256};
@@ -202,7 +202,7 @@ fn clear(dir: &Path) -> Result<()> {
 pub enum Arm {
     /// MSN pretraining with this `--ehr` selection (`none` = vanilla MSN), as the user spelt
     /// it, then its probe.
-    Msn(String),
+    Msn(EhrSelection),
     /// The probe on a randomly initialised encoder (of the configured model and seed), the
     /// baseline pretraining has to beat.
     RandomInit,
@@ -216,7 +216,7 @@ impl Arm {
 
     /// Vanilla MSN (`--ehr none`), the arm the others are compared with.
     pub fn vanilla() -> Self {
-        Self::Msn("none".into())
+        Self::Msn(EhrSelection::none())
     }
 
     pub fn pretrains(&self) -> bool {
@@ -226,8 +226,8 @@ impl Arm {
     /// The folder name of this arm's run.
     pub fn run_name(&self) -> String {
         match self {
-            Self::Msn(e) if e == "none" => "vanilla-msn".into(),
-            Self::Msn(e) => format!("ehr-{}", e.replace(',', "+")),
+            Self::Msn(e) if e.is_none() => "vanilla-msn".into(),
+            Self::Msn(e) => format!("ehr-{}", e.spelling().replace(',', "+")),
             Self::RandomInit => Self::RANDOM_INIT.into(),
             Self::Baseline(b) => format!("baseline-{}", b.name()),
         }
@@ -239,7 +239,7 @@ impl Arm {
         let mut cfg = base.clone();
         cfg.ehr = match self {
             Self::Msn(e) => e.clone(),
-            Self::RandomInit | Self::Baseline(_) => "none".into(),
+            Self::RandomInit | Self::Baseline(_) => EhrSelection::none(),
         };
         cfg
     }
@@ -257,21 +257,21 @@ impl std::str::FromStr for Arm {
         if let Some(b) = Baseline::parse(choice) {
             return Ok(Self::Baseline(b));
         }
-        choice.parse::<EhrSelection>().map_err(|e| {
+        let selection = choice.parse::<EhrSelection>().map_err(|e| {
             Error::Config(format!(
                 "{choice:?}: {e}; or a baseline without pretraining: {}, {}",
                 Self::RANDOM_INIT,
                 Baseline::ALL.map(Baseline::name).join(", ")
             ))
         })?;
-        Ok(Self::Msn(choice.to_string()))
+        Ok(Self::Msn(selection))
     }
 }
 
 impl std::fmt::Display for Arm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Msn(e) => f.write_str(e),
+            Self::Msn(e) => f.write_str(e.spelling()),
             Self::RandomInit => f.write_str(Self::RANDOM_INIT),
             Self::Baseline(b) => f.write_str(b.name()),
         }
@@ -383,7 +383,12 @@ fn pretrain_arm(
     }
     save_key(dir, "pretraining", key)?;
     let d = if arm.pretrains() {
-        log(&format!("pretraining ({}) in {}{}", pretrain.ehr, dir.display(), if resume { ", resuming" } else { "" }));
+        log(&format!(
+            "pretraining ({}) in {}{}",
+            pretrain.ehr.spelling(),
+            dir.display(),
+            if resume { ", resuming" } else { "" }
+        ));
         let s = pretrain_with(pretrain, dataset, dir, devices, resume, on_step)?;
         PretrainDone {
             steps: s.steps,
@@ -419,8 +424,12 @@ fn run_page(
         Arm::Msn(ehr) => {
             report::pretrain_curves(&dir.join("metrics.jsonl"), &dir.join("pretrain-curves.svg"))?;
             format!(
-                "<p>EHR: <b>{ehr}</b>; dataset version {version}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
-                done.steps, done.seconds, done.first_loss, done.last_loss
+                "<p>EHR: <b>{}</b>; dataset version {version}; {} pretraining steps in {:.0} s (loss {:.4} &rarr; {:.4}).</p>",
+                ehr.spelling(),
+                done.steps,
+                done.seconds,
+                done.first_loss,
+                done.last_loss
             )
         }
     };
@@ -455,23 +464,27 @@ pub enum Grid {
 impl Grid {
     /// The arms of the grid, vanilla MSN first.
     pub fn arms(self) -> Vec<Arm> {
-        let groups = ["demographics", "scan", "stay"];
-        let mut v = vec!["none".to_string()];
+        let mut v = vec![EhrSelection::none()];
         match self {
             Self::Quick => {
-                v.extend(groups.iter().map(|g| g.to_string()));
-                v.push(groups.join(","));
+                v.extend(Group::ALL.iter().map(|g| EhrSelection::groups(&[*g])));
+                v.push(EhrSelection::groups(&Group::ALL));
             }
             Self::Paper => {
-                for mask in 1..8usize {
-                    let chosen: Vec<&str> =
-                        groups.iter().enumerate().filter(|(i, _)| mask >> i & 1 == 1).map(|(_, g)| *g).collect();
-                    v.push(chosen.join(","));
-                }
-                v.sort_by_key(|s| (s != "none", s.matches(',').count(), s.clone()));
-                for var in ["sex", "age-norm", "age-bins5", "age-bins10", "view", "orientation", "mortality", "icu"] {
-                    v.push(var.to_string());
-                }
+                let mut combinations: Vec<EhrSelection> = (1..8usize)
+                    .map(|mask| {
+                        let chosen: Vec<Group> = Group::ALL
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| mask >> i & 1 == 1)
+                            .map(|(_, g)| *g)
+                            .collect();
+                        EhrSelection::groups(&chosen)
+                    })
+                    .collect();
+                combinations.sort_by_key(|s| (s.spelling().matches(',').count(), s.spelling().to_string()));
+                v.extend(combinations);
+                v.extend(Variable::ALL.iter().map(|var| EhrSelection::of_variables(&[*var])));
             }
         }
         v.into_iter().map(Arm::Msn).collect()

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::tensor::Device;
+use cxr_dataset::features::EhrSelection;
 use cxr_dataset::tensors::RawTensor;
 use sha2::{Digest, Sha256};
 
@@ -107,7 +108,7 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
     load_vit(&mut vit, &sd, prefix, device)?;
     let bytes = fs_err::read(file)?;
     let sha: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let cfg = PretrainConfig::paper(vit_cfg.clone(), "none");
+    let cfg = PretrainConfig::paper(vit_cfg.clone(), EhrSelection::none());
     let mut net = MsnNet::new(
         vit_cfg,
         FusionShape { ehr_in: 0, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes },

@@ -203,6 +203,17 @@ impl Devices {
                 Error::Config(m) => Error::Config(format!("--device {list}: {m}")),
                 e => e,
             })?;
+        Self::of(&backends, precision, all_reduce)
+    }
+
+    /// The devices `backends` (parsed from `--device`, in order; the first is the main one)
+    /// with autodiff and `precision`, exchanging their sums by `all_reduce` (default: NCCL
+    /// when every device is a CUDA GPU, else host).
+    pub fn of(backends: &[Backend], precision: Precision, all_reduce: Option<AllReduce>) -> Result<Self> {
+        if backends.is_empty() {
+            return Err(Error::Config("--device: name at least one device".into()));
+        }
+        let list = backends.iter().map(Backend::to_string).collect::<Vec<_>>().join(",");
         let cuda = backends.iter().all(|b| matches!(b, Backend::Cuda(_)));
         if backends.windows(2).any(|w| std::mem::discriminant(&w[0]) != std::mem::discriminant(&w[1])) {
             return Err(Error::Config(format!("--device {list}: the devices of a run must all be of one kind")));

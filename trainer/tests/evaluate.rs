@@ -97,7 +97,7 @@ fn vit() -> VitConfig {
 }
 
 fn tiny(ehr: &str) -> PretrainConfig {
-    let mut cfg = PretrainConfig::paper(vit(), ehr)
+    let mut cfg = PretrainConfig::paper(vit(), ehr.parse().unwrap())
         .with_prototypes(16)
         .with_ehr_dim(8)
         .with_batch_size(16)
@@ -418,7 +418,7 @@ fn quick_ablation_completes_resumes_and_writes_the_table() {
     assert_eq!(again[4].macro_auroc, runs[4].macro_auroc);
 
     // An unfinished run (pretrained, not evaluated) redoes only the evaluation, to the same result.
-    let scan = out.join(Arm::Msn("scan".into()).run_name());
+    let scan = out.join("scan".parse::<Arm>().unwrap().run_name());
     std::fs::remove_file(scan.join("summary.json")).unwrap();
     assert!(scan.join("run-keys.json").is_file());
     let metrics_before = std::fs::read_to_string(scan.join("metrics.jsonl")).unwrap();

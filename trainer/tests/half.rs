@@ -35,7 +35,7 @@ fn half_precision_runs_on_wgpu_and_is_refused_on_the_cpu() {
     // A whole step: views, the fused network, the MSN loss (me-max included), the update.
     use trainer::model::fusion::{FusionShape, MsnNet, Views};
     use trainer::pretrain::{PretrainConfig, StepSchedule, train_step};
-    let p = PretrainConfig::paper(cfg.clone(), "sex").with_prototypes(16).with_ehr_dim(8);
+    let p = PretrainConfig::paper(cfg.clone(), "sex".parse().unwrap()).with_prototypes(16).with_ehr_dim(8);
     let shape = FusionShape { ehr_in: 2, ehr_dim: 8, prototypes: 16 };
     let net = MsnNet::new(&cfg, shape, &device, &mut Rng::new(24));
     let before = net.anchor.patch.weight.val().into_data().convert::<f32>().try_to_vec::<f32>().unwrap();

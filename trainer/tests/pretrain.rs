@@ -8,6 +8,7 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
+use cxr_dataset::features::EhrSelection;
 use cxr_dataset::shard::Shard;
 use sha2::{Digest, Sha256};
 use trainer::backend::{Backend, Precision};
@@ -62,7 +63,7 @@ fn write_dataset_with(dir: &Path, nan_at: Option<usize>) {
 
 fn tiny(ehr: &str) -> PretrainConfig {
     let vit = VitConfig::new(16, 2, 2, 32).with_image_size(32).with_patch_size(8);
-    let mut cfg = PretrainConfig::paper(vit, ehr)
+    let mut cfg = PretrainConfig::paper(vit, ehr.parse().unwrap())
         .with_prototypes(16)
         .with_ehr_dim(8)
         .with_batch_size(8)
@@ -347,7 +348,7 @@ fn the_msn_preset_trains_prototypes_and_the_paper_preset_does_not() {
     let device = device();
     let paper = tiny("sex").with_max_steps(Some(3));
     let vit = paper.vit.clone();
-    let mut msn = PretrainConfig::msn(vit, "sex")
+    let mut msn = PretrainConfig::msn(vit, "sex".parse().unwrap())
         .with_prototypes(16)
         .with_ehr_dim(8)
         .with_batch_size(8)
@@ -392,8 +393,8 @@ fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
     let (lr, wd) = (0.1, 0.5);
     for preset in ["paper", "msn"] {
         let cfg = match preset {
-            "msn" => PretrainConfig::msn(vit.clone(), "sex"),
-            _ => PretrainConfig::paper(vit.clone(), "sex").with_train_prototypes(true),
+            "msn" => PretrainConfig::msn(vit.clone(), "sex".parse().unwrap()),
+            _ => PretrainConfig::paper(vit.clone(), "sex".parse().unwrap()).with_train_prototypes(true),
         }
         .with_weight_decay(wd)
         .with_grad_clip_norm(None);
@@ -434,7 +435,7 @@ fn the_msn_preset_exempts_norms_biases_and_prototypes_from_weight_decay() {
 #[test]
 fn a_config_file_overrides_the_preset_field_by_field() {
     let dir = tempfile::tempdir().unwrap();
-    let base = PretrainConfig::paper(VitConfig::vit_tiny(), "sex");
+    let base = PretrainConfig::paper(VitConfig::vit_tiny(), "sex".parse().unwrap());
     let file = dir.path().join("over.json");
     std::fs::write(&file, r#"{"lr": 0.002, "views": {"focal_views": 4}, "vit": {"layers": 2}, "grad_clip_norm": 1.5}"#)
         .unwrap();
@@ -456,8 +457,10 @@ fn a_config_file_overrides_the_preset_field_by_field() {
     let data = dir.path().join("data");
     write_dataset(&data);
     let run = dir.path().join("run");
-    let msn =
-        PretrainConfig::msn(tiny("sex").vit, "sex").with_batch_size(8).with_prototypes(16).with_max_steps(Some(1));
+    let msn = PretrainConfig::msn(tiny("sex").vit, "sex".parse().unwrap())
+        .with_batch_size(8)
+        .with_prototypes(16)
+        .with_max_steps(Some(1));
     let msn = PretrainConfig { views: tiny("sex").views, ..msn };
     pretrain(&msn, &data, &run, &device(), false).unwrap();
     let read = PretrainConfig::read(&run.join("config.json")).unwrap();
@@ -548,14 +551,14 @@ fn the_schedules_follow_their_formulas() {
     let vit = VitConfig::vit_micro();
     let pi = std::f64::consts::PI;
     // Reference: 10 epochs of 5 steps, lr 1e-4, no warmup; constant wd and EMA.
-    let paper = PretrainConfig::paper(vit.clone(), "none").with_epochs(10);
+    let paper = PretrainConfig::paper(vit.clone(), EhrSelection::none()).with_epochs(10);
     assert_eq!(paper.schedule, Schedule::Epoch);
     let s = paper.schedule_at(3, 17, 5);
     assert!((s.lr - 0.5 * 1e-4 * (1.0 + (pi * 0.3).cos())).abs() < 1e-15, "{s:?}");
     assert_eq!(paper.schedule_at(3, 15, 5).lr, s.lr, "constant within an epoch");
     assert_eq!((s.weight_decay, s.momentum), (1e-3, 0.996));
     // Original MSN: 20 epochs of 10 steps; warmup 15 epochs; everything over 1.25 * 200 = 250.
-    let msn = PretrainConfig::msn(vit, "none").with_epochs(20);
+    let msn = PretrainConfig::msn(vit, EhrSelection::none()).with_epochs(20);
     assert_eq!(msn.schedule, Schedule::Step);
     let at = |step: usize| msn.schedule_at(step / 10, step, 10);
     let (warm, span) = (150.0, 250.0);

@@ -268,7 +268,7 @@ fn demo(args: &cli::DemoArgs, progress: &Reporter) -> anyhow::Result<()> {
     let built = build::build(&build_cfg, progress)?;
     print_build(&built);
     progress.line(&format!(
-        "next: cargo run --release -p trainer -- run --dataset {} --out {} (or `trainer demo`, which runs this \
+        "next: cargo run --release -p trainer-cli -- run --dataset {} --out {} (or `trainer demo`, which runs this \
          step too and then pretrains and evaluates with and without EHR)",
         built.dir.display(),
         args.out.join("run").display()

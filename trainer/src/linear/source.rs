@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use cxr_dataset::features::EhrSelection;
+use cxr_dataset::features::{EhrSelection, Group};
 use rayon::prelude::*;
 
 use super::SplitData;
@@ -168,7 +168,7 @@ pub enum Source {
     },
     /// The EHR vector of an `--ehr` selection (its dataset columns; DATA.md section 5).
     Ehr {
-        selection: String,
+        selection: EhrSelection,
     },
 }
 
@@ -207,7 +207,7 @@ impl Baseline {
     pub fn source(self) -> Source {
         match self {
             Self::Pixels => Source::Pixels { side: 32 },
-            Self::EhrAlone => Source::Ehr { selection: "demographics,scan,stay".into() },
+            Self::EhrAlone => Source::Ehr { selection: EhrSelection::groups(&Group::ALL) },
         }
     }
 }
@@ -226,12 +226,10 @@ impl Source {
     pub(super) fn columns(&self) -> Result<Vec<String>> {
         match self {
             Self::Ehr { selection } => {
-                let sel: EhrSelection =
-                    selection.parse().map_err(|e| Error::Config(format!("--ehr {selection}: {e}")))?;
-                if sel.is_none() {
+                if selection.is_none() {
                     return Err(Error::Config("the EHR baseline needs an EHR selection other than none".into()));
                 }
-                Ok(sel.columns())
+                Ok(selection.columns())
             }
             _ => Ok(Vec::new()),
         }

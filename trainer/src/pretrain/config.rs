@@ -1,6 +1,7 @@
 //! Pretraining settings: the model, views, masking, EHR choice, optimiser and schedules, the
 //! presets (the reference's and the original MSN's) and JSON overrides.
 
+use cxr_dataset::features::EhrSelection;
 use std::path::Path;
 
 use burn::config::Config;
@@ -17,8 +18,8 @@ pub struct PretrainConfig {
     /// The preset the other fields started from.
     pub preset: Preset,
     pub vit: VitConfig,
-    /// `--ehr` selection (`none`: vanilla MSN).
-    pub ehr: String,
+    /// `--ehr` selection (`none`: vanilla MSN), saved as it was spelt.
+    pub ehr: EhrSelection,
     #[config(default = 128)]
     pub ehr_dim: usize,
     #[config(default = 1024)]
@@ -101,18 +102,18 @@ pub struct PretrainConfig {
 impl PretrainConfig {
     /// The reference code's behaviour: 6-head ViT, masking of all anchor views with its
     /// off-by-one, frozen prototypes, constant EMA 0.996, lr 1e-4, wd 1e-3, batch 64, seed 24.
-    pub fn paper(vit: VitConfig, ehr: &str) -> Self {
+    pub fn paper(vit: VitConfig, ehr: EhrSelection) -> Self {
         let views = ViewConfig::for_vit(&vit);
-        Self::new(Preset::Paper, vit, ehr.into(), Masking::Paper, views, MsnLossConfig::new())
+        Self::new(Preset::Paper, vit, ehr, Masking::Paper, views, MsnLossConfig::new())
     }
 
     /// The original MSN (its ViT-S/16 configuration): trained prototypes, anchor-only masking,
     /// per-step schedules over 1.25 times the run (lr warmup 2e-4 -> 1e-3 over 15 epochs, then
     /// cosine to 1e-6; weight decay 0.04 -> 0.4; EMA 0.996 -> 1), global gradient-norm
     /// clipping at 3, no weight decay on biases, norms and prototypes.
-    pub fn msn(vit: VitConfig, ehr: &str) -> Self {
+    pub fn msn(vit: VitConfig, ehr: EhrSelection) -> Self {
         let views = ViewConfig::for_vit(&vit);
-        Self::new(Preset::Msn, vit, ehr.into(), Masking::Msn, views, MsnLossConfig::new())
+        Self::new(Preset::Msn, vit, ehr, Masking::Msn, views, MsnLossConfig::new())
             .with_train_prototypes(true)
             .with_schedule(Schedule::Step)
             .with_lr(1e-3)
@@ -178,7 +179,7 @@ impl PretrainConfig {
     /// Reads a saved `config.json` (fields added since it was written take the `paper`
     /// preset's values).
     pub fn read(path: &Path) -> Result<Self> {
-        Self::paper(VitConfig::vit_tiny(), "none").with_overrides_from(path)
+        Self::paper(VitConfig::vit_tiny(), EhrSelection::none()).with_overrides_from(path)
     }
 
     /// The learning rate, weight decay and EMA momentum of `step` (0-based; in `epoch`) of a
@@ -240,7 +241,7 @@ impl Preset {
     }
 
     /// This preset's config for `vit` and the `--ehr` selection `ehr`.
-    pub fn config(self, vit: VitConfig, ehr: &str) -> PretrainConfig {
+    pub fn config(self, vit: VitConfig, ehr: EhrSelection) -> PretrainConfig {
         match self {
             Self::Paper => PretrainConfig::paper(vit, ehr),
             Self::Msn => PretrainConfig::msn(vit, ehr),

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use cxr_dataset::features::EhrSelection;
 
 use crate::data::{Dataset, Images};
 use crate::model::fusion::{FusionShape, MsnNet};
@@ -71,9 +70,8 @@ pub fn pretrain_with(
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
     // Settings first: a bad one is reported before any data is read.
-    let selection: EhrSelection = cfg.ehr.parse().map_err(|e| Error::Config(format!("--ehr {}: {e}", cfg.ehr)))?;
     let ds = Dataset::open(dataset)?;
-    let columns: Vec<String> = selection.columns().iter().map(|c| c.to_string()).collect();
+    let columns = cfg.ehr.columns();
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
     // The loaded features are exactly the EHR columns; a non-finite one is located and named.
     if images.features.iter().any(|v| !v.is_finite()) {

@@ -4,19 +4,18 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use cxr_dataset::features::EhrSelection;
 use cxr_dataset::log::LogMode;
-use trainer::backend::Precision;
+use trainer::backend::{Backend, Precision};
 use trainer::data::ImageSource;
 use trainer::experiment::{Arm, Grid};
 use trainer::linear::{Baseline, LinearEvalConfig, ProbeKind, ProbeUncertain};
 use trainer::metrics::BootstrapUnit;
 use trainer::model::VitPreset;
 use trainer::parallel::AllReduce;
+use trainer::parity::CompareConfig;
 use trainer::pretrain::{CheckpointChoice, Preset, PretrainConfig, PretrainSplit};
 use trainer::transform::ProbeTransform;
-
-use crate::compare_command::CompareArgs;
-use crate::demo_command::DemoArgs;
 
 /// The exit statuses, in `--help` (see `trainer::Error::exit_code`).
 pub(crate) const EXIT_CODES: &str = "Exit status: 0 done; 1 internal error; 2 usage (unknown flag or value); 3 invalid \
@@ -34,8 +33,8 @@ pub(crate) struct Cli {
     /// (`cuda:0,cuda:1,...`) pretrains data-parallel: each batch (--batch-size is the global
     /// batch) split over the devices, gradients summed; evaluation runs on the first device.
     /// `cpu,cpu` runs that code on one CPU (a check; small models can also train faster so).
-    #[arg(long, visible_alias = "devices", global = true, default_value = "cpu")]
-    pub(crate) device: String,
+    #[arg(long, visible_alias = "devices", global = true, default_value = "cpu", value_delimiter = ',')]
+    pub(crate) device: Vec<Backend>,
     /// How the devices of a --device list exchange their sums: nccl (CUDA GPUs; needs
     /// libnccl.so.2 at run time; the default for a list of CUDA GPUs) or host (through host
     /// memory; every backend, the default otherwise).
@@ -104,7 +103,7 @@ pub(crate) enum Command {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
         /// age-bins10, view, orientation, mortality, icu), comma-separated; `none` = vanilla MSN.
         #[arg(long, default_value = "demographics,scan,stay")]
-        ehr: String,
+        ehr: EhrSelection,
     },
 }
 
@@ -119,7 +118,7 @@ pub(crate) struct PretrainArgs {
     /// EHR groups and/or variables fused into the anchor branch (see `ehr-columns`); `none`
     /// is vanilla MSN.
     #[arg(long, default_value = "demographics,scan,stay")]
-    pub(crate) ehr: String,
+    pub(crate) ehr: EhrSelection,
     /// Continue the run in --out from its last checkpoint, with its config.json (only
     /// --max-steps may change).
     #[arg(long)]
@@ -132,7 +131,7 @@ pub(crate) struct PretrainArgs {
 pub(crate) struct BenchArgs {
     /// EHR groups and/or variables fused into the anchor branch; `none` is vanilla MSN.
     #[arg(long, default_value = "demographics,scan,stay")]
-    pub(crate) ehr: String,
+    pub(crate) ehr: EhrSelection,
     /// Timed steps (the medians are printed).
     #[arg(long, default_value_t = 10)]
     pub(crate) steps: usize,
@@ -195,14 +194,14 @@ pub(crate) struct TrainOpts {
 }
 
 impl TrainOpts {
-    pub(crate) fn resolve(&self, ehr: &str) -> anyhow::Result<PretrainConfig> {
+    pub(crate) fn resolve(&self, ehr: &EhrSelection) -> anyhow::Result<PretrainConfig> {
         let vit = self.model.config();
-        let base = self.preset.config(vit, ehr);
+        let base = self.preset.config(vit, ehr.clone());
         let mut cfg = match &self.config {
             Some(path) => base.with_overrides_from(path)?,
             None => base,
         };
-        cfg.ehr = ehr.to_string();
+        cfg.ehr = ehr.clone();
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }
@@ -409,6 +408,69 @@ pub(crate) struct AblateArgs {
     /// stay) to see what the encoder adds.
     #[arg(long, value_delimiter = ';', conflicts_with = "grid")]
     pub(crate) choices: Vec<Arm>,
+    #[command(flatten)]
+    pub(crate) train: TrainOpts,
+    #[command(flatten)]
+    pub(crate) eval: EvalOpts,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Working folder (the archive, the dataset and the runs; replaced on each run).
+    #[arg(long, default_value = "out/demo")]
+    pub(crate) out: PathBuf,
+    /// Subjects in the synthetic archive.
+    #[arg(long, default_value_t = 600)]
+    pub(crate) subjects: usize,
+    /// Fractions of subjects in train, validate and test (most in test: the paired interval
+    /// narrows with the test images, while pretraining time grows with the training ones).
+    #[arg(long, default_value = "0.25,0.05,0.7")]
+    pub(crate) split_fractions: String,
+    /// Pretraining epochs of each of the two models.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) epochs: usize,
+    /// Seeds of initialisation, views, masks and the probe: both models and the random
+    /// encoder train once per seed (into `runs/seed-<S>/`), and the verdicts average the
+    /// paired differences over the seeds.
+    #[arg(long, default_value = "24,25,26", value_delimiter = ',', required = true)]
+    pub(crate) seeds: Vec<u64>,
+    /// The equivalence margin of the verdicts, in macro AUROC: a pooled difference whose 90%
+    /// interval lies within +-margin is "equivalent".
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) margin: f64,
+    /// The pipeline executable (default: next to this one, then on PATH).
+    #[arg(long)]
+    pub(crate) pipeline: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CompareArgs {
+    /// The dataset version folder, OUT/<version>, both implementations train and are probed on.
+    #[arg(long)]
+    pub(crate) dataset: PathBuf,
+    /// Output folder (resumed: finished stages are skipped).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// EHR groups and/or variables fused into the anchor branch; `none` is vanilla MSN.
+    #[arg(long, default_value = "none")]
+    pub(crate) ehr: EhrSelection,
+    /// Pretraining seeds; each implementation trains once per seed (the spread between seeds
+    /// is the yardstick for the loss curves).
+    #[arg(long, default_value = "24,25,26", value_delimiter = ',')]
+    pub(crate) seeds: Vec<u64>,
+    /// The Python with the reference's requirements (trainer/reference/requirements.txt).
+    #[arg(long, default_value = "python3")]
+    pub(crate) python: PathBuf,
+    /// The reference's training script (default: trainer/reference/train_msn.py of this
+    /// source tree).
+    #[arg(long)]
+    pub(crate) script: Option<PathBuf>,
+    /// Equivalence margin in macro AUROC: at each checkpoint burn and the reference are
+    /// "equivalent" when the 90% interval of their paired difference lies within +-margin (two
+    /// one-sided tests at 0.05), "different" when not and the 95% interval excludes 0, else
+    /// "undecided".
+    #[arg(long, default_value_t = CompareConfig::MARGIN)]
+    pub(crate) margin: f64,
     #[command(flatten)]
     pub(crate) train: TrainOpts,
     #[command(flatten)]

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use clap::Args;
+use cxr_dataset::features::{EhrSelection, Group};
 use trainer::experiment::{self, Arm, SeedPooled, Setup};
 use trainer::linear::{Baseline, LinearEvalConfig};
 use trainer::metrics::Verdict;
@@ -14,36 +14,8 @@ use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
 use trainer::transform::ProbeTransform;
 
-use crate::{devices, log, log_line, print_table, step_printer};
-
-#[derive(Debug, Args)]
-pub(crate) struct DemoArgs {
-    /// Working folder (the archive, the dataset and the runs; replaced on each run).
-    #[arg(long, default_value = "out/demo")]
-    out: PathBuf,
-    /// Subjects in the synthetic archive.
-    #[arg(long, default_value_t = 600)]
-    subjects: usize,
-    /// Fractions of subjects in train, validate and test (most in test: the paired interval
-    /// narrows with the test images, while pretraining time grows with the training ones).
-    #[arg(long, default_value = "0.25,0.05,0.7")]
-    split_fractions: String,
-    /// Pretraining epochs of each of the two models.
-    #[arg(long, default_value_t = 16)]
-    epochs: usize,
-    /// Seeds of initialisation, views, masks and the probe: both models and the random
-    /// encoder train once per seed (into `runs/seed-<S>/`), and the verdicts average the
-    /// paired differences over the seeds.
-    #[arg(long, default_value = "24,25,26", value_delimiter = ',', required = true)]
-    seeds: Vec<u64>,
-    /// The equivalence margin of the verdicts, in macro AUROC: a pooled difference whose 90%
-    /// interval lies within +-margin is "equivalent".
-    #[arg(long, default_value_t = 0.01)]
-    margin: f64,
-    /// The pipeline executable (default: next to this one, then on PATH).
-    #[arg(long)]
-    pipeline: Option<PathBuf>,
-}
+use crate::cli::DemoArgs;
+use crate::session::Session;
 
 /// The `pipeline` executable: --pipeline, else beside this executable, else on PATH.
 fn pipeline_exe(given: Option<&PathBuf>) -> PathBuf {
@@ -58,7 +30,7 @@ fn pipeline_exe(given: Option<&PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+pub(crate) fn demo(session: &Session, args: &DemoArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut distinct = args.seeds.clone();
     distinct.sort_unstable();
@@ -67,11 +39,11 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         bail!("--seeds {}: each seed once", seeds_text(&args.seeds));
     }
     let exe = pipeline_exe(args.pipeline.as_ref());
-    log_line(&format!("demo 1/3: synthetic archive and dataset, with {}", exe.display()));
+    session.line(&format!("demo 1/3: synthetic archive and dataset, with {}", exe.display()));
     // The pipeline prints the version it built (or found built) as `dataset <version>...`;
     // that version, and no other folder of `datasets/`, is the demo's dataset.
     let output = std::process::Command::new(&exe)
-        .args(["--log", log().mode().name(), "demo", "--out"])
+        .args(["--log", session.log.mode().name(), "demo", "--out"])
         .arg(&args.out)
         .args(["--subjects", &args.subjects.to_string()])
         .args(["--split-fractions", &args.split_fractions])
@@ -90,34 +62,40 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     if !dataset.join(cxr_dataset::files::MANIFEST).is_file() {
         bail!("{} demo reported dataset {version}, but {} has no manifest", exe.display(), dataset.display());
     }
-    let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), "none").with_epochs(args.epochs).with_batch_size(32);
+    let mut cfg = PretrainConfig::paper(VitConfig::vit_micro(), EhrSelection::none())
+        .with_epochs(args.epochs)
+        .with_batch_size(32);
     cfg.lr = 5e-4;
-    let compared = [Arm::vanilla(), Arm::Msn(EHR.into()), Arm::RandomInit];
+    let compared = [Arm::vanilla(), Arm::Msn(EhrSelection::groups(&Group::ALL)), Arm::RandomInit];
     let baselines = [Arm::Baseline(Baseline::Pixels), Arm::Baseline(Baseline::EhrAlone)];
-    log_line(&format!(
+    session.line(&format!(
         "demo 2/3: per seed ({}), pretraining vit-micro for {} epochs, vanilla MSN and with EHR (demographics, \
          scan, stay), and a random encoder; on the first seed also the pixels at 32x32 and the EHR vector alone",
         seeds_text(&args.seeds),
         args.epochs
     ));
     let runs = args.out.join("runs");
-    let devices = devices();
     let mut first_table = None;
     for (k, &seed) in args.seeds.iter().enumerate() {
         let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(seed);
-        let setup = Setup { dataset: &dataset, eval: &eval, external: &[], devices: &devices };
+        let setup = Setup { dataset: &dataset, eval: &eval, external: &[], devices: &session.devices };
         let arms: Vec<Arm> = compared.iter().chain(if k == 0 { &baselines[..] } else { &[] }).cloned().collect();
-        log_line(&format!("seed {seed} ({}/{})", k + 1, args.seeds.len()));
+        session.line(&format!("seed {seed} ({}/{})", k + 1, args.seeds.len()));
         let dir = runs.join(format!("seed-{seed}"));
-        let s = experiment::ablate(&cfg.clone().with_seed(seed), &arms, &setup, &dir, &mut step_printer(), &mut |l| {
-            log_line(l)
-        })?;
+        let s = experiment::ablate(
+            &cfg.clone().with_seed(seed),
+            &arms,
+            &setup,
+            &dir,
+            &mut session.step_printer(),
+            &mut |l| session.line(l),
+        )?;
         first_table.get_or_insert((s, dir));
     }
-    log_line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
+    session.line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
     if let Some((s, dir)) = &first_table {
         println!("seed {}:", args.seeds[0]);
-        print_table(s, dir)?;
+        crate::session::print_table(s, dir)?;
     }
     let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(args.seeds[0]);
     let pairs = |a: &Arm, b: &Arm| -> Vec<_> {
@@ -149,9 +127,6 @@ pub(crate) fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("verdicts: {}", runs.join("verdicts.md").display());
     Ok(())
 }
-
-/// The EHR selection of the demo's EHR model.
-const EHR: &str = "demographics,scan,stay";
 
 fn seeds_text(seeds: &[u64]) -> String {
     seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")

@@ -1,0 +1,93 @@
+//! The `trainer` command line: parses the arguments, resolves the reporter and the devices
+//! once, and calls the command.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use cxr_dataset::log::Reporter;
+use trainer::parallel::Devices;
+
+mod cli;
+mod commands;
+mod compare;
+mod demo;
+mod session;
+use cli::{Cli, Command};
+use session::Session;
+
+/// See `mimalloc` in the workspace manifest.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The reporter, the devices, then the command.
+fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
+    let log = Reporter::new(cli.log);
+    let devices = match Devices::of(&cli.device, cli.precision, cli.all_reduce).context("--device, --precision") {
+        Ok(d) => d,
+        Err(e) => return (log, Err(e)),
+    };
+    let s = Session { log, devices, backends: cli.device.clone() };
+    let outcome = match cli.command {
+        Command::Pretrain(args) => commands::pretrain(&s, &args),
+        Command::LinearEval(args) => commands::linear_eval(&s, &args),
+        Command::Run(args) => commands::run(&s, &args),
+        Command::Ablate(args) => commands::ablate(&s, &args),
+        Command::Demo(args) => demo::demo(&s, &args),
+        Command::CompareReference(args) => compare::compare(&s, &args),
+        Command::ImportTorch { file, model, prefix, out } => commands::import(&s, &file, model, &prefix, &out),
+        Command::Bench(args) => commands::bench(&s, &args),
+        Command::EhrColumns { ehr } => commands::ehr_columns(&ehr),
+    };
+    (s.log, outcome)
+}
+
+/// The exit status of a failed run: the kind of the first trainer error in the chain (1 for
+/// anything else).
+fn exit_code(err: &anyhow::Error) -> u8 {
+    cxr_dataset::log::exit_status(err.as_ref(), trainer::Error::exit_code)
+}
+
+fn main() -> ExitCode {
+    trainer::memory::keep_freed_memory();
+    let (log, outcome) = run(Cli::parse());
+    log.exit(outcome, exit_code)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Failures exit with their kind's status: a setting 3, a missing dataset 4, a bad flag
+    /// value (an unknown device or EHR feature among them) is clap's 2.
+    #[test]
+    fn failures_exit_with_their_kinds_status() {
+        let status = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("trainer").chain(args.iter().copied())).unwrap();
+            exit_code(&run(cli).1.unwrap_err())
+        };
+        let dir = std::env::temp_dir().join(format!("trainer-exit-{}", std::process::id()));
+        let out = dir.to_str().unwrap();
+        assert_eq!(status(&["pretrain", "--dataset", out, "--out", out, "--batch-size", "0"]), 3);
+        let bad = Cli::try_parse_from(["trainer", "pretrain", "--dataset", out, "--out", out, "--ehr", "sex,nonsense"]);
+        let bad = bad.unwrap_err();
+        assert_eq!(bad.exit_code(), 2);
+        assert!(bad.to_string().contains("unknown EHR feature \"nonsense\"; available: none, demographics"), "{bad}");
+        assert_eq!(status(&["pretrain", "--dataset", out, "--out", out]), 4);
+        let bad = Cli::try_parse_from(["trainer", "--precision", "f64", "pretrain", "--dataset", out, "--out", out]);
+        assert_eq!(bad.unwrap_err().exit_code(), 2);
+        // --device and --ehr are parsed once, by the argument parser, into typed values.
+        let bad = Cli::try_parse_from(["trainer", "--device", "cpu,tpu", "ehr-columns"]).unwrap_err();
+        assert_eq!(bad.exit_code(), 2);
+        assert!(bad.to_string().contains("unknown device \"tpu\""), "{bad}");
+        let two = Cli::try_parse_from(["trainer", "--device", "cpu, cpu", "ehr-columns", "--ehr", "stay,sex"]).unwrap();
+        assert_eq!(two.device, [trainer::backend::Backend::Cpu; 2]);
+        match &two.command {
+            Command::EhrColumns { ehr } => assert_eq!(ehr.spelling(), "stay,sex"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(status(&["--device", "cpu,cpu", "--all-reduce", "nccl", "ehr-columns"]), 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
