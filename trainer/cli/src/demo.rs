@@ -35,7 +35,7 @@ pub(crate) fn demo(session: &Session, args: &DemoArgs) -> anyhow::Result<()> {
     let mut distinct = args.seeds.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    if distinct.len() != args.seeds.len() {
+    if distinct.is_empty() || distinct.len() != args.seeds.len() {
         bail!("--seeds {}: each seed once", seeds_text(&args.seeds));
     }
     let exe = pipeline_exe(args.pipeline.as_ref());

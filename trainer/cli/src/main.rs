@@ -23,11 +23,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The reporter, the devices, then the command.
 fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
     let log = Reporter::new(cli.log);
-    let devices = match Devices::of(&cli.device, cli.precision, cli.all_reduce).context("--device, --precision") {
+    let backends = cli.device.clone().unwrap_or_else(|| cli.command.default_devices());
+    let devices = match Devices::of(&backends, cli.precision, cli.all_reduce).context("--device, --precision") {
         Ok(d) => d,
         Err(e) => return (log, Err(e)),
     };
-    let s = Session { log, devices, backends: cli.device.clone() };
+    let s = Session { log, devices, backends };
     let outcome = match cli.command {
         Command::Pretrain(args) => commands::pretrain(&s, &args),
         Command::LinearEval(args) => commands::linear_eval(&s, &args),
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use trainer::backend::Backend;
 
     /// Failures exit with their kind's status: a setting 3, a missing dataset 4, a bad flag
     /// value (an unknown device or EHR feature among them) is clap's 2.
@@ -82,7 +84,10 @@ mod tests {
         assert_eq!(bad.exit_code(), 2);
         assert!(bad.to_string().contains("unknown device \"tpu\""), "{bad}");
         let two = Cli::try_parse_from(["trainer", "--device", "cpu, cpu", "ehr-columns", "--ehr", "stay,sex"]).unwrap();
-        assert_eq!(two.device, [trainer::backend::Backend::Cpu; 2]);
+        assert_eq!(two.device, Some(vec![Backend::Cpu; 2]));
+        assert_eq!(two.command.default_devices(), [Backend::Cpu], "one CPU unless told");
+        let demo = Cli::try_parse_from(["trainer", "demo"]).unwrap();
+        assert_eq!((demo.device, demo.command.default_devices()), (None, vec![Backend::Cpu; 2]), "the demo: two");
         match &two.command {
             Command::EhrColumns { ehr } => assert_eq!(ehr.spelling(), "stay,sex"),
             other => panic!("{other:?}"),
