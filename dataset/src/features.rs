@@ -220,25 +220,27 @@ impl EhrSelection {
         let mut groups = groups.to_vec();
         groups.sort();
         groups.dedup();
-        if groups.is_empty() {
-            return Self::none();
-        }
-        let mut variables: Vec<Variable> = groups.iter().flat_map(|g| g.default_variables().iter().copied()).collect();
-        variables.sort();
-        let spelling = groups.iter().map(|g| g.name()).collect::<Vec<_>>().join(",");
-        Self { variables, spelling }
+        let variables = groups.iter().flat_map(|g| g.default_variables().iter().copied()).collect();
+        Self::named(variables, groups.iter().map(|g| g.name()))
     }
 
-    /// The variables `variables`, spelt as their names joined by commas (in catalog order).
+    /// The variables `variables` (at most one age encoding), spelt as their names joined by
+    /// commas (in catalog order).
     pub fn of_variables(variables: &[Variable]) -> Self {
         let mut variables = variables.to_vec();
+        variables.sort();
+        variables.dedup();
+        Self::named(variables.clone(), variables.iter().map(|v| v.name()))
+    }
+
+    /// `variables` in catalog order, spelt `names` (none when there are no variables).
+    fn named<'a>(mut variables: Vec<Variable>, names: impl Iterator<Item = &'a str>) -> Self {
         variables.sort();
         variables.dedup();
         if variables.is_empty() {
             return Self::none();
         }
-        let spelling = variables.iter().map(|v| v.name()).collect::<Vec<_>>().join(",");
-        Self { variables, spelling }
+        Self { variables, spelling: names.collect::<Vec<_>>().join(",") }
     }
 
     /// The selection as it was written (its comma-separated names, trimmed), `none` for none.
@@ -335,6 +337,11 @@ mod tests {
         let back: EhrSelection = serde_json::from_str(&json).unwrap();
         assert_eq!((back.spelling(), back.columns()), (sel.spelling(), sel.columns()));
         assert_eq!(EhrSelection::none().spelling(), "none");
+        let built = EhrSelection::groups(&[Group::Stay, Group::Demographics, Group::Scan, Group::Stay]);
+        assert_eq!((built.spelling(), &built), ("demographics,scan,stay", &sel));
+        let one = EhrSelection::of_variables(&[Variable::Icu, Variable::Sex]);
+        assert_eq!((one.spelling(), one.columns()), ("sex,icu", "sex,icu".parse::<EhrSelection>().unwrap().columns()));
+        assert!(EhrSelection::groups(&[]).is_none() && EhrSelection::of_variables(&[]).spelling() == "none");
         let bad = serde_json::from_str::<EhrSelection>("\"demographics,height\"").unwrap_err().to_string();
         assert!(bad.contains("\"height\"") && bad.contains("available"), "{bad}");
     }

@@ -27,7 +27,9 @@ use crate::linear::{
     Baseline, LinearEvalConfig, LinearEvalResult, Source, TestScores, linear_eval, load_encoder, random_encoder,
     to_json_pretty,
 };
-use crate::metrics::{Equivalence, Estimate, paired_macro_auroc_delta, paired_mean_macro_auroc_equivalence};
+use crate::metrics::{
+    BootstrapUnit, Equivalence, Estimate, paired_macro_auroc_delta, paired_mean_macro_auroc_equivalence,
+};
 use crate::parallel::Devices;
 use crate::pretrain::{CHECKPOINT, PretrainConfig, StepMetrics, pretrain_with};
 use crate::report;
@@ -534,61 +536,73 @@ pub fn ablate(
     Ok(out)
 }
 
-/// A difference between two arms over seeds: `b - a` in test macro AUROC per seed (each with
-/// its paired interval) and averaged over the seeds, every seed's pair scored on the same
-/// bootstrap resamples of the test patients (or images), with its equivalence test.
+/// A difference between two arms over several pairs of probes (e.g. one pair per seed): `b - a`
+/// in test macro AUROC per pair (each with its paired interval) and averaged over the pairs,
+/// every pair scored on the same bootstrap resamples of the test patients (or images), with its
+/// equivalence test.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SeedPooled {
-    pub seeds: Vec<u64>,
-    pub per_seed: Vec<Option<Estimate>>,
-    /// The mean over the seeds; `None` when no label is defined.
+pub struct PooledDelta {
+    /// The pairs' names (`seed 24`, ...).
+    pub pairs: Vec<String>,
+    pub per_pair: Vec<Option<Estimate>>,
+    /// The mean over the pairs; `None` when no label is defined.
     pub pooled: Option<Equivalence>,
     /// What the intervals resample, in a sentence.
     pub intervals: String,
 }
 
-/// [`SeedPooled`] of the run folders `pairs` (per seed in `seeds`, the runs of `a` and `b`;
-/// their `linear-eval/test-scores.json`, all on the same test rows and patients), with the
-/// bootstrap of `eval` and the equivalence margin `margin`.
-pub fn pooled_delta(
-    seeds: &[u64],
-    pairs: &[(PathBuf, PathBuf)],
-    eval: &LinearEvalConfig,
-    margin: f64,
-) -> Result<SeedPooled> {
-    if pairs.len() != seeds.len() || pairs.is_empty() {
-        return Err(Error::Internal(format!("{} seeds but {} pairs of runs", seeds.len(), pairs.len())));
+/// Which bootstrap a [`PooledDelta`] draws and the margin of its equivalence test.
+#[derive(Debug, Clone, Copy)]
+pub struct PairedBootstrap {
+    pub resamples: usize,
+    pub unit: BootstrapUnit,
+    pub seed: u64,
+    pub margin: f64,
+}
+
+impl PairedBootstrap {
+    /// The bootstrap of `eval`, with `margin`.
+    pub fn of(eval: &LinearEvalConfig, margin: f64) -> Self {
+        Self { resamples: eval.bootstrap, unit: eval.bootstrap_unit, seed: eval.seed, margin }
     }
-    let mut read = Vec::with_capacity(2 * pairs.len());
-    for dir in pairs.iter().flat_map(|(a, b)| [a.join("linear-eval"), b.join("linear-eval")]) {
-        let scores = TestScores::read(&dir)?;
-        if let Some(first) = read.first().map(|(_, s): &(PathBuf, TestScores)| s)
+}
+
+/// The [`PooledDelta`] of `pairs`: named pairs of linear-evaluation folders `(a, b)` (each
+/// holding `test-scores.json`; all tested on the same rows and patients).
+pub fn pooled_delta(pairs: &[(String, PathBuf, PathBuf)], bootstrap: PairedBootstrap) -> Result<PooledDelta> {
+    if pairs.is_empty() {
+        return Err(Error::Config("a pooled difference needs at least one pair of probes".into()));
+    }
+    let mut read: Vec<(&Path, TestScores)> = Vec::with_capacity(2 * pairs.len());
+    for dir in pairs.iter().flat_map(|(_, a, b)| [a.as_path(), b.as_path()]) {
+        let scores = TestScores::read(dir)?;
+        if let Some((first_dir, first)) = read.first()
             && (first.targets != scores.targets || first.labels != scores.labels || first.subjects != scores.subjects)
         {
             return Err(Error::input(
                 &dir.join(crate::linear::TEST_SCORES),
-                format!("tested on other rows than {}; run it again on the same dataset", read[0].0.display()),
+                format!("tested on other rows than {}; evaluate both on the same dataset", first_dir.display()),
             ));
         }
         read.push((dir, scores));
     }
-    let first = &read[0].1;
+    let (first_dir, first) = &read[0];
     let (targets, l) = (first.targets_f32(), first.labels.len());
-    let clusters = first.clusters(eval.bootstrap_unit, &read[0].0)?;
+    let clusters = first.clusters(bootstrap.unit, first_dir)?;
     let pair_scores: Vec<(&[f32], &[f32])> =
         read.chunks_exact(2).map(|p| (p[0].1.scores.as_slice(), p[1].1.scores.as_slice())).collect();
-    let (resamples, seed) = (eval.bootstrap, eval.seed);
-    let per_seed = pair_scores
+    let PairedBootstrap { resamples, seed, margin, .. } = bootstrap;
+    let per_pair = pair_scores
         .iter()
         .map(|(a, b)| paired_macro_auroc_delta(a, b, &targets, l, resamples, seed, &clusters))
         .collect();
     let pooled = paired_mean_macro_auroc_equivalence(&pair_scores, &targets, l, resamples, seed, &clusters, margin);
     let intervals = format!(
-        "Paired bootstrap: {resamples} resamples of the {} test {} (seed {seed}), the same for every seed's pair.",
+        "Paired bootstrap: {resamples} resamples of the {} test {} (seed {seed}), the same for every pair.",
         clusters.count(),
-        eval.bootstrap_unit.plural()
+        bootstrap.unit.plural()
     );
-    Ok(SeedPooled { seeds: seeds.to_vec(), per_seed, pooled, intervals })
+    Ok(PooledDelta { pairs: pairs.iter().map(|p| p.0.clone()).collect(), per_pair, pooled, intervals })
 }
 
 fn est(e: &Option<Estimate>) -> String {

@@ -550,7 +550,7 @@ fn the_baseline_choices_evaluate_without_pretraining_against_vanilla() {
 /// runs tested on other rows are refused.
 #[test]
 fn seed_pooled_deltas_average_the_per_seed_paired_deltas() {
-    use trainer::experiment::pooled_delta;
+    use trainer::experiment::{PairedBootstrap, pooled_delta};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     write_dataset(&data, "data0008", &["Edema", "Fracture"]);
@@ -563,11 +563,14 @@ fn seed_pooled_deltas_average_the_per_seed_paired_deltas() {
         let base = tiny("none").with_max_steps(Some(3)).with_seed(seed);
         let runs = ablate_with(&data, &out, &arms, &base, &eval, &mut Vec::new());
         deltas.push(runs[1].delta_vs_vanilla.unwrap());
-        pairs.push((out.join(arms[0].run_name()), out.join(arms[1].run_name())));
+        let probe_of = |arm: &Arm| out.join(arm.run_name()).join("linear-eval");
+        pairs.push((format!("seed {seed}"), probe_of(&arms[0]), probe_of(&arms[1])));
     }
     assert_ne!(deltas[0].value, deltas[1].value, "two seeds, two random encoders");
-    let p = pooled_delta(&[24, 25], &pairs, &eval, 0.01).unwrap();
-    assert_eq!(p.per_seed, deltas.iter().map(|d| Some(*d)).collect::<Vec<_>>(), "each seed's ablation delta");
+    let bootstrap = PairedBootstrap::of(&eval, 0.01);
+    let p = pooled_delta(&pairs, bootstrap).unwrap();
+    assert_eq!(p.pairs, ["seed 24", "seed 25"]);
+    assert_eq!(p.per_pair, deltas.iter().map(|d| Some(*d)).collect::<Vec<_>>(), "each seed's ablation delta");
     let q = p.pooled.unwrap();
     assert!((q.delta.value - (deltas[0].value + deltas[1].value) / 2.0).abs() < 1e-12, "{q:?}");
     assert!(
@@ -575,13 +578,13 @@ fn seed_pooled_deltas_average_the_per_seed_paired_deltas() {
     );
     assert_eq!(q.margin, 0.01);
     assert!(p.intervals.contains("50 resamples of the 10 test patients"), "{}", p.intervals);
-    // One run on another dataset (another label set): refused, naming its scores.
+    // One probe on another dataset (another label set): refused, naming its scores.
     let other = dir.path().join("other");
     write_dataset(&other, "data0009", &["Edema"]);
     let out = dir.path().join("other-runs");
     ablate_with(&other, &out, &arms[1..], &tiny("none"), &eval, &mut Vec::new());
-    pairs[1].1 = out.join(arms[1].run_name());
-    let err = pooled_delta(&[24, 25], &pairs, &eval, 0.01).unwrap_err().to_string();
+    pairs[1].2 = out.join(arms[1].run_name()).join("linear-eval");
+    let err = pooled_delta(&pairs, bootstrap).unwrap_err().to_string();
     assert!(err.contains("other-runs/random-init/linear-eval/test-scores.json") && err.contains("other rows"), "{err}");
 }
 

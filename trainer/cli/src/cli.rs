@@ -100,6 +100,10 @@ pub(crate) enum Command {
     /// PyTorch counterpart is trainer/bench/torch_msn_step.py; trainer/bench/compare_torch.py
     /// runs both back to back and prints the ratio.
     Bench(Box<BenchArgs>),
+    /// The difference in test macro AUROC between two sets of linear evaluations (e.g. the
+    /// same two arms over several seeds), paired on the same resampled test patients: per pair
+    /// and averaged over the pairs, with the 95% and 90% intervals and the equivalence verdict.
+    PairedDelta(PairedDeltaArgs),
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
@@ -487,6 +491,33 @@ pub(crate) struct CompareArgs {
     pub(crate) train: TrainOpts,
     #[command(flatten)]
     pub(crate) eval: EvalOpts,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PairedDeltaArgs {
+    /// Linear-evaluation folders (each with test-scores.json: `linear-eval/` of a run, or a
+    /// `compare-reference` probe) of the first arm, one per pair, repeatable.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub(crate) a: Vec<PathBuf>,
+    /// The second arm's, in the same order: the difference is b minus a. All tested on the
+    /// same rows.
+    #[arg(long, value_name = "DIR", required = true)]
+    pub(crate) b: Vec<PathBuf>,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) bootstrap: usize,
+    /// What a resample draws: test patients (each with all of its images) or images.
+    #[arg(long, value_enum, default_value_t = BootstrapUnit::Patient)]
+    pub(crate) bootstrap_unit: BootstrapUnit,
+    /// Seed of the resamples.
+    #[arg(long, default_value_t = 24)]
+    pub(crate) seed: u64,
+    /// Equivalence margin in macro AUROC (equivalent: the 90% interval within +-margin).
+    #[arg(long, default_value_t = CompareConfig::MARGIN)]
+    pub(crate) margin: f64,
+    /// Also write the result as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
 }
 
 /// The `--log` values, listed in `--help`.

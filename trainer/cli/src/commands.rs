@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::features::EhrSelection;
-use trainer::experiment::{self, Setup};
+use trainer::experiment::{self, PairedBootstrap, Setup};
 use trainer::linear::{self, Source, load_encoder, random_encoder};
 use trainer::model::VitPreset;
 use trainer::pretrain::pretrain_with;
 use trainer::report;
 
-use crate::cli::{AblateArgs, BenchArgs, LinearEvalArgs, PretrainArgs, RunArgs};
+use crate::cli::{AblateArgs, BenchArgs, LinearEvalArgs, PairedDeltaArgs, PretrainArgs, RunArgs};
+use crate::pooled::{per_pair_table, verdict};
 use crate::session::{Session, print_table};
 
 /// `trainer pretrain`.
@@ -177,6 +178,37 @@ pub(crate) fn ehr_columns(ehr: &EhrSelection) -> anyhow::Result<()> {
     println!("width: {}", ehr.width());
     for c in ehr.columns() {
         println!("{c}");
+    }
+    Ok(())
+}
+
+/// `trainer paired-delta`.
+pub(crate) fn paired_delta(args: &PairedDeltaArgs) -> anyhow::Result<()> {
+    if args.a.len() != args.b.len() {
+        let (a, b) = (args.a.len(), args.b.len());
+        return Err(trainer::Error::Config(format!("--a was given {a} times and --b {b}: one of each per pair")).into());
+    }
+    if !(args.margin > 0.0 && args.margin < 1.0) {
+        return Err(trainer::Error::Config(format!("--margin {}: expected a value in (0, 1)", args.margin)).into());
+    }
+    let pairs: Vec<(String, PathBuf, PathBuf)> = args
+        .a
+        .iter()
+        .zip(&args.b)
+        .enumerate()
+        .map(|(k, (a, b))| (format!("pair {}", k + 1), a.clone(), b.clone()))
+        .collect();
+    let bootstrap =
+        PairedBootstrap { resamples: args.bootstrap, unit: args.bootstrap_unit, seed: args.seed, margin: args.margin };
+    let p = experiment::pooled_delta(&pairs, bootstrap)?;
+    for (name, a, b) in &pairs {
+        println!("{name}: {} minus {}", b.display(), a.display());
+    }
+    println!("{}", per_pair_table(&[("b minus a", &p)]));
+    println!("b vs a: {}", verdict(&p, "b", "pairs"));
+    println!("{}", p.intervals);
+    if let Some(path) = &args.json {
+        fs_err::write(path, serde_json::to_string_pretty(&p)?)?;
     }
     Ok(())
 }

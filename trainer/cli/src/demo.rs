@@ -7,14 +7,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use cxr_dataset::features::{EhrSelection, Group};
-use trainer::experiment::{self, Arm, SeedPooled, Setup};
+use trainer::experiment::{self, Arm, PairedBootstrap, Setup};
 use trainer::linear::{Baseline, LinearEvalConfig};
-use trainer::metrics::Verdict;
 use trainer::model::VitConfig;
 use trainer::pretrain::PretrainConfig;
 use trainer::transform::ProbeTransform;
 
 use crate::cli::DemoArgs;
+use crate::pooled::{per_pair_table, verdict};
 use crate::session::Session;
 
 /// The `pipeline` executable: --pipeline, else beside this executable, else on PATH.
@@ -98,26 +98,23 @@ pub(crate) fn demo(session: &Session, args: &DemoArgs) -> anyhow::Result<()> {
         crate::session::print_table(s, dir)?;
     }
     let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(args.seeds[0]);
+    let bootstrap = PairedBootstrap::of(&eval, args.margin);
     let pairs = |a: &Arm, b: &Arm| -> Vec<_> {
-        args.seeds
-            .iter()
-            .map(|s| {
-                (runs.join(format!("seed-{s}")).join(a.run_name()), runs.join(format!("seed-{s}")).join(b.run_name()))
-            })
-            .collect()
+        let probe = |seed: u64, arm: &Arm| runs.join(format!("seed-{seed}")).join(arm.run_name()).join("linear-eval");
+        args.seeds.iter().map(|&s| (format!("seed {s}"), probe(s, a), probe(s, b))).collect()
     };
-    let ehr = experiment::pooled_delta(&args.seeds, &pairs(&compared[0], &compared[1]), &eval, args.margin)?;
-    let pretraining = experiment::pooled_delta(&args.seeds, &pairs(&compared[2], &compared[0]), &eval, args.margin)?;
+    let ehr = experiment::pooled_delta(&pairs(&compared[0], &compared[1]), bootstrap)?;
+    let pretraining = experiment::pooled_delta(&pairs(&compared[2], &compared[0]), bootstrap)?;
     let lines = [
-        format!("EHR vs vanilla MSN: {}", verdict(&ehr, "the EHR model")),
-        format!("vanilla MSN vs a random encoder: {}", verdict(&pretraining, "pretraining")),
+        format!("EHR vs vanilla MSN: {}", verdict(&ehr, "the EHR model", "seeds")),
+        format!("vanilla MSN vs a random encoder: {}", verdict(&pretraining, "pretraining", "seeds")),
     ];
     let doc = serde_json::json!({ "ehr_vs_vanilla": ehr, "vanilla_vs_random_init": pretraining, "lines": lines });
     fs_err::write(runs.join("verdicts.json"), serde_json::to_string_pretty(&doc)?)?;
     let md = format!(
         "# Demo verdicts\n\n{}\n\n{}\n\n{}\n",
         lines.join("\n\n"),
-        per_seed_table(&[("EHR minus vanilla MSN", &ehr), ("vanilla MSN minus random encoder", &pretraining)]),
+        per_pair_table(&[("EHR minus vanilla MSN", &ehr), ("vanilla MSN minus random encoder", &pretraining)]),
         ehr.intervals
     );
     fs_err::write(runs.join("verdicts.md"), md)?;
@@ -132,30 +129,6 @@ fn seeds_text(seeds: &[u64]) -> String {
     seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
-/// Each seed's paired difference of each comparison, as a Markdown table.
-fn per_seed_table(rows: &[(&str, &SeedPooled)]) -> String {
-    let Some((_, first)) = rows.first() else { return String::new() };
-    let mut s = String::from("| difference in macro AUROC |");
-    for seed in &first.seeds {
-        s += &format!(" seed {seed} |");
-    }
-    s += " pooled (95% CI) | pooled 90% CI |\n|---|";
-    s += &"---|".repeat(first.seeds.len() + 2);
-    s += "\n";
-    let signed = |e: &trainer::metrics::Estimate| format!("{:+.3} ({:+.3} to {:+.3})", e.value, e.low, e.high);
-    for (what, p) in rows {
-        s += &format!("| {what} |");
-        for e in &p.per_seed {
-            s += &format!(" {} |", e.as_ref().map_or("undefined".into(), signed));
-        }
-        match &p.pooled {
-            Some(q) => s += &format!(" {} | {:+.3} to {:+.3} |\n", signed(&q.delta), q.low90, q.high90),
-            None => s += " undefined | |\n",
-        }
-    }
-    s
-}
-
 /// The version id of the first `dataset <version>: ...` or `dataset <version> already built
 /// ...` line of the pipeline's standard output.
 fn built_version(stdout: &str) -> Option<&str> {
@@ -165,62 +138,8 @@ fn built_version(stdout: &str) -> Option<&str> {
     })
 }
 
-/// One line on a difference pooled over seeds: its value and intervals, and what the
-/// equivalence test says of it.
-fn verdict(p: &SeedPooled, what: &str) -> String {
-    let Some(q) = &p.pooled else { return "undefined (no label has both classes in the test set)".into() };
-    let d = &q.delta;
-    let v = match q.verdict {
-        Verdict::Different if d.value > 0.0 => format!("{what} is measurably better"),
-        Verdict::Different => format!("{what} is measurably worse"),
-        Verdict::Equivalent => format!("equivalent within +-{} (the 90% interval lies inside it)", q.margin),
-        Verdict::Undecided => format!(
-            "no measurable difference, nor shown to be within +-{} (the 95% interval includes 0 and the 90% one \
-             crosses the margin)",
-            q.margin
-        ),
-    };
-    format!(
-        "{:+.3} macro AUROC, mean of {} seeds (paired 95% CI {:+.3} to {:+.3}; 90% CI {:+.3} to {:+.3}): {v}",
-        d.value,
-        p.seeds.len(),
-        d.low,
-        d.high,
-        q.low90,
-        q.high90
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use trainer::experiment::SeedPooled;
-    use trainer::metrics::{Equivalence, Estimate, Verdict};
-
-    fn pooled(value: f64, low: f64, high: f64, low90: f64, high90: f64, verdict: Verdict) -> SeedPooled {
-        let delta = Estimate { value, low, high };
-        SeedPooled {
-            seeds: vec![24, 25, 26],
-            per_seed: vec![Some(delta); 3],
-            pooled: Some(Equivalence { delta, low90, high90, margin: 0.01, verdict }),
-            intervals: String::new(),
-        }
-    }
-
-    #[test]
-    fn verdict_lines_say_what_the_equivalence_test_found() {
-        let v = |p: &SeedPooled| super::verdict(p, "pretraining");
-        let better = v(&pooled(0.02, 0.01, 0.03, 0.012, 0.028, Verdict::Different));
-        assert!(better.starts_with("+0.020 macro AUROC, mean of 3 seeds") && better.ends_with("measurably better"));
-        assert!(v(&pooled(-0.02, -0.03, -0.01, -0.028, -0.012, Verdict::Different)).ends_with("measurably worse"));
-        let same = v(&pooled(0.001, -0.006, 0.008, -0.005, 0.007, Verdict::Equivalent));
-        assert!(same.contains("90% CI -0.005 to +0.007") && same.contains("equivalent within +-0.01"), "{same}");
-        assert!(v(&pooled(0.004, -0.01, 0.02, -0.008, 0.016, Verdict::Undecided)).contains("no measurable difference"));
-        let table =
-            super::per_seed_table(&[("b minus a", &pooled(0.02, 0.01, 0.03, 0.012, 0.028, Verdict::Different))]);
-        assert_eq!(table.lines().count(), 3, "{table}");
-        assert!(table.contains("| seed 26 |") && table.contains("| +0.020 (+0.010 to +0.030) | +0.012 to +0.028 |"));
-    }
-
     #[test]
     fn the_built_version_is_read_from_the_pipeline_output() {
         let out = "synthetic archive: out/demo/synthetic-mimic\n  MIMIC-IV 2.2: 600 patients\n\

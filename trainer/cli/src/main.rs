@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod compare;
 mod demo;
+mod pooled;
 mod session;
 use cli::{Cli, Command};
 use session::Session;
@@ -39,6 +40,7 @@ fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
         Command::ImportTorch { file, model, prefix, out } => commands::import(&s, &file, model, &prefix, &out),
         Command::Bench(args) => commands::bench(&s, &args),
         Command::EhrColumns { ehr } => commands::ehr_columns(&ehr),
+        Command::PairedDelta(args) => commands::paired_delta(&args),
     };
     (s.log, outcome)
 }
@@ -93,6 +95,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(status(&["--device", "cpu,cpu", "--all-reduce", "nccl", "ehr-columns"]), 3);
+        assert_eq!(status(&["paired-delta", "--a", out, "--b", out, "--b", out]), 3, "one --b per --a");
+        let cli = Cli::try_parse_from(["trainer", "paired-delta", "--a", out, "--b", out]).unwrap();
+        let err = format!("{:#}", run(cli).1.unwrap_err());
+        assert!(err.contains(&format!("{out}/test-scores.json")), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
