@@ -25,7 +25,9 @@ const FILES: &[&str] = &[
     "src/sources/dicom_meta.rs",
     "src/sources/discover.rs",
     "src/sources/ingest.rs",
+    "src/sources/paths.rs",
     "src/sources/schema.rs",
+    "src/sources/sums.rs",
     "src/sources/table.rs",
     // The seeded re-split draws from this generator.
     "src/rng.rs",

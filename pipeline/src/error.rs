@@ -15,6 +15,12 @@ pub enum Error {
     MissingColumn { path: PathBuf, column: String },
     #[error("{path}, line {line}, column {column:?}: {value:?} is not {expected}")]
     BadValue { path: PathBuf, line: usize, column: String, value: String, expected: String },
+    /// Two rows of a table share the key its schema declares but differ in a cell.
+    #[error(
+        "{path}, lines {first} and {second}: both rows have {key} but differ ({difference}); \
+         the key must identify one row: remove or correct one of them"
+    )]
+    DuplicateKey { path: PathBuf, key: String, first: usize, second: usize, difference: String },
     #[error("{path}: writing DICOM: {message}")]
     Dicom { path: PathBuf, message: String },
     #[error("{path}: reading the DICOM header: {message}")]
@@ -48,6 +54,7 @@ impl Error {
             | Error::MissingTable { .. }
             | Error::MissingColumn { .. }
             | Error::BadValue { .. }
+            | Error::DuplicateKey { .. }
             | Error::DicomHeader { .. }
             | Error::Polars { .. } => 4,
             Error::Io(_) | Error::Dicom { .. } => 5,

@@ -12,21 +12,22 @@
 //!   `412Y` become missing and are counted), the official patient-disjoint
 //!   `train_val_list.txt` / `test_list.txt` (train_val split into train / validate by
 //!   patient), images found under `images/` or `images_NNN/images/`; its own 14 labels.
-//! - A path that escapes the root (absolute, `..`, or a symlink leading outside) is a reject
-//!   with a reason and is never read; a missing image file is a reject too.
+//! - A path that escapes the root (absolute, `..`, or a symlink leading outside;
+//!   [`crate::sources::paths::inside`], as for MIMIC) is a reject with a reason and is never
+//!   read; a missing image file is a reject too.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use cxr_dataset::{LABELS, NIH_LABELS, label_column_of, raw_label_column_of};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::build::{self, Job, Outcome, Partial};
-use crate::images::preprocess::Reject;
 use crate::images::{ImageRow, RunOptions};
 use crate::progress::Progress;
 use crate::rng::Rng;
+use crate::sources::paths;
 use crate::{Error, Result};
 use cxr_dataset::Uncertain;
 
@@ -82,7 +83,7 @@ impl EvalConfig {
     /// The settings that change the output, as `key=value` lines.
     pub fn describe(&self) -> String {
         format!(
-            "dataset={}\nuncertain={}\nvalidate_fraction={}\nsplit_seed={}\nshard_size={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
+            "dataset={}\nuncertain={}\nvalidate_fraction={}\nsplit_seed={}\nshard_size={}\nimage_size={}\npreprocessing={}\n",
             self.kind.name(),
             self.uncertain.name(),
             self.validate_fraction,
@@ -90,11 +91,6 @@ impl EvalConfig {
             self.shard_size,
             self.image_size,
             crate::images::preprocess::Output::square(self.image_size).describe(),
-            if self.verify_inputs_full {
-                "sha256 of the whole file"
-            } else {
-                "size, mtime, sha256 of the first 64 KiB"
-            }
         )
     }
 }
@@ -134,31 +130,6 @@ struct Row {
     frontal_lateral: Option<String>,
     /// Raw label values, in the order of [`EvalKind::labels`].
     raw: Vec<Option<f64>>,
-}
-
-/// The relative path `rel` under `base`, or why it must not be read: absolute paths, `..`,
-/// and paths that resolve (through symlinks) outside `base` are refused.
-pub fn safe_path(base: &Path, rel: &str) -> std::result::Result<String, Reject> {
-    let p = Path::new(rel);
-    if rel.is_empty() {
-        return Err("empty path".into());
-    }
-    if p.is_absolute() || rel.starts_with(['/', '\\']) || rel.contains(':') {
-        return Err(format!("path {rel:?} is absolute; refusing to read outside the dataset root"));
-    }
-    if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) || rel.contains("..") {
-        return Err(format!("path {rel:?} leaves the dataset root; refusing to read it"));
-    }
-    let full = base.join(p);
-    if let (Ok(real), Ok(root)) = (full.canonicalize(), base.canonicalize())
-        && !real.starts_with(&root)
-    {
-        return Err(format!(
-            "path {rel:?} is a link to {} outside the dataset root; refusing to read it",
-            real.display()
-        ));
-    }
-    Ok(rel.to_string())
 }
 
 fn hash_files(h: &mut Sha256, files: &[&Path]) -> Result<()> {
@@ -230,7 +201,7 @@ fn chexpert_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, PathBuf)> 
             // A path without a patient folder cannot be split by patient: a reject, with a
             // subject of its own so it cannot look like a leak.
             let patient = rel.split('/').find_map(|c| c.strip_prefix("patient")).and_then(|n| n.parse::<i64>().ok());
-            let mut invalid = safe_path(&base, &rel).err();
+            let mut invalid = paths::inside(&base, &rel).err();
             if patient.is_none() && invalid.is_none() {
                 invalid = Some(format!("path {rel:?} has no patientNNNNN folder"));
             }
@@ -415,7 +386,7 @@ fn nih_image(name: &str, index: &HashMap<String, String>, root: &Path) -> ImageR
         return invalid(name.to_string(), format!("image name {name:?} is not a file name"));
     }
     match index.get(name) {
-        Some(rel) => ImageRow { id: name.to_string(), path: rel.clone(), invalid: safe_path(root, rel).err() },
+        Some(rel) => ImageRow { id: name.to_string(), path: rel.clone(), invalid: paths::inside(root, rel).err() },
         None => invalid(format!("images/{name}"), "image file not found under images/ or images_NNN/images/".into()),
     }
 }

@@ -11,6 +11,7 @@
 //! OUT/mimic-cxr-jpg/2.1.0/mimic-cxr-2.0.0-{metadata,split,chexpert,negbio}.csv.gz
 //! OUT/mimic-cxr-jpg/2.1.0/mimic-cxr-2.1.0-test-set-labeled.csv
 //! OUT/mimiciv/<version>/{core|hosp}/{patients,admissions,transfers}.csv.gz, icu/icustays.csv.gz
+//! OUT/<each project>/<version>/SHA256SUMS.txt                 every file's sha256, as PhysioNet ships it
 //! ```
 //!
 //! The generative model, in data-flow order:
@@ -160,6 +161,11 @@ pub fn run(cfg: &SynthConfig, progress: &dyn Progress) -> Result<SynthSummary> {
     cxr::write_dicom_project_tables(&studies, &dicom_root)?;
     cxr::write_jpg_project_tables(&studies, &jpg_root)?;
     let images = write_images(&studies, cfg, &dicom_root, &jpg_root, progress)?;
+    // Each project version's checksum list, as PhysioNet ships it.
+    let iv_root = cfg.out.join("mimiciv").join(pop.version.to_string());
+    for root in [&dicom_root, &jpg_root, &iv_root] {
+        pipeline::sources::sums::write(root)?;
+    }
     let mut view_counts = BTreeMap::new();
     for s in &studies {
         for im in &s.images {

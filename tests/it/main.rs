@@ -10,6 +10,7 @@ mod dicom_files;
 mod eval_datasets;
 mod fixture;
 mod from_demo;
+mod input_keys;
 mod layout;
 mod mimic_iv_format;
 mod patient_bootstrap;

@@ -18,7 +18,7 @@ use crate::build_table::{config, read_table};
 use crate::fixture::{CXR_JPG, Csv, large_tables};
 
 fn read(path: &Path, schema: &str, version: &str) -> DataFrame {
-    ingest::read(path, &Schema::get(schema).unwrap(), version).unwrap()
+    ingest::read(path, &Schema::get(schema).unwrap(), version).unwrap().frame
 }
 
 fn inputs(root: &Path, iv: &str) -> LinkInputs {

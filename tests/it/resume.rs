@@ -53,13 +53,49 @@ fn resume_child_build() {
 }
 
 fn spawn_child(root: &Path, out: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["resume::resume_child_build", "--exact", "--ignored", "--test-threads", "1"])
+    child_command(root, out).spawn().unwrap()
+}
+
+fn child_command(root: &Path, out: &Path) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["resume::resume_child_build", "--exact", "--ignored", "--test-threads", "1"])
         .env("CXR_RESUME_ROOT", root)
         .env("CXR_RESUME_OUT", out)
         .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// Killed (SIGKILL) at each step of publishing, a build is finished by the next one to the
+/// same bytes, with the version in the index and no working folder or temporary file left.
+#[test]
+fn a_build_killed_at_each_step_of_publishing_is_completed_by_the_next() {
+    let root = &small().root;
+    let work = tempfile::tempdir().unwrap();
+    let reference = build(&shard_config(root, &work.path().join("reference")), &Silent).unwrap();
+    for step in ["parts", "manifest", "records", "rename"] {
+        let out = work.path().join(step);
+        let status = child_command(root, &out).env("CXR_PIPELINE_CRASH_AT", step).status().unwrap();
+        assert!(!status.success(), "{step}: the child was killed");
+        let published = out.join(&reference.version).is_dir();
+        assert_eq!(published, step == "rename", "{step}: published only once renamed");
+        if published {
+            // A working folder of a published version (another build's, killed) is cleared.
+            fs_err::create_dir_all(out.join(format!(".tmp-{}/images", reference.version))).unwrap();
+        }
+        let again = build(&shard_config(root, &out), &Silent).unwrap();
+        assert_eq!(again.version, reference.version, "{step}");
+        assert_eq!(again.reused, step == "rename", "{step}");
+        assert_same_tree(&again.dir, &reference.dir);
+        let listed = pipeline::build::versions::list(&out).unwrap();
+        assert!(listed.iter().any(|l| l.starts_with(&reference.version)), "{step}: indexed: {listed:?}");
+        let left: Vec<String> = fs_err::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{step}: left {left:?}");
+    }
 }
 
 /// Committed units in the working folder of the (single) build under `out`.
@@ -207,11 +243,14 @@ fn set_byte(path: &Path, at: usize) {
     let mut bytes = fs_err::read(path).unwrap();
     bytes[at] ^= 0x01;
     fs_err::write(path, bytes).unwrap();
-    // Keep the modification time, so only the content hash can tell.
+    // Keep the modification time, so only the content can tell.
     let f = std::fs::File::options().write(true).open(path).unwrap();
     f.set_modified(meta.modified().unwrap()).unwrap();
 }
 
+/// How image bytes enter the version: through the project's SHA256SUMS.txt (trusted, or
+/// checked with `--verify-inputs full`), else through the first and last 64 KiB (or every
+/// byte); never through modification times.
 #[test]
 fn image_files_are_fingerprinted_into_the_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,24 +261,34 @@ fn image_files_are_fingerprinted_into_the_version() {
     let cfg = BuildConfig { image_size: 16, shard_size: 1000, ..shard_config(&root, &out) };
     let full = BuildConfig { verify_inputs_full: true, ..cfg.clone() };
     let v0 = build(&cfg, &Silent).unwrap().version;
-    let f0 = build(&full, &Silent).unwrap().version;
-    assert_ne!(v0, f0, "the fingerprint mode is part of the version");
+    assert_eq!(build(&full, &Silent).unwrap().version, v0, "the listed sums, verified, are the same id");
     let rec = crate::fixture::Csv::read(&root.join(CXR_DCM).join("cxr-record-list.csv.gz"));
     let file = root.join(CXR_DCM).join(&rec.rows[0][3]);
     assert!(fs_err::metadata(&file).unwrap().len() > 200_000);
-    // A byte far into the pixels: invisible to the fast fingerprint, seen by the full one.
+    // A byte far into the pixels, the size kept: the fast mode trusts the list; the full one
+    // stops, naming the file.
     set_byte(&file, 150_000);
     assert_eq!(build(&cfg, &Silent).unwrap().version, v0);
-    let f1 = build(&full, &Silent).unwrap();
-    assert!(!f1.reused && f1.version != f0);
+    let err = build(&full, &Silent).unwrap_err().to_string();
+    assert!(err.contains(&rec.rows[0][3]) && err.contains("differs from"), "{err}");
+
+    // Without the list: the first and last 64 KiB, or every byte.
+    fs_err::remove_file(root.join(CXR_DCM).join("SHA256SUMS.txt")).unwrap();
+    let v1 = build(&cfg, &Silent).unwrap().version;
+    let f1 = build(&full, &Silent).unwrap().version;
+    assert_ne!(v1, f1, "another fingerprint, another id");
+    set_byte(&file, 160_000);
+    assert_eq!(build(&cfg, &Silent).unwrap().version, v1, "a byte between the edges is invisible to the fast mode");
+    let f2 = build(&full, &Silent).unwrap();
+    assert!(!f2.reused && f2.version != f1);
     // A byte in the header region: a new version either way.
     set_byte(&file, 1_000);
     let v2 = build(&cfg, &Silent).unwrap();
-    assert!(!v2.reused && v2.version != v0);
-    // A newer modification time alone is a change too.
+    assert!(!v2.reused && v2.version != v1);
+    // A newer modification time alone is not a change.
     let f = std::fs::File::options().write(true).open(&file).unwrap();
     f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5)).unwrap();
-    assert_ne!(build(&cfg, &Silent).unwrap().version, v2.version);
+    assert_eq!(build(&cfg, &Silent).unwrap().version, v2.version);
 }
 
 #[test]

@@ -35,9 +35,11 @@ pub enum MatchArg {
 /// How image files enter the version id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum VerifyInputs {
-    /// Size, modification time and a sha256 of the first 64 KiB.
+    /// Size and the sha256 that the project's SHA256SUMS.txt lists (nothing is read); for a
+    /// file it does not list, a sha256 of its first and last 64 KiB.
     Fast,
-    /// A sha256 of every byte (slow on the full archive).
+    /// A sha256 of every byte (slow on the full archive), checked against SHA256SUMS.txt:
+    /// a file that differs stops the build.
     Full,
 }
 

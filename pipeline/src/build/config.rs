@@ -40,8 +40,9 @@ pub struct BuildConfig {
     pub geometry: Geometry,
     /// Histogram-equalise each image after the VOI.
     pub equalize: bool,
-    /// Fingerprint image files by their whole content instead of size, modification time and
-    /// the first 64 KiB (`--verify-inputs full`).
+    /// Hash every byte of every image file, checked against `SHA256SUMS.txt` where the
+    /// project has one, instead of trusting the list (or hashing the first and last 64 KiB of
+    /// unlisted files) (`--verify-inputs full`; [`crate::images::fingerprint`]).
     pub verify_inputs_full: bool,
     /// How the image stage runs (fail-fast, shard subset, merge, workers); never changes
     /// the output.
@@ -86,23 +87,18 @@ impl BuildConfig {
             MatchRule::DateTime { icu_tolerance_s } => format!("datetime(icu_tolerance_s={icu_tolerance_s})"),
         };
         format!(
-            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nunlabeled={}\nuncertain={}\nsplit={:?}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\nimage_fingerprints={}\n",
+            "match={rule}\nmissing={}\ndrop_missing_sex={}\ndrop_rare_views={}\nlabeler={:?}\nunlabeled={}\nuncertain={}\nsplit={}\nshard_size={}\nimages={}\nimage_size={}\npreprocessing={}\n",
             self.missing.name(),
             self.drop_missing_sex,
             self.drop_rare_views,
             self.labeler,
             self.unlabeled.name(),
             self.uncertain.name(),
-            self.split,
+            self.split.describe(),
             self.shard_size,
             self.images.name(),
             self.image_size,
             self.output().describe(),
-            if self.verify_inputs_full {
-                "sha256 of the whole file"
-            } else {
-                "size, mtime, sha256 of the first 64 KiB"
-            }
         )
     }
 }

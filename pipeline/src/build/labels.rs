@@ -48,7 +48,7 @@ impl Unlabeled {
 }
 
 /// Adds `raw_label_*` and `label_*` columns from a label table (read with the chexpert or
-/// negbio schema) joined on `study_id`. Returns the frame and the number of images whose
+/// negbio schema) joined on its key, `subject_id` and `study_id`. Returns the frame and the number of images whose
 /// study has no label row, which are dropped or kept with null labels as `unlabeled` says.
 pub fn attach_labels(
     df: &DataFrame,
@@ -56,20 +56,27 @@ pub fn attach_labels(
     policy: Uncertain,
     unlabeled: Unlabeled,
 ) -> Result<(DataFrame, usize)> {
-    let studies = ints(labels, "study_id")?;
+    let studies: Vec<(Option<i64>, Option<i64>)> =
+        ints(labels, "subject_id")?.into_iter().zip(ints(labels, "study_id")?).collect();
     let mut values: Vec<Vec<Option<f64>>> = Vec::with_capacity(14);
     for name in LABELS {
         let c = labels.column(name).map_err(pe(name))?.f64().map_err(pe(name))?;
         values.push(c.iter().collect());
     }
-    let mut row_of: HashMap<i64, usize> = HashMap::with_capacity(studies.len());
-    for (r, s) in studies.iter().enumerate() {
-        if let Some(s) = s {
-            row_of.insert(*s, r);
+    // The label table's key (subject_id, study_id) is unique: checked when it was read.
+    let mut row_of: HashMap<(i64, i64), usize> = HashMap::with_capacity(studies.len());
+    for (r, key) in studies.iter().enumerate() {
+        if let (Some(p), Some(s)) = key {
+            row_of.insert((*p, *s), r);
         }
     }
-    let image_study = ints(df, "study_id")?;
-    let rows: Vec<Option<usize>> = image_study.iter().map(|s| s.and_then(|s| row_of.get(&s).copied())).collect();
+    let image_study = ints(df, "subject_id")?.into_iter().zip(ints(df, "study_id")?);
+    let rows: Vec<Option<usize>> = image_study
+        .map(|key| match key {
+            (Some(p), Some(s)) => row_of.get(&(p, s)).copied(),
+            _ => None,
+        })
+        .collect();
     let missing = rows.iter().filter(|r| r.is_none()).count();
     let mut out = df.clone();
     for (k, vals) in values.iter().enumerate() {
@@ -94,6 +101,18 @@ pub enum SplitSource {
     File(std::path::PathBuf),
     /// Seeded patient-level re-split with train/validate/test fractions.
     Resplit { seed: u64, fractions: [f64; 3] },
+}
+
+impl SplitSource {
+    /// The source as the version id hashes it: a split file by its content (hashed with the
+    /// tables), not by where it lies.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Official => "official".into(),
+            Self::File(_) => "file (its content is hashed with the tables)".into(),
+            Self::Resplit { seed, fractions } => format!("resplit(seed={seed}, fractions={fractions:?})"),
+        }
+    }
 }
 
 const SPLITS: [&str; 3] = ["train", "validate", "test"];
@@ -183,12 +202,29 @@ fn custom_split(path: &Path, dicoms: &[&str], subjects: &[Option<i64>]) -> Resul
         let line = rec.position().map_or(0, |p| p.line() as usize);
         let split = rec.get(si).unwrap_or("");
         check_split_value(split, path, line, "split")?;
-        map.insert(rec.get(ki).unwrap_or("").to_string(), split.to_string());
+        let k = rec.get(ki).unwrap_or("").to_string();
+        match map.entry(k) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((split.to_string(), line));
+            }
+            std::collections::hash_map::Entry::Occupied(e) if e.get().0 == split => {}
+            std::collections::hash_map::Entry::Occupied(e) => {
+                return Err(Error::DuplicateKey {
+                    path: path.to_path_buf(),
+                    key: format!("{key}={}", e.key()),
+                    first: e.get().1,
+                    second: line,
+                    difference: format!("column split: {:?} then {split:?}", e.get().0),
+                });
+            }
+        }
     }
     let mut out = Vec::with_capacity(dicoms.len());
     for (d, s) in dicoms.iter().zip(subjects) {
         let k = if key == "dicom_id" { d.to_string() } else { s.map(|s| s.to_string()).unwrap_or_default() };
-        out.push(map.get(&k).cloned().ok_or_else(|| Error::input(path, format!("no split for {key} {k}")))?);
+        out.push(
+            map.get(&k).map(|(s, _)| s.clone()).ok_or_else(|| Error::input(path, format!("no split for {key} {k}")))?,
+        );
     }
     Ok(out)
 }

@@ -20,10 +20,12 @@ use crate::build::labels::{Labeler, SplitSource, Unlabeled, attach_labels, attac
 use crate::build::link::{LinkInputs, images_from_metadata, link};
 use crate::build::report::Cohort;
 use crate::images::preprocess::Output;
-use crate::images::{self, IMAGES_DIR, RunOptions, Stage, Subset};
+use crate::images::{self, IMAGES_DIR, RejectRow, RunOptions, Stage, Subset};
 use crate::progress::Progress;
+use crate::sources::dicom_meta::DicomFiles;
 use crate::sources::discover::{Inputs, discover};
-use crate::sources::ingest;
+use crate::sources::ingest::{self, Duplicates};
+use crate::sources::paths;
 use crate::sources::schema::Schema;
 use crate::{Error, Result};
 use cxr_dataset::files::write_atomic;
@@ -103,8 +105,11 @@ fn tables(inputs: &Inputs, cfg: &BuildConfig) -> Result<Vec<(&'static str, PathB
     Ok(t)
 }
 
-fn read(path: &Path, schema: &str, version: &str) -> Result<DataFrame> {
-    ingest::read(path, &Schema::get(schema)?, version)
+fn read(path: &Path, schema: &str, version: &str) -> Result<(DataFrame, Option<Duplicates>)> {
+    let schema = Schema::get(schema)?;
+    let read = ingest::read(path, &schema, version)?;
+    let dropped = read.dropped(path, &schema);
+    Ok((read.frame, dropped))
 }
 
 /// Seconds spent in each step of a build, in order (`pipeline bench` prints them).
@@ -140,13 +145,15 @@ struct Tables {
     labels: DataFrame,
     /// The official split table and its path.
     official: Option<(DataFrame, PathBuf)>,
+    /// Exact duplicate rows dropped, per table that had any.
+    duplicates: Vec<Duplicates>,
 }
 
 /// Reads the tables (or the DICOM headers), all at once on the thread pool.
 fn read_tables(
     cfg: &BuildConfig,
     tables: &[(&'static str, PathBuf)],
-    dicoms: &[PathBuf],
+    dicoms: &DicomFiles,
     iv_version: &str,
 ) -> Result<Tables> {
     const CXR: &str = "2.0.0";
@@ -168,17 +175,22 @@ fn read_tables(
     };
     let read_dicoms = || {
         (tables.iter().all(|(r, _)| *r != "metadata"))
-            .then(|| crate::sources::dicom_meta::read(dicoms, cfg.run.fail_fast))
+            .then(|| crate::sources::dicom_meta::read(&dicoms.files, cfg.run.fail_fast))
     };
     let read_csvs = || {
         tables
             .par_iter()
             .filter_map(|(role, path)| schema_of(role).map(|(schema, version)| (role, path, schema, version)))
-            .map(|(role, path, schema, version)| Ok((*role, (read(path, schema, version)?, path.clone()))))
+            .map(|(role, path, schema, version)| Ok((*role, read(path, schema, version)?, path.clone())))
             .collect::<Result<Vec<_>>>()
     };
     let (from_headers, read) = rayon::join(read_dicoms, read_csvs);
-    let mut read: std::collections::HashMap<&str, (DataFrame, PathBuf)> = read?.into_iter().collect();
+    let read = read?;
+    // In the order of `tables`, for a stable report.
+    let mut duplicates: Vec<Duplicates> = dicoms.duplicates.iter().cloned().collect();
+    duplicates.extend(read.iter().filter_map(|(_, (_, d), _)| d.clone()));
+    let mut read: std::collections::HashMap<&str, (DataFrame, PathBuf)> =
+        read.into_iter().map(|(role, (frame, _), path)| (role, (frame, path))).collect();
     let mut take = |role: &str| read.remove(role).ok_or_else(|| Error::Internal(format!("no {role} table")));
     let (meta, header_rejects) = match from_headers.transpose()? {
         Some(m) => m,
@@ -196,6 +208,7 @@ fn read_tables(
         icustays: take("icustays")?.0,
         labels: take("labels")?.0,
         official: if cfg.split == SplitSource::Official { Some(take("split")?) } else { None },
+        duplicates,
     })
 }
 
@@ -212,9 +225,14 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
     let path_of = |role: &str| tables.iter().find(|(r, _)| *r == role).map(|(_, p)| p.clone());
     let dicoms = match (&path_of("metadata"), &inputs.cxr_dicom) {
         (None, Some(d)) => crate::sources::dicom_meta::dicom_files(&d.root, d.record_list.as_deref())?,
-        _ => Vec::new(),
+        _ => DicomFiles::default(),
     };
-    let (tables_hash, schema_hash) = tables_id(&tables, &dicoms, cfg)?;
+    if cfg.run.fail_fast
+        && let Some((path, why)) = dicoms.rejects.first()
+    {
+        return Err(Error::input(path, format!("{why} (--fail-fast)")));
+    }
+    let (tables_hash, schema_hash) = tables_id(&tables, &dicoms.files, cfg)?;
     timings.lap("discover and hash the inputs");
     let staged = table_stage(cfg, &tables, &dicoms, &inputs.mimic_iv.version, progress, &mut timings)?;
     let (encoded, mut cohort) = (staged.encoded, staged.cohort);
@@ -270,7 +288,7 @@ struct TableStage {
     encoded: DataFrame,
     cohort: Cohort,
     images_read: usize,
-    header_rejects: Vec<images::RejectRow>,
+    header_rejects: Vec<RejectRow>,
 }
 
 /// The table stage: reads the tables, links them (SQL), attaches labels and the split, applies
@@ -278,14 +296,22 @@ struct TableStage {
 fn table_stage(
     cfg: &BuildConfig,
     tables: &[(&'static str, PathBuf)],
-    dicoms: &[PathBuf],
+    dicoms: &DicomFiles,
     mimic_iv_version: &str,
     progress: &dyn Progress,
     timings: &mut Timings,
 ) -> Result<TableStage> {
     progress.start("tables", 3);
-    let Tables { meta, header_rejects, patients, admissions, icustays, labels, official } =
+    let Tables { meta, header_rejects, patients, admissions, icustays, labels, official, duplicates } =
         read_tables(cfg, tables, dicoms, mimic_iv_version)?;
+    for d in &duplicates {
+        progress.note(&format!(
+            "{}: {} duplicate row(s) dropped (the same {} and the same values as an earlier row)",
+            d.file,
+            d.rows,
+            d.key.join(" + ")
+        ));
+    }
     if let Some((path, why)) = header_rejects.first() {
         progress.note(&format!(
             "{} DICOM file(s) with an unreadable header are rejected (see rejects.parquet), e.g. {}: {why}",
@@ -297,11 +323,20 @@ fn table_stage(
     timings.lap("read the tables");
 
     let images = images_from_metadata(meta)?;
-    let images_read = images.height() + header_rejects.len();
+    let images_read = images.height() + header_rejects.len() + dicoms.rejects.len();
+    let (images, id_rejects) = check_ids(images, cfg.run.fail_fast, path_of_metadata(tables))?;
+    if let Some(r) = id_rejects.first() {
+        progress.note(&format!(
+            "{} image(s) with identifiers that are not MIMIC-CXR's are rejected (see rejects.parquet), e.g. {}",
+            id_rejects.len(),
+            r.reason
+        ));
+    }
     let linked = link(&LinkInputs { images, patients, admissions, icustays }, cfg.rule)?;
     progress.advance(1);
     timings.lap("link (SQL)");
     let mut cohort = Cohort::new(images_read, &linked)?;
+    cohort.duplicate_rows = duplicates;
     let (labeled, unlabeled) = attach_labels(&linked, &labels, cfg.uncertain, cfg.unlabeled)?;
     cohort.unlabeled_images = unlabeled;
     if cfg.unlabeled == Unlabeled::Drop {
@@ -315,12 +350,53 @@ fn table_stage(
     progress.advance(1);
     progress.finish();
     timings.lap("labels, split, filters, encodings");
+    let path_rejects =
+        dicoms.rejects.iter().cloned().map(header_reject).map(|r| RejectRow { stage: "path".into(), ..r });
     Ok(TableStage {
         encoded,
         cohort,
         images_read,
-        header_rejects: header_rejects.into_iter().map(header_reject).collect(),
+        header_rejects: path_rejects.chain(header_rejects.into_iter().map(header_reject)).chain(id_rejects).collect(),
     })
+}
+
+/// The metadata table's path, or a note that the metadata came from the DICOM headers.
+fn path_of_metadata(tables: &[(&'static str, PathBuf)]) -> String {
+    tables
+        .iter()
+        .find(|(r, _)| *r == "metadata")
+        .map_or_else(|| "(DICOM headers)".to_string(), |(_, p)| p.display().to_string())
+}
+
+/// The images whose identifiers follow DATA.md's patterns ([`paths::check_image_ids`]), and
+/// the others as rejects (under `fail_fast`, the first is the error).
+fn check_ids(images: DataFrame, fail_fast: bool, source: String) -> Result<(DataFrame, Vec<RejectRow>)> {
+    let dicom = images.column("dicom_id").map_err(pe("dicom_id"))?.str().map_err(pe("dicom_id"))?.clone();
+    let int = |name: &str| -> Result<Int64Chunked> {
+        let c = images.column(name).map_err(pe(name))?.cast(&DataType::Int64).map_err(pe(name))?;
+        Ok(c.i64().map_err(pe(name))?.clone())
+    };
+    let (subject, study) = (int("subject_id")?, int("study_id")?);
+    let mut keep = Vec::with_capacity(images.height());
+    let mut rejects = Vec::new();
+    for ((d, s), t) in dicom.iter().zip(subject.iter()).zip(study.iter()) {
+        match paths::check_image_ids(d, s, t) {
+            Ok(()) => keep.push(true),
+            Err(reason) if fail_fast => {
+                return Err(Error::input(Path::new(&source), format!("{reason} (--fail-fast)")));
+            }
+            Err(reason) => {
+                keep.push(false);
+                let dicom_id = d.unwrap_or("").to_string();
+                rejects.push(RejectRow { dicom_id, path: source.clone(), stage: "id".into(), reason });
+            }
+        }
+    }
+    if rejects.is_empty() {
+        return Ok((images, rejects));
+    }
+    let kept = images.filter(&BooleanChunked::from_slice("kept".into(), &keep)).map_err(pe("identifier check"))?;
+    Ok((kept, rejects))
 }
 
 /// The reference's cohort filters on sex and view, each counted in `cohort`.
@@ -370,13 +446,13 @@ pub(crate) struct Job<'a> {
     pub task: Task,
     pub images_read: usize,
     /// Files rejected before the table (unreadable DICOM headers), listed in the rejects.
-    pub header_rejects: Vec<images::RejectRow>,
+    pub header_rejects: Vec<RejectRow>,
 }
 
 /// A file whose DICOM header was unreadable, as a row of `rejects.parquet`.
-fn header_reject((path, reason): crate::sources::dicom_meta::HeaderReject) -> images::RejectRow {
+fn header_reject((path, reason): crate::sources::dicom_meta::HeaderReject) -> RejectRow {
     let dicom_id = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    images::RejectRow { dicom_id, path: path.display().to_string(), stage: "header".into(), reason }
+    RejectRow { dicom_id, path: path.display().to_string(), stage: "header".into(), reason }
 }
 
 /// How a build ended.
@@ -406,18 +482,30 @@ pub(crate) type Reporter<'r> = dyn FnMut(&DataFrame, usize, &str) -> Result<(Str
 /// working folder and publishes the version, unless it exists or this is a partial run.
 pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Reporter<'_>) -> Result<Outcome> {
     let fingerprint = match job.files {
-        Some(rows) => images::fingerprint(job.images_root, rows, job.verify_inputs_full, progress),
+        Some(rows) => images::fingerprint(job.images_root, rows, job.verify_inputs_full, progress)?,
         None => "none".to_string(),
     };
     let version = version_id(job.tables_hash, job.source, &fingerprint);
     let dir = job.out.join(&version);
+    tidy(job.out, &version, progress)?;
     if dir.join(MANIFEST).is_file() {
+        // A publisher killed between its rename and the index update left it out: repair.
+        versions::ensure_recorded(job.out, &version)?;
         return Ok(Outcome::Reused { version, dir });
     }
     // The working folder persists until publication: a killed build resumes from it, and the
     // processes of a sharded build share it.
-    let work = job.out.join(format!(".tmp-{version}"));
+    let work = job.out.join(working_folder(&version));
+    if job.run.subset.is_none() && work.join(MANIFEST).is_file() {
+        // Killed after the manifest, the last file, was written: only the rename is left.
+        progress.note(&format!("{}: completing an interrupted publication", work.display()));
+        complete_publication(&work, &dir, job.out, &version)?;
+        return Ok(Outcome::Published { version, dir });
+    }
     fs_err::create_dir_all(work.join(FEATURES_DIR))?;
+    for sub in [Path::new(""), Path::new(FEATURES_DIR), Path::new(IMAGES_DIR), Path::new(images::PROGRESS_DIR)] {
+        cxr_dataset::files::remove_stale_temps(&work.join(sub))?;
+    }
     // The shards carry the numeric columns; a table-only build needs none.
     let features = if job.files.is_some() { feature_matrix(job.table)? } else { images::FeatureMatrix::default() };
     let files =
@@ -558,10 +646,8 @@ fn publish(
         })
         .collect::<Result<_>>()?;
     let rows: usize = parts.iter().map(|p| p.rows).sum();
-    let mut rejects = images::rejects_frame(&stage.rejects)?;
-    let mut bytes = Vec::new();
-    ParquetWriter::new(&mut bytes).finish(&mut rejects).map_err(pe("writing rejects"))?;
-    write_atomic(&tmp.join(REJECTS), &bytes)?;
+    let rejects = images::rejects_frame(&stage.rejects)?;
+    write_atomic(&tmp.join(REJECTS), &parquet_bytes(&rejects, Vec::new())?)?;
     write_atomic(&tmp.join(REPORT_MD), md.as_bytes())?;
     write_atomic(&tmp.join(REPORT_JSON), json.as_bytes())?;
     let manifest = Manifest {
@@ -584,13 +670,80 @@ fn publish(
         parts,
     };
     let text = manifest.to_json().map_err(|e| Error::Internal(format!("manifest: {e}")))?;
+    crash_point("parts");
     write_atomic(&tmp.join(MANIFEST), text.as_bytes())?;
+    crash_point("manifest");
+    complete_publication(tmp, dir, job.out, version)
+}
+
+/// The working folder of `version` inside the output folder.
+fn working_folder(version: &str) -> String {
+    format!(".tmp-{version}")
+}
+
+/// The last steps of publishing, from a working folder whose manifest is written (every file
+/// in it is on the disk, each written by `write_atomic`): the commit records go, the folder
+/// is renamed to the version and the output folder flushed, then the index records it. A
+/// kill at any point leaves either the working folder with its manifest (the next build
+/// completes it) or the version (the next build repairs the index).
+fn complete_publication(tmp: &Path, dir: &Path, out: &Path, version: &str) -> Result<()> {
     let progress_dir = tmp.join(images::PROGRESS_DIR);
     if progress_dir.exists() {
-        fs_err::remove_dir_all(progress_dir)?;
+        fs_err::remove_dir_all(&progress_dir)?;
+        cxr_dataset::files::sync_dir(tmp)?;
     }
+    crash_point("records");
     fs_err::rename(tmp, dir)?;
-    versions::record(job.out, version)
+    cxr_dataset::files::sync_dir(out)?;
+    crash_point("rename");
+    versions::record(out, version)
+}
+
+/// Fault injection for the crash tests (`tests/it/resume.rs`): when the environment variable
+/// `CXR_PIPELINE_CRASH_AT` names `step` (`parts`, `manifest`, `records`, `rename`), the
+/// process SIGKILLs itself there, leaving its files as a kill would.
+fn crash_point(step: &str) {
+    if std::env::var_os("CXR_PIPELINE_CRASH_AT").is_some_and(|s| s == step) {
+        let _ = std::process::Command::new("kill").arg("-KILL").arg(std::process::id().to_string()).status();
+        std::process::abort();
+    }
+}
+
+/// Clears what killed builds left in the output folder: the temporary files of dead
+/// processes, and the working folders of versions that are published (another build
+/// finished them); says so, and names the unfinished working folders of other versions it
+/// leaves (resume them with the same options, or delete them).
+fn tidy(out: &Path, current: &str, progress: &dyn Progress) -> Result<()> {
+    let stale = cxr_dataset::files::remove_stale_temps(out)?;
+    if stale > 0 {
+        progress.note(&format!("{}: removed {stale} temporary file(s) of killed builds", out.display()));
+    }
+    let Ok(entries) = fs_err::read_dir(out) else { return Ok(()) };
+    let mut unfinished = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(version) = name.strip_prefix(".tmp-") else { continue };
+        if !entry.path().is_dir() {
+            continue;
+        }
+        if out.join(version).join(MANIFEST).is_file() {
+            fs_err::remove_dir_all(entry.path())?;
+            progress.note(&format!("removed {name}, the working folder of the published version {version}"));
+        } else if version != current {
+            unfinished.push(name);
+        }
+    }
+    if !unfinished.is_empty() {
+        unfinished.sort();
+        progress.note(&format!(
+            "{}: unfinished working folder(s) {} left as they are (a build with the same inputs and \
+             options resumes one; delete the others to reclaim the space)",
+            out.display(),
+            unfinished.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// The rejected images of a version.
@@ -600,22 +753,39 @@ pub const REJECTS: &str = "rejects.parquet";
 pub const ROW_GROUP: usize = 16_384;
 
 /// Writes the table atomically, with the version and schema hash in the file metadata;
-/// returns the file's sha256. The file is encoded in memory first: polars' writer issues a
-/// system call per Thrift field on an unbuffered file (measured: 35 ms for a 4,096-row part of
-/// 85 columns, 14 ms buffered). Single-threaded: the parts are written in parallel.
+/// returns the file's sha256.
 pub fn write_parquet(df: &DataFrame, path: &Path, version: &str, schema_hash: &str) -> Result<String> {
-    let mut bytes = Vec::new();
-    let mut df = df.clone();
-    ParquetWriter::new(&mut bytes)
-        .set_parallel(false)
-        .with_row_group_size(Some(ROW_GROUP))
-        .with_key_value_metadata(Some(KeyValueMetadata::from_static(vec![
+    let bytes = parquet_bytes(
+        df,
+        vec![
             ("dataset_version".into(), version.into()),
             ("schema_hash".into(), schema_hash.into()),
             ("pipeline_version".into(), env!("CARGO_PKG_VERSION").into()),
-        ])))
-        .finish(&mut df)
-        .map_err(pe("writing parquet"))?;
+        ],
+    )?;
     write_atomic(path, &bytes)?;
     Ok(cxr_dataset::files::sha256_hex(&bytes))
+}
+
+/// A Parquet file of `df` with `metadata` in its footer, encoded in memory (polars' writer
+/// issues a system call per Thrift field on an unbuffered file: measured 35 ms for a
+/// 4,096-row part of 85 columns, 14 ms buffered), single-threaded (parts are written in
+/// parallel).
+///
+/// The footer's Arrow schema (what pyarrow and pandas read the columns as) gives text columns
+/// as `large_string`, not polars' default `string_view`, on which some pyarrow versions'
+/// compute functions (filters, `equal`) fail; the Parquet data is the same either way.
+pub fn parquet_bytes(df: &DataFrame, metadata: Vec<(String, String)>) -> Result<Vec<u8>> {
+    let arrow = df.schema().to_arrow(CompatLevel::oldest());
+    let schema = polars_parquet::write::schema_to_metadata_key(&arrow);
+    let mut pairs = vec![(schema.key, schema.value.unwrap_or_default())];
+    pairs.extend(metadata);
+    let mut bytes = Vec::new();
+    ParquetWriter::new(&mut bytes)
+        .set_parallel(false)
+        .with_row_group_size(Some(ROW_GROUP))
+        .with_key_value_metadata(Some(KeyValueMetadata::from_static(pairs)))
+        .finish(&mut df.clone())
+        .map_err(pe("writing parquet"))?;
+    Ok(bytes)
 }

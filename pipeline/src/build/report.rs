@@ -32,6 +32,8 @@ pub struct SplitCount {
 /// The cohort at each step of the build.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Cohort {
+    /// Exact duplicate rows dropped from the input tables, per table that had any.
+    pub duplicate_rows: Vec<crate::sources::ingest::Duplicates>,
     pub images_read: usize,
     pub subjects_read: usize,
     /// Images whose study has no label row (dropped unless `--keep-unlabeled`).
@@ -147,6 +149,12 @@ impl Cohort {
         ];
         for (k, v) in steps {
             s.push_str(&format!("| {k} | {v} |\n"));
+        }
+        if !self.duplicate_rows.is_empty() {
+            s.push_str("\n## Duplicate rows dropped from the inputs\n\n| table | key | rows |\n|---|---|---|\n");
+            for d in &self.duplicate_rows {
+                s.push_str(&format!("| {} | {} | {} |\n", d.file, d.key.join(" + "), d.rows));
+            }
         }
         s.push_str("\n## Splits\n\n| split | images | subjects |\n|---|---|---|\n");
         for (k, v) in &self.splits {

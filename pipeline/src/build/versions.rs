@@ -89,6 +89,18 @@ pub fn record(out: &Path, version: &str) -> Result<()> {
     Ok(written?)
 }
 
+/// Records `version` in `out/versions.json` unless it is there already (the reuse path's
+/// repair of a publisher killed between its rename and its index update).
+pub fn ensure_recorded(out: &Path, version: &str) -> Result<()> {
+    let index_path = out.join(VERSIONS);
+    let listed = index_path.is_file()
+        && read_json(&index_path)?
+            .get("versions")
+            .and_then(Value::as_array)
+            .is_some_and(|v| v.iter().any(|e| e.get("id").and_then(Value::as_str) == Some(version)));
+    if listed { Ok(()) } else { record(out, version) }
+}
+
 /// One line per version: id, rows, rejected, settings on one line.
 pub fn list(out: &Path) -> Result<Vec<String>> {
     let index = read_json(&out.join(VERSIONS))?;

@@ -11,7 +11,7 @@
 pub mod dicom;
 pub mod preprocess;
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::shard::Shard;
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::progress::Progress;
+use crate::sources::sums::{SUMS_FILE, Sums};
 use crate::{Error, Result};
 use preprocess::{Gray, Output, Reject};
 
@@ -282,11 +283,15 @@ fn build_unit(
     let mut rejected = Vec::new();
     let mine = &files.rows[unit.first..unit.first + unit.rows];
     for (c, part) in mine.chunks(chunk).enumerate() {
-        let done: Vec<std::result::Result<Vec<u8>, Reject>> = part
+        // A path made from the table is read only when it stays under the root.
+        let done: Vec<std::result::Result<Vec<u8>, (&str, Reject)>> = part
             .par_iter()
             .map(|row| match &row.invalid {
-                Some(why) => Err(why.clone()),
-                None => decode_one(files.decode, &files.root.join(&row.path), output),
+                Some(why) => Err(("path", why.clone())),
+                None => match crate::sources::paths::inside(files.root, &row.path) {
+                    Ok(path) => decode_one(files.decode, &path, output).map_err(|why| ("decode", why)),
+                    Err(why) => Err(("path", why)),
+                },
             })
             .collect();
         for (k, (row, result)) in part.iter().zip(done).enumerate() {
@@ -294,13 +299,10 @@ fn build_unit(
                 Ok(pixels) => shard
                     .push_with_features(&pixels, files.features.row(unit.first + c * chunk + k))
                     .map_err(|e| Error::Internal(e.to_string()))?,
-                Err(reason) if fail_fast => {
+                Err((_, reason)) if fail_fast => {
                     return Err(Error::input(Path::new(&row.path), format!("{reason} (--fail-fast)")));
                 }
-                Err(reason) => {
-                    let stage = if row.invalid.is_some() { "path" } else { "decode" };
-                    rejected.push((c * chunk + k, stage.to_string(), reason));
-                }
+                Err((stage, reason)) => rejected.push((c * chunk + k, stage.to_string(), reason)),
             }
         }
         progress.advance(part.len() as u64);
@@ -401,51 +403,78 @@ pub fn run(
     Ok(stage)
 }
 
-/// Fingerprint of the image files of a build, in row order: path, size, modification time
-/// and a sha256 of the first 64 KiB (the DICOM header and the start of the pixels), or of
-/// the whole file with `full`. A missing file has a fingerprint too (it becomes a reject).
-pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress: &dyn Progress) -> String {
-    const HEAD: u64 = 64 * 1024;
+/// Fingerprint of the image files of a build, in row order, from what the files hold, never
+/// from where or when they were written (a copy of the archive is the same version): each
+/// file's path, size and sha256 as `root/SHA256SUMS.txt` lists it ([`Sums`]), or, for a file
+/// the list does not name (or without a list), a sha256 of its first and last 64 KiB (the
+/// DICOM header, the start and the end of the pixels). With `full` every byte is hashed:
+/// a listed file whose bytes differ from the list is an error, and an unlisted one enters
+/// with its whole sha256 (so a verified build of a listed archive has the same id as a fast
+/// one). A missing file has a fingerprint too (it becomes a reject).
+pub fn fingerprint(project_root: &Path, rows: &[ImageRow], full: bool, progress: &dyn Progress) -> Result<String> {
+    const EDGE: u64 = 64 * 1024;
+    let sums = Sums::read(project_root)?;
     progress.start("fingerprints", rows.len() as u64);
-    let one = |rel: &str| -> String {
+    let edges = |path: &Path, size: u64| -> std::io::Result<String> {
+        let mut f = std::fs::File::open(path)?;
+        let mut h = Sha256::new();
+        let mut buf = Vec::with_capacity(2 * EDGE as usize);
+        (&mut f).take(EDGE).read_to_end(&mut buf)?;
+        if size > 2 * EDGE {
+            f.seek(SeekFrom::Start(size - EDGE))?;
+        }
+        f.read_to_end(&mut buf)?;
+        h.update(&buf);
+        Ok(cxr_dataset::files::hex(&h.finalize()))
+    };
+    let one = |rel: &str| -> Result<String> {
         let path = project_root.join(rel);
-        let Ok(meta) = std::fs::metadata(&path) else { return format!("{rel} missing\n") };
-        let mtime =
-            meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-        let digest = if full {
-            cxr_dataset::files::sha256_file(&path).unwrap_or_else(|e| format!("unreadable {e}"))
-        } else {
-            let mut h = Sha256::new();
-            match std::fs::File::open(&path) {
-                Ok(f) => {
-                    let mut buf = Vec::new();
-                    match f.take(HEAD).read_to_end(&mut buf) {
-                        Ok(_) => h.update(&buf),
-                        Err(e) => h.update(format!("unreadable {e}")),
-                    }
+        let Ok(meta) = std::fs::metadata(&path) else { return Ok(format!("{rel} missing\n")) };
+        let size = meta.len();
+        let listed = sums.as_ref().and_then(|s| s.get(rel));
+        let digest = match (listed, full) {
+            (Some(sum), false) => format!("sha256:{sum}"),
+            (listed, true) => {
+                let Ok(actual) = cxr_dataset::files::sha256_file(&path) else {
+                    return Ok(format!("{rel} {size} unreadable\n"));
+                };
+                if let Some(sum) = listed
+                    && sum != actual
+                {
+                    return Err(Error::input(
+                        &path,
+                        format!(
+                            "sha256 {actual} differs from {sum} in {}: the file is damaged or was \
+                             changed; download it again (or remove its line from the list)",
+                            project_root.join(SUMS_FILE).display()
+                        ),
+                    ));
                 }
-                Err(e) => h.update(format!("unreadable {e}")),
+                format!("sha256:{actual}")
             }
-            cxr_dataset::files::hex(&h.finalize())
+            (None, false) => match edges(&path, size) {
+                Ok(d) => format!("edges:{d}"),
+                Err(e) => format!("unreadable {e}"),
+            },
         };
-        format!("{rel} {} {mtime} {digest}\n", meta.len())
+        Ok(format!("{rel} {size} {digest}\n"))
     };
     let mut h = Sha256::new();
     for chunk in rows.chunks(1024) {
         let lines: Vec<String> = chunk
             .par_iter()
             .map(|row| match &row.invalid {
-                Some(why) => format!("{} invalid {why}\n", row.path),
+                Some(why) => Ok(format!("{} invalid {why}\n", row.path)),
                 None => one(&row.path),
             })
-            .collect();
+            .collect::<Result<_>>()?;
         for l in lines {
             h.update(l);
         }
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    cxr_dataset::files::hex(&h.finalize())
+    Ok(cxr_dataset::files::hex(&h.finalize()))
 }
 
 /// The rejects as a frame (dicom_id, path, stage, reason).

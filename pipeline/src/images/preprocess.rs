@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
-/// Why an image was not used.
-pub type Reject = String;
+// Why an image was not used (defined with the path checks, which give reasons too).
+pub use crate::sources::paths::Reject;
 
 /// Largest image accepted (pixels); anything above is treated as a hostile header.
 pub const MAX_PIXELS: u64 = 100_000_000;

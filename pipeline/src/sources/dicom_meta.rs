@@ -11,8 +11,9 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use polars::prelude::*;
 use rayon::prelude::*;
 
-use crate::sources::ingest::date_days;
-use crate::sources::schema::parse_hhmmss;
+use crate::sources::ingest::{self, Duplicates, date_days};
+use crate::sources::paths;
+use crate::sources::schema::{Schema, parse_hhmmss};
 use crate::{Error, Result};
 
 /// One image's header values.
@@ -31,29 +32,61 @@ struct Header {
     orientation: Option<String>,
 }
 
-/// Every `.dcm` under `root/files`, sorted, from the record list when there is one.
-pub fn dicom_files(root: &Path, record_list: Option<&Path>) -> Result<Vec<PathBuf>> {
+/// The DICOM files whose headers a build reads.
+#[derive(Debug, Clone, Default)]
+pub struct DicomFiles {
+    /// Sorted.
+    pub files: Vec<PathBuf>,
+    /// Record-list rows and files that must not be read (a path leaving the root, a link
+    /// outside it), with why: rejects of the build.
+    pub rejects: Vec<HeaderReject>,
+    /// Exact duplicate rows dropped from the record list.
+    pub duplicates: Option<Duplicates>,
+}
+
+/// Every `.dcm` under `root/files` (from the record list when there is one: its `path` cells,
+/// checked to stay under `root`), sorted; files that resolve outside `root` are rejects.
+pub fn dicom_files(root: &Path, record_list: Option<&Path>) -> Result<DicomFiles> {
+    let mut out = DicomFiles::default();
+    let mut relative = Vec::new();
     if let Some(list) = record_list {
-        let t = crate::sources::table::Table::from_path(list)?;
-        let c = t.col("path")?;
-        let mut files: Vec<PathBuf> = t.rows.iter().map(|r| root.join(r.get(c).unwrap_or(""))).collect();
-        files.sort();
-        return Ok(files);
-    }
-    let mut files = Vec::new();
-    let mut stack = vec![root.join("files")];
-    while let Some(dir) = stack.pop() {
-        for entry in fs_err::read_dir(&dir)? {
-            let p = entry?.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "dcm") {
-                files.push(p);
+        let schema = Schema::get("mimic-cxr/record-list")?;
+        let read = ingest::read(list, &schema, "2.0.0")?;
+        out.duplicates = read.dropped(list, &schema);
+        let column = read.frame.column("path").and_then(|c| c.str().cloned());
+        let column = column.map_err(|e| Error::Polars { context: list.display().to_string(), source: e })?;
+        for (row, p) in column.iter().enumerate() {
+            let p = p.unwrap_or("");
+            match paths::relative(p) {
+                Ok(_) => relative.push(p.to_string()),
+                Err(why) => out.rejects.push((PathBuf::from(p), format!("{}, row {}: {why}", list.display(), row + 1))),
+            }
+        }
+    } else {
+        let mut stack = vec![root.join("files")];
+        while let Some(dir) = stack.pop() {
+            for entry in fs_err::read_dir(&dir)? {
+                let p = entry?.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|e| e == "dcm")
+                    && let Ok(rel) = p.strip_prefix(root)
+                {
+                    relative.push(rel.to_string_lossy().into_owned());
+                }
             }
         }
     }
-    files.sort();
-    Ok(files)
+    let checked: Vec<std::result::Result<PathBuf, HeaderReject>> =
+        relative.par_iter().map(|rel| paths::inside(root, rel).map_err(|why| (root.join(rel), why))).collect();
+    for c in checked {
+        match c {
+            Ok(p) => out.files.push(p),
+            Err(r) => out.rejects.push(r),
+        }
+    }
+    out.files.sort();
+    Ok(out)
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
@@ -117,12 +150,29 @@ pub type HeaderReject = (PathBuf, String);
 pub fn read(files: &[PathBuf], fail_fast: bool) -> Result<(DataFrame, Vec<HeaderReject>)> {
     let read: Vec<Result<Header>> = files.par_iter().map(|p| header(p)).collect();
     let mut headers = Vec::with_capacity(read.len());
+    let mut read_from: Vec<&Path> = Vec::with_capacity(read.len());
     let mut rejects = Vec::new();
     for (path, r) in files.iter().zip(read) {
         match r {
-            Ok(h) => headers.push(h),
+            Ok(h) => {
+                headers.push(h);
+                read_from.push(path);
+            }
             Err(e) if fail_fast => return Err(e),
             Err(e) => rejects.push((path.clone(), e.to_string())),
+        }
+    }
+    let mut first_of: std::collections::HashMap<&str, &Path> = std::collections::HashMap::new();
+    for (h, path) in headers.iter().zip(read_from) {
+        if let Some(first) = first_of.insert(&h.dicom_id, path) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "dicom_id {} is also the name of {}: an image id must name one file; remove one of them",
+                    h.dicom_id,
+                    first.display()
+                ),
+            ));
         }
     }
     if headers.is_empty()

@@ -3,8 +3,13 @@
 //! Every cell is checked: a missing column, a value of the wrong type, an unparsable
 //! timestamp or a truncated gzip stops with an error naming the file, the line and the
 //! column. Columns the schema does not declare are ignored; declared columns may come in any
-//! order.
+//! order. Rows are checked by the key the schema declares: a repeat of an earlier row (same
+//! key, same declared cells) is dropped and counted; a row with an earlier row's key and other
+//! values stops the read naming both lines.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::Path;
 
@@ -120,10 +125,94 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
     })
 }
 
+/// Rows dropped from one table as exact repeats of an earlier row, as the cohort report lists
+/// them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Duplicates {
+    pub file: String,
+    /// The columns of the table's key.
+    pub key: Vec<String>,
+    pub rows: usize,
+}
+
+/// A table read against its schema.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The declared columns, one row per distinct row of the file.
+    pub frame: DataFrame,
+    /// Rows dropped as exact repeats of an earlier row (same key, same declared cells).
+    pub duplicates: usize,
+}
+
+impl Ingested {
+    /// What the read dropped, for the report; none when it dropped nothing.
+    pub fn dropped(&self, path: &Path, schema: &Schema) -> Option<Duplicates> {
+        (self.duplicates > 0).then(|| Duplicates {
+            file: path.display().to_string(),
+            key: schema.key.clone(),
+            rows: self.duplicates,
+        })
+    }
+}
+
+/// 128 bits of the declared cells of a row: equal for repeated rows, different (but for a
+/// chance of 2^-128) for rows that differ.
+fn row_digest(rec: &csv::StringRecord, index: &[usize]) -> (u64, u64) {
+    let (mut a, mut b) = (DefaultHasher::new(), DefaultHasher::new());
+    a.write_u8(1);
+    b.write_u8(2);
+    for &i in index {
+        let cell = rec.get(i).unwrap_or("");
+        cell.hash(&mut a);
+        cell.hash(&mut b);
+    }
+    (a.finish(), b.finish())
+}
+
+/// The record of `path` that starts on `line`, read again (only to explain an error).
+fn record_at(path: &Path, line: usize) -> Result<Option<csv::StringRecord>> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(open(path)?);
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| Error::csv(path, e))?;
+        if rec.position().is_some_and(|p| p.line() as usize == line) {
+            return Ok(Some(rec));
+        }
+    }
+    Ok(None)
+}
+
+/// Which columns a schema's key is made of, as indices into the declared columns.
+fn key_columns(schema: &Schema, cols: &[&crate::sources::schema::Column]) -> Vec<usize> {
+    schema.key.iter().filter_map(|k| cols.iter().position(|c| &c.name == k)).collect()
+}
+
+/// The error for two rows sharing a key: names both lines, the key and the first declared
+/// column whose cells differ.
+fn conflict(
+    path: &Path,
+    cols: &[&crate::sources::schema::Column],
+    index: &[usize],
+    key: &[usize],
+    (first, second): (usize, usize),
+    rec: &csv::StringRecord,
+) -> Error {
+    let cell = |r: &csv::StringRecord, j: usize| r.get(index[j]).unwrap_or("").to_string();
+    let key_text = key.iter().map(|&j| format!("{}={}", cols[j].name, cell(rec, j))).collect::<Vec<_>>().join(", ");
+    let difference = match record_at(path, first) {
+        Ok(Some(earlier)) => (0..cols.len())
+            .find(|&j| cell(&earlier, j) != cell(rec, j))
+            .map(|j| format!("column {}: {:?} then {:?}", cols[j].name, cell(&earlier, j), cell(rec, j)))
+            .unwrap_or_else(|| "in a declared column".into()),
+        _ => "in a declared column".into(),
+    };
+    Error::DuplicateKey { path: path.to_path_buf(), key: key_text, first, second, difference }
+}
+
 /// Reads `path` as the table `schema` of release `version` into a frame with the declared
 /// columns (types: int -> i64, float/label/hhmmss -> f64 (hhmmss as seconds after
-/// midnight), date/yyyymmdd -> Date, datetime -> Datetime(ms), flag -> bool, string -> str).
-pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
+/// midnight), date/yyyymmdd -> Date, datetime -> Datetime(ms), flag -> bool, string -> str),
+/// checking the schema's key (module docs).
+pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<Ingested> {
     let cols = schema.columns_for(version);
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(open(path)?);
     let header = reader.headers().map_err(|e| Error::csv(path, e))?.clone();
@@ -135,9 +224,15 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
         })?;
         index.push(i);
     }
+    let key = key_columns(schema, &cols);
+    // Each key seen: the line of its first row and that row's digest.
+    let mut seen: HashMap<String, (usize, (u64, u64))> = HashMap::new();
+    let mut key_text = String::new();
+    let mut duplicates = 0usize;
     let mut builders: Vec<Builder> = cols.iter().map(|c| Builder::new(c.ty)).collect();
     let mut rec = csv::StringRecord::new();
     let mut rows = 0usize;
+    let mut records = 0usize;
     loop {
         match reader.read_record(&mut rec) {
             Ok(true) => {}
@@ -153,9 +248,28 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
                 return Err(Error::Csv { path: path.to_path_buf(), message });
             }
         }
-        rows += 1;
+        records += 1;
         // The file's line where the record starts (a quoted field may span lines).
-        let line = rec.position().map_or(rows + 1, |p| p.line() as usize);
+        let line = rec.position().map_or(records + 1, |p| p.line() as usize);
+        if !key.is_empty() {
+            key_text.clear();
+            for &j in &key {
+                key_text.push_str(rec.get(index[j]).unwrap_or(""));
+                key_text.push('\u{1f}');
+            }
+            let digest = row_digest(&rec, &index);
+            match seen.entry(key_text.clone()) {
+                Entry::Vacant(e) => {
+                    e.insert((line, digest));
+                }
+                Entry::Occupied(e) if e.get().1 == digest => {
+                    duplicates += 1;
+                    continue;
+                }
+                Entry::Occupied(e) => return Err(conflict(path, &cols, &index, &key, (e.get().0, line), &rec)),
+            }
+        }
+        rows += 1;
         for ((c, &i), b) in cols.iter().zip(&index).zip(&mut builders) {
             let cell = rec.get(i).unwrap_or("");
             if !b.push(c.ty, c.nullable, cell) {
@@ -170,7 +284,9 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<DataFrame> {
         }
     }
     let columns: Vec<Column> = builders.into_iter().zip(&cols).map(|(b, c)| b.finish(&c.name)).collect();
-    DataFrame::new(rows, columns).map_err(|e| Error::Polars { context: path.display().to_string(), source: e })
+    let frame =
+        DataFrame::new(rows, columns).map_err(|e| Error::Polars { context: path.display().to_string(), source: e })?;
+    Ok(Ingested { frame, duplicates })
 }
 
 fn type_name(ty: ColumnType) -> &'static str {

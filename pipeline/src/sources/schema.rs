@@ -170,6 +170,9 @@ pub struct Schema {
     /// The file's text, hashed into dataset versions.
     pub text: &'static str,
     pub columns: Vec<Column>,
+    /// The columns that identify a row (`@key` line): no two rows may share them. Empty when
+    /// the table declares none.
+    pub key: Vec<String>,
 }
 
 impl fmt::Display for Schema {
@@ -205,12 +208,23 @@ impl Schema {
     /// Parses a schema file.
     pub fn parse(name: &'static str, text: &'static str) -> Result<Self> {
         let mut columns = Vec::new();
+        let mut key = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
                 continue;
             }
             let bad = |why: &str| Error::Internal(format!("schemas/{name}.schema line {}: {why}: {raw:?}", i + 1));
+            if let Some(names) = line.strip_prefix("@key") {
+                if !key.is_empty() {
+                    return Err(bad("a second @key line"));
+                }
+                key = names.split_whitespace().map(str::to_string).collect();
+                if key.is_empty() {
+                    return Err(bad("@key names no column"));
+                }
+                continue;
+            }
             let (col_name, rest) = if let Some(quoted) = line.strip_prefix('"') {
                 let end = quoted.find('"').ok_or_else(|| bad("unclosed quote"))?;
                 (quoted[..end].to_string(), &quoted[end + 1..])
@@ -233,7 +247,18 @@ impl Schema {
                 versions: Versions::parse(versions).ok_or_else(|| bad("bad versions"))?,
             });
         }
-        Ok(Self { name, text, columns })
+        for k in &key {
+            match columns.iter().find(|c| &c.name == k) {
+                Some(c) if !c.nullable && c.versions == Versions::All => {}
+                Some(_) => {
+                    return Err(Error::Internal(format!(
+                        "schemas/{name}.schema: key column {k} must be non-nullable in all releases"
+                    )));
+                }
+                None => return Err(Error::Internal(format!("schemas/{name}.schema: key column {k} is not declared"))),
+            }
+        }
+        Ok(Self { name, text, columns, key })
     }
 
     /// The columns of release `version`, in file order.
