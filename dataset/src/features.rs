@@ -44,10 +44,42 @@ pub enum Variable {
     AgeNorm,
     AgeBins5,
     AgeBins10,
+    /// Race as recorded with the admission, in [`RACE_CATEGORIES`] ([`race_category`]).
+    Race,
     View,
     Orientation,
     Mortality,
     Icu,
+}
+
+/// Race categories, in encoded column order (`race_white`, ...): MIMIC-IV's recorded values
+/// grouped as [`race_category`] says.
+pub const RACE_CATEGORIES: [&str; 7] = ["white", "black", "hispanic", "asian", "native", "other", "unknown"];
+
+/// The [`RACE_CATEGORIES`] index of a recorded race (`admissions.race`, `ethnicity` in
+/// MIMIC-IV v1.0): by its leading words, `WHITE...` white, `BLACK...` black, `HISPANIC...` and
+/// `SOUTH AMERICAN` hispanic, `ASIAN...` asian, `AMERICAN INDIAN...` and `NATIVE HAWAIIAN...`
+/// native; `UNKNOWN`, `UNABLE TO OBTAIN`, `PATIENT DECLINED TO ANSWER` and a missing value
+/// (no linked admission) unknown; anything else (`OTHER`, `MULTIPLE RACE/ETHNICITY`,
+/// `PORTUGUESE`) other.
+pub fn race_category(raw: Option<&str>) -> usize {
+    let v = raw.map(|r| r.trim().to_ascii_uppercase()).unwrap_or_default();
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| v.starts_with(p));
+    if v.is_empty() || starts(&["UNKNOWN", "UNABLE TO OBTAIN", "PATIENT DECLINED"]) {
+        6
+    } else if starts(&["WHITE"]) {
+        0
+    } else if starts(&["BLACK"]) {
+        1
+    } else if starts(&["HISPANIC", "SOUTH AMERICAN"]) {
+        2
+    } else if starts(&["ASIAN"]) {
+        3
+    } else if starts(&["AMERICAN INDIAN", "NATIVE HAWAIIAN"]) {
+        4
+    } else {
+        5
+    }
 }
 
 /// View categories, in encoded column order.
@@ -57,7 +89,20 @@ pub const ORIENTATION_CATEGORIES: [&str; 2] = ["Erect", "Recumbent"];
 
 impl Variable {
     /// Catalog order; also the order of columns in a selection's EHR vector.
-    pub const ALL: [Variable; 8] = [
+    pub const ALL: [Variable; 9] = [
+        Variable::Sex,
+        Variable::AgeNorm,
+        Variable::AgeBins5,
+        Variable::AgeBins10,
+        Variable::Race,
+        Variable::View,
+        Variable::Orientation,
+        Variable::Mortality,
+        Variable::Icu,
+    ];
+
+    /// The variables of the paper's ablations: all but race, which the paper does not use.
+    pub const PAPER: [Variable; 8] = [
         Variable::Sex,
         Variable::AgeNorm,
         Variable::AgeBins5,
@@ -75,6 +120,7 @@ impl Variable {
             Variable::AgeNorm => "age-norm",
             Variable::AgeBins5 => "age-bins5",
             Variable::AgeBins10 => "age-bins10",
+            Variable::Race => "race",
             Variable::View => "view",
             Variable::Orientation => "orientation",
             Variable::Mortality => "mortality",
@@ -84,7 +130,9 @@ impl Variable {
 
     pub fn group(self) -> Group {
         match self {
-            Variable::Sex | Variable::AgeNorm | Variable::AgeBins5 | Variable::AgeBins10 => Group::Demographics,
+            Variable::Sex | Variable::AgeNorm | Variable::AgeBins5 | Variable::AgeBins10 | Variable::Race => {
+                Group::Demographics
+            }
             Variable::View | Variable::Orientation => Group::Scan,
             Variable::Mortality | Variable::Icu => Group::Stay,
         }
@@ -101,10 +149,25 @@ impl Variable {
             Variable::AgeNorm => vec!["age_norm".into()],
             Variable::AgeBins5 => bin_columns("age5", &AGE_BINS5_EDGES),
             Variable::AgeBins10 => bin_columns("age10", &AGE_BINS10_EDGES),
+            Variable::Race => RACE_CATEGORIES.iter().map(|c| format!("race_{c}")).collect(),
             Variable::View => VIEW_CATEGORIES.iter().map(|c| format!("view_{c}")).collect(),
             Variable::Orientation => ORIENTATION_CATEGORIES.iter().map(|c| format!("orientation_{c}")).collect(),
             Variable::Mortality => vec!["mortality_alive".into(), "mortality_died".into()],
             Variable::Icu => vec!["icu_icu".into(), "icu_not_icu".into()],
+        }
+    }
+}
+
+impl Variable {
+    /// Columns a build writes for this variable only with some settings: `view_unknown` and
+    /// `orientation_unknown` (`--missing unknown`), `view_other` (`--keep-rare-views`). A
+    /// selection takes them when the dataset has them ([`EhrSelection::columns_in`]), so an
+    /// unknown or rare scan is not an all-zero vector.
+    pub fn optional_columns(self) -> &'static [&'static str] {
+        match self {
+            Variable::View => &["view_unknown", "view_other"],
+            Variable::Orientation => &["orientation_unknown"],
+            _ => &[],
         }
     }
 }
@@ -144,8 +207,8 @@ pub fn age_norm(age: f64) -> f64 {
 /// A choice of EHR variables for training, parsed from `--ehr`.
 ///
 /// The syntax is a comma-separated list of group names (`demographics`, `scan`, `stay`) and
-/// variable names (`sex`, `age-norm`, `age-bins5`, `age-bins10`, `view`, `orientation`,
-/// `mortality`, `icu`), or `none` for vanilla MSN. Variables are kept in catalog order, so
+/// variable names (`sex`, `age-norm`, `age-bins5`, `age-bins10`, `race`, `view`,
+/// `orientation`, `mortality`, `icu`), or `none` for vanilla MSN. Variables are kept in catalog order, so
 /// `scan,demographics` and `demographics,scan` give the same vector. A group brings its
 /// default variables, except that an explicit age encoding replaces the default `age-norm`.
 ///
@@ -248,9 +311,23 @@ impl EhrSelection {
         &self.spelling
     }
 
-    /// The encoded column names the EHR vector is built from, in order.
+    /// The encoded column names the EHR vector is built from, in order, for a dataset without
+    /// optional columns ([`Variable::optional_columns`]; see [`EhrSelection::columns_in`]).
     pub fn columns(&self) -> Vec<String> {
         self.variables.iter().flat_map(|v| v.columns()).collect()
+    }
+
+    /// The encoded column names the EHR vector is built from in a dataset whose columns are
+    /// `available`: each variable's columns, then those of its optional columns the build made.
+    pub fn columns_in(&self, available: &[String]) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in &self.variables {
+            out.extend(v.columns());
+            out.extend(
+                v.optional_columns().iter().filter(|c| available.iter().any(|a| a == *c)).map(|c| c.to_string()),
+            );
+        }
+        out
     }
 
     /// Width of the EHR vector (`ehr_in` of METHOD.md section 5).
@@ -318,7 +395,9 @@ mod tests {
     #[test]
     fn encoded_widths_match_data_md() {
         let widths: Vec<usize> = Variable::ALL.iter().map(|v| v.columns().len()).collect();
-        assert_eq!(widths, [2, 1, 16, 9, 4, 2, 2, 2]);
+        assert_eq!(widths, [2, 1, 16, 9, 7, 4, 2, 2, 2]);
+        let without_race: Vec<Variable> = Variable::ALL.into_iter().filter(|v| *v != Variable::Race).collect();
+        assert_eq!(Variable::PAPER.to_vec(), without_race, "the paper's variables: all but race");
         assert_eq!(Variable::AgeBins5.columns()[0], "age5_00_20");
         assert_eq!(Variable::AgeBins5.columns()[15], "age5_90_up");
         assert_eq!(Variable::AgeBins10.columns()[7], "age10_80_90");
@@ -359,6 +438,7 @@ mod tests {
             ("age-norm", "age_norm".to_string()),
             ("age-bins5", bins5.to_string()),
             ("age-bins10", bins10.to_string()),
+            ("race", "race_white race_black race_hispanic race_asian race_native race_other race_unknown".to_string()),
             ("view", "view_PA view_LATERAL view_AP view_LL".to_string()),
             ("orientation", "orientation_Erect orientation_Recumbent".to_string()),
             ("mortality", "mortality_alive mortality_died".to_string()),
@@ -373,7 +453,57 @@ mod tests {
             let want: Vec<&str> = columns.split_whitespace().collect();
             assert_eq!(sel.columns(), want, "--ehr {choice}");
         }
-        assert_eq!(Variable::ALL.len() + Group::ALL.len(), 11, "a new variable or group needs its row above");
+        assert_eq!(Variable::ALL.len() + Group::ALL.len(), 12, "a new variable or group needs its row above");
+    }
+
+    /// Optional columns come with their variable where the dataset has them.
+    #[test]
+    fn optional_columns_join_their_variable_when_built() {
+        let scan: EhrSelection = "scan,sex".parse().unwrap();
+        let built: Vec<String> = ["view_other", "orientation_unknown", "race_white"].map(String::from).to_vec();
+        assert_eq!(
+            scan.columns_in(&built),
+            [
+                "sex_male",
+                "sex_female",
+                "view_PA",
+                "view_LATERAL",
+                "view_AP",
+                "view_LL",
+                "view_other",
+                "orientation_Erect",
+                "orientation_Recumbent",
+                "orientation_unknown"
+            ]
+        );
+        assert_eq!(scan.columns_in(&[]), scan.columns());
+    }
+
+    /// The demo tables' recorded races (MIMIC-IV demo 2.2) and v1.0's fall where documented.
+    #[test]
+    fn races_group_by_their_leading_words() {
+        let cases = [
+            ("WHITE", 0),
+            ("WHITE - BRAZILIAN", 0),
+            ("BLACK/CAPE VERDEAN", 1),
+            ("HISPANIC/LATINO - CUBAN", 2),
+            ("HISPANIC OR LATINO", 2),
+            ("SOUTH AMERICAN", 2),
+            ("ASIAN - CHINESE", 3),
+            ("AMERICAN INDIAN/ALASKA NATIVE", 4),
+            ("NATIVE HAWAIIAN OR OTHER PACIFIC ISLANDER", 4),
+            ("PORTUGUESE", 5),
+            ("OTHER", 5),
+            ("MULTIPLE RACE/ETHNICITY", 5),
+            ("UNKNOWN", 6),
+            ("UNABLE TO OBTAIN", 6),
+            ("PATIENT DECLINED TO ANSWER", 6),
+        ];
+        for (raw, k) in cases {
+            assert_eq!(race_category(Some(raw)), k, "{raw}");
+        }
+        assert_eq!(race_category(None), 6);
+        assert_eq!(race_category(Some("")), 6);
     }
 
     #[test]

@@ -175,6 +175,72 @@ impl Reporter {
     }
 }
 
+/// Forwards what libraries log through `tracing` at warning level and above (dicom-rs
+/// reports odd files this way) to `sink` as (level, target, message): without a subscriber
+/// those lines vanish. [`forward_library_warnings`] installs one that feeds a [`Reporter`].
+pub struct LibraryLog<F> {
+    sink: F,
+}
+
+impl<F> std::fmt::Debug for LibraryLog<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LibraryLog")
+    }
+}
+
+impl<F: Fn(&str, &str, &str) + Send + Sync + 'static> LibraryLog<F> {
+    pub fn new(sink: F) -> Self {
+        Self { sink }
+    }
+}
+
+/// The fields of an event as text: the message, then `name=value` for the others.
+#[derive(Default)]
+struct EventText(String);
+
+impl tracing::field::Visit for EventText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        let sep = if self.0.is_empty() { "" } else { " " };
+        let _ = if field.name() == "message" {
+            write!(self.0, "{sep}{value:?}")
+        } else {
+            write!(self.0, "{sep}{}={value:?}", field.name())
+        };
+    }
+}
+
+impl<F: Fn(&str, &str, &str) + Send + Sync + 'static> tracing::Subscriber for LibraryLog<F> {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::WARN
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut text = EventText::default();
+        event.record(&mut text);
+        let m = event.metadata();
+        (self.sink)(&m.level().to_string().to_lowercase(), m.target(), &text.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Installs, for the whole process, a [`LibraryLog`] that writes each warning as a line of
+/// a [`Reporter`] in `mode` (`{"event": "library", "level", "target", "message"}` in JSON).
+/// A second call does nothing.
+pub fn forward_library_warnings(mode: LogMode) {
+    let reporter = Reporter::new(mode);
+    let log = LibraryLog::new(move |level: &str, target: &str, message: &str| {
+        let fields = serde_json::json!({ "level": level, "target": target, "message": message });
+        reporter.event("library", fields, &format!("{level} from {target}: {message}"), false, true);
+    });
+    let _ = tracing::subscriber::set_global_default(log);
+}
+
 /// `error: <err>` and each of its sources on a `caused by:` line.
 pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = format!("error: {err}");
@@ -250,6 +316,22 @@ pub fn status_line(stage: &str, done: u64, total: u64, elapsed: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A library's `tracing` warning reaches the sink with its level, target and fields;
+    /// debug lines do not.
+    #[test]
+    fn library_warnings_are_forwarded() {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let into = seen.clone();
+        let log = LibraryLog::new(move |level: &str, target: &str, message: &str| {
+            into.lock().unwrap().push(format!("{level}|{target}|{message}"));
+        });
+        tracing::subscriber::with_default(log, || {
+            tracing::warn!(target: "dicom_object::meta", tag = 7, "Unexpected off-group tag");
+            tracing::debug!(target: "dicom_object::meta", "not shown");
+        });
+        assert_eq!(*seen.lock().unwrap(), ["warn|dicom_object::meta|Unexpected off-group tag tag=7"]);
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("setting")]

@@ -273,3 +273,63 @@ fn letterbox_and_equalize_change_the_images_and_the_version() {
     let manifest = fs_err::read_to_string(boxed.dir.join(MANIFEST)).unwrap();
     assert!(manifest.contains("letterbox"), "the manifest says how images were made");
 }
+
+/// Every written EHR column reaches the model through `--ehr`: `race` is a variable of its
+/// own (one-hot, unknown when no admission is linked), and the `*_unknown` / `view_other`
+/// columns a build makes join their variable, so a scan with a blank view is not an all-zero
+/// vector.
+#[test]
+fn every_written_ehr_column_is_selectable() {
+    use cxr_dataset::features::EhrSelection;
+    use trainer::data::{Dataset, ImageSource as Held};
+    let out = tempfile::tempdir().unwrap();
+    let cfg = BuildConfig {
+        missing: pipeline::build::encode::MissingPolicy::Unknown,
+        drop_rare_views: false,
+        ..images_config(&small().root, out.path(), ImageSource::Jpg)
+    };
+    let built = build(&cfg, &Silent).unwrap();
+    let ds = Dataset::open(&built.dir).unwrap();
+    let scan: EhrSelection = "scan".parse().unwrap();
+    let columns = ds.ehr_columns(&scan).unwrap();
+    assert_eq!(
+        columns,
+        [
+            "view_PA",
+            "view_LATERAL",
+            "view_AP",
+            "view_LL",
+            "view_unknown",
+            "view_other",
+            "orientation_Erect",
+            "orientation_Recumbent",
+            "orientation_unknown"
+        ]
+    );
+    let rows = ds.load(&[cxr_dataset::Split::Train], &columns, Held::Memory).unwrap();
+    let table = read_features(&built.dir).unwrap();
+    let blank_views = table.column("view").unwrap().null_count();
+    assert!(blank_views > 0, "the fixture has images without a view");
+    // Every image has exactly one view column and one orientation column set.
+    for i in 0..rows.len() {
+        let r = rows.feature_row(i);
+        assert_eq!(r[..6].iter().sum::<f32>(), 1.0, "row {i}: {r:?}");
+        assert_eq!(r[6..].iter().sum::<f32>(), 1.0, "row {i}: {r:?}");
+    }
+    let race: EhrSelection = "race".parse().unwrap();
+    let race_columns = ds.ehr_columns(&race).unwrap();
+    assert_eq!(race_columns.len(), 7);
+    let rows = ds.load(&[cxr_dataset::Split::Train], &race_columns, Held::Memory).unwrap();
+    for i in 0..rows.len() {
+        assert_eq!(rows.feature_row(i).iter().sum::<f32>(), 1.0, "row {i}");
+    }
+    // The raw value next to its encoding: an image linked to no admission is unknown.
+    let raw = table.column("race").unwrap().str().unwrap().clone();
+    let unknown = table.column("race_unknown").unwrap().f32().unwrap().clone();
+    for (r, u) in raw.iter().zip(unknown.iter()) {
+        if r.is_none() {
+            assert_eq!(u, Some(1.0));
+        }
+    }
+    assert!(unknown.iter().any(|u| u == Some(0.0)), "most images have a recorded race");
+}

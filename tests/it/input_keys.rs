@@ -290,3 +290,56 @@ fn record_list_rows_are_checked_by_key_and_by_path() {
     assert!(reasons[0].contains("leaves the dataset root") && reasons[0].contains("row 6"), "{reasons:?}");
     assert_eq!(cohort.images_read, rows.rows.len(), "the rejected row is read, the duplicate is not");
 }
+
+/// A blank StudyTime is unknown, not midnight: the image's `study_datetime` is null, it is
+/// counted, and under `--match datetime` it links to nothing (under `--match date`, as
+/// before).
+#[test]
+fn a_missing_study_time_is_null_and_counted() {
+    use pipeline::build::link::MatchRule;
+    let (_d, root) = scratch(tables_of("2.2"));
+    let meta_path = root.join(CXR_JPG).join("mimic-cxr-2.0.0-metadata.csv.gz");
+    let meta = crate::fixture::Csv::read(&meta_path);
+    let time = meta.col("StudyTime");
+    // An image whose study links to an admission in the plain build.
+    let out = tempfile::tempdir().unwrap();
+    let plain = read_table(&build(&config(&tables_of("2.2").root, out.path()), &Silent).unwrap().dir);
+    let linked: Vec<String> = plain
+        .column("dicom_id")
+        .unwrap()
+        .str()
+        .unwrap()
+        .iter()
+        .zip(plain.column("hadm_id").unwrap().i64().unwrap().iter())
+        .filter_map(|(d, h)| h.map(|_| d.unwrap().to_string()))
+        .collect();
+    let row = meta.rows.iter().position(|r| linked.contains(&r[0])).unwrap();
+    let dicom = meta.rows[row][0].clone();
+    let mut text = String::new();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(&meta.header).unwrap();
+    for (i, r) in meta.rows.iter().enumerate() {
+        let mut r = r.clone();
+        if i == row {
+            r[time] = String::new();
+        }
+        w.write_record(&r).unwrap();
+    }
+    text.push_str(&String::from_utf8(w.into_inner().unwrap()).unwrap());
+    write_gz(&meta_path, &text);
+    let get = |df: &DataFrame, column: &str| -> Option<i64> {
+        let i = df.column("dicom_id").unwrap().str().unwrap().iter().position(|d| d == Some(dicom.as_str())).unwrap();
+        df.column(column).unwrap().cast(&DataType::Int64).unwrap().i64().unwrap().get(i)
+    };
+    for rule in [MatchRule::Date, MatchRule::DateTime { icu_tolerance_s: 0 }] {
+        let out = tempfile::tempdir().unwrap();
+        let built = build(&BuildConfig { rule, ..config(&root, out.path()) }, &Silent).unwrap();
+        assert_eq!(built.cohort.as_ref().unwrap().missing_study_time, 1, "{rule:?}");
+        let df = read_table(&built.dir);
+        assert_eq!(get(&df, "study_datetime"), None, "{rule:?}: no time, no timestamp");
+        match rule {
+            MatchRule::Date => assert_eq!(get(&df, "hadm_id"), get(&plain, "hadm_id"), "the date rule needs no time"),
+            MatchRule::DateTime { .. } => assert_eq!(get(&df, "hadm_id"), None, "nothing to match a time against"),
+        }
+    }
+}

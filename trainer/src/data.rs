@@ -174,6 +174,15 @@ impl Dataset {
         Ok(self.read_head(0)?.0.feature_names)
     }
 
+    /// The columns an EHR selection reads from this dataset: its variables' columns and the
+    /// optional ones this build made (`view_unknown`, `view_other`, `orientation_unknown`).
+    pub fn ehr_columns(&self, selection: &cxr_dataset::features::EhrSelection) -> Result<Vec<String>> {
+        if selection.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(selection.columns_in(&self.feature_columns()?))
+    }
+
     /// Shard `i`'s header and features, and the open file positioned at its first image.
     fn read_head(&self, i: usize) -> Result<(ShardHead, fs_err::File)> {
         let path = self.dir.join(&self.shards[i].0);

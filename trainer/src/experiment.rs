@@ -486,7 +486,7 @@ impl Grid {
                     .collect();
                 combinations.sort_by_key(|s| (s.spelling().matches(',').count(), s.spelling().to_string()));
                 v.extend(combinations);
-                v.extend(Variable::ALL.iter().map(|var| EhrSelection::of_variables(&[*var])));
+                v.extend(Variable::PAPER.iter().map(|var| EhrSelection::of_variables(&[*var])));
             }
         }
         v.into_iter().map(Arm::Msn).collect()

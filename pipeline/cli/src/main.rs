@@ -60,26 +60,38 @@ fn build_lines(s: &BuildSummary) -> Vec<String> {
     lines
 }
 
-fn print_build(s: &BuildSummary) {
-    let mut out = std::io::stdout().lock();
-    for line in build_lines(s) {
-        let _ = writeln!(out, "{line}");
-    }
+/// Writes `lines` to standard output and flushes it. A failed write (a closed pipe, a full
+/// disk behind a redirection) is an I/O error (exit 5), never a silent success: the version
+/// id a script reads from the last line must not get lost.
+fn say<S: std::fmt::Display>(lines: impl IntoIterator<Item = S>) -> Result<(), pipeline::Error> {
+    say_to(&mut std::io::stdout().lock(), lines)
 }
 
-fn print_summary(s: &SynthSummary) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "synthetic archive: {}", s.out.display());
-    let _ = writeln!(
-        out,
-        "  MIMIC-IV {}: {} patients; MIMIC-CXR: {} subjects, {} studies, {} images written",
-        s.mimic_iv_version, s.patients, s.cxr_subjects, s.studies, s.images
-    );
+fn say_to<S: std::fmt::Display>(
+    out: &mut impl Write,
+    lines: impl IntoIterator<Item = S>,
+) -> Result<(), pipeline::Error> {
+    let written = lines.into_iter().try_for_each(|line| writeln!(out, "{line}")).and_then(|()| out.flush());
+    written.map_err(|e| pipeline::Error::Io(std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))))
+}
+
+fn print_build(s: &BuildSummary) -> Result<(), pipeline::Error> {
+    say(build_lines(s))
+}
+
+fn print_summary(s: &SynthSummary) -> Result<(), pipeline::Error> {
     let views: Vec<String> =
         s.view_counts.iter().map(|(v, n)| format!("{}={n}", if v.is_empty() { "(blank)" } else { v })).collect();
-    let _ = writeln!(out, "  views: {}", views.join(" "));
     let rate = if s.seconds > 0.0 { s.images as f64 / s.seconds } else { 0.0 };
-    let _ = writeln!(out, "  took {:.1} s ({rate:.0} images/s)", s.seconds);
+    say([
+        format!("synthetic archive: {}", s.out.display()),
+        format!(
+            "  MIMIC-IV {}: {} patients; MIMIC-CXR: {} subjects, {} studies, {} images written",
+            s.mimic_iv_version, s.patients, s.cxr_subjects, s.studies, s.images
+        ),
+        format!("  views: {}", views.join(" ")),
+        format!("  took {:.1} s ({rate:.0} images/s)", s.seconds),
+    ])
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -90,16 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BuildEval(args) => build_eval(args, &progress),
         Command::Merge(args) => merge(&args, &progress),
         Command::Diff { a, b } => {
-            for line in build::versions::diff(&a, &b)? {
-                println!("{line}");
-            }
+            say(build::versions::diff(&a, &b)?)?;
             Ok(())
         }
         Command::Verify { dir } => verify(&dir, &progress),
         Command::List { out } => {
-            for line in build::versions::list(&out)? {
-                println!("{line}");
-            }
+            say(build::versions::list(&out)?)?;
             Ok(())
         }
         Command::Bench(args) => bench(&args, &progress),
@@ -114,7 +122,7 @@ fn synth_archive(args: &cli::SynthArgs, progress: &Reporter) -> anyhow::Result<(
     })?;
     let write_eval = match args.dataset {
         SynthDataset::Mimic => {
-            print_summary(&synth::run(&args.resolve()?, progress)?);
+            print_summary(&synth::run(&args.resolve()?, progress)?)?;
             return Ok(());
         }
         SynthDataset::Chexpert => synth::eval::write_chexpert,
@@ -130,13 +138,13 @@ fn synth_archive(args: &cli::SynthArgs, progress: &Reporter) -> anyhow::Result<(
     let started = std::time::Instant::now();
     let s = write_eval(&args.out, args.subjects, args.seed, size)?;
     let name = if args.dataset == SynthDataset::Nih { "nih" } else { "chexpert" };
-    println!(
+    say([format!(
         "synthetic {name}: {} ({} patients, {} images) in {:.1} s",
         s.out.display(),
         s.patients,
         s.images,
         started.elapsed().as_secs_f64()
-    );
+    )])?;
     Ok(())
 }
 
@@ -144,7 +152,7 @@ fn synth_archive(args: &cli::SynthArgs, progress: &Reporter) -> anyhow::Result<(
 fn build_dataset(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
     let cfg = args.resolve()?;
     let summary = build::build(&cfg, progress)?;
-    print_build(&summary);
+    print_build(&summary)?;
     if args.report_peak_memory {
         // What `pipeline bench` reads from its child, whatever --log says.
         eprintln!("peak_memory_kib={}", bench::peak_memory_kib().unwrap_or(0));
@@ -174,17 +182,17 @@ fn build_eval(args: cli::BuildEvalArgs, progress: &Reporter) -> anyhow::Result<(
     };
     let s = pipeline::eval::build_eval(&cfg, progress)?;
     if s.reused {
-        println!("dataset {} already built with these inputs and settings: {}", s.version, s.dir.display());
+        say([format!("dataset {} already built with these inputs and settings: {}", s.version, s.dir.display())])?;
     } else {
-        println!("dataset {}: {}", s.version, s.dir.display());
-        println!(
+        say([format!("dataset {}: {}", s.version, s.dir.display())])?;
+        say([format!(
             "  {} images listed, {} in the dataset, {} rejected, {} in neither split list, {} invalid ages",
             s.listed, s.images, s.rejected, s.unlisted, s.invalid_ages
-        );
+        )])?;
         let splits: Vec<String> = s.splits.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("  splits: {}", splits.join(", "));
+        say([format!("  splits: {}", splits.join(", "))])?;
     }
-    println!("{}", s.version);
+    say([&s.version])?;
     Ok(())
 }
 
@@ -198,7 +206,7 @@ fn merge(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
     }
     let mut cfg = args.resolve()?;
     cfg.run.merge_only = true;
-    print_build(&build::build(&cfg, progress)?);
+    print_build(&build::build(&cfg, progress)?)?;
     Ok(())
 }
 
@@ -212,7 +220,7 @@ fn verify(dir: &std::path::Path, progress: &Reporter) -> anyhow::Result<()> {
         let message = format!("{} of {checked} files failed verification", problems.len());
         return Err(pipeline::Error::input(dir, message).into());
     }
-    println!("{}: {checked} files verified", dir.display());
+    say([format!("{}: {checked} files verified", dir.display())])?;
     Ok(())
 }
 
@@ -226,26 +234,26 @@ fn bench(args: &cli::BenchArgs, progress: &Reporter) -> anyhow::Result<()> {
     progress.line(&format!("bench: the {name} stage, {subjects} subjects"));
     let r = bench::run(&exe, &args.dir, subjects, stage)?;
     if let Some(s) = r.generate_seconds {
-        println!("generated {} in {s:.1} s", r.archive.display());
+        say([format!("generated {} in {s:.1} s", r.archive.display())])?;
     }
     let peak = r.build_peak_kib.map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
     let rate = r.images as f64 / r.build_seconds;
     if stage == BenchStage::Images {
         let mb = r.image_bytes as f64 / 1e6 / r.build_seconds;
-        println!(
+        say([format!(
             "build with images: {} images ({:.0} MB of DICOM) in {:.2} s wall = {rate:.1} images/s, {mb:.0} MB/s; peak memory {peak}",
             r.images,
             r.image_bytes as f64 / 1e6,
             r.build_seconds
-        );
+        )])?;
     } else {
-        println!(
+        say([format!(
             "table stage: {} images in {:.2} s wall = {rate:.0} images/s; peak memory {peak}",
             r.images, r.build_seconds
-        );
+        )])?;
     }
     for (step, seconds) in &r.steps {
-        println!("  {seconds:>7.2} s  {step}");
+        say([format!("  {seconds:>7.2} s  {step}")])?;
     }
     Ok(())
 }
@@ -260,13 +268,13 @@ fn demo(args: &cli::DemoArgs, progress: &Reporter) -> anyhow::Result<()> {
         ..SynthConfig::new(archive, args.subjects, 24)
     };
     let summary = synth::run(&cfg, progress)?;
-    print_summary(&summary);
+    print_summary(&summary)?;
     let datasets = args.out.join("datasets");
     progress.line(&format!("demo 2/2: building the dataset (table, image shards, report) in {}", datasets.display()));
     let roots = Roots { mimic_root: Some(cfg.out.clone()), ..Roots::default() };
     let build_cfg = BuildConfig::new(roots, datasets);
     let built = build::build(&build_cfg, progress)?;
-    print_build(&built);
+    print_build(&built)?;
     progress.line(&format!(
         "next: cargo run --release -p trainer-cli -- run --dataset {} --out {} (or `trainer demo`, which runs this \
          step too and then pretrains and evaluates with and without EHR)",
@@ -284,6 +292,8 @@ fn exit_code(err: &anyhow::Error) -> u8 {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // dicom-rs reports odd files through `tracing`: its warnings go where ours go.
+    cxr_dataset::log::forward_library_warnings(cli.log);
     Reporter::new(cli.log).exit(run(cli), exit_code)
 }
 
@@ -294,6 +304,26 @@ mod tests {
     use cxr_dataset::log::LogMode;
     use pipeline::images::Subset;
     use std::path::PathBuf;
+
+    /// A closed standard output is an I/O error (exit 5), not a silent success.
+    #[test]
+    fn a_failed_write_to_standard_output_is_an_io_error() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let err = say_to(&mut Closed, ["4a2e3a4175934b6d"]).unwrap_err();
+        assert_eq!(err.exit_code(), 5);
+        assert!(err.to_string().contains("writing to standard output"), "{err}");
+        let mut buf = Vec::new();
+        say_to(&mut buf, ["a", "b"]).unwrap();
+        assert_eq!(buf, b"a\nb\n");
+    }
 
     /// Failures exit with their kind's status: a setting 3, a missing input 4, a bad flag value
     /// is clap's 2.

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use cxr_dataset::features::{
     AGE_BINS5_EDGES, AGE_BINS10_EDGES, ORIENTATION_CATEGORIES, VIEW_CATEGORIES, Variable, age_bin, age_norm,
+    race_category,
 };
 use polars::prelude::*;
 
@@ -88,8 +89,8 @@ impl ScanImputer {
 /// as imputed.
 pub const VIEW_OTHER: &str = "view_other";
 
-/// Encoded and policy-applied columns for the rows of `df` (which has `sex`, `age`, `view`,
-/// `orientation`, `died_in_stay`, `icu_stay`, `split`). Returns the frame with the encoded
+/// Encoded and policy-applied columns for the rows of `df` (which has `sex`, `age`, `race`,
+/// `view`, `orientation`, `died_in_stay`, `icu_stay`, `split`). Returns the frame with the encoded
 /// columns and `view_imputed` / `orientation_imputed` added (and [`VIEW_OTHER`] when
 /// `rare_views` is true: the rows may hold views outside the four categories), and rows
 /// dropped by the `drop` policy removed, plus the number dropped.
@@ -107,6 +108,7 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
     let raw = Raw {
         sex: strings(df, "sex")?,
         age: floats(df, "age")?,
+        race: strings(df, "race")?,
         died: floats(df, "died_in_stay")?,
         icu: floats(df, "icu_stay")?,
     };
@@ -127,6 +129,7 @@ pub fn encode(df: &DataFrame, policy: MissingPolicy, rare_views: bool) -> Result
 struct Raw<'a> {
     sex: Vec<Option<&'a str>>,
     age: Vec<Option<f64>>,
+    race: Vec<Option<&'a str>>,
     died: Vec<Option<f64>>,
     icu: Vec<Option<f64>>,
 }
@@ -216,6 +219,9 @@ fn columns(raw: &Raw<'_>, scan: &Scan, policy: MissingPolicy, rare_views: bool) 
         for (k, name) in names(var).into_iter().enumerate() {
             push(name, onehot(k, &bin));
         }
+    }
+    for (k, name) in names(Variable::Race).into_iter().enumerate() {
+        push(name, onehot(k, &|i| Some(race_category(raw.race[i]))));
     }
     for (k, name) in names(Variable::View).into_iter().enumerate() {
         push(name, onehot(k, &|i| scan.view[i]));

@@ -332,11 +332,18 @@ fn table_stage(
             r.reason
         ));
     }
+    let missing_time = images.column("study_datetime").map_err(pe("study_datetime"))?.null_count();
+    if missing_time > 0 && matches!(cfg.rule, link::MatchRule::DateTime { .. }) {
+        progress.note(&format!(
+            "{missing_time} image(s) have no StudyTime: under --match datetime they link to no admission or ICU stay"
+        ));
+    }
     let linked = link(&LinkInputs { images, patients, admissions, icustays }, cfg.rule)?;
     progress.advance(1);
     timings.lap("link (SQL)");
     let mut cohort = Cohort::new(images_read, &linked)?;
     cohort.duplicate_rows = duplicates;
+    cohort.missing_study_time = missing_time;
     let (labeled, unlabeled) = attach_labels(&linked, &labels, cfg.uncertain, cfg.unlabeled)?;
     cohort.unlabeled_images = unlabeled;
     if cfg.unlabeled == Unlabeled::Drop {

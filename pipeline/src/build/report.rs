@@ -35,6 +35,9 @@ pub struct Cohort {
     /// Exact duplicate rows dropped from the input tables, per table that had any.
     pub duplicate_rows: Vec<crate::sources::ingest::Duplicates>,
     pub images_read: usize,
+    /// Images without a StudyTime (a null `study_datetime`; linked to nothing under
+    /// `--match datetime`).
+    pub missing_study_time: usize,
     pub subjects_read: usize,
     /// Images whose study has no label row (dropped unless `--keep-unlabeled`).
     pub unlabeled_images: usize,
@@ -135,6 +138,7 @@ impl Cohort {
         let steps = [
             ("images read", self.images_read),
             ("subjects read", self.subjects_read),
+            ("images without a StudyTime (unlinked under --match datetime)", self.missing_study_time),
             ("images whose study has no label row", self.unlabeled_images),
             ("dropped: study has no label row (unlabelled)", self.dropped_unlabeled),
             ("dropped: missing sex", self.dropped_missing_sex),

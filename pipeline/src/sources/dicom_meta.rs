@@ -27,7 +27,8 @@ struct Header {
     rows: i64,
     columns: i64,
     study_date: i32,
-    study_time: f64,
+    /// Seconds after midnight; none when the header has no StudyTime.
+    study_time: Option<f64>,
     view_meaning: Option<String>,
     orientation: Option<String>,
 }
@@ -121,9 +122,13 @@ fn header(path: &Path) -> Result<Header> {
     let study_date = NaiveDate::parse_from_str(&date, "%Y%m%d")
         .map(date_days)
         .map_err(|_| bad(format!("StudyDate (0008,0020) {date:?} is not YYYYMMDD")))?;
-    let time = text(&obj, tags::STUDY_TIME).unwrap_or_else(|| "000000".into());
-    let study_time =
-        parse_hhmmss(&time).ok_or_else(|| bad(format!("StudyTime (0008,0030) {time:?} is not HHMMSS.fff")))?;
+    // A missing StudyTime is unknown, not midnight.
+    let study_time = match text(&obj, tags::STUDY_TIME) {
+        Some(time) => {
+            Some(parse_hhmmss(&time).ok_or_else(|| bad(format!("StudyTime (0008,0030) {time:?} is not HHMMSS.fff")))?)
+        }
+        None => None,
+    };
     let int = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<i64>().ok());
     Ok(Header {
         dicom_id,

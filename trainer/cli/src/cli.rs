@@ -107,9 +107,15 @@ pub(crate) enum Command {
     /// Print the dataset columns an --ehr choice feeds to the model, and the EHR vector width.
     EhrColumns {
         /// Groups (demographics, scan, stay) and/or variables (sex, age-norm, age-bins5,
-        /// age-bins10, view, orientation, mortality, icu), comma-separated; `none` = vanilla MSN.
+        /// age-bins10, race, view, orientation, mortality, icu), comma-separated; `none` =
+        /// vanilla MSN.
         #[arg(long, default_value = "demographics,scan,stay")]
         ehr: EhrSelection,
+        /// A built dataset version: list the columns it has for the choice, including the
+        /// optional ones its build made (view_unknown, orientation_unknown with `--missing
+        /// unknown`, view_other with `--keep-rare-views`).
+        #[arg(long, value_name = "DIR")]
+        dataset: Option<PathBuf>,
     },
 }
 

@@ -172,12 +172,22 @@ pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `trainer ehr-columns`.
-pub(crate) fn ehr_columns(ehr: &EhrSelection) -> anyhow::Result<()> {
+/// `trainer ehr-columns`: the columns of a selection, in a given dataset or in any.
+pub(crate) fn ehr_columns(ehr: &EhrSelection, dataset: Option<&Path>) -> anyhow::Result<()> {
+    let (columns, optional) = match dataset {
+        Some(dir) => (trainer::data::Dataset::open(dir)?.ehr_columns(ehr)?, Vec::new()),
+        None => {
+            let optional: Vec<&str> = ehr.variables().iter().flat_map(|v| v.optional_columns()).copied().collect();
+            (ehr.columns(), optional)
+        }
+    };
     println!("ehr: {ehr}");
-    println!("width: {}", ehr.width());
-    for c in ehr.columns() {
+    println!("width: {}", columns.len());
+    for c in &columns {
         println!("{c}");
+    }
+    if !optional.is_empty() {
+        println!("(plus, in a dataset whose build made them: {}; pass --dataset to see)", optional.join(", "));
     }
     Ok(())
 }

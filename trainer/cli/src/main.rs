@@ -39,7 +39,7 @@ fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
         Command::CompareReference(args) => compare::compare(&s, &args),
         Command::ImportTorch { file, model, prefix, out } => commands::import(&s, &file, model, &prefix, &out),
         Command::Bench(args) => commands::bench(&s, &args),
-        Command::EhrColumns { ehr } => commands::ehr_columns(&ehr),
+        Command::EhrColumns { ehr, dataset } => commands::ehr_columns(&ehr, dataset.as_deref()),
         Command::PairedDelta(args) => commands::paired_delta(&args),
     };
     (s.log, outcome)
@@ -91,7 +91,7 @@ mod tests {
         let demo = Cli::try_parse_from(["trainer", "demo"]).unwrap();
         assert_eq!((demo.device, demo.command.default_devices()), (None, vec![Backend::Cpu; 2]), "the demo: two");
         match &two.command {
-            Command::EhrColumns { ehr } => assert_eq!(ehr.spelling(), "stay,sex"),
+            Command::EhrColumns { ehr, .. } => assert_eq!(ehr.spelling(), "stay,sex"),
             other => panic!("{other:?}"),
         }
         assert_eq!(status(&["--device", "cpu,cpu", "--all-reduce", "nccl", "ehr-columns"]), 3);

@@ -297,7 +297,7 @@ pub fn linear_eval(
     check_settings(cfg, &source)?;
     let ds = Dataset::open(dataset)?;
     let names = ds.labels.clone();
-    let columns = source.columns()?;
+    let columns = source.columns(&ds)?;
     ds.require_finite(&[], &columns)?;
     let [train, val, test] = three_splits(&ds, &names, cfg.uncertain, &columns)?;
     let train_rows = probe_rows(cfg, train.len());

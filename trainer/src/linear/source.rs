@@ -222,14 +222,14 @@ impl Source {
         }
     }
 
-    /// The dataset columns the source reads besides the labels.
-    pub(super) fn columns(&self) -> Result<Vec<String>> {
+    /// The columns of `ds` the source reads besides the labels.
+    pub(super) fn columns(&self, ds: &crate::data::Dataset) -> Result<Vec<String>> {
         match self {
             Self::Ehr { selection } => {
                 if selection.is_none() {
                     return Err(Error::Config("the EHR baseline needs an EHR selection other than none".into()));
                 }
-                Ok(selection.columns())
+                ds.ehr_columns(selection)
             }
             _ => Ok(Vec::new()),
         }

@@ -71,7 +71,7 @@ pub fn pretrain_with(
 ) -> Result<PretrainSummary> {
     // Settings first: a bad one is reported before any data is read.
     let ds = Dataset::open(dataset)?;
-    let columns = cfg.ehr.columns();
+    let columns = ds.ehr_columns(&cfg.ehr)?;
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
     // The loaded features are exactly the EHR columns; a non-finite one is located and named.
     if images.features.iter().any(|v| !v.is_finite()) {
