@@ -9,8 +9,10 @@
 //! (labels and splits; a re-split draws from [`rng`]), [`build::encode`] (the EHR features),
 //! the image stage in [`images`] (DICOM decoding in [`images::dicom`], raster decoding and the
 //! preprocessing in [`images::preprocess`], the shards), [`build::report`] (the cohort report)
-//! and [`build::versions`] (publishing, listing, verifying and comparing built versions);
-//! [`build::identity`] is what a version id hashes. [`eval`] builds CheXpert and NIH as
+//! and [`build::identity`] (what a MIMIC version id hashes). [`publish`] writes a version
+//! (parts, shards, manifest, the durable rename; [`publish::identity`] the code digest and the
+//! version id, [`publish::versions`] the index, listing, verifying and comparing built
+//! versions), for the MIMIC build and for [`eval`], which builds CheXpert and NIH as
 //! evaluation datasets. [`progress`] is how long stages report.
 //!
 //! The `pipeline` binary (its own package, `pipeline/cli/`) parses the arguments and calls
@@ -24,6 +26,7 @@ mod error;
 pub mod eval;
 pub mod images;
 pub mod progress;
+pub mod publish;
 pub mod rng;
 pub mod sources;
 

@@ -121,6 +121,19 @@ fn dicom_and_jpg_sources_agree() {
         let r = cov / (vx.sqrt() * vy.sqrt());
         assert!(r > 0.95, "image {k}: correlation {r}");
     }
+    // Each image's intensity path is recorded next to its row: the DICOMs' window (when the
+    // file has one) or the percentile range, the JPGs' values as stored.
+    let voi = |dir: &Path| -> Vec<String> {
+        let t = read_features(dir).unwrap();
+        t.column("voi").unwrap().str().unwrap().iter().map(|v| v.expect("every kept image has a path").into()).collect()
+    };
+    let (dv, jv) = (voi(&d.dir), voi(&j.dir));
+    assert!(jv.iter().all(|v| v == "raster values as stored"), "{jv:?}");
+    let kinds: HashSet<&str> = dv.iter().map(String::as_str).collect();
+    assert_eq!(kinds, HashSet::from(["window, LINEAR", "percentiles 0.5-99.5 (no window)"]), "{kinds:?}");
+    // A table-only build has no images, so no such column.
+    let t = build(&config(root, out.path()), &Silent).unwrap();
+    assert!(read_features(&t.dir).unwrap().column("voi").is_err());
 }
 
 #[test]

@@ -281,6 +281,7 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
         let m = (s * s / 4096.0).floor();
         ((m - 999.5) / 1499.0 + 0.5).clamp(0.0, 1.0)
     });
+    assert_eq!(g.voi, "window, LINEAR");
 
     // A VOI LUT Sequence (8-bit output) wins over a window.
     let gamma: Vec<u16> = (0..4096u32).map(|i| ((i as f32 / 4095.0).sqrt() * 255.0).round() as u16).collect();
@@ -294,6 +295,7 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
         o.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, ds(10.0)));
     });
     check("VOI LUT", &g.data, &|s| ((s / 4095.0).sqrt() * 255.0).round() / 255.0);
+    assert_eq!(g.voi, "VOI LUT Sequence", "the path taken is recorded");
 
     // SIGMOID and LINEAR_EXACT windows.
     for (function, want) in [
@@ -306,6 +308,7 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
             o.put(DataElement::new(tags::VOILUT_FUNCTION, VR::CS, PrimitiveValue::from(function)));
         });
         check(function, &g.data, want);
+        assert_eq!(g.voi, format!("window, {function}"));
     }
     // A LUT Descriptor that does not match its data is a reject naming the sequence.
     let p = dir.path().join("bad-lut.dcm");

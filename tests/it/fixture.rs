@@ -114,9 +114,9 @@ pub fn header_line(path: &Path) -> String {
     s.lines().next().unwrap().to_string()
 }
 
-/// Every file under `root`: relative path -> bytes.
-pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
+/// Every file under `root`, in no particular order.
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in fs_err::read_dir(&dir).unwrap() {
@@ -124,10 +124,17 @@ pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, fs_err::read(&p).unwrap());
+                out.push(p);
             }
         }
     }
     out
+}
+
+/// Every file under `root`: relative path -> bytes.
+pub fn files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    walk(root)
+        .into_iter()
+        .map(|p| (p.strip_prefix(root).unwrap().to_string_lossy().into_owned(), fs_err::read(&p).unwrap()))
+        .collect()
 }

@@ -42,16 +42,8 @@ fn refuses_to_write_into_a_non_empty_folder_without_force() {
 /// Sets every file's modification time under `root` to `secs` after the epoch.
 fn touch_all(root: &Path, secs: u64) {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs_err::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                fs_err::File::options().write(true).open(&p).unwrap().set_modified(when).unwrap();
-            }
-        }
+    for p in crate::fixture::walk(root) {
+        fs_err::File::options().write(true).open(&p).unwrap().set_modified(when).unwrap();
     }
 }
 

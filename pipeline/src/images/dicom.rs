@@ -61,6 +61,14 @@ fn lut(obj: &DefaultDicomObject, seq: dicom_core::Tag, signed: bool) -> Result<O
     Ok(Some(Lut { first, data: data[..entries].to_vec(), max_out }))
 }
 
+/// The intensity paths (the `voi` column): the VOI LUT Sequence, the file's first window
+/// through its VOI LUT Function, or the 0.5-99.5 percentile range when there is neither.
+pub const VOI_LUT: &str = "VOI LUT Sequence";
+pub const WINDOW_LINEAR: &str = "window, LINEAR";
+pub const PERCENTILES: &str = "percentiles 0.5-99.5 (no window)";
+/// A colour image: its luma over the percentile range.
+pub const COLOR_LUMA: &str = "colour luma, percentiles 0.5-99.5";
+
 /// The VOI LUT Function (0028,1056) of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum VoiFunction {
@@ -70,6 +78,15 @@ enum VoiFunction {
 }
 
 impl VoiFunction {
+    /// The intensity path of a window through this function, as the feature table records it.
+    fn path(self) -> &'static str {
+        match self {
+            Self::Linear => WINDOW_LINEAR,
+            Self::LinearExact => "window, LINEAR_EXACT",
+            Self::Sigmoid => "window, SIGMOID",
+        }
+    }
+
     /// A modality value through the window `(center, width)`, in `[0, 1]` (PS3.3 C.11.2.1.2-3).
     fn apply(self, x: f32, c: f32, w: f32) -> f32 {
         match self {
@@ -90,8 +107,12 @@ pub fn decode_dicom(path: &Path) -> Result<Gray, Reject> {
     }
     let decoded = obj.decode_pixel_data_frame(0).map_err(|e| format!("cannot decode pixel data: {}", why(&e)))?;
     let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
-    let data = if decoded.samples_per_pixel() == 3 { luma(&decoded)? } else { grayscale(&obj, &decoded, signed)? };
-    Ok(Gray { rows, cols, data })
+    let (data, voi) = if decoded.samples_per_pixel() == 3 {
+        (luma(&decoded)?, COLOR_LUMA)
+    } else {
+        grayscale(&obj, &decoded, signed)?
+    };
+    Ok(Gray { rows, cols, data, voi })
 }
 
 /// Reads the header only (so a hostile size never allocates) and refuses what cannot be
@@ -175,8 +196,13 @@ fn voi_function(obj: &DefaultDicomObject) -> Result<VoiFunction, Reject> {
     }
 }
 
-/// A grayscale image: the stored integers, then the modality LUT, the VOI and MONOCHROME1.
-fn grayscale(obj: &DefaultDicomObject, d: &DecodedPixelData<'_>, signed: bool) -> Result<Vec<f32>, Reject> {
+/// A grayscale image: the stored integers, then the modality LUT, the VOI and MONOCHROME1;
+/// and which VOI path it took.
+fn grayscale(
+    obj: &DefaultDicomObject,
+    d: &DecodedPixelData<'_>,
+    signed: bool,
+) -> Result<(Vec<f32>, &'static str), Reject> {
     let stored_only = ConvertOptions::new().with_modality_lut(ModalityLutOption::None);
     let stored: Vec<i32> = sized(d.to_vec_frame_with_options(0, &stored_only).map_err(conversion)?, d)?;
     let modality_lut = lut(obj, tags::MODALITY_LUT_SEQUENCE, signed)?;
@@ -202,28 +228,29 @@ fn grayscale(obj: &DefaultDicomObject, d: &DecodedPixelData<'_>, signed: bool) -
                 (a.min(b), a.max(b))
             }
         };
-        return Ok(stored_linear(&stored, slope, intercept, lo, hi, mono1));
+        let path = if window.is_some() { WINDOW_LINEAR } else { PERCENTILES };
+        return Ok((stored_linear(&stored, slope, intercept, lo, hi, mono1), path));
     }
     let modality: Vec<f32> = match &modality_lut {
         Some(l) => stored.iter().map(|&v| l.get(v)).collect(),
         None => stored.iter().map(|&v| v as f32 * slope + intercept).collect(),
     };
-    let mut data: Vec<f32> = match (&voi_lut, window) {
+    let (mut data, path): (Vec<f32>, _) = match (&voi_lut, window) {
         // A VOI LUT's input is the modality value (an integer when it comes from a table).
-        (Some(l), _) => modality.iter().map(|&m| l.get(m.round() as i32) / l.max_out).collect(),
+        (Some(l), _) => (modality.iter().map(|&m| l.get(m.round() as i32) / l.max_out).collect(), VOI_LUT),
         (None, Some(w)) => {
             let (c, w) = (w.center as f32, w.width as f32);
-            modality.iter().map(|&m| function.apply(m, c, w)).collect()
+            (modality.iter().map(|&m| function.apply(m, c, w)).collect(), function.path())
         }
         (None, None) => {
             let (lo, hi) = percentile_range(&modality, 0.005, 0.995);
-            linear(&modality, 1.0, 0.0, lo, hi, false)
+            (linear(&modality, 1.0, 0.0, lo, hi, false), PERCENTILES)
         }
     };
     if mono1 {
         data.iter_mut().for_each(|v| *v = 1.0 - *v);
     }
-    Ok(data)
+    Ok((data, path))
 }
 
 /// [`linear`] over stored integer values.

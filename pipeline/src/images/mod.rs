@@ -126,6 +126,9 @@ pub struct Stage {
     pub units: Vec<Unit>,
     /// One per table row, in order.
     pub kept: Vec<bool>,
+    /// One per table row: the intensity path its image took (none for a reject or a
+    /// table-only build).
+    pub voi: Vec<Option<String>>,
     pub rejects: Vec<RejectRow>,
     /// One per unit (none when the build has no images).
     pub shards: Vec<ShardInfo>,
@@ -223,6 +226,9 @@ struct UnitRecord {
     rows: usize,
     /// Rows (relative to `first`) that were rejected, with why.
     rejected: Vec<(usize, String, String)>,
+    /// The intensity path of each kept row, in order ([`preprocess::Gray::voi`]).
+    #[serde(default)]
+    voi: Vec<String>,
     file: String,
     images: usize,
     bytes: u64,
@@ -253,9 +259,13 @@ fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
     Ok(ShardInfo { file, rows: shard.len(), bytes: bytes.len() as u64, sha256: cxr_dataset::files::sha256_hex(&bytes) })
 }
 
+/// A row's image after decoding: its pixels and intensity path, or the stage (`path`,
+/// `decode`) and reason of its reject.
+type Decoded = std::result::Result<(Vec<u8>, &'static str), (&'static str, Reject)>;
+
 /// Decodes one file; a decoder panic on a hostile file becomes a reject, not a crash.
-fn decode_one(decode: Decoder, path: &Path, output: Output) -> std::result::Result<Vec<u8>, Reject> {
-    match std::panic::catch_unwind(|| decode(path).map(|g| output.apply(&g))) {
+fn decode_one(decode: Decoder, path: &Path, output: Output) -> std::result::Result<(Vec<u8>, &'static str), Reject> {
+    match std::panic::catch_unwind(|| decode(path).map(|g| (output.apply(&g), g.voi))) {
         Ok(r) => r,
         Err(p) => {
             let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
@@ -281,10 +291,11 @@ fn build_unit(
     shard.metadata.insert("dataset_version".into(), version.into());
     shard.feature_names = files.features.names.clone();
     let mut rejected = Vec::new();
+    let mut voi = Vec::with_capacity(unit.rows);
     let mine = &files.rows[unit.first..unit.first + unit.rows];
     for (c, part) in mine.chunks(chunk).enumerate() {
         // A path made from the table is read only when it stays under the root.
-        let done: Vec<std::result::Result<Vec<u8>, (&str, Reject)>> = part
+        let done: Vec<Decoded> = part
             .par_iter()
             .map(|row| match &row.invalid {
                 Some(why) => Err(("path", why.clone())),
@@ -296,9 +307,12 @@ fn build_unit(
             .collect();
         for (k, (row, result)) in part.iter().zip(done).enumerate() {
             match result {
-                Ok(pixels) => shard
-                    .push_with_features(&pixels, files.features.row(unit.first + c * chunk + k))
-                    .map_err(|e| Error::Internal(e.to_string()))?,
+                Ok((pixels, path)) => {
+                    shard
+                        .push_with_features(&pixels, files.features.row(unit.first + c * chunk + k))
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    voi.push(path.to_string());
+                }
                 Err((_, reason)) if fail_fast => {
                     return Err(Error::input(Path::new(&row.path), format!("{reason} (--fail-fast)")));
                 }
@@ -313,6 +327,7 @@ fn build_unit(
         first: unit.first,
         rows: unit.rows,
         rejected,
+        voi,
         file: info.file,
         images: info.rows,
         bytes: info.bytes,
@@ -389,12 +404,17 @@ pub fn run(
     let mut stage = Stage { resumed, built: todo.len(), complete, ..Stage::default() };
     if complete {
         stage.kept = vec![true; n_rows];
+        stage.voi = vec![None; n_rows];
         for (unit, rec) in units.iter().zip(records.into_iter().flatten()) {
             for (k, st, reason) in rec.rejected {
                 let row = unit.first + k;
                 stage.kept[row] = false;
                 let ImageRow { id, path, .. } = files.rows[row].clone();
                 stage.rejects.push(RejectRow { dicom_id: id, path, stage: st, reason });
+            }
+            let kept = (unit.first..unit.first + unit.rows).filter(|&r| stage.kept[r]);
+            for (row, path) in kept.zip(rec.voi) {
+                stage.voi[row] = Some(path);
             }
             stage.shards.push(ShardInfo { file: rec.file, rows: rec.images, bytes: rec.bytes, sha256: rec.sha256 });
         }

@@ -18,7 +18,13 @@ pub struct Gray {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f32>,
+    /// How stored values became display intensities (the `voi` column of the feature table):
+    /// one of the [`crate::images::dicom`] paths, or [`RASTER`].
+    pub voi: &'static str,
 }
+
+/// The intensity path of a JPG or PNG: its 8- or 16-bit values as they are.
+pub const RASTER: &str = "raster values as stored";
 
 /// How the image becomes a square.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -114,7 +120,7 @@ pub fn decode_raster(path: &Path) -> Result<Gray, Reject> {
     }
     let img = image::open(path).map_err(|e| format!("cannot decode: {e}"))?;
     let luma = img.to_luma32f();
-    Ok(Gray { rows: h as usize, cols: w as usize, data: luma.into_raw() })
+    Ok(Gray { rows: h as usize, cols: w as usize, data: luma.into_raw(), voi: RASTER })
 }
 
 /// The `lo` and `hi` quantiles of the values, from a 65,536-bin histogram between min and max
@@ -184,7 +190,7 @@ pub fn equalize(g: &Gray) -> Gray {
     let first = cdf.iter().copied().find(|&c| c > 0).unwrap_or(0);
     let span = (n - first).max(1) as f32;
     let data = g.data.iter().map(|&v| (cdf[level(v)] - first) as f32 / span).collect();
-    Gray { rows: g.rows, cols: g.cols, data }
+    Gray { rows: g.rows, cols: g.cols, data, voi: g.voi }
 }
 
 /// The image centred on a black square whose side is its longer side.
@@ -196,7 +202,7 @@ pub fn letterbox(g: &Gray) -> Gray {
         data[(r0 + r) * side + c0..(r0 + r) * side + c0 + g.cols]
             .copy_from_slice(&g.data[r * g.cols..(r + 1) * g.cols]);
     }
-    Gray { rows: side, cols: side, data }
+    Gray { rows: side, cols: side, data, voi: g.voi }
 }
 
 /// The centred square of `g`, resampled by area averaging to `size x size`, as bytes.
@@ -240,11 +246,11 @@ mod tests {
     fn square_keeps_the_centre_and_averages() {
         // 4 rows x 6 cols: the centred 4x4 square is columns 1..5.
         let data: Vec<f32> = (0..24).map(|i| if (1..5).contains(&(i % 6)) { 1.0 } else { 0.0 }).collect();
-        let out = square(&Gray { rows: 4, cols: 6, data }, 2);
+        let out = square(&Gray { rows: 4, cols: 6, data, voi: RASTER }, 2);
         assert_eq!(out, vec![255; 4]);
         // A 2x2 checkerboard block averages to mid gray.
         let data = vec![0.0, 1.0, 1.0, 0.0];
-        assert_eq!(square(&Gray { rows: 2, cols: 2, data }, 1), vec![128]);
+        assert_eq!(square(&Gray { rows: 2, cols: 2, data, voi: RASTER }, 1), vec![128]);
     }
 
     /// Against the `image` crate's Lanczos3 resize of a smooth radiograph-like image.
@@ -256,7 +262,7 @@ mod tests {
             0.5 + 0.3 * (6.0 * x).sin() * (4.0 * y).cos() + 0.15 * (1.0 - ((x - 0.5).powi(2) + (y - 0.5).powi(2)) * 4.0)
         };
         let data: Vec<f32> = (0..rows * cols).map(|i| f(i / cols, i % cols).clamp(0.0, 1.0)).collect();
-        let ours = square(&Gray { rows, cols, data: data.clone() }, size);
+        let ours = square(&Gray { rows, cols, data: data.clone(), voi: RASTER }, size);
         // Reference: crop the same centred square, resize with Lanczos3.
         let side = cols;
         let r0 = (rows - side) / 2;
@@ -284,11 +290,11 @@ mod tests {
     fn equalize_flattens_the_histogram_and_letterbox_pads() {
         // Three quarters of the pixels dark, one quarter bright: equalised, the dark level
         // becomes 0 and the bright one 1; a ramp stays a ramp.
-        let g = Gray { rows: 2, cols: 2, data: vec![0.1, 0.1, 0.1, 0.9] };
+        let g = Gray { rows: 2, cols: 2, data: vec![0.1, 0.1, 0.1, 0.9], voi: RASTER };
         assert_eq!(equalize(&g).data, vec![0.0, 0.0, 0.0, 1.0]);
-        let ramp = Gray { rows: 1, cols: 5, data: vec![0.0, 0.1, 0.2, 0.3, 0.4] };
+        let ramp = Gray { rows: 1, cols: 5, data: vec![0.0, 0.1, 0.2, 0.3, 0.4], voi: RASTER };
         assert_eq!(equalize(&ramp).data, vec![0.0, 0.25, 0.5, 0.75, 1.0]);
-        let wide = Gray { rows: 2, cols: 4, data: vec![1.0; 8] };
+        let wide = Gray { rows: 2, cols: 4, data: vec![1.0; 8], voi: RASTER };
         let boxed = letterbox(&wide);
         assert_eq!((boxed.rows, boxed.cols), (4, 4));
         assert_eq!(boxed.data, [[0.0; 4], [1.0; 4], [1.0; 4], [0.0; 4]].concat());

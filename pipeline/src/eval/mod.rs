@@ -16,23 +16,25 @@
 //!   [`crate::sources::paths::inside`], as for MIMIC) is a reject with a reason and is never
 //!   read; a missing image file is a reject too.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::{LABELS, NIH_LABELS, label_column_of, raw_label_column_of};
 use polars::prelude::*;
 use sha2::{Digest, Sha256};
 
-use crate::build::{self, Job, Outcome, Partial};
+mod chexpert;
+mod nih;
+
+pub use chexpert::CHEXPERT_DIR;
+pub use nih::nih_age;
+
+use crate::build;
 use crate::images::{ImageRow, RunOptions};
 use crate::progress::Progress;
+use crate::publish::{self, Job, Outcome, Partial};
 use crate::rng::Rng;
-use crate::sources::paths;
 use crate::{Error, Result};
 use cxr_dataset::Uncertain;
-
-/// The CheXpert folder name.
-pub const CHEXPERT_DIR: &str = "CheXpert-v1.0-small";
 
 /// Which evaluation dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -117,19 +119,19 @@ pub struct EvalSummary {
 
 /// One image row before the table is built.
 #[derive(Debug, Clone)]
-struct Row {
-    id: String,
-    image: ImageRow,
-    subject: i64,
+pub(super) struct Row {
+    pub(super) id: String,
+    pub(super) image: ImageRow,
+    pub(super) subject: i64,
     /// `train`, `validate` or `test`.
-    split: &'static str,
-    sex: Option<String>,
-    age: Option<f64>,
-    view: Option<String>,
+    pub(super) split: &'static str,
+    pub(super) sex: Option<String>,
+    pub(super) age: Option<f64>,
+    pub(super) view: Option<String>,
     /// CheXpert `Frontal/Lateral`.
-    frontal_lateral: Option<String>,
+    pub(super) frontal_lateral: Option<String>,
     /// Raw label values, in the order of [`EvalKind::labels`].
-    raw: Vec<Option<f64>>,
+    pub(super) raw: Vec<Option<f64>>,
 }
 
 fn hash_files(h: &mut Sha256, files: &[&Path]) -> Result<()> {
@@ -141,11 +143,11 @@ fn hash_files(h: &mut Sha256, files: &[&Path]) -> Result<()> {
 }
 
 /// Seeded patient-level split of training patients into train / validate.
-fn train_or_validate(seed: u64, subject: i64, validate_fraction: f64) -> &'static str {
+pub(super) fn train_or_validate(seed: u64, subject: i64, validate_fraction: f64) -> &'static str {
     if Rng::derive(seed, 0x7A11, subject as u64).bernoulli(validate_fraction) { "validate" } else { "train" }
 }
 
-fn parse_label(path: &Path, line: usize, column: &str, value: &str) -> Result<Option<f64>> {
+pub(super) fn parse_label(path: &Path, line: usize, column: &str, value: &str) -> Result<Option<f64>> {
     let v = value.trim();
     if v.is_empty() {
         return Ok(None);
@@ -159,235 +161,6 @@ fn parse_label(path: &Path, line: usize, column: &str, value: &str) -> Result<Op
             value: value.to_string(),
             expected: "a label (1.0, 0.0, -1.0 or blank)".into(),
         }),
-    }
-}
-
-/// The CheXpert folder and its parent (which CSV paths are relative to).
-fn chexpert_base(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let is_dir = |p: &Path| p.join("train.csv").is_file() && p.join("valid.csv").is_file();
-    if is_dir(root) {
-        let parent = root.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        return Ok((root.to_path_buf(), parent));
-    }
-    for name in [CHEXPERT_DIR, "CheXpert-v1.0"] {
-        if is_dir(&root.join(name)) {
-            return Ok((root.join(name), root.to_path_buf()));
-        }
-    }
-    Err(Error::input(root, "no CheXpert-v1.0-small/ (or CheXpert-v1.0/) with train.csv and valid.csv here"))
-}
-
-fn chexpert_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, PathBuf)> {
-    let (dir, base) = chexpert_base(&cfg.root)?;
-    let mut rows = Vec::new();
-    let csvs = vec![dir.join("train.csv"), dir.join("valid.csv")];
-    for path in &csvs {
-        let test = path.ends_with("valid.csv");
-        let mut r = csv::ReaderBuilder::new().from_path(path).map_err(|e| Error::csv(path, e))?;
-        let header: Vec<String> = r.headers().map_err(|e| Error::csv(path, e))?.iter().map(str::to_string).collect();
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| h == name)
-                .ok_or_else(|| Error::MissingColumn { path: path.clone(), column: name.to_string() })
-        };
-        let (pi, si, ai, fi, vi) = (col("Path")?, col("Sex")?, col("Age")?, col("Frontal/Lateral")?, col("AP/PA")?);
-        let label_cols: Vec<usize> = LABELS.iter().map(|l| col(l)).collect::<Result<_>>()?;
-        for (k, rec) in r.records().enumerate() {
-            let line = k + 2;
-            let rec = rec.map_err(|e| Error::csv(path, e))?;
-            let get = |i: usize| rec.get(i).unwrap_or("").trim();
-            let rel = get(pi).to_string();
-            // A path without a patient folder cannot be split by patient: a reject, with a
-            // subject of its own so it cannot look like a leak.
-            let patient = rel.split('/').find_map(|c| c.strip_prefix("patient")).and_then(|n| n.parse::<i64>().ok());
-            let mut invalid = paths::inside(&base, &rel).err();
-            if patient.is_none() && invalid.is_none() {
-                invalid = Some(format!("path {rel:?} has no patientNNNNN folder"));
-            }
-            let subject = patient.unwrap_or(-((rows.len() + 1) as i64));
-            let raw = label_cols
-                .iter()
-                .zip(LABELS)
-                .map(|(&i, name)| parse_label(path, line, name, get(i)))
-                .collect::<Result<Vec<_>>>()?;
-            let age = get(ai);
-            let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
-            rows.push(Row {
-                id: rel.trim_start_matches(&format!("{}/", CHEXPERT_DIR)).to_string(),
-                image: ImageRow { id: rel.clone(), path: rel.clone(), invalid },
-                subject,
-                split: if test { "test" } else { train_or_validate(cfg.seed, subject, cfg.validate_fraction) },
-                sex: match get(si) {
-                    "Male" => Some("M".into()),
-                    "Female" => Some("F".into()),
-                    _ => None,
-                },
-                age: if age.is_empty() {
-                    None
-                } else {
-                    Some(age.parse::<f64>().map_err(|_| Error::BadValue {
-                        path: path.clone(),
-                        line,
-                        column: "Age".into(),
-                        value: age.into(),
-                        expected: "a number".into(),
-                    })?)
-                },
-                view: nonempty(get(vi)),
-                frontal_lateral: nonempty(get(fi)),
-                raw,
-            });
-        }
-    }
-    Ok((rows, csvs, base))
-}
-
-/// NIH `Patient Age`: `58`, `058Y`, months `010M` or days `020D` in years; implausible values
-/// (over 120 years) are `None`.
-pub fn nih_age(value: &str) -> Option<f64> {
-    let v = value.trim();
-    let (digits, per_year) = match v.as_bytes().last() {
-        Some(b'Y' | b'y') => (&v[..v.len() - 1], 1.0),
-        Some(b'M' | b'm') => (&v[..v.len() - 1], 12.0),
-        Some(b'D' | b'd') => (&v[..v.len() - 1], 365.25),
-        _ => (v, 1.0),
-    };
-    let n: f64 = digits.parse().ok()?;
-    let years = n / per_year;
-    (0.0..=120.0).contains(&years).then_some(years)
-}
-
-/// The `Data_Entry_2017*.csv` of an NIH root (the v2020 file when both are there).
-fn nih_entries(root: &Path) -> Result<PathBuf> {
-    ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"]
-        .iter()
-        .map(|n| root.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::input(root, "no Data_Entry_2017_v2020.csv or Data_Entry_2017.csv here"))
-}
-
-fn read_list(path: &Path) -> Result<HashSet<String>> {
-    let text = fs_err::read_to_string(path)?;
-    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
-}
-
-/// File name -> path relative to the root, for `images/*` and `images_NNN/images/*`.
-fn nih_image_index(root: &Path) -> Result<HashMap<String, String>> {
-    let mut dirs = vec!["images".to_string()];
-    for e in fs_err::read_dir(root)? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if name.starts_with("images_") && root.join(&name).join("images").is_dir() {
-            dirs.push(format!("{name}/images"));
-        }
-    }
-    dirs.sort();
-    let mut index = HashMap::new();
-    for d in dirs {
-        let Ok(entries) = fs_err::read_dir(root.join(&d)) else { continue };
-        for e in entries {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            index.entry(name.clone()).or_insert(format!("{d}/{name}"));
-        }
-    }
-    Ok(index)
-}
-
-const NIH_HEADER: [&str; 7] =
-    ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender", "View Position"];
-
-/// Rows of the NIH entries file, with the counts of unlisted rows and invalid ages.
-fn nih_rows(cfg: &EvalConfig) -> Result<(Vec<Row>, Vec<PathBuf>, usize, usize)> {
-    let path = nih_entries(&cfg.root)?;
-    let (tv_path, test_path) = (cfg.root.join("train_val_list.txt"), cfg.root.join("test_list.txt"));
-    let (train_val, test) = (read_list(&tv_path)?, read_list(&test_path)?);
-    let index = nih_image_index(&cfg.root)?;
-    let mut r = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(&path)
-        .map_err(|e| Error::csv(&path, e))?;
-    let mut records = r.records();
-    let header = records.next().ok_or_else(|| Error::input(&path, "empty file"))?.map_err(|e| Error::csv(&path, e))?;
-    for (i, name) in NIH_HEADER.iter().enumerate() {
-        if header.get(i).map(str::trim) != Some(name) {
-            return Err(Error::MissingColumn { path: path.clone(), column: format!("{name} (as field {})", i + 1) });
-        }
-    }
-    let (mut rows, mut unlisted, mut invalid_ages) = (Vec::new(), 0, 0);
-    for (k, rec) in records.enumerate() {
-        let line = k + 2;
-        let rec = rec.map_err(|e| Error::csv(&path, e))?;
-        let fields: Vec<&str> = rec.iter().collect();
-        // 11 fields (two header names hold a comma); some exports add an empty 12th.
-        let n = fields.len() - usize::from(fields.len() == 12 && fields[11].trim().is_empty());
-        if n != 11 {
-            return Err(Error::BadValue {
-                path: path.clone(),
-                line,
-                column: "(row)".into(),
-                value: rec.iter().collect::<Vec<_>>().join(","),
-                expected: format!("11 fields (found {n})"),
-            });
-        }
-        let bad = |column: &str, value: &str, expected: &str| Error::BadValue {
-            path: path.clone(),
-            line,
-            column: column.into(),
-            value: value.into(),
-            expected: expected.into(),
-        };
-        let name = fields[0].trim().to_string();
-        let subject: i64 = fields[3].trim().parse().map_err(|_| bad("Patient ID", fields[3], "an integer id"))?;
-        let raw = nih_findings(fields[1])
-            .ok_or_else(|| bad("Finding Labels", fields[1], "`|`-joined NIH findings or No Finding"))?;
-        let age = nih_age(fields[4]);
-        invalid_ages += usize::from(age.is_none());
-        let split = if test.contains(&name) {
-            "test"
-        } else if train_val.contains(&name) {
-            train_or_validate(cfg.seed, subject, cfg.validate_fraction)
-        } else {
-            unlisted += 1;
-            continue;
-        };
-        let image = nih_image(&name, &index, &cfg.root);
-        let gender = fields[5].trim();
-        rows.push(Row {
-            id: name,
-            image,
-            subject,
-            split,
-            sex: matches!(gender, "M" | "F").then(|| gender.to_string()),
-            age,
-            view: Some(fields[6].trim().to_string()).filter(|v| !v.is_empty()),
-            frontal_lateral: None,
-            raw,
-        });
-    }
-    Ok((rows, vec![path, tv_path, test_path], unlisted, invalid_ages))
-}
-
-/// The 14 NIH labels of a `Finding Labels` field (`|`-joined findings or `No Finding`): 1 for
-/// a listed finding, else 0; `None` for an unknown finding.
-fn nih_findings(field: &str) -> Option<Vec<Option<f64>>> {
-    let mut raw = vec![Some(0.0); NIH_LABELS.len()];
-    for f in field.split('|').map(str::trim).filter(|f| *f != "No Finding") {
-        raw[NIH_LABELS.iter().position(|l| *l == f)?] = Some(1.0);
-    }
-    Some(raw)
-}
-
-/// The image of an `Image Index` entry, found through `index` (file name -> path under
-/// `root`); invalid when the name is not a plain file name or no such file exists.
-fn nih_image(name: &str, index: &HashMap<String, String>, root: &Path) -> ImageRow {
-    let invalid = |path: String, why: String| ImageRow { id: name.to_string(), path, invalid: Some(why) };
-    if name.contains(['/', '\\']) || name.contains("..") || name.is_empty() {
-        return invalid(name.to_string(), format!("image name {name:?} is not a file name"));
-    }
-    match index.get(name) {
-        Some(rel) => ImageRow { id: name.to_string(), path: rel.clone(), invalid: paths::inside(root, rel).err() },
-        None => invalid(format!("images/{name}"), "image file not found under images/ or images_NNN/images/".into()),
     }
 }
 
@@ -435,11 +208,11 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
     }
     let (rows, inputs, images_root, unlisted, invalid_ages) = match cfg.kind {
         EvalKind::Chexpert => {
-            let (rows, csvs, base) = chexpert_rows(cfg)?;
+            let (rows, csvs, base) = chexpert::rows(cfg)?;
             (rows, csvs, base, 0, 0)
         }
         EvalKind::Nih => {
-            let (rows, files, unlisted, invalid) = nih_rows(cfg)?;
+            let (rows, files, unlisted, invalid) = nih::rows(cfg)?;
             (rows, files, cfg.root.clone(), unlisted, invalid)
         }
     };
@@ -473,7 +246,7 @@ pub fn build_eval(cfg: &EvalConfig, progress: &dyn Progress) -> Result<EvalSumma
         images_read: listed,
     };
     let mut published = (0, 0, Vec::new());
-    let outcome = build::finish(&job, progress, &mut |kept, rejected, version| {
+    let outcome = publish::finish(&job, progress, &mut |kept, rejected, version| {
         published = (kept.height(), rejected, split_counts(kept));
         report(cfg, version, kept, listed, rejected, unlisted, invalid_ages)
     })?;
