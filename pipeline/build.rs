@@ -18,6 +18,7 @@ const FILES: &[&str] = &[
     "src/build/encode.rs",
     "src/build/labels.rs",
     "src/build/link.rs",
+    "src/build/plan.rs",
     "src/eval/mod.rs",
     "src/eval/chexpert.rs",
     "src/eval/nih.rs",

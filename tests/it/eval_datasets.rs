@@ -28,7 +28,7 @@ pub fn config(kind: EvalKind, root: &Path, out: &Path) -> EvalConfig {
         shard_size: 16,
         image_size: 32,
         verify_inputs_full: false,
-        run: RunOptions { fail_fast: false, subset: None, merge_only: false, workers: 0 },
+        run: RunOptions::default(),
     }
 }
 

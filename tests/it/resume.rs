@@ -311,3 +311,74 @@ fn diff_names_settings_counts_and_changed_columns() {
     let same = pipeline::build::versions::diff(&a.dir, &a.dir).unwrap();
     assert!(same.last().unwrap().starts_with("no differences"), "{same:?}");
 }
+
+/// A planned build does each piece once: `--plan` runs the table stage and the fingerprints;
+/// four `--from-plan` tasks, run with the input tables and every other task's images moved
+/// away, build their shards; `merge --from-plan` publishes the same bytes as one build.
+#[test]
+fn four_planned_tasks_and_a_merge_read_only_their_own_images_and_equal_one_build() {
+    use pipeline::build::build_from_plan;
+    use pipeline::images::RunOptions;
+    use polars::prelude::*;
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("archive");
+    fs_err::create_dir_all(&root).unwrap();
+    copy_tree(&small().root, &root);
+    let whole = build(&shard_config(&root, &work.path().join("whole")), &Silent).unwrap();
+    let out = work.path().join("planned");
+    let mut cfg = shard_config(&root, &out);
+    cfg.run.plan_only = true;
+    let planned = build(&cfg, &Silent).unwrap();
+    assert_eq!(planned.version, whole.version, "the plan's version is the build's");
+    let plan = planned.plan.clone().expect("a plan");
+    assert!(!out.join(&planned.version).exists(), "a plan publishes nothing");
+    // The image file of each table row, in table order.
+    let (f, _) = fs_err::File::open(plan.join("table.parquet")).unwrap().into_parts();
+    let table = ParquetReader::new(f).finish().unwrap();
+    let text = |c: &str| -> Vec<String> {
+        let col = table.column(c).unwrap().cast(&DataType::String).unwrap();
+        col.str().unwrap().iter().map(|v| v.unwrap().to_string()).collect()
+    };
+    let (d, s, t) = (text("dicom_id"), text("subject_id"), text("study_id"));
+    let files: Vec<PathBuf> = (0..d.len())
+        .map(|r| root.join(CXR_DCM).join(format!("files/p{}/p{}/s{}/{}.dcm", &s[r][..2], s[r], t[r], d[r])))
+        .collect();
+    let hide = |p: &Path, on: bool| {
+        let hidden = PathBuf::from(format!("{}.hidden", p.display()));
+        if on { fs_err::rename(p, &hidden).unwrap() } else { fs_err::rename(&hidden, p).unwrap() }
+    };
+    // No task reads the tables.
+    let tables = [root.join(crate::fixture::CXR_JPG), root.join("mimiciv")];
+    for p in &tables {
+        hide(p, true);
+    }
+    let units = d.len().div_ceil(3);
+    for index in 0..4 {
+        let others: Vec<&PathBuf> =
+            files.iter().enumerate().filter(|(r, _)| r / 3 % 4 != index).map(|(_, p)| p).collect();
+        for p in &others {
+            hide(p, true);
+        }
+        let run = RunOptions { subset: Some(Subset { index, count: 4 }), workers: 1, ..RunOptions::default() };
+        let task = build_from_plan(&out, &planned.version, run, &Silent).unwrap();
+        let partial = task.partial.expect("a task publishes nothing");
+        assert_eq!(partial.built, (index..units).step_by(4).count(), "task {index} built its own units");
+        for p in &others {
+            hide(p, false);
+        }
+    }
+    for p in &files {
+        hide(p, true);
+    }
+    let merged =
+        build_from_plan(&out, &planned.version, RunOptions { merge_only: true, ..RunOptions::default() }, &Silent)
+            .unwrap();
+    for p in files.iter().chain(&tables) {
+        hide(p, false);
+    }
+    assert!(!merged.reused && merged.partial.is_none());
+    assert_same_tree(&merged.dir, &whole.dir);
+    assert!(!out.join(format!(".tmp-{}", merged.version)).exists(), "the plan went with the working folder");
+    let listed = pipeline::build::versions::list(&out).unwrap();
+    assert!(listed.iter().any(|l| l.starts_with(&merged.version)), "{listed:?}");
+}

@@ -257,6 +257,17 @@ pub struct BuildArgs {
     /// Number of subsets the image shards are split into for --shard-index.
     #[arg(long, value_name = "N", requires = "shard_index")]
     pub num_shards: Option<usize>,
+    /// For a cluster: run the table stage and fingerprint the images once, write the build
+    /// plan into OUT/.tmp-<version>/plan/ and print the version; then each task runs
+    /// `build --out OUT --from-plan VERSION --shard-index I --num-shards N` and one
+    /// `merge --out OUT --from-plan VERSION` publishes.
+    #[arg(long, conflicts_with_all = ["shard_index", "from_plan"])]
+    pub plan: bool,
+    /// Build (with --shard-index) or publish (merge) the planned version VERSION: nothing is
+    /// read but the plan and the images of this task's shards; the input and image options
+    /// are the plan's.
+    #[arg(long, value_name = "VERSION", conflicts_with_all = ["mimic_root", "cxr_dir", "cxr_jpg_dir", "mimic_iv_dir"])]
+    pub from_plan: Option<String>,
     /// Image decoding threads (default: one per core). Memory in flight is about 4 images
     /// per thread plus one shard.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -335,23 +346,29 @@ impl BuildArgs {
             geometry: self.geometry,
             equalize: self.equalize,
             verify_inputs_full: self.verify_inputs == VerifyInputs::Full,
-            run: RunOptions {
-                fail_fast: self.fail_fast,
-                subset: match (self.shard_index, self.num_shards) {
-                    (Some(index), Some(count)) => {
-                        if count == 0 || index >= count {
-                            return Err(pipeline::Error::Config(format!(
-                                "--shard-index {index} must be below --num-shards {count}"
-                            ))
-                            .into());
-                        }
-                        Some(Subset { index, count })
+            run: self.run_options()?,
+        })
+    }
+
+    /// How the image stage runs: --fail-fast, --shard-index/--num-shards, --workers, --plan.
+    pub fn run_options(&self) -> anyhow::Result<RunOptions> {
+        Ok(RunOptions {
+            fail_fast: self.fail_fast,
+            subset: match (self.shard_index, self.num_shards) {
+                (Some(index), Some(count)) => {
+                    if count == 0 || index >= count {
+                        return Err(pipeline::Error::Config(format!(
+                            "--shard-index {index} must be below --num-shards {count}"
+                        ))
+                        .into());
                     }
-                    _ => None,
-                },
-                merge_only: false,
-                workers: self.workers,
+                    Some(Subset { index, count })
+                }
+                _ => None,
             },
+            merge_only: false,
+            workers: self.workers,
+            plan_only: self.plan,
         })
     }
 }

@@ -24,7 +24,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// every case (scripts do `ver=$(pipeline build ... | tail -1)`).
 fn build_lines(s: &BuildSummary) -> Vec<String> {
     let mut lines = Vec::new();
-    if let Some(p) = &s.partial {
+    if let Some(plan) = &s.plan {
+        lines.push(format!(
+            "dataset {v}: planned in {}; run the tasks as `pipeline build --out OUT --from-plan {v} --shard-index I \
+             --num-shards N`, then `pipeline merge --out OUT --from-plan {v}`",
+            plan.display(),
+            v = s.version
+        ));
+    } else if let Some(p) = &s.partial {
         lines.push(format!(
             "dataset {}: shard subset {} of {} done ({} shards built now; {} of {} shards committed); \
              run `pipeline merge` with the same options once every subset is done",
@@ -35,7 +42,7 @@ fn build_lines(s: &BuildSummary) -> Vec<String> {
     } else {
         lines.push(format!("dataset {}: {}", s.version, s.dir.display()));
     }
-    if let (Some(c), None, false) = (&s.cohort, &s.partial, s.reused) {
+    if let (Some(c), None, false, None) = (&s.cohort, &s.partial, s.reused, &s.plan) {
         lines.push(format!(
             "  {} images read, {} out ({} dropped as unlabelled, {} for missing sex, {} for a sex other than M/F, \
              {} for rare views, {} for missing view/orientation)",
@@ -150,8 +157,10 @@ fn synth_archive(args: &cli::SynthArgs, progress: &Reporter) -> anyhow::Result<(
 
 /// `pipeline build`.
 fn build_dataset(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
-    let summary = build::build(&cfg, progress)?;
+    let summary = match &args.from_plan {
+        Some(version) => build::build_from_plan(&args.out, version, args.run_options()?, progress)?,
+        None => build::build(&args.resolve()?, progress)?,
+    };
     print_build(&summary)?;
     if args.report_peak_memory {
         // What `pipeline bench` reads from its child, whatever --log says.
@@ -203,6 +212,11 @@ fn merge(args: &cli::BuildArgs, progress: &Reporter) -> anyhow::Result<()> {
             "merge takes the build's options without --shard-index/--num-shards".into(),
         )
         .into());
+    }
+    if let Some(version) = &args.from_plan {
+        let run = RunOptions { merge_only: true, ..args.run_options()? };
+        print_build(&build::build_from_plan(&args.out, version, run, progress)?)?;
+        return Ok(());
     }
     let mut cfg = args.resolve()?;
     cfg.run.merge_only = true;
@@ -305,6 +319,23 @@ mod tests {
     use pipeline::images::Subset;
     use std::path::PathBuf;
 
+    /// A plan is made once (not per task), and a task from a plan takes no input options.
+    #[test]
+    fn plan_options_do_not_mix_with_what_they_replace() {
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("pipeline").chain(args.iter().copied()));
+        assert!(
+            parse(&["build", "--mimic-root", "a", "--out", "o", "--plan", "--shard-index", "0", "--num-shards", "2"])
+                .is_err()
+        );
+        assert!(parse(&["build", "--mimic-root", "a", "--out", "o", "--from-plan", "v"]).is_err());
+        let task =
+            parse(&["build", "--out", "o", "--from-plan", "v", "--shard-index", "1", "--num-shards", "4"]).unwrap();
+        let Command::Build(args) = task.command else { panic!("a build") };
+        assert_eq!(args.from_plan.as_deref(), Some("v"));
+        assert_eq!(args.run_options().unwrap().subset, Some(Subset { index: 1, count: 4 }));
+        assert!(parse(&["merge", "--out", "o", "--from-plan", "v"]).is_ok());
+    }
+
     /// A closed standard output is an I/O error (exit 5), not a silent success.
     #[test]
     fn a_failed_write_to_standard_output_is_an_io_error() {
@@ -355,6 +386,7 @@ mod tests {
             reused: false,
             cohort: Some(build::report::Cohort::default()),
             partial: None,
+            plan: None,
             timings: Vec::new(),
         };
         let reused = BuildSummary { reused: true, cohort: None, ..fresh.clone() };

@@ -7,6 +7,7 @@ pub mod encode;
 pub mod identity;
 pub mod labels;
 pub mod link;
+pub mod plan;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ use crate::build::encode::encode;
 use crate::build::labels::{Labeler, SplitSource, Unlabeled, attach_labels, attach_split, check_leakage};
 use crate::build::link::{LinkInputs, images_from_metadata, link};
 use crate::build::report::Cohort;
-use crate::images::{self, RejectRow};
+use crate::images::{self, RejectRow, RunOptions};
 use crate::progress::Progress;
 use crate::sources::dicom_meta::DicomFiles;
 use crate::sources::discover::{Inputs, discover};
@@ -31,7 +32,7 @@ use cxr_dataset::manifest::Task;
 pub use crate::build::config::BuildConfig;
 pub use crate::publish::identity::{CODE_DIGEST, CODE_FILES, code_id, version_id};
 pub use crate::publish::versions::{self, FEATURES_DIR, part_name, read_features};
-use crate::publish::{Job, Outcome, finish};
+use crate::publish::{self, Job, Outcome, finish};
 pub use crate::publish::{
     MANIFEST, Partial, REJECTS, REPORT_JSON, REPORT_MD, ROW_GROUP, feature_matrix, parquet_bytes, write_parquet,
 };
@@ -47,6 +48,8 @@ pub struct BuildSummary {
     pub cohort: Option<Cohort>,
     /// Set after a `--shard-index` run: nothing is published until `pipeline merge`.
     pub partial: Option<Partial>,
+    /// Set after a `--plan` run: the plan's folder (nothing is built or published).
+    pub plan: Option<PathBuf>,
     /// Seconds per step ([`Timings`]).
     pub timings: Vec<(&'static str, f64)>,
 }
@@ -252,25 +255,68 @@ pub fn build(cfg: &BuildConfig, progress: &dyn Progress) -> Result<BuildSummary>
         images_read: staged.images_read,
         header_rejects: staged.header_rejects,
     };
+    if cfg.run.plan_only {
+        let version = publish::version_of(&job, progress)?;
+        let dir = cfg.out.join(&version);
+        if dir.join(MANIFEST).is_file() {
+            return Ok(summarize(Outcome::Reused { version, dir }, cohort, &timings));
+        }
+        let plan = plan::write(&job, &version, &cohort)?;
+        timings.lap("plan");
+        let mut s = summarize(Outcome::Reused { version, dir: plan.clone() }, cohort, &timings);
+        (s.reused, s.plan) = (false, Some(plan));
+        return Ok(s);
+    }
     let outcome = finish(&job, progress, &mut |kept, rejected, version| {
         cohort.rejected_images = rejected;
         cohort.finish(kept)?;
-        Ok((cohort.to_markdown(version, cfg), cohort.to_json(version, cfg)?))
+        let config = cfg.describe();
+        Ok((cohort.to_markdown(version, &config), cohort.to_json(version, &config)?))
     })?;
     timings.lap("images, Parquet parts, report, manifest");
+    Ok(summarize(outcome, cohort, &timings))
+}
+
+/// What a build that ended with `outcome` says.
+fn summarize(outcome: Outcome, cohort: Cohort, timings: &Timings) -> BuildSummary {
     let summary = |version, dir, reused, cohort, partial| BuildSummary {
         version,
         dir,
         reused,
         cohort,
         partial,
+        plan: None,
         timings: timings.steps.clone(),
     };
-    Ok(match outcome {
+    match outcome {
         Outcome::Reused { version, dir } => summary(version, dir, true, None, None),
         Outcome::Partial { version, work, partial } => summary(version, work, false, Some(cohort), Some(partial)),
         Outcome::Published { version, dir } => summary(version, dir, false, Some(cohort), None),
-    })
+    }
+}
+
+/// Runs the image stage of a planned build ([`plan`]): with `run.subset` only that subset's
+/// units (a cluster task), with `run.merge_only` the publication once every unit is there;
+/// nothing is read but the plan and the images of the units built.
+pub fn build_from_plan(out: &Path, version: &str, run: RunOptions, progress: &dyn Progress) -> Result<BuildSummary> {
+    let dir = out.join(version);
+    if dir.join(MANIFEST).is_file() {
+        versions::ensure_recorded(out, version)?;
+        return Ok(summarize(Outcome::Reused { version: version.into(), dir }, Cohort::default(), &Timings::start()));
+    }
+    let mut timings = Timings::start();
+    let plan = plan::read(out, version)?;
+    timings.lap("read the plan");
+    let job = plan.job(out, run)?;
+    let mut cohort = plan.file.cohort.clone();
+    let config = plan.file.config.clone();
+    let outcome = publish::finish_version(&job, version.to_string(), progress, &mut |kept, rejected, version| {
+        cohort.rejected_images = rejected;
+        cohort.finish(kept)?;
+        Ok((cohort.to_markdown(version, &config), cohort.to_json(version, &config)?))
+    })?;
+    timings.lap("images, Parquet parts, report, manifest");
+    Ok(summarize(outcome, cohort, &timings))
 }
 
 /// What the table stage hands the image stage.

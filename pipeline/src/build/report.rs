@@ -4,16 +4,15 @@
 use std::collections::BTreeMap;
 
 use polars::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::build::config::BuildConfig;
 use crate::{Error, Result};
 
 /// Counts of a categorical variable, `(missing)` for nulls.
 pub type Counts = BTreeMap<String, usize>;
 
 /// Summary of a numeric variable.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Numeric {
     pub count: usize,
     pub missing: usize,
@@ -23,14 +22,15 @@ pub struct Numeric {
 }
 
 /// Rows per split.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SplitCount {
     pub images: usize,
     pub subjects: usize,
 }
 
 /// The cohort at each step of the build.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Serialised (with its table-stage counts, before [`Cohort::finish`]) into a build plan.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cohort {
     /// Exact duplicate rows dropped from the input tables, per table that had any.
     pub duplicate_rows: Vec<crate::sources::ingest::Duplicates>,
@@ -121,19 +121,21 @@ impl Cohort {
         Ok(())
     }
 
-    pub fn to_json(&self, version: &str, cfg: &BuildConfig) -> Result<String> {
+    /// The report as JSON; `config` is the settings' text ([`crate::build::BuildConfig::describe`]).
+    pub fn to_json(&self, version: &str, config: &str) -> Result<String> {
         #[derive(Serialize)]
         struct Doc<'a> {
             dataset_version: &'a str,
             config: String,
             cohort: &'a Cohort,
         }
-        serde_json::to_string_pretty(&Doc { dataset_version: version, config: cfg.describe(), cohort: self })
+        serde_json::to_string_pretty(&Doc { dataset_version: version, config: config.to_string(), cohort: self })
             .map_err(Error::from)
     }
 
-    pub fn to_markdown(&self, version: &str, cfg: &BuildConfig) -> String {
-        let mut s = format!("# Cohort report, dataset {version}\n\n## Config\n\n```\n{}```\n\n", cfg.describe());
+    /// The report as Markdown; `config` as for [`Cohort::to_json`].
+    pub fn to_markdown(&self, version: &str, config: &str) -> String {
+        let mut s = format!("# Cohort report, dataset {version}\n\n## Config\n\n```\n{config}```\n\n");
         s.push_str("## Rows at each step\n\n| step | images |\n|---|---|\n");
         let steps = [
             ("images read", self.images_read),

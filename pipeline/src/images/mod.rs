@@ -58,7 +58,7 @@ pub fn shard_name(i: usize) -> String {
 }
 
 /// An image that was not used.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RejectRow {
     pub dicom_id: String,
     pub path: String,
@@ -118,6 +118,9 @@ pub struct RunOptions {
     pub merge_only: bool,
     /// Decoding threads (0: one per core).
     pub workers: usize,
+    /// Write the build plan (the table stage, fingerprints and version id) and stop
+    /// (`pipeline build --plan`; the build module's `plan`).
+    pub plan_only: bool,
 }
 
 /// What the stage did: per unit, which rows were kept, the rejects and the shard.
@@ -246,9 +249,13 @@ fn committed(work: &Path, unit: &Unit) -> Option<UnitRecord> {
     (same_unit && on_disk == rec.bytes && cxr_dataset::files::sha256_file(&shard).ok()? == rec.sha256).then_some(rec)
 }
 
-/// Whether a unit is committed in the working folder.
-pub fn is_committed(work: &Path, unit: &Unit) -> bool {
-    committed(work, unit).is_some()
+/// Whether a unit has a commit record for it in the working folder (its shard is not hashed
+/// here: the run that uses the unit checks it).
+pub fn has_record(work: &Path, unit: &Unit) -> bool {
+    fs_err::read_to_string(record_path(work, unit.index))
+        .ok()
+        .and_then(|t| serde_json::from_str::<UnitRecord>(&t).ok())
+        .is_some_and(|r| r.unit == unit.index && r.first == unit.first && r.rows == unit.rows)
 }
 
 fn write_shard(shard: &Shard, dir: &Path, index: usize) -> Result<ShardInfo> {
@@ -361,17 +368,20 @@ pub fn run(
     }
     fs_err::create_dir_all(work.join(IMAGES_DIR))?;
     fs_err::create_dir_all(work.join(PROGRESS_DIR))?;
-    let mut records: Vec<Option<UnitRecord>> = units.iter().map(|u| committed(work, u)).collect();
+    // A subset run checks (hashes) only its own units' shards: the others are other tasks'.
+    let mine = |u: &Unit| opts.subset.is_none_or(|s| s.contains(u));
+    let mut records: Vec<Option<UnitRecord>> =
+        units.iter().map(|u| if mine(u) { committed(work, u) } else { None }).collect();
     let resumed = records.iter().filter(|r| r.is_some()).count();
-    let stale = units.iter().filter(|u| records[u.index].is_none() && record_path(work, u.index).is_file()).count();
+    let stale =
+        units.iter().filter(|u| mine(u) && records[u.index].is_none() && record_path(work, u.index).is_file()).count();
     if stale > 0 {
         progress.note(&format!(
             "{stale} shard(s) in {} do not match their commit record (size or sha256); building them again",
             work.display()
         ));
     }
-    let todo: Vec<&Unit> =
-        units.iter().filter(|u| records[u.index].is_none() && opts.subset.is_none_or(|s| s.contains(u))).collect();
+    let todo: Vec<&Unit> = units.iter().filter(|u| records[u.index].is_none() && mine(u)).collect();
     if opts.merge_only && records.iter().any(Option::is_none) {
         let missing: Vec<String> =
             units.iter().filter(|u| records[u.index].is_none()).map(|u| u.index.to_string()).collect();

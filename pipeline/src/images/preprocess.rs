@@ -27,7 +27,7 @@ pub struct Gray {
 pub const RASTER: &str = "raster values as stored";
 
 /// How the image becomes a square.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Geometry {
     /// The centred square (a 3056x2544 film loses about 17% of its height).
     #[default]
@@ -46,7 +46,7 @@ impl Geometry {
 }
 
 /// What the stage makes of a decoded image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Output {
     /// Side of the square 8-bit output.
     pub size: usize,

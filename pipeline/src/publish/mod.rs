@@ -89,11 +89,26 @@ pub(crate) type Reporter<'r> = dyn FnMut(&DataFrame, usize, &str) -> Result<(Str
 /// Fingerprints the images into the version id, runs (or resumes) the image stage in the
 /// working folder and publishes the version, unless it exists or this is a partial run.
 pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Reporter<'_>) -> Result<Outcome> {
+    let version = version_of(job, progress)?;
+    finish_version(job, version, progress, report)
+}
+
+/// The version id of a job: its tables' hash and the fingerprint of its image files.
+pub(crate) fn version_of(job: &Job<'_>, progress: &dyn Progress) -> Result<String> {
     let fingerprint = match job.files {
         Some(rows) => images::fingerprint(job.images_root, rows, job.verify_inputs_full, progress)?,
         None => "none".to_string(),
     };
-    let version = version_id(job.tables_hash, job.source, &fingerprint);
+    Ok(version_id(job.tables_hash, job.source, &fingerprint))
+}
+
+/// [`finish`] for a job whose version id is known (a plan's: nothing is fingerprinted again).
+pub(crate) fn finish_version(
+    job: &Job<'_>,
+    version: String,
+    progress: &dyn Progress,
+    report: &mut Reporter<'_>,
+) -> Result<Outcome> {
     let dir = job.out.join(&version);
     tidy(job.out, &version, progress)?;
     if dir.join(MANIFEST).is_file() {
@@ -122,7 +137,7 @@ pub(crate) fn finish(job: &Job<'_>, progress: &dyn Progress, report: &mut Report
     let mut stage = images::run(n, files, job.output, job.shard_size, &work, &version, job.run, progress)?;
     // A subset run never publishes (two finishing at once would race); `merge` does.
     if let Some(subset) = job.run.subset {
-        let committed = stage.units.iter().filter(|u| images::is_committed(&work, u)).count();
+        let committed = stage.units.iter().filter(|u| images::has_record(&work, u)).count();
         let partial = Partial { subset, built: stage.built, committed, units: stage.units.len() };
         return Ok(Outcome::Partial { version, work, partial });
     }
@@ -292,7 +307,7 @@ fn publish(
 }
 
 /// The working folder of `version` inside the output folder.
-fn working_folder(version: &str) -> String {
+pub(crate) fn working_folder(version: &str) -> String {
     format!(".tmp-{version}")
 }
 
@@ -302,10 +317,11 @@ fn working_folder(version: &str) -> String {
 /// kill at any point leaves either the working folder with its manifest (the next build
 /// completes it) or the version (the next build repairs the index).
 fn complete_publication(tmp: &Path, dir: &Path, out: &Path, version: &str) -> Result<()> {
-    let progress_dir = tmp.join(images::PROGRESS_DIR);
-    if progress_dir.exists() {
-        fs_err::remove_dir_all(&progress_dir)?;
-        cxr_dataset::files::sync_dir(tmp)?;
+    for sub in [images::PROGRESS_DIR, PLAN_DIR] {
+        if tmp.join(sub).exists() {
+            fs_err::remove_dir_all(tmp.join(sub))?;
+            cxr_dataset::files::sync_dir(tmp)?;
+        }
     }
     crash_point("records");
     fs_err::rename(tmp, dir)?;
@@ -360,6 +376,10 @@ fn tidy(out: &Path, current: &str, progress: &dyn Progress) -> Result<()> {
     }
     Ok(())
 }
+
+/// Folder of a build plan inside the working folder (`pipeline build --plan`; removed on
+/// publish).
+pub const PLAN_DIR: &str = "plan";
 
 /// The column recording each image's intensity path (`VOI LUT Sequence`, `window, LINEAR`,
 /// `percentiles 0.5-99.5 (no window)`, ...; [`crate::images::dicom`]); builds with images

@@ -127,7 +127,7 @@ fn open(path: &Path) -> Result<Box<dyn Read>> {
 
 /// Rows dropped from one table as exact repeats of an earlier row, as the cohort report lists
 /// them.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Duplicates {
     pub file: String,
     /// The columns of the table's key.
