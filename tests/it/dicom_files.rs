@@ -310,6 +310,13 @@ fn lut_sequences_and_voi_functions_follow_the_standard() {
         check(function, &g.data, want);
         assert_eq!(g.voi, format!("window, {function}"));
     }
+    // A VOI LUT Sequence element that is not a sequence is a reject, not "no LUT".
+    let p = dir.path().join("not-a-sequence.dcm");
+    let mut o = obj.clone();
+    o.put(DataElement::new(tags::VOILUT_SEQUENCE, VR::OB, PrimitiveValue::from(vec![1u8, 2])));
+    o.write_to_file(&p).unwrap();
+    let err = pipeline::images::dicom::decode_dicom(&p).unwrap_err();
+    assert!(err.contains("VOI LUT Sequence") && err.contains("not a sequence"), "{err}");
     // A LUT Descriptor that does not match its data is a reject naming the sequence.
     let p = dir.path().join("bad-lut.dcm");
     let mut o = obj.clone();

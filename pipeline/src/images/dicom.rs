@@ -33,10 +33,13 @@ impl Lut {
 
 /// The first item of a LUT sequence, if the file has one; an error when it is malformed.
 fn lut(obj: &DefaultDicomObject, seq: dicom_core::Tag, signed: bool) -> Result<Option<Lut>, Reject> {
-    let Some(items) = obj.element_opt(seq).ok().flatten().and_then(|e| e.items()) else { return Ok(None) };
-    let Some(item) = items.first() else { return Ok(None) };
     let name = if seq == tags::MODALITY_LUT_SEQUENCE { "Modality LUT Sequence" } else { "VOI LUT Sequence" };
     let bad = |why: &str| format!("{name}: {why}");
+    // Present but unreadable, or not a sequence: an error, never read as absent.
+    let element = obj.element_opt(seq).map_err(|e| bad(&format!("unreadable: {e}")))?;
+    let Some(element) = element else { return Ok(None) };
+    let Some(items) = element.items() else { return Err(bad("the element is not a sequence")) };
+    let Some(item) = items.first() else { return Ok(None) };
     let desc: Vec<i64> = item
         .element(tags::LUT_DESCRIPTOR)
         .ok()

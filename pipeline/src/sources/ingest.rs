@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
 use std::path::Path;
 
@@ -155,19 +154,40 @@ impl Ingested {
     }
 }
 
-/// 128 bits of the declared cells of a row: equal for repeated rows, different (but for a
-/// chance of 2^-128) for rows that differ.
-fn row_digest(rec: &csv::StringRecord, index: &[usize]) -> (u64, u64) {
-    let (mut a, mut b) = (DefaultHasher::new(), DefaultHasher::new());
-    a.write_u8(1);
-    b.write_u8(2);
-    for &i in index {
+/// 128 bits (xxh3) of the cells `index` of a row, each with its length (`buf` is reused
+/// between calls): equal for equal cells, different (but for a chance of 2^-128) otherwise.
+fn digest(rec: &csv::StringRecord, index: impl Iterator<Item = usize>, buf: &mut Vec<u8>) -> u128 {
+    buf.clear();
+    for i in index {
         let cell = rec.get(i).unwrap_or("");
-        cell.hash(&mut a);
-        cell.hash(&mut b);
+        buf.extend_from_slice(&(cell.len() as u32).to_le_bytes());
+        buf.extend_from_slice(cell.as_bytes());
     }
-    (a.finish(), b.finish())
+    xxhash_rust::xxh3::xxh3_128(buf)
 }
+
+/// A map hasher for keys that are digests already: their low 64 bits.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used (u128 keys); fold anything else in.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+type DigestMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<DigestHasher>>;
 
 /// The record of `path` that starts on `line`, read again (only to explain an error).
 fn record_at(path: &Path, line: usize) -> Result<Option<csv::StringRecord>> {
@@ -225,9 +245,9 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<Ingested> {
         index.push(i);
     }
     let key = key_columns(schema, &cols);
-    // Each key seen: the line of its first row and that row's digest.
-    let mut seen: HashMap<String, (usize, (u64, u64))> = HashMap::new();
-    let mut key_text = String::new();
+    // Each key seen (by its digest): the line of its first row and that row's digest.
+    let mut seen: DigestMap<(usize, u128)> = DigestMap::default();
+    let mut buf = Vec::with_capacity(256);
     let mut duplicates = 0usize;
     let mut builders: Vec<Builder> = cols.iter().map(|c| Builder::new(c.ty)).collect();
     let mut rec = csv::StringRecord::new();
@@ -252,17 +272,12 @@ pub fn read(path: &Path, schema: &Schema, version: &str) -> Result<Ingested> {
         // The file's line where the record starts (a quoted field may span lines).
         let line = rec.position().map_or(records + 1, |p| p.line() as usize);
         if !key.is_empty() {
-            key_text.clear();
-            for &j in &key {
-                key_text.push_str(rec.get(index[j]).unwrap_or(""));
-                key_text.push('\u{1f}');
-            }
-            let digest = row_digest(&rec, &index);
-            match seen.entry(key_text.clone()) {
+            let row = digest(&rec, index.iter().copied(), &mut buf);
+            match seen.entry(digest(&rec, key.iter().map(|&j| index[j]), &mut buf)) {
                 Entry::Vacant(e) => {
-                    e.insert((line, digest));
+                    e.insert((line, row));
                 }
-                Entry::Occupied(e) if e.get().1 == digest => {
+                Entry::Occupied(e) if e.get().1 == row => {
                     duplicates += 1;
                     continue;
                 }
