@@ -99,7 +99,12 @@ pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
     if !Path::new("/proc/self").exists() {
         return Ok(0);
     }
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let entries = match fs_err::read_dir(dir) {
+        Ok(entries) => entries,
+        // No such folder (yet): nothing was left in it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
     let mine = format!("{TMP_MARK}{}-", host());
     let mut removed = 0;
     for entry in entries {

@@ -133,17 +133,15 @@ pub(crate) fn read(out: &Path, version: &str) -> Result<Plan> {
             Ok(c.iter().map(|v| v.map(str::to_string)).collect())
         };
         let (ids, paths, invalid) = (text("id")?, text("path")?, text("invalid")?);
-        Some(
-            ids.into_iter()
-                .zip(paths)
-                .zip(invalid)
-                .map(|((id, path), invalid)| ImageRow {
-                    id: id.unwrap_or_default(),
-                    path: path.unwrap_or_default(),
-                    invalid,
-                })
-                .collect(),
-        )
+        let images = dir.join(IMAGES);
+        let rows =
+            ids.into_iter().zip(paths).zip(invalid).enumerate().map(|(row, ((id, path), invalid))| match (id, path) {
+                (Some(id), Some(path)) => Ok(ImageRow { id, path, invalid }),
+                _ => {
+                    Err(Error::input(&images, format!("row {row} has no id or path: the plan is damaged; plan again")))
+                }
+            });
+        Some(rows.collect::<Result<Vec<_>>>()?)
     };
     Ok(Plan { file, table, rows })
 }
