@@ -3,6 +3,10 @@
 //! cached features, the probe and its summary) is keyed by it, so a run made by other trainer
 //! code is redone instead of reused (`experiment::RunKey`). Conservative on purpose: any
 //! change under `src/` (the binary's files included) counts.
+//!
+//! With the `cuda` feature it also writes the stand-ins for LLVM's functions
+//! (`trainer/src/llvm_absent.rs`) from `llvm-absent.txt`; with `openblas`, it links the
+//! system's OpenBLAS (see below).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,4 +50,36 @@ fn main() {
         s
     });
     println!("cargo::rustc-env=TRAINER_CODE_DIGEST={digest}");
+
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        llvm_absent(&root);
+    }
+    // openblas-src links nothing while `DOCS_RS` is set (.cargo/config.toml sets it for the
+    // cuda build: see src/llvm_absent.rs), so the system library is named here.
+    if std::env::var_os("CARGO_FEATURE_OPENBLAS").is_some() && std::env::var_os("DOCS_RS").is_some() {
+        println!("cargo::rustc-link-lib=dylib=openblas");
+    }
+}
+
+/// `OUT_DIR/llvm_absent.rs`: one `no_mangle` function per name of `llvm-absent.txt`.
+fn llvm_absent(root: &Path) {
+    let list = root.join("llvm-absent.txt");
+    println!("cargo::rerun-if-changed={}", list.display());
+    let text = std::fs::read_to_string(&list).unwrap_or_else(|e| panic!("reading {}: {e}", list.display()));
+    let mut out = String::new();
+    for (n, line) in text.lines().enumerate() {
+        let name = line.split('#').next().unwrap_or("").trim();
+        if name.is_empty() {
+            continue;
+        }
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{} line {}: {name:?} is not a C function name",
+            list.display(),
+            n + 1
+        );
+        let _ = writeln!(out, "#[unsafe(no_mangle)]\npub extern \"C\" fn {name}() -> ! {{\n    absent(\"{name}\")\n}}");
+    }
+    let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("llvm_absent.rs");
+    std::fs::write(&dest, out).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
 }

@@ -1,117 +1,193 @@
 #!/usr/bin/env bash
-# The GPU check, prepared for a lent NVIDIA machine (README, "GPUs"). Run from the repository
-# root. It prints, and writes to $OUT/gpu-check.txt (or ./gpu-check.txt):
-#   1. the GPU, its driver and memory (nvidia-smi);
-#   2. the golden parity tests and the half-precision test on the GPU (burn-cuda);
-#   3. `trainer bench` on cuda (and wgpu when built with it) next to the reference PyTorch step
-#      on the same GPU (`torch_msn_step.py --device cuda`, when torch with CUDA is importable),
-#      vit-tiny at the paper's sizes, batch 8;
-#   4. vit-small at batch 64 in f32 and bf16 on cuda: images/s and peak GPU memory;
-#   5. data parallelism: on a small synthetic dataset (`pipeline synth` + `build`), 10 steps of
-#      `trainer pretrain` on cuda:0, then the same through NCCL on one GPU (`--all-reduce nccl`:
-#      the group's code path with one rank; its losses must equal the plain run's), and, when
-#      the machine has two GPUs or more, on cuda:0,cuda:1 through NCCL and through host memory.
+# The GPU check (README, "NVIDIA GPUs"), run on a GPU machine from carried files: nothing is
+# built or fetched there. Make the files here with trainer/bench/gpu-pack.sh (gpu-bins/: the
+# release trainer with cuda and wgpu, the pipeline, xz-compressed), carry the repository with
+# gpu-bins/, then, from the repository root:
 #
-# Building: by default it builds the trainer and its test binaries with `--features cuda` (plus
-# `wgpu` with GPU_CHECK_WGPU=1), which needs no GPU and no CUDA toolkit. To save device time,
-# build elsewhere and point at the results:
-#   TRAINER_BIN=path/to/trainer  PIPELINE_BIN=path/to/pipeline  GPU_TEST_BINS="path/to/golden-... path/to/half-..."
-# Each part runs under a timeout; the time after the build has not been measured (never run on
-# a GPU yet).
+#   trainer/bench/gpu-check.sh                         # on an NVIDIA machine: --device cuda
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 trainer/bench/gpu-check.sh   # the rehearsal here
+#
+# It writes $OUT/gpu-check.md (the summary table) and $OUT/gpu-check.log (everything printed),
+# OUT defaulting to ./gpu-check-out. In order, each part under its own timeout:
+#   1. the machine: nvidia-smi, glibc, the carried binaries unpacked and their sha256 checked;
+#   2. `trainer selftest` (the golden parity cases) on the device in f32 and bf16, and on wgpu;
+#   3. `trainer bench`, vit-tiny batch 8 and vit-small batch 64, f32 and bf16, on the device and
+#      on wgpu, next to PyTorch's step on the same device (torch_msn_step.py, --amp bf16 for the
+#      bf16 rows) when python3 has torch for it: images/s and peak GPU memory (nvidia-smi);
+#   4. 200 pretraining steps of a vit-micro on a small synthetic dataset in f32 and in bf16: the
+#      mean loss of the last 50 steps of each and their difference;
+#   5. the same dataset, 10 steps on one device plainly and through NCCL with one rank
+#      (`--all-reduce nccl`): the losses must be equal, step for step.
+# GPU_CHECK_WGPU=0 leaves wgpu out (default: in, when the trainer has it and libvulkan.so.1 is
+# there). GPU_CHECK_QUICK=1 runs 1 timed step per bench at batch 2 and 20 pretraining steps
+# (the rehearsal on a CPU). GPU_CHECK_BINS names the folder of carried files (default gpu-bins).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-report="${OUT:-.}/gpu-check.txt"
-: > "$report"
-say() { echo "$*" | tee -a "$report"; }
+root=$PWD
+out=${OUT:-$root/gpu-check-out}
+mkdir -p "$out"
+log="$out/gpu-check.log"
+table="$out/gpu-check.md"
+: > "$log"
+say() { echo "$*" | tee -a "$log"; }
+row() { echo "$*" >> "$table"; }
 run() { # run LABEL TIMEOUT CMD...: a part that may fail without stopping the others
     local label=$1 limit=$2
     shift 2
     say "== $label"
-    timeout "$limit" "$@" 2>&1 | tee -a "$report" | tail -n 40
-    local rc=${PIPESTATUS[0]}
+    timeout "$limit" "$@" > "$out/last.txt" 2>&1
+    local rc=$?
+    tee -a "$log" < "$out/last.txt" | tail -n 30
     say "-- $label: exit $rc"
     return "$rc"
 }
-
 start=$(date +%s)
-run "GPU" 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+device=${GPU_CHECK_DEVICE:-cuda}
+quick=${GPU_CHECK_QUICK:-0}
+bins=${GPU_CHECK_BINS:-gpu-bins}
+gpu=0
+[ "$device" != cpu ] && command -v nvidia-smi > /dev/null && gpu=1
 
-features=cuda
-[ "${GPU_CHECK_WGPU:-0}" = 1 ] && features=cuda,wgpu
-if [ -z "${TRAINER_BIN:-}" ]; then
-    run "build (--features $features)" 3000 cargo build --release --locked -p trainer-cli -p pipeline-cli --features "trainer/$features"
-    TRAINER_BIN=target/release/trainer
-    PIPELINE_BIN=${PIPELINE_BIN:-target/release/pipeline}
+echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ), device $device" > "$table"
+
+# 1. The machine and the carried binaries.
+if [ "$gpu" = 1 ]; then
+    run "GPU" 30 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+    row "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | head -n 1)"
 fi
-if [ -z "${GPU_TEST_BINS:-}" ]; then
-    run "build the GPU tests" 3000 cargo test --release --locked -p trainer --features "$features" \
-        --test golden --test half --no-run
-    GPU_TEST_BINS=$(ls -t target/release/deps/golden-* target/release/deps/half-* 2>/dev/null | grep -v '\.d$' | head -n 2)
-fi
-say "build done after $(( $(date +%s) - start )) s; checks start"
-checks=$(date +%s)
-
-for t in $GPU_TEST_BINS; do
-    run "$(basename "$t") on cuda" 240 env CXR_TEST_DEVICE=cuda "$t" --test-threads 1
-done
-
-bench() { # bench DEVICE PRECISION MODEL BATCH
-    run "trainer bench --device $1 --precision $2 --model $3 --batch-size $4" 300 \
-        "$TRAINER_BIN" --device "$1" --precision "$2" bench --model "$3" --batch-size "$4" --steps 10 --warmup 3
+say "glibc: $(ldd --version 2>&1 | head -n 1)"
+[ -f "$bins/MANIFEST" ] && { cat "$bins/MANIFEST" | tee -a "$log"; sed 's/^/    /' "$bins/MANIFEST" >> "$table"; }
+tools=$(mktemp -d)
+unpack() { # unpack NAME: $bins/NAME.xz into $tools/NAME (xz, else Python's lzma)
+    if command -v xz > /dev/null; then
+        xz -dc "$bins/$1.xz" > "$tools/$1"
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+            "$bins/$1.xz" "$tools/$1"
+    fi && chmod +x "$tools/$1"
 }
-bench cuda f32 vit-tiny 8
-[ "${GPU_CHECK_WGPU:-0}" = 1 ] && bench wgpu f32 vit-tiny 8
+if ! (cd "$bins" && sha256sum -c SHA256SUMS) >> "$log" 2>&1 || ! unpack trainer || ! unpack pipeline; then
+    say "the carried binaries in $bins/ are missing or damaged (trainer/bench/gpu-pack.sh makes them)"
+    exit 1
+fi
+trainer=$tools/trainer
+pipeline=$tools/pipeline
+run "trainer --version" 10 "$trainer" --version
 
+wgpu=${GPU_CHECK_WGPU:-1}
+if [ "$wgpu" = 1 ] && ! "$trainer" --device wgpu ehr-columns > /dev/null 2>&1; then
+    say "wgpu: $("$trainer" --device wgpu ehr-columns 2>&1 | tail -n 1); its rows are left out"
+    wgpu=0
+elif [ "$wgpu" = 1 ] && ! { ldconfig -p 2> /dev/null | grep -q 'libvulkan\.so\.1'; }; then
+    say "wgpu: no libvulkan.so.1 on this machine; its rows are left out"
+    wgpu=0
+fi
+
+# 2. Parity on the device.
+row ""
+row "| selftest | device | precision | result |"
+row "|---|---|---|---|"
+selftest() { # selftest DEVICE PRECISION
+    run "selftest --device $1 --precision $2" 240 "$trainer" --device "$1" --precision "$2" selftest
+    local rc=$? result
+    result=$(grep -E '^(all|FAIL)' "$out/last.txt" | tr '\n' ' ' | cut -c1-200)
+    [ "$rc" != 0 ] && result="exit $rc: ${result:-$(tail -n 1 "$out/last.txt" | cut -c1-200)}"
+    row "| golden cases | $1 | $2 | $result |"
+}
+selftest "$device" f32
+selftest "$device" bf16
+[ "$wgpu" = 1 ] && selftest wgpu f32
+
+# 3. Speed beside PyTorch.
+steps=10 warmup=3
+[ "$quick" = 1 ] && steps=1 warmup=0
 py=${PYTHON:-python3}
-if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    run "PyTorch, vit-tiny batch 8 on cuda" 300 "$py" trainer/bench/torch_msn_step.py --device cuda \
-        --model vit-tiny --batch-size 8 --ehr-width 13 --steps 10 --warmup 3
-    run "PyTorch, vit-small batch 64 on cuda" 300 "$py" trainer/bench/torch_msn_step.py --device cuda \
-        --model vit-small --batch-size 64 --ehr-width 13 --steps 10 --warmup 3
-else
-    say "== PyTorch with CUDA is not importable by $py: no reference figures on this machine"
-fi
-
-for precision in f32 bf16; do
-    bench cuda "$precision" vit-small 64 &
-    pid=$!
-    peak=0
-    while kill -0 "$pid" 2>/dev/null; do
-        used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -n 1)
+torch_device=$device
+[ "$device" = cpu ] || torch_device=cuda
+has_torch=0
+"$py" -c "import torch, sys; sys.exit(0 if '$torch_device' == 'cpu' or torch.cuda.is_available() else 1)" \
+    2> /dev/null && has_torch=1
+peak_mib() { # peak_mib PID: the most GPU memory in use while PID runs, above what was in use before
+    local pid=$1 base peak=0 used
+    base=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2> /dev/null | head -n 1)
+    while kill -0 "$pid" 2> /dev/null; do
+        used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2> /dev/null | head -n 1)
         [ -n "$used" ] && [ "$used" -gt "$peak" ] && peak=$used
-        sleep 1
+        sleep 0.5
     done
+    echo $((peak - ${base:-0}))
+}
+timed() { # timed LABEL CMD...: runs it, then prints "images/s|peak GPU MiB" from its output
+    local label=$1
+    shift
+    run "$label" 300 "$@" &
+    local pid=$! mem="-"
+    [ "$gpu" = 1 ] && mem=$(peak_mib "$pid")
     wait "$pid"
-    say "peak GPU memory in use during vit-small batch 64 $precision (nvidia-smi): $peak MiB"
+    local ips
+    ips=$(grep -oE '^[0-9.]+ images/s' "$out/last.txt" | tail -n 1 | cut -d' ' -f1)
+    echo "${ips:-failed}|$mem"
+}
+row ""
+row "| step | model | batch | precision | images/s | peak GPU MiB (nvidia-smi) |"
+row "|---|---|---|---|---|---|"
+specs=("vit-tiny 8" "vit-small 64")
+[ "$quick" = 1 ] && specs=("vit-tiny 2" "vit-small 2")
+for spec in "${specs[@]}"; do
+    set -- $spec
+    model=$1 batch=$2
+    for precision in f32 bf16; do
+        for d in "$device" $([ "$wgpu" = 1 ] && echo wgpu); do
+            r=$(timed "trainer bench --device $d --precision $precision $model $batch" "$trainer" --device "$d" \
+                --precision "$precision" bench --model "$model" --batch-size "$batch" --steps "$steps" --warmup "$warmup")
+            row "| burn ($d) | $model | $batch | $precision | ${r%%|*} | ${r##*|} |"
+        done
+        if [ "$has_torch" = 1 ]; then
+            amp=off
+            [ "$precision" = bf16 ] && amp=bf16
+            r=$(timed "PyTorch $model $batch amp $amp on $torch_device" "$py" trainer/bench/torch_msn_step.py \
+                --device "$torch_device" --model "$model" --batch-size "$batch" --ehr-width 13 --amp "$amp" \
+                --steps "$steps" --warmup "$warmup")
+            row "| PyTorch ($torch_device, amp $amp) | $model | $batch | $precision | ${r%%|*} | ${r##*|} |"
+        fi
+    done
 done
+[ "$has_torch" = 1 ] || row "(no PyTorch rows: $py has no torch for $torch_device)"
 
-ddp=$(mktemp -d)
-if run "synthetic dataset for the data-parallel runs" 120 sh -c \
-    "'${PIPELINE_BIN:-target/release/pipeline}' synth --out '$ddp/archive' --subjects 60 --images jpg --image-size 128x128 &&
-     '${PIPELINE_BIN:-target/release/pipeline}' build --mimic-root '$ddp/archive' --out '$ddp/datasets' --images jpg --image-size 64"; then
-    dataset=$(ls -d "$ddp"/datasets/*/ | head -n 1)
-    pretrain() { # pretrain NAME DEVICES [ARGS...]
-        local name=$1 devices=$2
+# 4 and 5. Training on a small synthetic dataset.
+work=$(mktemp -d)
+row ""
+if run "synthetic dataset" 300 sh -c "'$pipeline' synth --out '$work/archive' --subjects 60 --images jpg \
+    --image-size 128x128 && '$pipeline' build --mimic-root '$work/archive' --out '$work/datasets' --images jpg \
+    --image-size 64"; then
+    dataset=$(ls -d "$work"/datasets/*/ | head -n 1)
+    pretrain() { # pretrain NAME STEPS [GLOBAL ARGS...]
+        local name=$1 n=$2
         shift 2
-        run "pretrain on $devices $*" 180 "$TRAINER_BIN" --device "$devices" "$@" pretrain --dataset "$dataset" \
-            --out "$ddp/$name" --model vit-tiny --ehr demographics --global-size 64 --focal-size 32 \
-            --batch-size 32 --max-steps 10
+        run "pretrain $name ($n steps)" 300 "$trainer" "$@" pretrain --dataset "$dataset" --out "$work/$name" \
+            --model vit-micro --ehr demographics,scan,stay --batch-size 16 --max-steps "$n" --log quiet
     }
-    losses() { sed -E 's/.*"step":([0-9]+),"loss":([^,]+),.*/\1 \2/' "$ddp/$1/metrics.jsonl"; }
-    pretrain one cuda:0
-    pretrain nccl1 cuda:0 --all-reduce nccl
-    if [ -s "$ddp/one/metrics.jsonl" ] && [ "$(losses one)" = "$(losses nccl1)" ]; then
-        say "NCCL on one GPU: the same losses as the plain run, step for step"
+    losses() { sed -E 's/.*"step":([0-9]+),"loss":([^,]+),.*/\1 \2/' "$work/$1/metrics.jsonl" 2> /dev/null; }
+    tail_mean() { losses "$1" | tail -n "$2" | awk '{ s += $2; n++ } END { if (n) printf "%.4f", s / n; else print "-" }'; }
+    n=200 last=50
+    [ "$quick" = 1 ] && n=20 last=5
+    pretrain f32 "$n" --device "$device" --precision f32
+    pretrain bf16 "$n" --device "$device" --precision bf16
+    a=$(tail_mean f32 "$last") b=$(tail_mean bf16 "$last")
+    diff=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.4f", b - a }')
+    row "$n pretraining steps (vit-micro, batch 16): mean loss of the last $last, f32 $a, bf16 $b, bf16 - f32 $diff"
+    pretrain plain 10 --device "$device"
+    pretrain nccl 10 --device "$device" --all-reduce nccl
+    if [ -s "$work/plain/metrics.jsonl" ] && [ "$(losses plain)" = "$(losses nccl)" ]; then
+        row "NCCL with one rank: the same 10 losses as the plain run"
     else
-        say "NCCL on one GPU: losses DIFFER from the plain run"; paste <(losses one) <(losses nccl1) | tee -a "$report"
+        row "NCCL with one rank: losses differ from the plain run (or a run failed; see gpu-check.log)"
+        paste <(losses plain) <(losses nccl) >> "$log"
     fi
-    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
-        pretrain nccl2 cuda:0,cuda:1
-        pretrain host2 cuda:0,cuda:1 --all-reduce host
-        say "two GPUs, losses (step, NCCL, host):"; paste <(losses nccl2) <(losses host2 | cut -d' ' -f2) | tee -a "$report"
-    else
-        say "one GPU: no two-GPU data-parallel run on this machine"
-    fi
+else
+    row "no synthetic dataset (see gpu-check.log): parts 4 and 5 did not run"
 fi
-
-say "checks took $(( $(date +%s) - checks )) s"
+rm -rf "$work" "$tools"
+row ""
+row "checks took $(($(date +%s) - start)) s"
+say "$(cat "$table")"

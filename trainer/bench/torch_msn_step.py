@@ -136,6 +136,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=24)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument(
+        "--amp",
+        default="off",
+        choices=["off", "bf16", "f16"],
+        help="automatic mixed precision: the forward under torch.autocast in that type (f32 weights, "
+        "optimizer and EMA; f16 with a GradScaler), as PyTorch users train on a GPU",
+    )
     args = ap.parse_args()
     dev = torch.device(args.device)
     # GPU kernels run asynchronously: wait for them before reading the clock.
@@ -167,6 +174,10 @@ def main():
     ema_src = [*anchor.parameters(), *anchor_head.parameters()]
     ema_dst = [*target.parameters(), *target_head.parameters()]
 
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "f16": torch.float16}[args.amp]
+    autocast = lambda: torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)  # noqa: E731
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
+
     gp, fp = (g // patch) ** 2, (f // patch) ** 2
     parts = {k: [] for k in ("ema", "forward", "backward", "optimizer", "step")}
     for step in range(args.warmup + args.steps):
@@ -182,22 +193,25 @@ def main():
             torch._foreach_lerp_(ema_dst, ema_src, 1 - 0.996)
         sync()
         t1 = time.perf_counter()
-        h = torch.cat([anchor(views_a, keep_a), anchor(views_f, keep_f)], 0)
-        if f_ehr is not None:
-            e = f_ehr(ehr).repeat(1 + nf, 1)
-            h = fuse(torch.cat([h, e], 1))
-        z_a = anchor_head(h)
-        with torch.no_grad():
-            z_t = target_head(target(views_t))
-        loss = msn_loss(z_a, z_t, prototypes)
+        with autocast():
+            h = torch.cat([anchor(views_a, keep_a), anchor(views_f, keep_f)], 0)
+            if f_ehr is not None:
+                e = f_ehr(ehr).repeat(1 + nf, 1)
+                h = fuse(torch.cat([h, e], 1))
+            z_a = anchor_head(h)
+            with torch.no_grad():
+                z_t = target_head(target(views_t))
+        # The loss (softmax, Sinkhorn, entropy) in f32, as autocast users do.
+        loss = msn_loss(z_a.float(), z_t.float(), prototypes)
         loss.detach().item()
         sync()
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         sync()
         t3 = time.perf_counter()
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         sync()
         t4 = time.perf_counter()
         if step >= args.warmup:
@@ -209,7 +223,7 @@ def main():
     ips = b / med["step"]
     print(
         f"pytorch {torch.__version__}, {args.threads} threads, {args.model}, batch {b}, "
-        f"views 2x{g} + {nf}x{f}, EHR width {args.ehr_width}"
+        f"views 2x{g} + {nf}x{f}, EHR width {args.ehr_width}, amp {args.amp}"
     )
     print("median seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
     gpu_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None

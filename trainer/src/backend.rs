@@ -132,6 +132,8 @@ fn cuda_device(index: usize) -> Result<Device> {
         std::panic::set_hook(hook);
         out.unwrap_or_else(|p| {
             let why = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            // cudarc's message lists every file name it tried: the first sentence says it.
+            let why = why.map(|w| w.split(" - searched for library names").next().unwrap_or_default().to_string());
             Err(why.unwrap_or_else(|| "a CUDA library could not be loaded".into()))
         })
     };
@@ -161,7 +163,7 @@ fn not_compiled(backend: Backend) -> Error {
     };
     Error::Config(format!(
         "{feature}: this trainer was built without it; rebuild with `--features {feature}` \
-         (e.g. `cargo build --release --features {feature}`)"
+         (`cargo build --release -p trainer-cli --features {feature}` from the repository root)"
     ))
 }
 

@@ -12,7 +12,7 @@
 //! [`transform`] and [`linear`] (linear evaluation), [`metrics`] (AUROC/AP with bootstrap
 //! intervals), [`report`] (figures and HTML pages), [`experiment`] (`run` and `ablate`),
 //! [`parity`] (whole runs against the reference PyTorch MSN), [`bench`] (the speed of a
-//! pretraining step).
+//! pretraining step), [`selftest`] (the golden parity cases, shipped in the binary).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -33,6 +33,8 @@ mod error;
 pub mod experiment;
 pub mod import;
 pub mod linear;
+#[cfg(feature = "cuda")]
+mod llvm_absent;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -42,6 +44,7 @@ pub mod parity;
 pub mod pretrain;
 pub mod report;
 pub mod rng;
+pub mod selftest;
 pub mod transform;
 pub mod views;
 pub mod weights;

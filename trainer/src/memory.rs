@@ -1,5 +1,5 @@
-//! The one allocator setting the trainer changes, and the workspace's only `unsafe` (a call
-//! into mimalloc's C API, which has no safe wrapper).
+//! The one allocator setting the trainer changes, with an `unsafe` call into mimalloc's C API,
+//! which has no safe wrapper.
 //!
 //! burn-flex allocates every activation and gradient afresh and frees it within the step.
 //! mimalloc hands freed memory back to the kernel after a purge delay (1 s by default), so each

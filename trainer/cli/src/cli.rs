@@ -100,6 +100,19 @@ pub(crate) enum Command {
     /// PyTorch counterpart is trainer/bench/torch_msn_step.py; trainer/bench/compare_torch.py
     /// runs both back to back and prints the ratio.
     Bench(Box<BenchArgs>),
+    /// Parity with the reference PyTorch code on this machine: the golden cases (a ViT
+    /// forward, the position-embedding resize, the crops, the projection head, three MSN
+    /// losses with their gradients, a whole EHR-fused step, AUROC) run on --device with
+    /// --precision, one line per case with its largest error and tolerance. The cases are
+    /// shipped in the binary; exit 0 only if every case passes, 1 if one fails. Run it on a
+    /// new GPU, driver or build.
+    Selftest {
+        /// A folder of golden cases in the shared/golden layout (`<case>.json` and
+        /// `<case>.safetensors`) to compare against instead; a case it lacks is taken from
+        /// the shipped copy, and the line says which was used.
+        #[arg(long, value_name = "DIR")]
+        golden: Option<PathBuf>,
+    },
     /// The difference in test macro AUROC between two sets of linear evaluations (e.g. the
     /// same two arms over several seeds), paired on the same resampled test patients: per pair
     /// and averaged over the pairs, with the 95% and 90% intervals and the equivalence verdict.

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::features::EhrSelection;
+use trainer::backend::Precision;
 use trainer::experiment::{self, PairedBootstrap, Setup};
 use trainer::linear::{self, Source, load_encoder, random_encoder};
 use trainer::model::VitPreset;
@@ -170,6 +171,45 @@ pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
         fs_err::write(path, serde_json::to_string_pretty(&r)?)?;
     }
     Ok(())
+}
+
+/// `trainer selftest`: every golden case on the main device, a line each; fails (exit 1)
+/// naming the cases that did not pass.
+pub(crate) fn selftest(s: &Session, precision: Precision, golden: Option<PathBuf>) -> anyhow::Result<()> {
+    use trainer::selftest::{self, Golden};
+    let golden = match golden {
+        Some(dir) if !dir.is_dir() => anyhow::bail!(trainer::Error::Input {
+            path: dir,
+            message: "no such folder of golden cases (--golden)".into()
+        }),
+        Some(dir) => Golden::Dir(dir),
+        None => Golden::Shipped,
+    };
+    let backend = s.backends.first().copied().unwrap_or_default();
+    let plain = backend.device(precision)?;
+    let tol = selftest::Tolerances::for_precision(precision);
+    println!(
+        "{} ({precision:?}): {} golden cases; tolerances: outputs {:.0e}, losses {:.0e}, gradients {:.0e} (relative)",
+        backend.label(),
+        selftest::CASES.len(),
+        tol.output,
+        tol.loss,
+        tol.gradient
+    );
+    let mut failed = Vec::new();
+    for name in selftest::CASES {
+        let result = selftest::run(&golden, name, &plain, &s.device(), precision);
+        println!("{}", result.line());
+        if !result.passed() {
+            failed.push(name);
+        }
+    }
+    if failed.is_empty() {
+        println!("all {} cases passed", selftest::CASES.len());
+        Ok(())
+    } else {
+        anyhow::bail!("selftest: {} of {} cases failed: {}", failed.len(), selftest::CASES.len(), failed.join(", "))
+    }
 }
 
 /// `trainer ehr-columns`: the columns of a selection, in a given dataset or in any.

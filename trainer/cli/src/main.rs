@@ -39,6 +39,7 @@ fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
         Command::CompareReference(args) => compare::compare(&s, &args),
         Command::ImportTorch { file, model, prefix, out } => commands::import(&s, &file, model, &prefix, &out),
         Command::Bench(args) => commands::bench(&s, &args),
+        Command::Selftest { golden } => commands::selftest(&s, cli.precision, golden),
         Command::EhrColumns { ehr, dataset } => commands::ehr_columns(&ehr, dataset.as_deref()),
         Command::PairedDelta(args) => commands::paired_delta(&args),
     };
@@ -51,7 +52,22 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     cxr_dataset::log::exit_status(err.as_ref(), trainer::Error::exit_code)
 }
 
+/// burn makes the tensors of a loaded optimizer record on its default device (burn-optim 0.22.1,
+/// `ModuleOptimizer::load_record`) and moves them to their parameter's device at the next step.
+/// That default is the first GPU backend compiled in, so in a cuda build on a machine without a
+/// GPU a resumed run on the CPU would panic there. `BURN_DEVICE=flex` makes it the CPU, unless
+/// the environment says otherwise (`.cargo/config.toml` sets the same for `cargo test`).
+#[allow(unsafe_code)]
+fn cpu_default_device() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called first in `main`, before any thread exists, so no other thread reads
+        // the environment while it changes.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") }
+    }
+}
+
 fn main() -> ExitCode {
+    cpu_default_device();
     trainer::memory::keep_freed_memory();
     let (log, outcome) = run(Cli::parse());
     log.exit(outcome, exit_code)
@@ -100,5 +116,56 @@ mod tests {
         let err = format!("{:#}", run(cli).1.unwrap_err());
         assert!(err.contains(&format!("{out}/test-scores.json")), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `selftest` passes on the CPU with the shipped cases (exit 0), fails with exit 1 when a
+    /// folder's case differs from what the trainer computes, and a missing folder is an
+    /// unusable input (4).
+    #[test]
+    fn selftest_exits_0_when_every_case_passes_and_1_when_one_fails() {
+        let outcome = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("trainer").chain(args.iter().copied())).unwrap();
+            run(cli).1
+        };
+        outcome(&["selftest"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let golden = trainer::selftest::Golden::Shipped;
+        let case = golden.case("projection_head").unwrap();
+        std::fs::write(dir.path().join("projection_head.json"), serde_json::to_vec(&case.json).unwrap()).unwrap();
+        // The same case with its expected output changed by 1%.
+        let mut tensors = std::collections::BTreeMap::new();
+        for (name, raw) in &case.tensors {
+            let mut v = raw.to_f32().unwrap();
+            if name == "output" {
+                v.iter_mut().for_each(|x| *x *= 1.01);
+            }
+            tensors.insert(name.clone(), (raw.shape.clone(), v));
+        }
+        let bytes = cxr_dataset::tensors::to_bytes(&tensors).unwrap();
+        std::fs::write(dir.path().join("projection_head.safetensors"), bytes).unwrap();
+        let folder = dir.path().to_str().unwrap();
+        let err = outcome(&["selftest", "--golden", folder]).unwrap_err();
+        assert_eq!(exit_code(&err), 1);
+        assert_eq!(err.to_string(), "selftest: 1 of 9 cases failed: projection_head");
+        let missing = dir.path().join("missing");
+        assert_eq!(exit_code(&outcome(&["selftest", "--golden", missing.to_str().unwrap()]).unwrap_err()), 4);
+    }
+
+    /// The cuda build without a GPU (CI, this machine): `--device cuda` stops before any
+    /// tensor with the device status and names what is missing. With a GPU, a step runs.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn the_cuda_build_runs_or_names_what_is_missing() {
+        let cli =
+            Cli::try_parse_from(["trainer", "--device", "cuda", "bench", "--steps", "1", "--warmup", "0"]).unwrap();
+        match run(cli).1 {
+            Ok(()) => eprintln!("a CUDA GPU is here: one bench step ran"),
+            Err(e) => {
+                let text = format!("{e:#}");
+                assert_eq!(exit_code(&e), 6, "{text}");
+                assert!(text.contains("--device cuda:0: ") && text.contains("libcuda.so"), "{text}");
+                assert!(!text.contains("searched for library names"), "one sentence, not cudarc's list: {text}");
+            }
+        }
     }
 }
