@@ -78,7 +78,7 @@ wgpu=${GPU_CHECK_WGPU:-1}
 if [ "$wgpu" = 1 ] && ! "$trainer" --device wgpu ehr-columns > /dev/null 2>&1; then
     say "wgpu: $("$trainer" --device wgpu ehr-columns 2>&1 | tail -n 1); its rows are left out"
     wgpu=0
-elif [ "$wgpu" = 1 ] && ! { ldconfig -p 2> /dev/null | grep -q 'libvulkan\.so\.1'; }; then
+elif [ "$wgpu" = 1 ] && ! { PATH=$PATH:/sbin:/usr/sbin ldconfig -p 2> /dev/null | grep -q 'libvulkan\.so\.1'; }; then
     say "wgpu: no libvulkan.so.1 on this machine; its rows are left out"
     wgpu=0
 fi
@@ -90,7 +90,7 @@ row "|---|---|---|---|"
 selftest() { # selftest DEVICE PRECISION
     run "selftest --device $1 --precision $2" 240 "$trainer" --device "$1" --precision "$2" selftest
     local rc=$? result
-    result=$(grep -E '^(all|FAIL)' "$out/last.txt" | tr '\n' ' ' | cut -c1-200)
+    result=$(grep -E '^(all|FAIL)' "$out/last.txt" | head -n 3 | tr '\n' ' ' | cut -c1-300)
     [ "$rc" != 0 ] && result="exit $rc: ${result:-$(tail -n 1 "$out/last.txt" | cut -c1-200)}"
     row "| golden cases | $1 | $2 | $result |"
 }
@@ -120,7 +120,7 @@ peak_mib() { # peak_mib PID: the most GPU memory in use while PID runs, above wh
 timed() { # timed LABEL CMD...: runs it, then prints "images/s|peak GPU MiB" from its output
     local label=$1
     shift
-    run "$label" 300 "$@" &
+    run "$label" 300 "$@" >&2 &
     local pid=$! mem="-"
     [ "$gpu" = 1 ] && mem=$(peak_mib "$pid")
     wait "$pid"
@@ -176,13 +176,17 @@ if run "synthetic dataset" 300 sh -c "'$pipeline' synth --out '$work/archive' --
     a=$(tail_mean f32 "$last") b=$(tail_mean bf16 "$last")
     diff=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.4f", b - a }')
     row "$n pretraining steps (vit-micro, batch 16): mean loss of the last $last, f32 $a, bf16 $b, bf16 - f32 $diff"
-    pretrain plain 10 --device "$device"
-    pretrain nccl 10 --device "$device" --all-reduce nccl
-    if [ -s "$work/plain/metrics.jsonl" ] && [ "$(losses plain)" = "$(losses nccl)" ]; then
-        row "NCCL with one rank: the same 10 losses as the plain run"
+    if [ "$device" = cuda ]; then
+        pretrain plain 10 --device cuda
+        pretrain nccl 10 --device cuda --all-reduce nccl
+        if [ -s "$work/plain/metrics.jsonl" ] && [ "$(losses plain)" = "$(losses nccl)" ]; then
+            row "NCCL with one rank: the same 10 losses as the plain run"
+        else
+            row "NCCL with one rank: losses differ from the plain run (or a run failed; see gpu-check.log)"
+            paste <(losses plain) <(losses nccl) >> "$log"
+        fi
     else
-        row "NCCL with one rank: losses differ from the plain run (or a run failed; see gpu-check.log)"
-        paste <(losses plain) <(losses nccl) >> "$log"
+        row "NCCL: for CUDA GPUs only; not run on $device"
     fi
 else
     row "no synthetic dataset (see gpu-check.log): parts 4 and 5 did not run"

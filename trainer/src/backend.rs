@@ -8,7 +8,7 @@
 
 use std::str::FromStr;
 
-use burn::tensor::{Device, FloatDType};
+use burn::tensor::{DType, Device, FloatDType};
 
 use crate::{Error, Result};
 
@@ -26,16 +26,31 @@ pub enum Backend {
     Cuda(usize),
 }
 
-/// The float type of a backend's tensors (parameters, activations and gradients alike).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// The float type the networks compute in (`--precision`). Parameters, gradients, the
+/// optimizer's state and the EMA target are f32 whatever it is: bf16 and f16 are mixed
+/// precision (`model` says where the casts are; statistics and the MSN loss stay f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// 32-bit floats everywhere (the default; the parity tests' precision).
+    /// 32-bit floats throughout (the default; the parity tests' precision).
     #[default]
     F32,
-    /// 16-bit floats everywhere (half precision; GPU only).
+    /// Forward and backward in f16. Without dynamic loss scaling, which this trainer does not
+    /// have, f16 gradients underflow: pretraining refuses it (`selftest` and inference take it).
     F16,
-    /// bfloat16 everywhere (GPU only, where the adapter supports it).
+    /// Forward and backward in bfloat16 (f32's range, 8 bits of mantissa): mixed precision.
     Bf16,
+}
+
+impl Precision {
+    /// The compute float type.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl Backend {
@@ -60,11 +75,6 @@ impl Backend {
             Backend::Ndarray => cfg!(feature = "ndarray"),
             Backend::Cuda(_) => cfg!(feature = "cuda"),
         }
-    }
-
-    /// A GPU backend (half precision allowed).
-    fn gpu(self) -> bool {
-        matches!(self, Backend::Wgpu | Backend::Cuda(_))
     }
 
     /// The backend `CXR_TEST_DEVICE` names (default cpu): how the tests run on every backend
@@ -94,16 +104,14 @@ impl Backend {
             #[allow(unreachable_patterns)]
             _ => return Err(not_compiled(self)),
         };
-        let want = match precision {
-            Precision::F32 => FloatDType::F32,
-            Precision::F16 | Precision::Bf16 if !self.gpu() => return Err(cpu_half()),
-            Precision::F16 => FloatDType::F16,
-            Precision::Bf16 => FloatDType::BF16,
-        };
-        if device.settings().float_dtype != want {
+        if precision != Precision::F32 {
+            half_supported(self, &device, precision)?;
+        }
+        // f32 tensors by default whatever `precision` is: the parameters are made in f32.
+        if device.settings().float_dtype != FloatDType::F32 {
             device
-                .configure(want)
-                .map_err(|e| Error::Device(format!("{self:?} cannot use {precision:?} floats: {e:?}")))?;
+                .configure(FloatDType::F32)
+                .map_err(|e| Error::Device(format!("{self:?} cannot use f32 tensors: {e:?}")))?;
         }
         Ok(device)
     }
@@ -167,8 +175,29 @@ fn not_compiled(backend: Backend) -> Error {
     ))
 }
 
-fn cpu_half() -> Error {
-    Error::Config("half precision (f16, bf16) is for --device wgpu or cuda; the CPU backends train in f32".into())
+/// Whether `device` computes in `precision`'s float type: burn-ndarray does not; on a GPU, the
+/// adapter may not (wgpu's WGSL compiler has no bf16): a cast is tried, its panic caught.
+fn half_supported(backend: Backend, device: &Device, precision: Precision) -> Result<()> {
+    if backend == Backend::Ndarray {
+        return Err(Error::Config(format!(
+            "--precision {precision:?} is not for --device ndarray; use cpu, wgpu or cuda, or f32"
+        )));
+    }
+    let dtype = precision.dtype();
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let t = burn::tensor::Tensor::<1>::ones([4], device).cast(dtype).mul_scalar(2.0).cast(DType::F32);
+        t.into_data().convert::<f32>().try_to_vec::<f32>().ok()
+    }));
+    std::panic::set_hook(hook);
+    match probe {
+        Ok(Some(v)) if v == [2.0; 4] => Ok(()),
+        _ => Err(Error::Device(format!(
+            "{backend} cannot compute in {dtype:?} (--precision); use --precision f32{}",
+            if backend == Backend::Wgpu { ", or a build with --features vulkan (SPIR-V: f16, bf16)" } else { "" }
+        ))),
+    }
 }
 
 /// The `--device` word: `cpu`, `wgpu`, `ndarray` or `cuda:N`.
@@ -225,7 +254,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_the_cpu_refuses_half_precision() {
+    fn names_parse_and_half_precision_keeps_f32_parameters() {
         assert_eq!("cpu".parse::<Backend>().unwrap(), Backend::Cpu);
         assert_eq!("wgpu".parse::<Backend>().is_ok(), cfg!(feature = "wgpu"));
         assert_eq!("ndarray".parse::<Backend>().is_ok(), cfg!(feature = "ndarray"));
@@ -240,7 +269,10 @@ mod tests {
         }
         assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert!("f64".parse::<Precision>().is_err());
-        assert!(Backend::Cpu.device(Precision::F16).unwrap_err().to_string().contains("f32"));
-        assert!(Backend::Cpu.autodiff(Precision::F32).is_ok());
+        // Mixed precision: the device's tensors (the parameters) stay f32; burn-flex computes in
+        // bf16 and f16 through f32.
+        let device = Backend::Cpu.device(Precision::Bf16).unwrap();
+        assert_eq!(device.settings().float_dtype, FloatDType::F32);
+        assert!(Backend::Cpu.autodiff(Precision::F16).is_ok());
     }
 }

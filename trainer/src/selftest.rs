@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use cxr_dataset::tensors::{RawTensor, parse};
 use serde_json::Value;
 
@@ -317,12 +317,13 @@ pub fn run(golden: &Golden, name: &str, device: &Device, autodiff: &Device, prec
         }
     };
     // A panic inside burn (an unsupported op on a device) is this case's failure.
+    let dt = precision.dtype();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
-        "vit_forward" => vit_forward(&case, device, tol),
+        "vit_forward" => vit_forward(&case, device, dt, tol),
         "bicubic_14_to_6" => bicubic(&case, device, tol),
         "resized_crop_aa" => resized_crop(&case),
-        "projection_head" => projection_head(&case, device, tol),
-        "msn_ehr_step" => msn_ehr_step(&case, autodiff, tol),
+        "projection_head" => projection_head(&case, device, dt, tol),
+        "msn_ehr_step" => msn_ehr_step(&case, autodiff, dt, tol),
         "auroc" => auroc(&case),
         _ => msn_loss(&case, autodiff, tol),
     }));
@@ -343,9 +344,9 @@ fn load_vit_from(case: &Case, prefix: &str, device: &Device) -> Result<Vit> {
     Ok(vit)
 }
 
-fn vit_forward(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
+fn vit_forward(c: &Case, dev: &Device, dt: DType, tol: Tolerances) -> Result<Vec<Check>> {
     let vit = load_vit_from(c, "w.", dev)?;
-    let images: Tensor<4> = c.tensor("images", dev)?;
+    let images: Tensor<4> = c.tensor::<4>("images", dev)?.cast(dt);
     let check = |q: &str, ours: Vec<f32>| -> Result<Check> {
         Ok(Check::values(q, &ours, &c.f32(q)?, tol.output, Scale::AtLeastOne))
     };
@@ -354,7 +355,7 @@ fn vit_forward(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
         check("cls_full", values(vit.forward(images.clone(), None))?)?,
         check("cls_masked", values(vit.forward(images, Some(c.int::<2>("idx_keep", dev)?)))?)?,
     ];
-    let focal: Tensor<4> = c.tensor("focal_images", dev)?;
+    let focal: Tensor<4> = c.tensor::<4>("focal_images", dev)?.cast(dt);
     let side = focal.dims()[2] / c.usize("patch_size")?;
     out.push(check("pos_embedding_focal", values(vit.position_embedding(side))?)?);
     out.push(check("cls_focal", values(vit.forward(focal, Some(c.int::<2>("idx_keep_focal", dev)?)))?)?);
@@ -390,11 +391,11 @@ fn resized_crop(c: &Case) -> Result<Vec<Check>> {
     Ok(vec![Check::values(&quantity, &ours, &expected, 1e-5, Scale::AtLeastOne)])
 }
 
-fn projection_head(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
+fn projection_head(c: &Case, dev: &Device, dt: DType, tol: Tolerances) -> Result<Vec<Check>> {
     let (i, h, o) = (c.usize("input_dim")?, c.usize("hidden_dim")?, c.usize("output_dim")?);
     let mut head = ProjectionHead::new(i, h, o, dev, &mut Rng::new(0));
     load_head(&mut head, &c.tensors, "w.", dev)?;
-    let out = head.forward(c.tensor("input", dev)?);
+    let out = head.forward(c.tensor::<2>("input", dev)?.cast(dt));
     Ok(vec![Check::values("output", &values(out)?, &c.f32("output")?, tol.output, Scale::AtLeastOne)])
 }
 
@@ -418,7 +419,7 @@ fn msn_loss(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-fn msn_ehr_step(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
+fn msn_ehr_step(c: &Case, dev: &Device, dt: DType, tol: Tolerances) -> Result<Vec<Check>> {
     let cfg = c.vit_config()?;
     let shape = FusionShape {
         ehr_in: c.usize("ehr_in")?,
@@ -434,13 +435,14 @@ fn msn_ehr_step(c: &Case, dev: &Device, tol: Tolerances) -> Result<Vec<Check>> {
     load_linear(net.f_ehr.as_mut().ok_or_else(no_ehr)?, &c.tensors, "w.f_ehr", dev)?;
     load_linear(net.g.as_mut().ok_or_else(no_ehr)?, &c.tensors, "w.g", dev)?;
     net.prototypes = Param::from_tensor(c.tensor("prototypes", dev)?);
+    // The views in the compute type, as `pretrain::batch_tensors` makes them.
     let views = Views {
-        target: c.tensor("target_view", dev)?,
-        anchor: c.tensor("anchor_view", dev)?,
+        target: c.tensor::<4>("target_view", dev)?.cast(dt),
+        anchor: c.tensor::<4>("anchor_view", dev)?.cast(dt),
         anchor_keep: Some(c.int("idx_keep_anchor", dev)?),
-        focal: Some(c.tensor("focal_views", dev)?),
+        focal: Some(c.tensor::<4>("focal_views", dev)?.cast(dt)),
         focal_keep: Some(c.int("idx_keep_focal", dev)?),
-        ehr: Some(c.tensor("ehr", dev)?),
+        ehr: Some(c.tensor::<2>("ehr", dev)?.cast(dt)),
     };
     let out = net.forward(views)?;
     let mut checks = Vec::new();

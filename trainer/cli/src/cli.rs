@@ -42,8 +42,11 @@ pub(crate) struct Cli {
     /// memory; every backend, the default otherwise).
     #[arg(long, global = true, value_enum)]
     pub(crate) all_reduce: Option<AllReduce>,
-    /// Float type of parameters, activations and gradients: f32, or half precision (f16,
-    /// bf16) on --device wgpu or cuda.
+    /// The float type the networks compute in: f32, or bf16 (mixed precision: parameters,
+    /// gradients, the optimizer's state and the EMA target stay f32; LayerNorm, BatchNorm,
+    /// softmax and the MSN loss in f32). f16 is for selftest and inference (pretraining
+    /// refuses it: no loss scaling). On cuda and on wgpu with `--features vulkan`; on cpu
+    /// it runs, through f32, as a check.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
     /// How progress and log lines are written to standard error: human (a status line on a
@@ -229,7 +232,9 @@ pub(crate) struct TrainOpts {
 }
 
 impl TrainOpts {
-    pub(crate) fn resolve(&self, ehr: &EhrSelection) -> anyhow::Result<PretrainConfig> {
+    /// The pretraining settings: the preset, `--config`, then the flags; `precision` is the
+    /// global `--precision`.
+    pub(crate) fn resolve(&self, ehr: &EhrSelection, precision: Precision) -> anyhow::Result<PretrainConfig> {
         let vit = self.model.config();
         let base = self.preset.config(vit, ehr.clone());
         let mut cfg = match &self.config {
@@ -237,6 +242,7 @@ impl TrainOpts {
             None => base,
         };
         cfg.ehr = ehr.clone();
+        cfg.precision = precision;
         if let Some(v) = self.epochs {
             cfg.epochs = v;
         }
@@ -282,14 +288,15 @@ impl TrainOpts {
 }
 
 impl PretrainArgs {
-    pub(crate) fn resolve(&self) -> anyhow::Result<PretrainConfig> {
+    /// A resumed run keeps its `config.json` (its precision too).
+    pub(crate) fn resolve(&self, precision: Precision) -> anyhow::Result<PretrainConfig> {
         if self.resume {
             let path = self.out.join("config.json");
             let mut cfg = PretrainConfig::read(&path)?;
             cfg.max_steps = self.train.max_steps;
             return Ok(cfg);
         }
-        self.train.resolve(&self.ehr)
+        self.train.resolve(&self.ehr, precision)
     }
 }
 

@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use cxr_dataset::features::EhrSelection;
-use trainer::backend::Precision;
 use trainer::experiment::{self, PairedBootstrap, Setup};
 use trainer::linear::{self, Source, load_encoder, random_encoder};
 use trainer::model::VitPreset;
@@ -17,7 +16,7 @@ use crate::session::{Session, print_table};
 
 /// `trainer pretrain`.
 pub(crate) fn pretrain(s: &Session, args: &PretrainArgs) -> anyhow::Result<()> {
-    let cfg = args.resolve()?;
+    let cfg = args.resolve(s.precision)?;
     s.line(&format!(
         "pretraining {} ({} preset), ehr {}, into {}",
         cfg.vit.name(),
@@ -96,7 +95,7 @@ pub(crate) fn linear_eval(s: &Session, args: &LinearEvalArgs) -> anyhow::Result<
 
 /// `trainer run`.
 pub(crate) fn run(s: &Session, args: &RunArgs) -> anyhow::Result<()> {
-    let cfg = args.train.resolve(&EhrSelection::none())?;
+    let cfg = args.train.resolve(&EhrSelection::none(), s.precision)?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
     let setup = Setup { dataset: &args.dataset, eval: &eval, external: &args.eval.test_dataset, devices: &s.devices };
     let r = experiment::run(&args.ehr, &cfg, &setup, &args.out, &mut s.step_printer(), &mut |l| s.line(l))?;
@@ -111,7 +110,7 @@ pub(crate) fn run(s: &Session, args: &RunArgs) -> anyhow::Result<()> {
 
 /// `trainer ablate`.
 pub(crate) fn ablate(s: &Session, args: &AblateArgs) -> anyhow::Result<()> {
-    let cfg = args.train.resolve(&EhrSelection::none())?;
+    let cfg = args.train.resolve(&EhrSelection::none(), s.precision)?;
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
     let arms = if args.choices.is_empty() { args.grid.arms() } else { args.choices.clone() };
     let setup = Setup { dataset: &args.dataset, eval: &eval, external: &args.eval.test_dataset, devices: &s.devices };
@@ -137,7 +136,7 @@ pub(crate) fn import(s: &Session, file: &Path, model: VitPreset, prefix: &str, o
 
 /// `trainer bench` on the main device.
 pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
-    let mut pretrain = args.train.resolve(&args.ehr)?;
+    let mut pretrain = args.train.resolve(&args.ehr, s.precision)?;
     if args.train.batch_size.is_none() {
         pretrain.batch_size = 8;
     }
@@ -175,7 +174,8 @@ pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
 
 /// `trainer selftest`: every golden case on the main device, a line each; fails (exit 1)
 /// naming the cases that did not pass.
-pub(crate) fn selftest(s: &Session, precision: Precision, golden: Option<PathBuf>) -> anyhow::Result<()> {
+pub(crate) fn selftest(s: &Session, golden: Option<PathBuf>) -> anyhow::Result<()> {
+    let precision = s.precision;
     use trainer::selftest::{self, Golden};
     let golden = match golden {
         Some(dir) if !dir.is_dir() => anyhow::bail!(trainer::Error::Input {

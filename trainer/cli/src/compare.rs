@@ -11,7 +11,7 @@ use crate::cli::CompareArgs;
 use crate::session::Session;
 
 pub(crate) fn compare(session: &Session, args: &CompareArgs) -> anyhow::Result<()> {
-    let pretrain = args.train.resolve(&args.ehr)?;
+    let pretrain = args.train.resolve(&args.ehr, session.precision)?;
     let eval = args.eval.resolve(pretrain.views.global_size, pretrain.seed)?;
     let script = match &args.script {
         Some(s) => s.clone(),

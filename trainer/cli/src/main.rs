@@ -29,7 +29,7 @@ fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
         Ok(d) => d,
         Err(e) => return (log, Err(e)),
     };
-    let s = Session { log, devices, backends };
+    let s = Session { log, devices, backends, precision: cli.precision };
     let outcome = match cli.command {
         Command::Pretrain(args) => commands::pretrain(&s, &args),
         Command::LinearEval(args) => commands::linear_eval(&s, &args),
@@ -39,7 +39,7 @@ fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
         Command::CompareReference(args) => compare::compare(&s, &args),
         Command::ImportTorch { file, model, prefix, out } => commands::import(&s, &file, model, &prefix, &out),
         Command::Bench(args) => commands::bench(&s, &args),
-        Command::Selftest { golden } => commands::selftest(&s, cli.precision, golden),
+        Command::Selftest { golden } => commands::selftest(&s, golden),
         Command::EhrColumns { ehr, dataset } => commands::ehr_columns(&ehr, dataset.as_deref()),
         Command::PairedDelta(args) => commands::paired_delta(&args),
     };

@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use cxr_dataset::log::Reporter;
-use trainer::backend::Backend;
+use trainer::backend::{Backend, Precision};
 use trainer::experiment::RunSummary;
 use trainer::parallel::Devices;
 use trainer::pretrain::StepMetrics;
@@ -16,6 +16,8 @@ pub(crate) struct Session {
     pub(crate) devices: Devices,
     /// What `--device` named, in order.
     pub(crate) backends: Vec<Backend>,
+    /// `--precision`: the float type the networks compute in.
+    pub(crate) precision: Precision,
 }
 
 impl Session {

@@ -12,7 +12,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Linear;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{DType, Device, Int, Tensor};
 
 use super::head::ProjectionHead;
 use super::init::Init;
@@ -127,8 +127,8 @@ impl MsnNet {
                 rows.extend(h_focal);
                 let h = Tensor::cat(rows, 0);
                 let [n, _] = h.dims();
-                let e = f_ehr.forward(ehr).repeat_dim(0, n / b);
-                self.anchor_head.forward(g.forward(Tensor::cat(vec![h, e], 1)))
+                let e = super::linear(f_ehr, super::like(ehr, &h)).repeat_dim(0, n / b);
+                self.anchor_head.forward(super::linear(g, Tensor::cat(vec![h, e], 1)))
             }
             // Vanilla MSN: the reference runs the head on the anchors and on the focal rows
             // separately (BatchNorm statistics per group).
@@ -139,7 +139,8 @@ impl MsnNet {
             }
         };
         let targets = self.target_head.forward(self.target.forward(views.target, None)).detach();
-        Ok(MsnOutput { anchors, targets })
+        // The loss and Sinkhorn in f32 (a no-op in f32).
+        Ok(MsnOutput { anchors: anchors.cast(DType::F32), targets: targets.cast(DType::F32) })
     }
 }
 

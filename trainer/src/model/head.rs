@@ -33,11 +33,13 @@ impl BatchNorm1d {
     /// - `x`: `[n, c]` -> `[n, c]`
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [_, c] = x.dims();
-        let mean = x.clone().mean_dim(0);
-        let centred = x - mean;
-        let var = centred.clone().powf_scalar(2.0).mean_dim(0);
-        let normed = centred / var.add_scalar(self.eps).sqrt();
-        normed * self.gamma.val().reshape([1, c]) + self.beta.val().reshape([1, c])
+        super::in_f32(x, |x| {
+            let mean = x.clone().mean_dim(0);
+            let centred = x - mean;
+            let var = centred.clone().powf_scalar(2.0).mean_dim(0);
+            let normed = centred / var.add_scalar(self.eps).sqrt();
+            normed * self.gamma.val().reshape([1, c]) + self.beta.val().reshape([1, c])
+        })
     }
 }
 
@@ -67,8 +69,8 @@ impl ProjectionHead {
     /// # Shapes
     /// - `x`: `[n, input]` -> `[n, output]` (BatchNorm statistics over all `n` rows)
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = gelu(self.bn1.forward(self.fc1.forward(x)));
-        let x = gelu(self.bn2.forward(self.fc2.forward(x)));
-        self.fc3.forward(x)
+        let x = gelu(self.bn1.forward(super::linear(&self.fc1, x)));
+        let x = gelu(self.bn2.forward(super::linear(&self.fc2, x)));
+        super::linear(&self.fc3, x)
     }
 }

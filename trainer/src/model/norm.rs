@@ -30,6 +30,8 @@ impl LayerNorm {
     /// # Shapes
     /// - `x`: `[..., d]` -> `[..., d]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        super::fused::layer_norm(x, self.gamma.val(), self.beta.as_ref().map(Param::val), self.epsilon)
+        super::in_f32(x, |x| {
+            super::fused::layer_norm(x, self.gamma.val(), self.beta.as_ref().map(Param::val), self.epsilon)
+        })
     }
 }

@@ -119,14 +119,14 @@ impl Attention {
         let h = self.heads;
         let hd = d / h;
         // [b, n, 3, h, hd] -> [3, b, h, n, hd]
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+        let qkv = super::linear(&self.qkv, x).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([b, h, n, hd]);
         let scores = q.mul_scalar(1.0 / (hd as f64).sqrt()).matmul(k.swap_dims(2, 3));
-        let attn = softmax(scores, 3);
+        let attn = super::in_f32(scores, |s| softmax(s, 3));
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.out.forward(out)
+        super::linear(&self.out, out)
     }
 }
 
@@ -145,7 +145,7 @@ impl Block {
     /// - `x`: `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        let y = self.fc2.forward(gelu(self.fc1.forward(self.norm2.forward(x.clone()))));
+        let y = super::linear(&self.fc2, gelu(super::linear(&self.fc1, self.norm2.forward(x.clone()))));
         x + y
     }
 }
@@ -181,11 +181,12 @@ impl Vit {
         let p = self.patch_size;
         let (gh, gw) = (h / p, w / p);
         let patches = images.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-        let tokens = self.patch.forward(patches);
+        let tokens = super::linear(&self.patch, patches);
         let d = self.dim();
-        let cls = self.cls.val().expand([b, 1, d]);
+        let cls = super::like(self.cls.val(), &tokens).expand([b, 1, d]);
         let x = Tensor::cat(vec![cls, tokens], 1);
-        x + self.position_embedding(gh)
+        let pos = super::like(self.position_embedding(gh), &x);
+        x + pos
     }
 
     /// The position embedding for a `side x side` patch grid (resized when not the learned one).

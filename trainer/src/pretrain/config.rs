@@ -6,6 +6,7 @@ use std::path::Path;
 
 use burn::config::Config;
 
+use crate::backend::Precision;
 use crate::data::ImageSource;
 use crate::model::VitConfig;
 use crate::msn::MsnLossConfig;
@@ -85,6 +86,11 @@ pub struct PretrainConfig {
     /// Where the images are held while training (the results are the same).
     #[config(default = "ImageSource::Auto")]
     pub images: ImageSource,
+    /// The float type the networks compute in: f32, or bf16 (mixed precision: f32
+    /// parameters, optimizer state and EMA target; `--precision`). f16 is refused (no loss
+    /// scaling).
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
     /// Stop after this many steps (benchmarks, smoke tests); the schedules still span all
     /// epochs, so a stopped run can be resumed to the same result.
     #[config(default = "None")]

@@ -70,6 +70,13 @@ pub fn pretrain_with(
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
     // Settings first: a bad one is reported before any data is read.
+    if cfg.precision == crate::backend::Precision::F16 {
+        return Err(Error::Config(
+            "pretraining in f16 needs dynamic loss scaling, which this trainer does not have (its gradients would \
+             underflow); use --precision bf16 (mixed precision: the same memory, f32's range) or f32"
+                .into(),
+        ));
+    }
     let ds = Dataset::open(dataset)?;
     let columns = ds.ehr_columns(&cfg.ehr)?;
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;

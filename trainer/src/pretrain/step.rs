@@ -257,13 +257,15 @@ pub fn batch_tensors(b: &Batch, cfg: &PretrainConfig, device: &Device) -> Views 
     };
     let fv = v.focal_views * n;
     let e = b.ehr.len() / n.max(1);
+    // The networks compute in the float type of their input (mixed precision; `model`).
+    let dtype = cfg.precision.dtype();
     Views {
-        target: t4(&b.target, n, g),
-        anchor: t4(&b.anchor, n, g),
+        target: t4(&b.target, n, g).cast(dtype),
+        anchor: t4(&b.anchor, n, g).cast(dtype),
         anchor_keep: keep(&b.anchor_keep, n, b.anchor_kept),
-        focal: (v.focal_views > 0).then(|| t4(&b.focal, fv, f)),
+        focal: (v.focal_views > 0).then(|| t4(&b.focal, fv, f).cast(dtype)),
         focal_keep: keep(&b.focal_keep, fv, b.focal_kept),
-        ehr: (e > 0).then(|| Tensor::<2>::from_data(TensorData::new(b.ehr.clone(), [n, e]), device)),
+        ehr: (e > 0).then(|| Tensor::<2>::from_data(TensorData::new(b.ehr.clone(), [n, e]), device).cast(dtype)),
     }
 }
 
