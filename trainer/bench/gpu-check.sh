@@ -16,7 +16,7 @@
 #      bf16 rows) when python3 has torch for it: images/s and peak GPU memory (nvidia-smi);
 #   4. 200 pretraining steps of a vit-micro on a small synthetic dataset in f32 and in bf16: the
 #      mean loss of the last 50 steps of each and their difference;
-#   5. the same dataset, 10 steps on one device plainly and through NCCL with one rank
+#   5. on CUDA, the same dataset, 10 steps on one GPU plainly and through NCCL with one rank
 #      (`--all-reduce nccl`): the losses must be equal, step for step.
 # GPU_CHECK_WGPU=0 leaves wgpu out (default: in, when the trainer has it and libvulkan.so.1 is
 # there). GPU_CHECK_QUICK=1 runs 1 timed step per bench at batch 2 and 20 pretraining steps
@@ -75,6 +75,11 @@ pipeline=$tools/pipeline
 run "trainer --version" 10 "$trainer" --version
 
 wgpu=${GPU_CHECK_WGPU:-1}
+# The Vulkan loader wants a runtime folder; without one, lavapipe crashed here (exit 139).
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    XDG_RUNTIME_DIR=$(mktemp -d)
+    export XDG_RUNTIME_DIR
+fi
 if [ "$wgpu" = 1 ] && ! "$trainer" --device wgpu ehr-columns > /dev/null 2>&1; then
     say "wgpu: $("$trainer" --device wgpu ehr-columns 2>&1 | tail -n 1); its rows are left out"
     wgpu=0
