@@ -129,9 +129,9 @@ timed() { # timed LABEL CMD...: runs it, then prints "images/s|peak GPU MiB" fro
     local pid=$! mem="-"
     [ "$gpu" = 1 ] && mem=$(peak_mib "$pid")
     wait "$pid"
-    local ips
+    local rc=$? ips
     ips=$(grep -oE '^[0-9.]+ images/s' "$out/last.txt" | tail -n 1 | cut -d' ' -f1)
-    echo "${ips:-failed}|$mem"
+    echo "${ips:-failed (exit $rc)}|$mem"
 }
 row ""
 row "| step | model | batch | precision | images/s | peak GPU MiB (nvidia-smi) |"

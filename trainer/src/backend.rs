@@ -195,7 +195,11 @@ fn half_supported(backend: Backend, device: &Device, precision: Precision) -> Re
         Ok(Some(v)) if v == [2.0; 4] => Ok(()),
         _ => Err(Error::Device(format!(
             "{backend} cannot compute in {dtype:?} (--precision); use --precision f32{}",
-            if backend == Backend::Wgpu { ", or a build with --features vulkan (SPIR-V: f16, bf16)" } else { "" }
+            if backend == Backend::Wgpu && !cfg!(feature = "vulkan") {
+                ", or a build with --features vulkan (SPIR-V: f16, bf16)"
+            } else {
+                " (this adapter does not offer it)"
+            }
         ))),
     }
 }
