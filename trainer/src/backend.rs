@@ -183,6 +183,23 @@ fn half_supported(backend: Backend, device: &Device, precision: Precision) -> Re
             "--precision {precision:?} is not for --device ndarray; use cpu, wgpu or cuda, or f32"
         )));
     }
+    if computes_in(device, precision) {
+        return Ok(());
+    }
+    Err(Error::Device(format!(
+        "{backend} cannot compute in {:?} (--precision); use --precision f32{}",
+        precision.dtype(),
+        if backend == Backend::Wgpu && !cfg!(feature = "vulkan") {
+            ", or a build with --features vulkan (SPIR-V: f16, bf16)"
+        } else {
+            " (this adapter does not offer it)"
+        }
+    )))
+}
+
+/// Whether `device` computes in `precision`'s float type: a cast and a product are tried, a
+/// panic (an adapter without the type) caught.
+pub fn computes_in(device: &Device, precision: Precision) -> bool {
     let dtype = precision.dtype();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -191,17 +208,7 @@ fn half_supported(backend: Backend, device: &Device, precision: Precision) -> Re
         t.into_data().convert::<f32>().try_to_vec::<f32>().ok()
     }));
     std::panic::set_hook(hook);
-    match probe {
-        Ok(Some(v)) if v == [2.0; 4] => Ok(()),
-        _ => Err(Error::Device(format!(
-            "{backend} cannot compute in {dtype:?} (--precision); use --precision f32{}",
-            if backend == Backend::Wgpu && !cfg!(feature = "vulkan") {
-                ", or a build with --features vulkan (SPIR-V: f16, bf16)"
-            } else {
-                " (this adapter does not offer it)"
-            }
-        ))),
-    }
+    matches!(probe, Ok(Some(v)) if v == [2.0; 4])
 }
 
 /// The `--device` word: `cpu`, `wgpu`, `ndarray` or `cuda:N`.

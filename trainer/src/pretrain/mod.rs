@@ -77,6 +77,13 @@ pub fn pretrain_with(
                 .into(),
         ));
     }
+    let half = cfg.precision != crate::backend::Precision::F32;
+    if let Some(d) = devices.list.iter().find(|d| half && !crate::backend::computes_in(d, cfg.precision)) {
+        return Err(Error::Device(format!(
+            "{d:?} cannot compute in {:?} (the run's precision); pretrain in f32 there",
+            cfg.precision.dtype()
+        )));
+    }
     let ds = Dataset::open(dataset)?;
     let columns = ds.ehr_columns(&cfg.ehr)?;
     let images = ds.load(&cfg.pretrain_split.splits(), &columns, cfg.images)?;
