@@ -86,9 +86,9 @@ impl Backend {
         }
     }
 
-    /// The device for inference (no gradients), its float type set to `precision`. Must be
-    /// called before any tensor is made on that device (burn fixes a device's types at its
-    /// first tensor); asking again for the same precision is fine.
+    /// The device for inference (no gradients), its default float type f32 (the parameters'),
+    /// checked to compute in `precision` when that is a half type. Must be called before any
+    /// tensor is made on that device (burn fixes a device's types at its first tensor).
     pub fn device(self, precision: Precision) -> Result<Device> {
         let mut device = match self {
             Backend::Cpu => Device::flex(),

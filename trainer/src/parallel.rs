@@ -195,8 +195,8 @@ impl From<&Devices> for Devices {
 
 impl Devices {
     /// The devices of `--device` (a comma-separated list: `cuda:0,cuda:1`; `cpu,cpu` runs the
-    /// data-parallel code on one CPU), with autodiff and
-    /// `precision`, and `all_reduce` (default: NCCL when every device is a CUDA GPU, else host).
+    /// data-parallel code on one CPU), with autodiff, checked to compute in `precision`, and
+    /// `all_reduce` (default: NCCL when every device is a CUDA GPU, else host).
     pub fn parse(list: &str, precision: Precision, all_reduce: Option<AllReduce>) -> Result<Self> {
         let backends: Vec<Backend> =
             list.split(',').map(|s| s.trim().parse()).collect::<Result<_>>().map_err(|e| match e {
@@ -207,7 +207,7 @@ impl Devices {
     }
 
     /// The devices `backends` (parsed from `--device`, in order; the first is the main one)
-    /// with autodiff and `precision`, exchanging their sums by `all_reduce` (default: NCCL
+    /// with autodiff, checked to compute in `precision`, exchanging their sums by `all_reduce` (default: NCCL
     /// when every device is a CUDA GPU, else host).
     pub fn of(backends: &[Backend], precision: Precision, all_reduce: Option<AllReduce>) -> Result<Self> {
         if backends.is_empty() {

@@ -24,8 +24,26 @@ use crate::rng::Rng;
 use crate::weights::{load_head, load_linear, load_vit};
 use crate::{Error, Result};
 
-/// The cases, in the order they run.
-pub const CASES: [&str; 9] = [
+/// The cases in the order they run ([`CASES`]), and the shipped copy of each case's two
+/// files, `(json, safetensors)`, from one list.
+macro_rules! cases {
+    ($($n:literal),* $(,)?) => {
+        /// The cases, in the order they run.
+        pub const CASES: [&str; [$($n),*].len()] = [$($n),*];
+
+        fn shipped(name: &str) -> Option<(&'static [u8], &'static [u8])> {
+            match name {
+                $($n => Some((
+                    include_bytes!(concat!("../tests/golden/", $n, ".json")).as_slice(),
+                    include_bytes!(concat!("../tests/golden/", $n, ".safetensors")).as_slice(),
+                )),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+cases!(
     "vit_forward",
     "bicubic_14_to_6",
     "resized_crop_aa",
@@ -35,31 +53,7 @@ pub const CASES: [&str; 9] = [
     "msn_loss_reg_half",
     "msn_ehr_step",
     "auroc",
-];
-
-/// The shipped copy of a case's two files, `(json, safetensors)`.
-fn shipped(name: &str) -> Option<(&'static [u8], &'static [u8])> {
-    macro_rules! case {
-        ($n:literal) => {
-            (
-                include_bytes!(concat!("../tests/golden/", $n, ".json")).as_slice(),
-                include_bytes!(concat!("../tests/golden/", $n, ".safetensors")).as_slice(),
-            )
-        };
-    }
-    Some(match name {
-        "vit_forward" => case!("vit_forward"),
-        "bicubic_14_to_6" => case!("bicubic_14_to_6"),
-        "resized_crop_aa" => case!("resized_crop_aa"),
-        "projection_head" => case!("projection_head"),
-        "msn_loss_default" => case!("msn_loss_default"),
-        "msn_loss_no_sinkhorn" => case!("msn_loss_no_sinkhorn"),
-        "msn_loss_reg_half" => case!("msn_loss_reg_half"),
-        "msn_ehr_step" => case!("msn_ehr_step"),
-        "auroc" => case!("auroc"),
-        _ => return None,
-    })
-}
+);
 
 /// Where the golden numbers come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
