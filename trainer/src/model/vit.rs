@@ -7,7 +7,7 @@
 //! the position embedding, so tests can pass the reference's indices. Inputs smaller than
 //! `image_size` get a bicubically resized position grid ([`super::pos`]).
 
-use super::fused::{gelu, softmax};
+use super::fused::{attention, gelu};
 use super::norm::LayerNorm;
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -115,18 +115,8 @@ impl Attention {
     /// # Shapes
     /// - `x`: `[batch, tokens, dim]` -> `[batch, tokens, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, d] = x.dims();
-        let h = self.heads;
-        let hd = d / h;
-        // [b, n, 3, h, hd] -> [3, b, h, n, hd]
-        let qkv = super::linear(&self.qkv, x).reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, hd]);
-        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, hd]);
-        let v = qkv.narrow(0, 2, 1).reshape([b, h, n, hd]);
-        let scores = q.mul_scalar(1.0 / (hd as f64).sqrt()).matmul(k.swap_dims(2, 3));
-        let attn = super::in_f32(scores, |s| softmax(s, 3));
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        super::linear(&self.out, out)
+        let qkv = super::linear(&self.qkv, x);
+        super::linear(&self.out, attention(qkv, self.heads))
     }
 }
 

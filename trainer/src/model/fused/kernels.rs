@@ -13,11 +13,11 @@ use rayon::prelude::*;
 const CHUNK: usize = 16 * 1024;
 
 /// `x`'s f32 values in logical order, copied only when `x` is a strided view.
-fn dense(x: &FlexTensor) -> FlexTensor {
+pub(super) fn dense(x: &FlexTensor) -> FlexTensor {
     if x.as_slice::<f32>().is_some() { x.clone() } else { x.to_contiguous() }
 }
 
-fn values(x: &FlexTensor) -> &[f32] {
+pub(super) fn values(x: &FlexTensor) -> &[f32] {
     x.as_slice::<f32>().expect("a contiguous f32 tensor (made so by `dense`)")
 }
 
@@ -138,11 +138,48 @@ impl WithSimd for Chunk<'_> {
             }
             Kernel::SoftmaxBackward { row } => {
                 for (g, y) in out.chunks_exact_mut(row).zip(x.chunks_exact(row)) {
-                    let dot = dot(g, y);
-                    for (g, &y) in g.iter_mut().zip(y) {
-                        *g = y * (*g - dot);
-                    }
+                    softmax_backward_row(g, y);
                 }
+            }
+        }
+    }
+}
+
+/// Softmax of each row of `row` values of `x`, in place, on the calling thread (the fused
+/// attention's tiles).
+pub(super) fn softmax_rows(x: &mut [f32], row: usize) {
+    pulp::Arch::new().dispatch(RowsInPlace { x, y: &[], row })
+}
+
+/// Softmax's backward on each row of `row` values, in place: `g` (the incoming gradient)
+/// becomes `y (g - <g, y>)`, `y` being the softmax's output; on the calling thread.
+pub(super) fn softmax_backward_rows(g: &mut [f32], y: &[f32], row: usize) {
+    assert_eq!(g.len(), y.len(), "softmax backward: gradient and output differ in size");
+    pulp::Arch::new().dispatch(RowsInPlace { x: g, y, row })
+}
+
+/// [`softmax_rows`] (when `y` is empty) or [`softmax_backward_rows`] over whole rows.
+struct RowsInPlace<'a> {
+    x: &'a mut [f32],
+    y: &'a [f32],
+    row: usize,
+}
+
+impl WithSimd for RowsInPlace<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let RowsInPlace { x, y, row } = self;
+        // `for` loops, not iterator adaptors: the math must inline here, where the instruction
+        // set is enabled (through a non-inlined adaptor `mul_add` became a call to libm's fmaf).
+        if y.is_empty() {
+            for x in x.chunks_exact_mut(row) {
+                softmax_row_in_place(x);
+            }
+        } else {
+            for (g, y) in x.chunks_exact_mut(row).zip(y.chunks_exact(row)) {
+                softmax_backward_row(g, y);
             }
         }
     }
@@ -329,9 +366,38 @@ fn softmax_row(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = exp(x - max);
     }
+    normalise(y);
+}
+
+/// [`softmax_row`] in place.
+#[inline(always)]
+fn softmax_row_in_place(y: &mut [f32]) {
+    let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        y.fill(f32::NAN);
+        return;
+    }
+    for y in y.iter_mut() {
+        *y = exp(*y - max);
+    }
+    normalise(y);
+}
+
+/// Scales `y` to sum to 1.
+#[inline(always)]
+fn normalise(y: &mut [f32]) {
     let inv = 1.0 / sum(y);
     for y in y.iter_mut() {
         *y *= inv;
+    }
+}
+
+/// One row of softmax's backward: `g` becomes `y (g - <g, y>)`.
+#[inline(always)]
+fn softmax_backward_row(g: &mut [f32], y: &[f32]) {
+    let dot = dot(g, y);
+    for (g, &y) in g.iter_mut().zip(y) {
+        *g = y * (*g - dot);
     }
 }
 

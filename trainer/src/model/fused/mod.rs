@@ -25,7 +25,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::{DType, Device, Tensor, activation};
 
+mod attention;
+mod gemm;
 mod kernels;
+use attention::{attention_backward, attention_forward};
 use kernels::{
     RowStats, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward, softmax_backward, softmax_forward,
 };
@@ -44,6 +47,9 @@ pub trait FusedOps: Backend {
         beta: FloatTensor<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
+    /// Multi-head self-attention of the packed projections `qkv` `[batch, tokens, 3 * dim]`
+    /// into `[batch, tokens, dim]` ([`attention`]).
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
 /// Exact GELU (`burn::tensor::activation::gelu`), fused on burn-flex in f32.
@@ -79,6 +85,33 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Option<T
     }
 }
 
+/// Multi-head self-attention, `softmax(q kᵀ / √head_dim) v` per head, of the packed
+/// projections `qkv` `[batch, tokens, 3 * dim]` (per token: q of every head, then k, then v,
+/// as torchvision's stacked `in_proj`) into `[batch, tokens, dim]`, heads side by side. Fused
+/// on burn-flex in f32 (one pass per image and head, [`attention`](self::attention) module);
+/// elsewhere burn's ops, the softmax in f32.
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    if fused(&qkv) {
+        return Tensor::from_dispatch(<Dispatch as FusedOps>::fused_attention(qkv.into_dispatch(), heads));
+    }
+    composed_attention(qkv, heads)
+}
+
+/// [`attention`] from burn's ops.
+fn composed_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, n, packed] = qkv.dims();
+    let (d, h) = (packed / 3, heads);
+    let hd = d / h;
+    // [b, n, 3, h, hd] -> [3, b, h, n, hd]
+    let qkv = qkv.reshape([b, n, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+    let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, hd]);
+    let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, hd]);
+    let v = qkv.narrow(0, 2, 1).reshape([b, h, n, hd]);
+    let scores = q.mul_scalar(1.0 / (hd as f64).sqrt()).matmul(k.swap_dims(2, 3));
+    let attn = super::in_f32(scores, |s| softmax(s, 3));
+    attn.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+}
+
 /// Whether `x` takes the fused path: an f32 tensor on burn-flex (with or without autodiff).
 fn fused<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && x.device() == Device::flex()
@@ -95,6 +128,10 @@ impl FusedOps for Flex {
 
     fn fused_layer_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
         layer_norm_forward(&x, &gamma, &beta, epsilon).0
+    }
+
+    fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        attention_forward(&qkv, heads).0
     }
 }
 
@@ -135,6 +172,38 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(layer_norm_forward(&x, &gamma, &beta, epsilon).0),
         }
+    }
+
+    fn fused_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        match AttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let qkv = qkv.into_primitive();
+                let (output, probs) = attention_forward(&qkv, heads);
+                prep.finish(AttentionState { qkv, probs, heads }, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(attention_forward(&qkv.into_primitive(), heads).0),
+        }
+    }
+}
+
+/// What the attention's backward needs: its input, its probabilities and the head count.
+#[derive(Debug, Clone)]
+struct AttentionState {
+    qkv: FlexTensor,
+    probs: FlexTensor,
+    heads: usize,
+}
+
+/// The attention's backward: the gradient of the packed projections.
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    type State = AttentionState;
+
+    fn backward(self, ops: Ops<AttentionState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let AttentionState { qkv, probs, heads } = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| attention_backward(&qkv, &probs, heads, &grad));
     }
 }
 
@@ -277,6 +346,47 @@ mod tests {
             close(&fused_run.2, &burn_run.2, 2e-4);
             close(&fused_run.3, &burn_run.3, 2e-4);
         }
+    }
+
+    /// The fused attention and burn's composed one give the same output and the same gradient
+    /// of the packed projections, on a contiguous input and on a strided view, for several
+    /// heads and one, and a token count that is no multiple of a SIMD width.
+    #[test]
+    fn fused_attention_equals_the_composed_one_forward_and_backward() {
+        let device = Device::flex().autodiff();
+        for (b, n, heads, head_dim) in [(3, 37, 3, 16), (2, 5, 1, 8)] {
+            let dim = heads * head_dim;
+            let x0 = random([b, n, 3 * dim], 7, 1.5);
+            let w = random([b, n, dim], 8, 1.0);
+            for strided in [false, true] {
+                type Op = fn(Tensor<3>, usize) -> Tensor<3>;
+                let run = |op: Op| {
+                    // Strided: stored as [n, b, 3 dim], seen as [b, n, 3 dim] without a copy.
+                    let stored = if strided { [n, b, 3 * dim] } else { [b, n, 3 * dim] };
+                    let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), stored), &device).require_grad();
+                    let input = if strided { x.clone().swap_dims(0, 1) } else { x.clone() };
+                    let y = op(input, heads);
+                    let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), [b, n, dim]), &device);
+                    let grads = (y.clone() * weights).sum().backward();
+                    (y.detach(), x.grad(&grads).expect("qkv has a gradient"))
+                };
+                let (y_fused, g_fused) = run(attention);
+                let (y_burn, g_burn) = run(composed_attention);
+                assert_eq!(y_fused.dims(), [b, n, dim]);
+                close(&y_fused, &y_burn, 2e-6);
+                close(&g_fused, &g_burn, 1e-5);
+            }
+        }
+    }
+
+    /// Without autodiff (evaluation, feature extraction) the fused attention gives the same
+    /// values as with it.
+    #[test]
+    fn fused_attention_without_autodiff_equals_it_with() {
+        let x0 = random([2, 9, 24], 9, 1.0);
+        let plain = attention(Tensor::<3>::from_data(TensorData::new(x0.clone(), [2, 9, 24]), &Device::flex()), 2);
+        let tracked = attention(Tensor::<3>::from_data(TensorData::new(x0, [2, 9, 24]), &Device::flex().autodiff()), 2);
+        close(&plain, &tracked.detach(), 0.0);
     }
 
     #[test]

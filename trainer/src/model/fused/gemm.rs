@@ -1,0 +1,188 @@
+//! Strided f32 matrix products on slices, through the `gemm` crate (burn-flex's own matrix
+//! library), one thread each: the fused kernels call them per (image, head) tile and spread the
+//! tiles over the cores themselves.
+//!
+//! `gemm::gemm` takes raw pointers and strides; this is the one place that calls it, and
+//! [`Mat`] and [`MatMut`] are what make the call sound (see the SAFETY comment in [`product`]).
+#![allow(unsafe_code)]
+
+/// A read-only strided view of a `rows x cols` f32 matrix: element (i, j) is
+/// `data[offset + i * row_stride + j * col_stride]`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mat<'a> {
+    data: &'a [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major view: rows `row_stride` apart, columns adjacent.
+    ///
+    /// # Panics
+    /// If an element would lie outside `data`.
+    pub(super) fn rows(data: &'a [f32], offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
+        let m = Mat { data, offset, rows, cols, row_stride, col_stride: 1 };
+        assert!(
+            end(offset, rows, cols, row_stride, 1) <= data.len(),
+            "matrix view [{rows} x {cols}] at {offset} (row stride {row_stride}) exceeds {} values",
+            data.len()
+        );
+        m
+    }
+
+    /// The transpose, as a view of the same values.
+    pub(super) fn t(self) -> Self {
+        Mat { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+}
+
+/// A writable row-major view of a `rows x cols` f32 matrix, rows `row_stride >= cols` apart,
+/// so that no two elements share a place.
+#[derive(Debug)]
+pub(super) struct MatMut<'a> {
+    data: &'a mut [f32],
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// # Panics
+    /// If rows overlap (`row_stride < cols` with more than one row) or an element would lie
+    /// outside `data`.
+    pub(super) fn rows(data: &'a mut [f32], offset: usize, rows: usize, cols: usize, row_stride: usize) -> Self {
+        assert!(rows <= 1 || row_stride >= cols, "rows of {cols} values {row_stride} apart overlap");
+        assert!(
+            end(offset, rows, cols, row_stride, 1) <= data.len(),
+            "matrix view [{rows} x {cols}] at {offset} (row stride {row_stride}) exceeds {} values",
+            data.len()
+        );
+        MatMut { data, offset, rows, cols, row_stride }
+    }
+}
+
+/// One past the last index a view reads (its offset when it is empty).
+fn end(offset: usize, rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        return offset;
+    }
+    offset + (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+}
+
+/// `dst = scale * a b`, overwriting `dst` (which may hold anything, NaN included).
+///
+/// # Panics
+/// If the shapes do not chain: `a` is `m x k`, `b` is `k x n`, `dst` is `m x n`.
+pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
+    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "matrix product of [{} x {}] and [{} x {}] into [{m} x {n}]",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for i in 0..m {
+            let row = dst.offset + i * dst.row_stride;
+            dst.data[row..row + n].fill(0.0);
+        }
+        return;
+    }
+    let stride = |s: usize| isize::try_from(s).expect("a stride fits in isize (it indexes a slice)");
+    // SAFETY: gemm reads a[i][l] at a.offset + i a.row_stride + l a.col_stride for i < m,
+    // l < k, b likewise for l < k, j < n, and writes dst[i][j] at dst.offset + i dst.row_stride
+    // + j for i < m, j < n. `Mat::rows`/`MatMut::rows` checked that the last of these indices
+    // is inside each slice (strides are non-negative, so the last is the largest), and the
+    // assertion above that the shapes agree with those checked bounds; so every pointer gemm
+    // forms stays inside its slice. Distinct (i, j) of dst are distinct places (row_stride >=
+    // n), so gemm's writes do not overlap one another, and `dst` is a `&mut` slice, so they
+    // overlap neither `a` nor `b` nor anything another thread reads. With `read_dst = false`
+    // gemm never reads dst's prior values. `Parallelism::None`: gemm starts no threads.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr().add(dst.offset),
+            1,
+            stride(dst.row_stride),
+            false,
+            a.data.as_ptr().add(a.offset),
+            stride(a.col_stride),
+            stride(a.row_stride),
+            b.data.as_ptr().add(b.offset),
+            stride(b.col_stride),
+            stride(b.row_stride),
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    /// Strided and transposed views give the product of the matrices they show; rows of the
+    /// destination outside the view are left alone.
+    #[test]
+    fn products_of_strided_and_transposed_views_match_the_naive_product() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.91).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        // a inside a wider buffer (row stride 10, offset 2); b stored transposed (n x k).
+        let mut wide = vec![f32::NAN; 2 + m * 10];
+        for i in 0..m {
+            wide[2 + i * 10..2 + i * 10 + k].copy_from_slice(&a[i * k..(i + 1) * k]);
+        }
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let mut dst = vec![f32::NAN; 1 + m * 4];
+        product(MatMut::rows(&mut dst, 1, m, n, 4), Mat::rows(&wide, 2, m, k, 10), Mat::rows(&bt, 0, n, k, k).t(), 2.0);
+        for i in 0..m {
+            for j in 0..n {
+                let got = dst[1 + i * 4 + j];
+                assert!((got - 2.0 * want[i * n + j]).abs() < 1e-5, "({i}, {j}): {got} vs {}", 2.0 * want[i * n + j]);
+            }
+            assert!(dst[1 + i * 4 + 3].is_nan(), "the gap after row {i} was written");
+        }
+        assert!(dst[0].is_nan());
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds")]
+    fn a_view_past_its_slice_is_refused() {
+        let data = vec![0.0f32; 10];
+        let _ = Mat::rows(&data, 2, 3, 3, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn overlapping_rows_are_refused() {
+        let mut data = vec![0.0f32; 10];
+        let _ = MatMut::rows(&mut data, 0, 3, 3, 2);
+    }
+}
