@@ -1,6 +1,7 @@
 //! The networks: the ViT backbone, its position-embedding resize, the MSN projection head and
-//! their initialisation; [`norm`] (LayerNorm) and [`fused`] (GELU, softmax and LayerNorm as
-//! one vectorised, multithreaded pass each on burn-flex, through a backend extension).
+//! their initialisation; [`norm`] (LayerNorm) and [`fused`] (GELU, softmax, LayerNorm,
+//! multi-head attention and linear layers as fused, multithreaded kernels on burn-flex,
+//! through a backend extension).
 
 pub mod fused;
 pub mod fusion;
@@ -26,7 +27,7 @@ use burn::tensor::{DType, Tensor};
 pub fn linear<const D: usize>(l: &Linear, x: Tensor<D>) -> Tensor<D> {
     let dtype = x.dtype();
     if l.weight.val().dtype() == dtype {
-        return l.forward(x);
+        return fused::linear(x, l.weight.val(), l.bias.as_ref().map(|b| b.val()));
     }
     burn::tensor::module::linear(x, l.weight.val().cast(dtype), l.bias.as_ref().map(|b| b.val().cast(dtype)))
 }

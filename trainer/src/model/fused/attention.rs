@@ -19,8 +19,8 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-use super::gemm::{Mat, MatMut, product};
 use super::kernels::{dense, softmax_backward_rows, softmax_rows, values};
+use super::products::{Mat, MatMut, product};
 
 /// The attention's shape, read off `qkv`.
 #[derive(Debug, Clone, Copy)]

@@ -1,9 +1,14 @@
-//! Strided f32 matrix products on slices, through the `gemm` crate (burn-flex's own matrix
-//! library), one thread each: the fused kernels call them per (image, head) tile and spread the
-//! tiles over the cores themselves.
+//! Strided f32 matrix products on slices, one thread each, through two libraries: `gemm`
+//! (burn-flex's own) and `matrixmultiply`. The fused kernels call them per tile (an image and
+//! head of the attention, a block of rows of a linear layer) and spread the tiles over the
+//! cores themselves, with rayon, so one pool holds every thread.
 //!
-//! `gemm::gemm` takes raw pointers and strides; this is the one place that calls it, and
-//! [`Mat`] and [`MatMut`] are what make the call sound (see the SAFETY comment in [`product`]).
+//! Why two: measured on the step's shapes (2 cores, AVX2; README, `trainer bench`),
+//! matrixmultiply is the faster on the linear layers' `[rows x 192] x [192 x 576]` kind and
+//! gemm on their weight gradients `[192 x rows] x [rows x 576]` and on attention's small tiles.
+//!
+//! Both take raw pointers and strides; this is the one place that calls them, and [`Mat`] and
+//! [`MatMut`] are what make the calls sound (see the SAFETY comments).
 #![allow(unsafe_code)]
 
 /// A read-only strided view of a `rows x cols` f32 matrix: element (i, j) is
@@ -132,6 +137,51 @@ pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
     }
 }
 
+/// `dst = a b`, or `dst += a b` with `accumulate`, through matrixmultiply.
+///
+/// # Panics
+/// If the shapes do not chain, as [`product`].
+pub(super) fn product_mm(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
+    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+    assert!(
+        a.rows == m && b.rows == k && b.cols == n,
+        "matrix product of [{} x {}] and [{} x {}] into [{m} x {n}]",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let stride = |s: usize| isize::try_from(s).expect("a stride fits in isize (it indexes a slice)");
+    // SAFETY: as in `product`: every index sgemm forms (a[i][l], b[l][j], dst[i][j] for i < m,
+    // l < k, j < n, at offset + i row_stride + j col_stride) lies inside its slice, by the bounds
+    // `Mat::rows`/`MatMut::rows` checked and the shape assertion above; distinct dst elements
+    // are distinct places (row_stride >= n), as sgemm requires of C; `dst` is a `&mut` slice,
+    // so it overlaps neither input nor anything another thread touches. Without `accumulate`
+    // (beta = 0) sgemm does not read dst. Built without matrixmultiply's `threading` feature,
+    // it starts no threads.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr().add(a.offset),
+            stride(a.row_stride),
+            stride(a.col_stride),
+            b.data.as_ptr().add(b.offset),
+            stride(b.row_stride),
+            stride(b.col_stride),
+            if accumulate { 1.0 } else { 0.0 },
+            dst.data.as_mut_ptr().add(dst.offset),
+            stride(dst.row_stride),
+            1,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +220,19 @@ mod tests {
             assert!(dst[1 + i * 4 + 3].is_nan(), "the gap after row {i} was written");
         }
         assert!(dst[0].is_nan());
+        // matrixmultiply: the same product, then accumulated once more.
+        let mut dst = vec![0.0f32; m * n];
+        for accumulate in [false, true] {
+            product_mm(
+                MatMut::rows(&mut dst, 0, m, n, n),
+                Mat::rows(&wide, 2, m, k, 10),
+                Mat::rows(&bt, 0, n, k, k).t(),
+                accumulate,
+            );
+        }
+        for (i, (got, want)) in dst.iter().zip(&want).enumerate() {
+            assert!((got - 2.0 * want).abs() < 1e-5, "element {i}: {got} vs {}", 2.0 * want);
+        }
     }
 
     #[test]
