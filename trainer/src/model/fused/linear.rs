@@ -61,18 +61,8 @@ pub(super) fn linear_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTen
     assert_eq!(b.len(), d.d_out, "fused linear: bias of {} values for {} outputs", b.len(), d.d_out);
     let (xs, w) = (values(&xd), values(&weight));
     let mut out = b.repeat(d.rows);
-    if d.rows > 0 && d.d_out > 0 {
-        let weight = Mat::rows(w, 0, d.d_in, d.d_out, d.d_out);
-        out.par_chunks_mut(BLOCK_ROWS * d.d_out).zip(xs.par_chunks(BLOCK_ROWS * d.d_in.max(1))).for_each(|(out, x)| {
-            let rows = out.len() / d.d_out;
-            product_mm(
-                MatMut::rows(out, 0, rows, d.d_out, d.d_out),
-                Mat::rows(x, 0, rows, d.d_in, d.d_in),
-                weight,
-                true,
-            );
-        });
-    }
+    let weight = Mat::rows(w, 0, d.d_in, d.d_out, d.d_out);
+    by_row_blocks(&mut out, d.d_out, xs, d.d_in, |out, x| product_mm(out, x, weight, true));
     FlexTensor::from_data(TensorData::new(out, d.out_shape(&xd)))
 }
 
@@ -99,18 +89,8 @@ pub(super) fn linear_backward(
     let dx = wanted.x.then(|| {
         // dx = g Wᵀ, by blocks of rows.
         let mut dx = vec![0.0f32; d.rows * d.d_in];
-        if d.d_in > 0 && d.d_out > 0 {
-            let wt = Mat::rows(w, 0, d.d_in, d.d_out, d.d_out).t();
-            dx.par_chunks_mut(BLOCK_ROWS * d.d_in).zip(g.par_chunks(BLOCK_ROWS * d.d_out)).for_each(|(dx, g)| {
-                let rows = dx.len() / d.d_in;
-                product_mm(
-                    MatMut::rows(dx, 0, rows, d.d_in, d.d_in),
-                    Mat::rows(g, 0, rows, d.d_out, d.d_out),
-                    wt,
-                    false,
-                );
-            });
-        }
+        let wt = Mat::rows(w, 0, d.d_in, d.d_out, d.d_out).t();
+        by_row_blocks(&mut dx, d.d_in, g, d.d_out, |dx, g| product_mm(dx, g, wt, false));
         FlexTensor::from_data(TensorData::new(dx, xd.layout().shape().clone()))
     });
     let dw = wanted.weight.then(|| {
@@ -133,6 +113,24 @@ pub(super) fn linear_backward(
     });
     let db = wanted.bias.then(|| FlexTensor::from_data(TensorData::new(column_sums(g, d.d_out), [d.d_out])));
     (dx, dw, db)
+}
+
+/// `f` on matching blocks of [`BLOCK_ROWS`] rows of `out` (rows `out_width` wide) and `input`
+/// (rows `in_width` wide), the blocks in parallel.
+fn by_row_blocks(
+    out: &mut [f32],
+    out_width: usize,
+    input: &[f32],
+    in_width: usize,
+    f: impl Fn(MatMut<'_>, Mat<'_>) + Sync,
+) {
+    if out_width == 0 || in_width == 0 {
+        return;
+    }
+    out.par_chunks_mut(BLOCK_ROWS * out_width).zip(input.par_chunks(BLOCK_ROWS * in_width)).for_each(|(out, input)| {
+        let rows = out.len() / out_width;
+        f(MatMut::rows(out, 0, rows, out_width, out_width), Mat::rows(input, 0, rows, in_width, in_width));
+    });
 }
 
 /// Σ over rows of a `[rows, width]` buffer: blocks of rows in parallel, their sums added in

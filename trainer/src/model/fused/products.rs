@@ -78,11 +78,11 @@ fn end(offset: usize, rows: usize, cols: usize, row_stride: usize, col_stride: u
     offset + (rows - 1) * row_stride + (cols - 1) * col_stride + 1
 }
 
-/// `dst = scale * a b`, overwriting `dst` (which may hold anything, NaN included).
+/// `(m, n, k)` of the product `a b` into `dst`.
 ///
 /// # Panics
 /// If the shapes do not chain: `a` is `m x k`, `b` is `k x n`, `dst` is `m x n`.
-pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
+fn chain(dst: &MatMut<'_>, a: &Mat<'_>, b: &Mat<'_>) -> (usize, usize, usize) {
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     assert!(
         a.rows == m && b.rows == k && b.cols == n,
@@ -92,6 +92,20 @@ pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
         b.rows,
         b.cols
     );
+    (m, n, k)
+}
+
+/// A stride as the libraries take it.
+fn stride(s: usize) -> isize {
+    isize::try_from(s).expect("a stride fits in isize (it indexes a slice)")
+}
+
+/// `dst = scale * a b`, overwriting `dst` (which may hold anything, NaN included).
+///
+/// # Panics
+/// If the shapes do not chain: `a` is `m x k`, `b` is `k x n`, `dst` is `m x n`.
+pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
+    let (m, n, k) = chain(&dst, &a, &b);
     if m == 0 || n == 0 {
         return;
     }
@@ -102,7 +116,6 @@ pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
         }
         return;
     }
-    let stride = |s: usize| isize::try_from(s).expect("a stride fits in isize (it indexes a slice)");
     // SAFETY: gemm reads a[i][l] at a.offset + i a.row_stride + l a.col_stride for i < m,
     // l < k, b likewise for l < k, j < n, and writes dst[i][j] at dst.offset + i dst.row_stride
     // + j for i < m, j < n. `Mat::rows`/`MatMut::rows` checked that the last of these indices
@@ -142,19 +155,10 @@ pub(super) fn product(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, scale: f32) {
 /// # Panics
 /// If the shapes do not chain, as [`product`].
 pub(super) fn product_mm(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
-    let (m, n, k) = (dst.rows, dst.cols, a.cols);
-    assert!(
-        a.rows == m && b.rows == k && b.cols == n,
-        "matrix product of [{} x {}] and [{} x {}] into [{m} x {n}]",
-        a.rows,
-        a.cols,
-        b.rows,
-        b.cols
-    );
+    let (m, n, k) = chain(&dst, &a, &b);
     if m == 0 || n == 0 {
         return;
     }
-    let stride = |s: usize| isize::try_from(s).expect("a stride fits in isize (it indexes a slice)");
     // SAFETY: as in `product`: every index sgemm forms (a[i][l], b[l][j], dst[i][j] for i < m,
     // l < k, j < n, at offset + i row_stride + j col_stride) lies inside its slice, by the bounds
     // `Mat::rows`/`MatMut::rows` checked and the shape assertion above; distinct dst elements
