@@ -65,22 +65,27 @@ impl Dims {
     }
 }
 
-/// The attention's output `[batch, tokens, dim]` and its probabilities
-/// `[batch, heads, tokens, tokens]` (what the backward needs).
-pub(super) fn attention_forward(qkv: &FlexTensor, heads: usize) -> (FlexTensor, FlexTensor) {
+/// The attention's output `[batch, tokens, dim]` and, with `keep`, its probabilities
+/// `[batch, heads, tokens, tokens]` (what the backward needs); without, each image's
+/// probabilities live in a scratch buffer of their own (the EMA target, evaluation).
+pub(super) fn attention_forward(qkv: &FlexTensor, heads: usize, keep: bool) -> (FlexTensor, Option<FlexTensor>) {
     let qkv = dense(qkv);
     let d = Dims::of(&qkv, heads);
     let (n, per_image) = (d.tokens, d.tokens * 3 * d.dim);
     let mut out = vec![0.0f32; d.batch * n * d.dim];
-    let mut probs = vec![0.0f32; d.batch * d.heads * n * n];
+    let mut probs = if keep { vec![0.0f32; d.batch * d.heads * n * n] } else { Vec::new() };
     if n > 0 && d.dim > 0 {
-        out.par_chunks_mut(n * d.dim)
-            .zip(probs.par_chunks_mut(d.heads * n * n))
-            .zip(values(&qkv).par_chunks(per_image))
-            .for_each(|((out, probs), qkv)| image_forward(d, qkv, probs, out));
+        let images = out.par_chunks_mut(n * d.dim).zip(values(&qkv).par_chunks(per_image));
+        if keep {
+            images
+                .zip(probs.par_chunks_mut(d.heads * n * n))
+                .for_each(|((out, qkv), probs)| image_forward(d, qkv, probs, out));
+        } else {
+            images.for_each(|(out, qkv)| image_forward(d, qkv, &mut vec![0.0f32; d.heads * n * n], out));
+        }
     }
     let out = FlexTensor::from_data(TensorData::new(out, [d.batch, n, d.dim]));
-    let probs = FlexTensor::from_data(TensorData::new(probs, [d.batch, d.heads, n, n]));
+    let probs = keep.then(|| FlexTensor::from_data(TensorData::new(probs, [d.batch, d.heads, n, n])));
     (out, probs)
 }
 

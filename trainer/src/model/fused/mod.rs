@@ -151,7 +151,7 @@ impl FusedOps for Flex {
     }
 
     fn fused_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
-        attention_forward(&qkv, heads).0
+        attention_forward(&qkv, heads, false).0
     }
 
     fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
@@ -202,10 +202,11 @@ impl<C: CheckpointStrategy> FusedOps for Autodiff<Flex, C> {
         match AttentionBackward.prepare::<C>([qkv.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let qkv = qkv.into_primitive();
-                let (output, probs) = attention_forward(&qkv, heads);
+                let (output, probs) = attention_forward(&qkv, heads, true);
+                let probs = probs.expect("attention_forward keeps the probabilities when asked");
                 prep.finish(AttentionState { qkv, probs, heads }, output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(attention_forward(&qkv.into_primitive(), heads).0),
+            OpsKind::UnTracked(prep) => prep.finish(attention_forward(&qkv.into_primitive(), heads, false).0),
         }
     }
 
