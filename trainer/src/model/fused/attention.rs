@@ -20,7 +20,7 @@ use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use super::kernels::{dense, softmax_backward_rows, softmax_rows, values};
-use super::products::{Mat, MatMut, product};
+use super::products::{Mat, MatMut, product, zeros};
 
 /// The attention's shape, read off `qkv`.
 #[derive(Debug, Clone, Copy)]
@@ -72,8 +72,8 @@ pub(super) fn attention_forward(qkv: &FlexTensor, heads: usize, keep: bool) -> (
     let qkv = dense(qkv);
     let d = Dims::of(&qkv, heads);
     let (n, per_image) = (d.tokens, d.tokens * 3 * d.dim);
-    let mut out = vec![0.0f32; d.batch * n * d.dim];
-    let mut probs = if keep { vec![0.0f32; d.batch * d.heads * n * n] } else { Vec::new() };
+    let mut out = zeros(d.batch * n * d.dim);
+    let mut probs = if keep { zeros(d.batch * d.heads * n * n) } else { Vec::new() };
     if n > 0 && d.dim > 0 {
         let images = out.par_chunks_mut(n * d.dim).zip(values(&qkv).par_chunks(per_image));
         if keep {
@@ -105,7 +105,7 @@ pub(super) fn attention_backward(qkv: &FlexTensor, probs: &FlexTensor, heads: us
     let (qkv, probs, grad) = (dense(qkv), dense(probs), dense(grad));
     let d = Dims::of(&qkv, heads);
     let n = d.tokens;
-    let mut dqkv = vec![0.0f32; d.batch * n * 3 * d.dim];
+    let mut dqkv = zeros(d.batch * n * 3 * d.dim);
     if n > 0 && d.dim > 0 {
         dqkv.par_chunks_mut(n * 3 * d.dim)
             .zip(values(&qkv).par_chunks(n * 3 * d.dim))

@@ -8,6 +8,8 @@ use burn::tensor::TensorData;
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::products::{copied, filled, zeros};
+
 /// Elements per parallel task: large enough to amortise a task, small enough to share the
 /// work of one layer's activations among the cores.
 const CHUNK: usize = 16 * 1024;
@@ -34,7 +36,7 @@ fn writable(grad: FlexTensor) -> FlexTensor {
         && grad.is_contiguous()
         && grad.layout().start_offset() == 0
         && grad.bytes().len() == n * size_of::<f32>();
-    if whole { grad } else { like(&grad, values(&dense(&grad)).to_vec()) }
+    if whole { grad } else { like(&grad, copied(values(&dense(&grad)))) }
 }
 
 pub(super) fn gelu_forward(x: &FlexTensor) -> FlexTensor {
@@ -56,8 +58,8 @@ pub(super) fn softmax_backward(y: &FlexTensor, grad: FlexTensor) -> FlexTensor {
 /// `kernel` on `x` into a new tensor.
 fn forward(kernel: Kernel, x: &FlexTensor) -> FlexTensor {
     let x = dense(x);
-    let mut out = vec![0.0f32; x.layout().num_elements()];
-    kernel.run(values(&x), &mut out);
+    let (xs, chunk) = (values(&x), kernel.chunk());
+    let out = filled(xs.len(), chunk, &[0.0], |i, out| kernel.on(&xs[i * chunk..i * chunk + out.len()], out));
     like(&x, out)
 }
 
@@ -99,9 +101,12 @@ impl Kernel {
     fn run(self, x: &[f32], out: &mut [f32]) {
         assert_eq!(x.len(), out.len(), "{self:?}: input and output differ in size");
         let chunk = self.chunk();
-        out.par_chunks_mut(chunk)
-            .zip(x.par_chunks(chunk))
-            .for_each(|(out, x)| pulp::Arch::new().dispatch(Chunk { kernel: self, x, out }));
+        out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(out, x)| self.on(x, out));
+    }
+
+    /// Runs over one chunk, on the calling thread.
+    fn on(self, x: &[f32], out: &mut [f32]) {
+        pulp::Arch::new().dispatch(Chunk { kernel: self, x, out })
     }
 }
 
@@ -203,7 +208,7 @@ pub(super) fn layer_norm_forward(
     let (xs, gamma_v, beta_v) = (values(&x), values(&gamma), values(&beta));
     assert!(gamma_v.len() == d && beta_v.len() == d, "LayerNorm: scale and shift must have {d} values");
     let rows = xs.len() / d;
-    let mut out = vec![0.0f32; xs.len()];
+    let mut out = zeros(xs.len());
     let mut stats = RowStats { mean: vec![0.0; rows], rstd: vec![0.0; rows] };
     let per = (CHUNK / d).max(1);
     out.par_chunks_mut(per * d)

@@ -489,6 +489,43 @@ mod tests {
         }
     }
 
+    /// The fused linear layer gives the same bits on 1, 2 and 5 threads: its blocks of rows
+    /// (a count that is a multiple of the thread count) change only which thread computes a row.
+    #[test]
+    fn fused_linear_does_not_depend_on_the_thread_count() {
+        let device = Device::flex().autodiff();
+        let (b, n, d_in, d_out) = (2, 300, 24, 40);
+        let (x0, w0, b0, g0) = (
+            random([b, n, d_in], 14, 1.0),
+            random([1, d_in, d_out], 15, 0.3),
+            random([1, 1, d_out], 16, 1.0),
+            random([b, n, d_out], 17, 1.0),
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            pool.install(|| {
+                let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), [b, n, d_in]), &device).require_grad();
+                let w = Tensor::<2>::from_data(TensorData::new(w0.clone(), [d_in, d_out]), &device).require_grad();
+                let bias = Tensor::<1>::from_data(TensorData::new(b0.clone(), [d_out]), &device).require_grad();
+                let y = linear(x.clone(), w.clone(), Some(bias.clone()));
+                let weights = Tensor::<3>::from_data(TensorData::new(g0.clone(), [b, n, d_out]), &device);
+                let grads = (y.clone() * weights).sum().backward();
+                let bits =
+                    |t: TensorData| t.to_vec::<f32>().expect("f32").iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                [
+                    bits(y.detach().to_data()),
+                    bits(x.grad(&grads).expect("dx").to_data()),
+                    bits(w.grad(&grads).expect("dW").to_data()),
+                    bits(bias.grad(&grads).expect("db").to_data()),
+                ]
+            })
+        };
+        let one = run(1);
+        for threads in [2, 5] {
+            assert!(run(threads) == one, "{threads} threads give other values than one");
+        }
+    }
+
     /// Without autodiff (evaluation, feature extraction) the fused attention gives the same
     /// values as with it.
     #[test]

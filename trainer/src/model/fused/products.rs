@@ -11,7 +11,19 @@
 //!
 //! Both take raw pointers and strides; this is the one place that calls them, and [`Mat`] and
 //! [`MatMut`] are what make the calls sound (see the SAFETY comments).
+//!
+//! The module's other `unsafe`: [`filled`], [`zeros`] and [`copied`] make the fused kernels'
+//! new buffers on rayon's threads, each block written by the thread that then works on it,
+//! where `vec![0.0; n]` would zero all of it on the calling thread first while the others wait
+//! (in `trainer bench` that zeroing and copying was about half of the main thread's own time).
 #![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// Values per block of [`zeros`] and [`copied`].
+const BLOCK: usize = 16 * 1024;
 
 /// A read-only strided view of a `rows x cols` f32 matrix: element (i, j) is
 /// `data[offset + i * row_stride + j * col_stride]`.
@@ -188,6 +200,74 @@ pub(super) fn product_mm(dst: MatMut<'_>, a: Mat<'_>, b: Mat<'_>, accumulate: bo
     }
 }
 
+/// A new buffer of `len` values made on rayon's threads, `block` values at a time (the last
+/// block may be shorter): each block is first set to `start` repeated, then handed to `fill`
+/// with its index, on the same thread. `block` must be a multiple of `start.len()`, so every
+/// block starts at the beginning of `start` (the bias of a linear layer, one row's worth).
+///
+/// # Panics
+/// If `start` is empty or `block` is no multiple of its length; and if `fill` panics.
+pub(super) fn filled(len: usize, block: usize, start: &[f32], fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    assert!(
+        !start.is_empty() && block > 0 && block.is_multiple_of(start.len()),
+        "blocks of {block} values cannot start with a pattern of {}",
+        start.len()
+    );
+    build(len, block, |_, chunk| repeat(chunk, start), fill)
+}
+
+/// `len` zeros, written on rayon's threads.
+pub(super) fn zeros(len: usize) -> Vec<f32> {
+    build(len, BLOCK, |_, chunk| repeat(chunk, &[0.0]), |_, _| {})
+}
+
+/// A copy of `src`, made on rayon's threads.
+pub(super) fn copied(src: &[f32]) -> Vec<f32> {
+    build(
+        src.len(),
+        BLOCK,
+        |i, chunk| _ = chunk.write_copy_of_slice(&src[i * BLOCK..i * BLOCK + chunk.len()]),
+        |_, _| {},
+    )
+}
+
+/// Writes every element of `chunk`: `pattern` repeated from its start.
+fn repeat(chunk: &mut [MaybeUninit<f32>], pattern: &[f32]) {
+    if let [value] = pattern {
+        for slot in chunk.iter_mut() {
+            slot.write(*value);
+        }
+    } else {
+        for part in chunk.chunks_mut(pattern.len()) {
+            part.write_copy_of_slice(&pattern[..part.len()]);
+        }
+    }
+}
+
+/// The buffer of [`filled`], [`zeros`] and [`copied`]: `init(index, block)` must write every
+/// element of its block (the three callers' closures do: `repeat` and a copy of a slice of the
+/// same length), then `fill` works on the initialised block.
+fn build(
+    len: usize,
+    block: usize,
+    init: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len].par_chunks_mut(block.max(1)).enumerate().for_each(|(i, chunk)| {
+        init(i, chunk);
+        // SAFETY: `init` wrote every element of `chunk` (its contract, kept by the callers in
+        // this module), so all of it is an initialised f32.
+        let chunk = unsafe { chunk.assume_init_mut() };
+        fill(i, chunk);
+    });
+    // SAFETY: the blocks of `par_chunks_mut` cover `0..len` of the spare capacity (which holds at
+    // least `len`), and each block was initialised above; had a task panicked, `for_each` would
+    // have passed the panic on before this line.
+    unsafe { values.set_len(len) };
+    values
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +319,29 @@ mod tests {
         for (i, (got, want)) in dst.iter().zip(&want).enumerate() {
             assert!((got - 2.0 * want).abs() < 1e-5, "element {i}: {got} vs {}", 2.0 * want);
         }
+    }
+
+    /// The new buffers hold what they should: the pattern then what `fill` wrote, for lengths
+    /// that are and are not a multiple of the block.
+    #[test]
+    fn fresh_buffers_hold_their_pattern_fill_zeros_and_copies() {
+        for len in [0, 6, 7 * 6, BLOCK + 3] {
+            let v = filled(len, 12, &[1.0, 2.0, 3.0], |i, block| block[0] += i as f32 * 10.0);
+            for (j, &x) in v.iter().enumerate() {
+                let want = [1.0, 2.0, 3.0][j % 3] + if j % 12 == 0 { (j / 12) as f32 * 10.0 } else { 0.0 };
+                assert_eq!(x, want, "element {j} of {len}");
+            }
+            assert_eq!(v.len(), len);
+            assert!(zeros(len).iter().all(|&x| x == 0.0) && zeros(len).len() == len);
+            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.5).collect();
+            assert_eq!(copied(&src), src);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot start with a pattern")]
+    fn a_block_that_cuts_its_pattern_is_refused() {
+        let _ = filled(10, 5, &[1.0, 2.0], |_, _| {});
     }
 
     #[test]
