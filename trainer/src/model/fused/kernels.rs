@@ -345,6 +345,22 @@ fn sum(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The largest value of `x`, NaN ignored as `f32::max` does (-inf when there is none), in 8
+/// lanes as [`sum`]: a fold through `f32::max` is one serial chain of scalar compares (in the
+/// attention's rows of 30-197 scores it took longer than the row's `exp`).
+#[inline(always)]
+fn max(x: &[f32]) -> f32 {
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    lanes.iter().copied().fold(tail, f32::max)
+}
+
 /// Σ a b over two slices of the same length, in 8 lanes as [`sum`].
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -362,7 +378,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// One row's softmax, max-subtracted.
 #[inline(always)]
 fn softmax_row(x: &[f32], y: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(x);
     if max == f32::NEG_INFINITY {
         // All -inf (a fully masked row): what burn's composite softmax gives, NaN.
         y.fill(f32::NAN);
@@ -377,7 +393,7 @@ fn softmax_row(x: &[f32], y: &mut [f32]) {
 /// [`softmax_row`] in place.
 #[inline(always)]
 fn softmax_row_in_place(y: &mut [f32]) {
-    let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max(y);
     if max == f32::NEG_INFINITY {
         y.fill(f32::NAN);
         return;
@@ -478,6 +494,28 @@ mod tests {
     /// Φ in f64 (libm's erfc), the reference for the bounds below.
     fn normal_cdf_f64(x: f64) -> f64 {
         0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
+    }
+
+    /// The 8-lane max equals the serial fold for every length around the lane count, wherever
+    /// the largest value sits, and ignores NaN as `f32::max` does.
+    #[test]
+    fn lane_max_equals_the_serial_fold() {
+        let serial = |x: &[f32]| x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for len in 0..40 {
+            for top in 0..len.max(1) {
+                let mut x: Vec<f32> = (0..len).map(|i| ((i * 7919) % 13) as f32 - 20.0).collect();
+                if let Some(v) = x.get_mut(top) {
+                    *v = 3.5;
+                }
+                assert_eq!(max(&x), serial(&x), "length {len}, largest at {top}");
+                if len > 1 {
+                    x[(top + 1) % len] = f32::NAN;
+                    assert_eq!(max(&x), serial(&x), "length {len} with a NaN");
+                }
+            }
+        }
+        assert_eq!(max(&[f32::NAN; 9]), f32::NEG_INFINITY);
+        assert_eq!(max(&[f32::NEG_INFINITY; 11]), f32::NEG_INFINITY);
     }
 
     #[test]
