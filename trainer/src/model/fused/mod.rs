@@ -510,8 +510,9 @@ mod tests {
                 let y = linear(x.clone(), w.clone(), Some(bias.clone()));
                 let weights = Tensor::<3>::from_data(TensorData::new(g0.clone(), [b, n, d_out]), &device);
                 let grads = (y.clone() * weights).sum().backward();
-                let bits =
-                    |t: TensorData| t.to_vec::<f32>().expect("f32").iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+                let bits = |t: TensorData| {
+                    t.try_to_vec::<f32>().expect("f32").iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+                };
                 [
                     bits(y.detach().to_data()),
                     bits(x.grad(&grads).expect("dx").to_data()),

@@ -4,10 +4,10 @@
 //! cores themselves, with rayon, so one pool holds every thread.
 //!
 //! Why two: measured on the step's shapes (2 cores, AVX2; README, `trainer bench`),
-//! matrixmultiply is the faster on the linear layers' `[rows x 192] x [192 x 576]` kind and
-//! gemm on their weight gradients `[192 x rows] x [rows x 576]`; on attention's tiles, one
-//! thread each, gemm was as fast on `q kᵀ` and `Pᵀ dout` and faster on `P v` (65-95 against
-//! 50 GFLOP/s at 197 tokens, 32 per head).
+//! matrixmultiply is the faster on the linear layers (their outputs, input gradients and, cut
+//! into parts of rows, weight gradients); on attention's tiles, one thread each, gemm was as
+//! fast on `q kᵀ` and `Pᵀ dout` and faster on `P v` (65-95 against 50 GFLOP/s at 197 tokens,
+//! 32 per head).
 //!
 //! Both take raw pointers and strides; this is the one place that calls them, and [`Mat`] and
 //! [`MatMut`] are what make the calls sound (see the SAFETY comments).
