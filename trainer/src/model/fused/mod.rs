@@ -32,6 +32,7 @@ use burn::tensor::{DType, Device, Tensor, activation};
 mod attention;
 mod kernels;
 mod linear;
+mod math;
 mod products;
 use attention::{attention_backward, attention_forward};
 use kernels::{
