@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """`trainer bench` against the reference PyTorch step, back to back, in pairs.
 
-Each pair runs `trainer bench` (a release build) and then `torch_msn_step.py` with the same
-model, batch, views and EHR width, one after the other on the same machine, and prints both
-images/s, their ratio (burn / PyTorch), the step parts and peak memory. After all pairs it
-prints the best and worst ratio: the figures the README's `trainer bench` table quotes.
+Each pair runs `trainer bench` (a release build) and `torch_msn_step.py` with the same model,
+batch, views and EHR width, one after the other on the same machine, and prints both images/s,
+their ratio (burn / PyTorch), the step parts and peak memory. The order alternates (burn first
+in odd pairs, PyTorch first in even ones), so a machine that speeds up or slows down over the
+pairs does not favour one side. After all pairs it prints the best, median and worst ratio:
+the figures the README's `trainer bench` table quotes.
 
     python3 trainer/bench/compare_torch.py --pairs 3
     python3 trainer/bench/compare_torch.py --trainer target/release/trainer --model vit-small \
@@ -16,6 +18,7 @@ It needs `torch` in the Python that runs it (the Rust build never does).
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -74,13 +77,20 @@ def main():
 
     ratios = []
     for pair in range(1, args.pairs + 1):
-        b, t = burn(args), torch(args)
+        if pair % 2:
+            b = burn(args)
+            t = torch(args)
+        else:
+            t = torch(args)
+            b = burn(args)
         ratio = b["images_per_second"] / t["images_per_second"]
         ratios.append(ratio)
         print(f"pair {pair}: burn {b['images_per_second']:.2f} images/s ({parts(b)}, peak RSS {b['peak_rss_mb']:.0f} MB)")
         print(f"        pytorch {t['version']} {t['images_per_second']:.2f} images/s ({parts(t)}, peak RSS {t['peak_rss_mb']:.0f} MB)")
         print(f"        ratio {ratio:.2f}x", flush=True)
-    print(f"{args.model}, batch {args.batch_size}, {args.pairs} pairs: burn / PyTorch best {max(ratios):.2f}x, worst {min(ratios):.2f}x")
+    middle = statistics.median(ratios)
+    print(f"{args.model}, batch {args.batch_size}, {args.pairs} pairs: burn / PyTorch best {max(ratios):.2f}x, "
+          f"median {middle:.2f}x, worst {min(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,10 @@ pub(crate) struct Cli {
     /// or `openblas` for its matrix products through OpenBLAS). A comma-separated list
     /// (`cuda:0,cuda:1,...`) pretrains data-parallel: each batch (--batch-size is the global
     /// batch) split over the devices, gradients summed; evaluation runs on the first device.
-    /// `cpu,cpu` runs that code on one CPU (a check; small models can also train faster so).
-    /// Default: cpu; for `demo`, cpu,cpu (two replicas train its vit-micro 1.6x faster on 2
-    /// cores than one).
-    #[arg(long, visible_alias = "devices", global = true, value_delimiter = ',')]
-    pub(crate) device: Option<Vec<Backend>>,
+    /// `cpu,cpu` runs that code on one CPU (a check of it; on 2 cores no faster than one
+    /// replica).
+    #[arg(long, visible_alias = "devices", global = true, value_delimiter = ',', default_value = "cpu")]
+    pub(crate) device: Vec<Backend>,
     /// How the devices of a --device list exchange their sums: nccl (CUDA GPUs; needs
     /// libnccl.so.2 at run time; the default for a list of CUDA GPUs) or host (through host
     /// memory; every backend, the default otherwise).
@@ -133,16 +132,6 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DIR")]
         dataset: Option<PathBuf>,
     },
-}
-
-impl Command {
-    /// The devices when `--device` is not given.
-    pub(crate) fn default_devices(&self) -> Vec<Backend> {
-        match self {
-            Self::Demo(_) => vec![Backend::Cpu; 2],
-            _ => vec![Backend::Cpu],
-        }
-    }
 }
 
 #[derive(Debug, Args)]

@@ -24,7 +24,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// The reporter, the devices, then the command.
 fn run(cli: Cli) -> (Reporter, anyhow::Result<()>) {
     let log = Reporter::new(cli.log);
-    let backends = cli.device.clone().unwrap_or_else(|| cli.command.default_devices());
+    let backends = cli.device;
     let devices = match Devices::of(&backends, cli.precision, cli.all_reduce).context("--device, --precision") {
         Ok(d) => d,
         Err(e) => return (log, Err(e)),
@@ -102,10 +102,9 @@ mod tests {
         assert_eq!(bad.exit_code(), 2);
         assert!(bad.to_string().contains("unknown device \"tpu\""), "{bad}");
         let two = Cli::try_parse_from(["trainer", "--device", "cpu, cpu", "ehr-columns", "--ehr", "stay,sex"]).unwrap();
-        assert_eq!(two.device, Some(vec![Backend::Cpu; 2]));
-        assert_eq!(two.command.default_devices(), [Backend::Cpu], "one CPU unless told");
+        assert_eq!(two.device, vec![Backend::Cpu; 2]);
         let demo = Cli::try_parse_from(["trainer", "demo"]).unwrap();
-        assert_eq!((demo.device, demo.command.default_devices()), (None, vec![Backend::Cpu; 2]), "the demo: two");
+        assert_eq!(demo.device, [Backend::Cpu], "one CPU unless told, the demo too");
         match &two.command {
             Command::EhrColumns { ehr, .. } => assert_eq!(ehr.spelling(), "stay,sex"),
             other => panic!("{other:?}"),
