@@ -35,8 +35,9 @@ pub enum Precision {
     /// 32-bit floats throughout (the default; the parity tests' precision).
     #[default]
     F32,
-    /// Forward and backward in f16. Without dynamic loss scaling, which this trainer does not
-    /// have, f16 gradients underflow: pretraining refuses it (`selftest` and inference take it).
+    /// Forward and backward in f16 (5 exponent bits): mixed precision as bf16, and pretraining
+    /// scales its loss dynamically so that small gradients do not flush to zero
+    /// (`pretrain::LossScale`).
     F16,
     /// Forward and backward in bfloat16 (f32's range, 8 bits of mantissa): mixed precision.
     Bf16,

@@ -135,6 +135,7 @@ pub fn import_torch(file: &Path, vit_cfg: &VitConfig, prefix: &str, out: &Path, 
         first_loss: 0.0,
         model,
         optimizer: String::new(),
+        loss_scale: None,
     };
     let text = serde_json::to_string_pretty(&c)?;
     fs_err::write(out.join(CHECKPOINT), text)?;

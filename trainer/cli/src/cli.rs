@@ -43,9 +43,10 @@ pub(crate) struct Cli {
     pub(crate) all_reduce: Option<AllReduce>,
     /// The float type the networks compute in: f32, or bf16 (mixed precision: parameters,
     /// gradients, the optimizer's state and the EMA target stay f32; LayerNorm, BatchNorm,
-    /// softmax and the MSN loss in f32). f16 is for selftest and inference (pretraining
-    /// refuses it: no loss scaling). On cuda and on wgpu with `--features vulkan`; on cpu
-    /// it runs, through f32, as a check.
+    /// softmax and the MSN loss in f32), or f16 (the same, and pretraining scales the loss
+    /// dynamically: from 65536, halved and the step skipped when a gradient overflows,
+    /// doubled after 2000 good steps; `loss_scale` in metrics.jsonl). On cuda and on wgpu
+    /// with `--features vulkan`; on cpu it runs, rounding to the half type, as a check.
     #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
     pub(crate) precision: Precision,
     /// How progress and log lines are written to standard error: human (a status line on a

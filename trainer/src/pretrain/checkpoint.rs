@@ -20,6 +20,9 @@ pub struct Checkpoint {
     pub first_loss: f32,
     pub model: String,
     pub optimizer: String,
+    /// The loss scale after `step` (f16 runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<super::LossScale>,
 }
 
 /// An `f32` that JSON wrote as `null` (NaN has no JSON form) reads back as NaN.
@@ -144,6 +147,7 @@ impl RunFiles {
         step: usize,
         (epoch, batch): (usize, usize),
         first_loss: f32,
+        loss_scale: Option<super::LossScale>,
     ) -> Result<()> {
         use burn::module::Module;
         let model = format!("model-{step:08}.bpk");
@@ -158,6 +162,7 @@ impl RunFiles {
             first_loss,
             model: model.clone(),
             optimizer: optim.clone(),
+            loss_scale,
         };
         write_atomic(&self.run.join(CHECKPOINT), serde_json::to_string_pretty(&c)?.as_bytes())?;
         // Older checkpoints are no longer referenced.

@@ -86,9 +86,9 @@ pub struct PretrainConfig {
     /// Where the images are held while training (the results are the same).
     #[config(default = "ImageSource::Auto")]
     pub images: ImageSource,
-    /// The float type the networks compute in: f32, or bf16 (mixed precision: f32
-    /// parameters, optimizer state and EMA target; `--precision`). f16 is refused (no loss
-    /// scaling).
+    /// The float type the networks compute in: f32, or bf16 or f16 (mixed precision: f32
+    /// parameters, optimizer state and EMA target; f16 with a dynamic loss scale;
+    /// `--precision`).
     #[config(default = "Precision::F32")]
     pub precision: Precision,
     /// Stop after this many steps (benchmarks, smoke tests); the schedules still span all

@@ -23,11 +23,13 @@ use crate::{Error, Result};
 mod checkpoint;
 mod config;
 mod replicas;
+mod scale;
 mod step;
 
 pub use checkpoint::*;
 pub use config::*;
 pub use replicas::Replicas;
+pub use scale::LossScale;
 pub use step::*;
 
 use checkpoint::RunFiles;
@@ -70,13 +72,6 @@ pub fn pretrain_with(
     on_step: &mut dyn FnMut(&StepMetrics, usize),
 ) -> Result<PretrainSummary> {
     // Settings first: a bad one is reported before any data is read.
-    if cfg.precision == crate::backend::Precision::F16 {
-        return Err(Error::Config(
-            "pretraining in f16 needs dynamic loss scaling, which this trainer does not have (its gradients would \
-             underflow); use --precision bf16 (mixed precision: the same memory, f32's range) or f32"
-                .into(),
-        ));
-    }
     let half = cfg.precision != crate::backend::Precision::F32;
     if let Some(d) = devices.list.iter().find(|d| half && !crate::backend::computes_in(d, cfg.precision)) {
         return Err(Error::Device(format!(
@@ -108,7 +103,7 @@ pub fn pretrain_with(
     let mut state = RunState::start(&files)?;
     // A fresh run asked for no steps still leaves its initial network as a checkpoint.
     if files.checkpoint.is_none() && stop == 0 {
-        files.save(replicas.net(), replicas.optimizer_record(), 0, (0, 0), state.first)?;
+        files.save(replicas.net(), replicas.optimizer_record(), 0, (0, 0), state.first, replicas.loss_scale())?;
     }
     let started = Instant::now();
     let steps_before = state.step;
@@ -141,13 +136,16 @@ fn start_network(cfg: &PretrainConfig, ehr_in: usize, devices: &Devices, files: 
     if !cfg.train_prototypes {
         net.prototypes = net.prototypes.set_require_grad(false);
     }
+    // f16 trains with dynamic loss scaling (`scale.rs`); a resumed run goes on from its state.
+    let f16 = cfg.precision == crate::backend::Precision::F16;
     let Some(c) = &files.checkpoint else {
-        return Ok(Replicas::new(net, devices));
+        return Ok(Replicas::new(net, devices).with_loss_scale(f16.then(LossScale::default)));
     };
     let model = files.run.join(&c.model);
     let record = burn::store::ModuleRecord::load(&model).map_err(|e| Error::record(&model, e))?;
     let net = net.try_load_record(record).map_err(|e| Error::record(&model, e))?;
-    let mut replicas = Replicas::new(net, devices);
+    let scale = f16.then(|| c.loss_scale.unwrap_or_default());
+    let mut replicas = Replicas::new(net, devices).with_loss_scale(scale);
     let optimizer = files.run.join(&c.optimizer);
     replicas
         .load_optimizer(|| burn::optim::OptimizerRecord::load(&optimizer).map_err(|e| Error::record(&optimizer, e)))?;
@@ -290,6 +288,7 @@ impl EpochRun<'_> {
                     weight_decay: sched.weight_decay,
                     momentum: sched.momentum,
                     images_per_second: batch.size as f64 / t0.elapsed().as_secs_f64(),
+                    loss_scale: replicas.loss_scale().map(|l| l.scale),
                 };
                 state.record(&m, batch.size)?;
                 on_step(&m, stop);
@@ -316,7 +315,8 @@ impl EpochRun<'_> {
                 }
                 if state.step.is_multiple_of(cfg.checkpoint_every.max(1)) || next.1 == 0 || state.step == stop {
                     state.metrics.flush()?;
-                    files.save(replicas.net(), replicas.optimizer_record(), state.step, next, state.first)?;
+                    let scale = replicas.loss_scale();
+                    files.save(replicas.net(), replicas.optimizer_record(), state.step, next, state.first, scale)?;
                     state.saved = Some(state.step);
                 }
             }

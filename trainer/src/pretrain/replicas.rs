@@ -6,7 +6,9 @@
 use burn::module::Module;
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
 
-use super::{PretrainConfig, StepSchedule, StepTimes, batch_tensors, optimizer, train_step_with};
+use super::{
+    LossScale, PretrainConfig, StepOutput, StepSchedule, StepTimes, batch_tensors, optimizer, train_step_with,
+};
 use crate::model::fusion::MsnNet;
 use crate::msn::MsnLossOutput;
 use crate::parallel::{AllReduce, BackendAllReduce, Devices, HostAllReduce, Local, panic_message, shard_ranges};
@@ -17,6 +19,9 @@ use crate::{Error, Result};
 pub struct Replicas {
     replicas: Vec<(MsnNet, ModuleOptimizer)>,
     devices: Devices,
+    /// The loss scale of f16 runs (one for all replicas: they see the same summed gradients,
+    /// so they skip the same steps).
+    loss_scale: Option<LossScale>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -34,7 +39,18 @@ impl Replicas {
             .enumerate()
             .map(|(i, d)| (if i == 0 { net.clone() } else { net.clone().fork(d) }, optimizer()))
             .collect();
-        Self { replicas, devices: devices.clone() }
+        Self { replicas, devices: devices.clone(), loss_scale: None }
+    }
+
+    /// Trains with dynamic loss scaling from `scale` (f16), or without (`None`).
+    #[must_use]
+    pub fn with_loss_scale(self, scale: Option<LossScale>) -> Self {
+        Self { loss_scale: scale, ..self }
+    }
+
+    /// The loss scale after the last step (`None` without loss scaling).
+    pub fn loss_scale(&self) -> Option<LossScale> {
+        self.loss_scale
     }
 
     /// Loads the optimizer state into every replica (`load` is called once per device).
@@ -68,14 +84,16 @@ impl Replicas {
     /// device's step times. A batch smaller than the number of devices is an error.
     pub fn step(&mut self, batch: &Batch, cfg: &PretrainConfig, s: StepSchedule) -> Result<(MsnLossOutput, StepTimes)> {
         let k = self.replicas.len();
+        let scale = self.loss_scale.map(|l| l.scale);
         // One device through NCCL still takes the group's path (a check of NCCL on one GPU).
         if k == 1 && self.devices.all_reduce == AllReduce::Host {
             let (net, optim) = self.replicas.pop().expect("one replica");
             let mut optim = optim;
             let views = batch_tensors(batch, cfg, self.devices.main());
-            let (net, loss, times) = train_step_with(net, &mut optim, views, cfg, s, &Local)?;
-            self.replicas.push((net, optim));
-            return Ok((loss, times));
+            let out = train_step_with(net, &mut optim, views, cfg, s, &Local, scale)?;
+            self.replicas.push((out.net, optim));
+            self.scaled(out.applied);
+            return Ok((out.loss, out.times));
         }
         if batch.size < k {
             return Err(Error::Internal(format!("a batch of {} cannot be split over {k} devices", batch.size)));
@@ -95,8 +113,8 @@ impl Replicas {
                     scope.spawn(move || {
                         let views = batch_tensors(&batch.shard(rows.clone(), cfg.views.focal_views), cfg, device);
                         let run = std::panic::AssertUnwindSafe(|| match all_reduce {
-                            AllReduce::Host => train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank)),
-                            AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend),
+                            AllReduce::Host => train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank), scale),
+                            AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend, scale),
                         });
                         let out = std::panic::catch_unwind(run);
                         if !matches!(out, Ok(Ok(_))) {
@@ -112,8 +130,8 @@ impl Replicas {
         let mut failures = Vec::new();
         for r in results {
             match r {
-                Ok((Ok(Ok((net, loss, times))), optim)) => {
-                    first.get_or_insert((loss, times));
+                Ok((Ok(Ok(StepOutput { net, loss, times, applied })), optim)) => {
+                    first.get_or_insert((loss, times, applied));
                     self.replicas.push((net, optim));
                 }
                 Ok((Ok(Err(e)), _)) => failures.push(e.to_string()),
@@ -121,7 +139,10 @@ impl Replicas {
             }
         }
         match first {
-            Some(out) if failures.is_empty() => Ok(out),
+            Some((loss, times, applied)) if failures.is_empty() => {
+                self.scaled(applied);
+                Ok((loss, times))
+            }
             _ => {
                 // The device that failed first says why; the others only that it did.
                 failures.sort_by_key(|m| m.contains("another device"));
@@ -133,5 +154,10 @@ impl Replicas {
                 Err(Error::Device(format!("a data-parallel step failed: {}{hint}", failures.join("; "))))
             }
         }
+    }
+
+    /// The loss scale after a step that `applied` its update or skipped it.
+    fn scaled(&mut self, applied: bool) {
+        self.loss_scale = self.loss_scale.map(|l| l.after(applied));
     }
 }

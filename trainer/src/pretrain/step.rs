@@ -69,6 +69,9 @@ pub struct StepMetrics {
     pub weight_decay: f64,
     pub momentum: f64,
     pub images_per_second: f64,
+    /// f16 runs: the loss scale after the step (halved when the step was skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 /// Adam with AdamW's betas and eps; the decoupled weight decay and the gradient clipping are
@@ -213,13 +216,27 @@ pub fn train_step(
     cfg: &PretrainConfig,
     s: StepSchedule,
 ) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
-    train_step_with(net, optim, views, cfg, s, &Local)
+    let out = train_step_with(net, optim, views, cfg, s, &Local, None)?;
+    Ok((out.net, out.loss, out.times))
+}
+
+/// What [`train_step_with`] returns.
+#[derive(Debug)]
+pub struct StepOutput {
+    pub net: MsnNet,
+    /// The global loss (values; with [`Local`] also its graph).
+    pub loss: MsnLossOutput,
+    pub times: StepTimes,
+    /// False when a loss-scaled step's gradients were not finite and the update was skipped.
+    pub applied: bool,
 }
 
 /// [`train_step`] on one device's shard of a batch split over the devices of `collective`:
 /// the loss over the global batch, the gradients summed over the devices before the update
-/// (the same on every device, so the replicas stay equal). The loss returned is the global
-/// one (values; with [`Local`] also its graph).
+/// (the same on every device, so the replicas stay equal). With `loss_scale` (f16; see
+/// [`super::LossScale`]) the backward pass starts from the loss times the scale and the
+/// gradients are divided by it; if one is then not finite, the update is skipped (the EMA
+/// update at the step's start is not).
 pub fn train_step_with(
     net: MsnNet,
     optim: &mut ModuleOptimizer,
@@ -227,7 +244,8 @@ pub fn train_step_with(
     cfg: &PretrainConfig,
     s: StepSchedule,
     collective: &impl Collective,
-) -> Result<(MsnNet, MsnLossOutput, StepTimes)> {
+    loss_scale: Option<f64>,
+) -> Result<StepOutput> {
     let t0 = Instant::now();
     let net = ema_update(net, s.momentum);
     let t1 = Instant::now();
@@ -235,14 +253,60 @@ pub fn train_step_with(
     let prototypes = if cfg.train_prototypes { net.prototypes.val() } else { net.prototypes.val().detach() };
     let loss = cfg.loss.forward_sharded(out.anchors, out.targets, prototypes, collective);
     let t2 = Instant::now();
-    let grads = GradientsParams::from_grads(loss.backward.backward(), &net);
+    let backward = match loss_scale {
+        Some(scale) => loss.backward.mul_scalar(scale),
+        None => loss.backward,
+    };
+    let grads = GradientsParams::from_grads(backward.backward(), &net);
     let grads = all_reduce_gradients(grads, &net, collective);
+    let grads = match loss_scale {
+        Some(scale) => unscaled(grads, &net, scale)?,
+        None => Some(grads),
+    };
     let t3 = Instant::now();
-    let net = update(net, optim, grads, cfg, s)?;
+    let (net, applied) = match grads {
+        Some(grads) => (update(net, optim, grads, cfg, s)?, true),
+        None => (net, false),
+    };
     let t4 = Instant::now();
     let secs = |a: Instant, b: Instant| (b - a).as_secs_f64();
     let times = StepTimes { ema: secs(t0, t1), forward: secs(t1, t2), backward: secs(t2, t3), optimizer: secs(t3, t4) };
-    Ok((net, loss.loss, times))
+    Ok(StepOutput { net, loss: loss.loss, times, applied })
+}
+
+/// The gradients divided by `scale`, or `None` when one of them is not finite (the scaled
+/// backward pass overflowed). Every parameter's gradient once: the EMA target is a clone of
+/// the anchor and shares its parameter ids (it has no gradients itself).
+fn unscaled(grads: GradientsParams, net: &MsnNet, scale: f64) -> Result<Option<GradientsParams>> {
+    struct Unscale {
+        grads: GradientsParams,
+        factor: f64,
+        seen: HashSet<ParamId>,
+        squares: Option<Tensor<1>>,
+    }
+    impl ModuleVisitor for Unscale {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if !self.seen.insert(param.id) {
+                return;
+            }
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                let g = g.mul_scalar(self.factor);
+                let sq = g.clone().powf_scalar(2.0).sum();
+                self.squares = Some(match self.squares.take() {
+                    Some(t) => t + sq,
+                    None => sq,
+                });
+                self.grads.register(param.id, g);
+            }
+        }
+    }
+    let mut u = Unscale { grads, factor: 1.0 / scale, seen: HashSet::new(), squares: None };
+    net.visit(&mut u);
+    let finite = match u.squares {
+        Some(t) => scalar(t, "the gradients' sum of squares")?.is_finite(),
+        None => true,
+    };
+    Ok(finite.then_some(u.grads))
 }
 
 /// The views of a batch as tensors on `device`.
@@ -274,4 +338,52 @@ pub(super) fn scalar(t: Tensor<1>, what: &str) -> Result<f32> {
     let v = t.into_data().convert::<f32>().try_to_vec::<f32>();
     let v = v.map_err(|e| Error::Device(format!("reading {what} back from the device: {e:?}")))?;
     v.first().copied().ok_or_else(|| Error::Device(format!("reading {what} back from the device: no value")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, Precision};
+    use crate::model::VitConfig;
+    use crate::model::fusion::FusionShape;
+    use crate::rng::Rng;
+
+    /// The gradients of `scale * Σ anchor(x)²`.
+    fn grads(net: &MsnNet, device: &Device, scale: f64) -> GradientsParams {
+        let out = net.anchor.forward(Tensor::<4>::ones([2, 3, 16, 16], device), None);
+        GradientsParams::from_grads(out.powf_scalar(2.0).sum().mul_scalar(scale).backward(), net)
+    }
+
+    /// The largest difference between two sets of gradients of `net`'s parameters, each id once.
+    fn largest_difference(net: &MsnNet, a: &GradientsParams, b: &GradientsParams) -> f32 {
+        struct Diff<'a>(&'a GradientsParams, &'a GradientsParams, f32, usize);
+        impl ModuleVisitor for Diff<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                if let (Some(x), Some(y)) = (self.0.get::<D>(param.id), self.1.get::<D>(param.id)) {
+                    let d = (x - y).abs().max().into_scalar();
+                    self.2 = self.2.max(d);
+                    self.3 += 1;
+                }
+            }
+        }
+        let mut d = Diff(a, b, 0.0, 0);
+        net.visit(&mut d);
+        assert!(d.3 > 0, "no gradients compared");
+        d.2
+    }
+
+    #[test]
+    fn unscaled_gradients_are_divided_once_each_and_non_finite_ones_refused() {
+        let device = Backend::Cpu.autodiff(Precision::F32).unwrap();
+        let cfg = VitConfig::new(16, 1, 2, 32).with_image_size(16).with_patch_size(8);
+        let shape = FusionShape { ehr_in: 0, ehr_dim: 0, prototypes: 4 };
+        let net = MsnNet::new(&cfg, shape, &device, &mut Rng::new(3));
+        let plain = grads(&net, &device, 1.0);
+        // The target shares the anchor's ids: dividing per visit would divide twice.
+        let back = unscaled(grads(&net, &device, 1024.0), &net, 1024.0).unwrap().expect("finite gradients");
+        let worst = largest_difference(&net, &plain, &back);
+        assert!(worst < 1e-5, "unscaled gradients differ from the plain ones by {worst}");
+        // A loss times 1e39 is infinite in f32: no update.
+        assert!(unscaled(grads(&net, &device, 1e39), &net, 1e39).unwrap().is_none());
+    }
 }
