@@ -14,8 +14,9 @@
 #   3. `trainer bench`, vit-tiny batch 8 and vit-small batch 64, f32 and bf16, on the device and
 #      on wgpu, next to PyTorch's step on the same device (torch_msn_step.py, --amp bf16 for the
 #      bf16 rows) when python3 has torch for it: images/s and peak GPU memory (nvidia-smi);
-#   4. 200 pretraining steps of a vit-micro on a small synthetic dataset in f32 and in bf16: the
-#      mean loss of the last 50 steps of each and their difference;
+#   4. 200 pretraining steps of a vit-micro on a small synthetic dataset in f32, bf16 and f16
+#      (dynamic loss scale): the mean loss of the last 50 steps of each and its difference from
+#      f32, and the f16 run's last loss scale;
 #   5. on CUDA, the same dataset, 10 steps on one GPU plainly and through NCCL with one rank
 #      (`--all-reduce nccl`): the losses must be equal, step for step.
 # GPU_CHECK_WGPU=0 leaves wgpu out (default: in, when the trainer has it and libvulkan.so.1 is
@@ -178,9 +179,12 @@ if run "synthetic dataset" 300 sh -c "'$pipeline' synth --out '$work/archive' --
     [ "$quick" = 1 ] && n=20 last=5
     pretrain f32 "$n" --device "$device" --precision f32
     pretrain bf16 "$n" --device "$device" --precision bf16
-    a=$(tail_mean f32 "$last") b=$(tail_mean bf16 "$last")
-    diff=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.4f", b - a }')
-    row "$n pretraining steps (vit-micro, batch 16): mean loss of the last $last, f32 $a, bf16 $b, bf16 - f32 $diff"
+    pretrain f16 "$n" --device "$device" --precision f16
+    gap() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.4f", b - a }'; }
+    a=$(tail_mean f32 "$last") b=$(tail_mean bf16 "$last") h=$(tail_mean f16 "$last")
+    scale=$(grep -oE '"loss_scale":[0-9.e+]+' "$work/f16/metrics.jsonl" 2> /dev/null | tail -n 1 | cut -d: -f2)
+    row "$n pretraining steps (vit-micro, batch 16): mean loss of the last $last, f32 $a, bf16 $b" \
+        "(bf16 - f32 $(gap "$a" "$b")), f16 $h (f16 - f32 $(gap "$a" "$h"), last loss scale ${scale:--})"
     if [ "$device" = cuda ]; then
         pretrain plain 10 --device cuda
         pretrain nccl 10 --device cuda --all-reduce nccl

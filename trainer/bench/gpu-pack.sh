@@ -18,10 +18,13 @@ features=${GPU_PACK_FEATURES:-cuda,vulkan}
 mkdir -p "$out"
 
 build() { # build PACKAGE [FEATURES]
-    local args=(build --release --locked -p "$1")
+    local args=(build --release --locked -p "$1") cargo=cargo
     [ -n "${2:-}" ] && args+=(--features "$2")
-    echo "== cargo ${args[*]}" >&2
-    cargo "${args[@]}" >&2
+    # SPIR-V with cubecl-spirv's shared-memory fix (trainer/vulkan/cargo), so that the
+    # rehearsal's wgpu parts run on lavapipe too; GPU drivers take the compiler's other path.
+    [[ ${2:-} == *vulkan* ]] && cargo=trainer/vulkan/cargo
+    echo "== $cargo ${args[*]}" >&2
+    "$cargo" "${args[@]}" >&2
 }
 build trainer-cli "$features"
 cp target/release/trainer "$out/trainer"

@@ -244,7 +244,7 @@ impl CaseResult {
         self.checks.iter().max_by(|a, b| a.margin().total_cmp(&b.margin()))
     }
 
-    /// The line `trainer selftest` prints for it.
+    /// The line `trainer selftest` prints for it; a failed case adds one line per quantity.
     pub fn line(&self) -> String {
         let verdict = if self.passed() { "ok  " } else { "FAIL" };
         let from = match &self.from {
@@ -262,7 +262,20 @@ impl CaseResult {
                 w.tolerance
             ),
         };
-        format!("{verdict} {:<22} {what} [{from}]", self.case)
+        let mut line = format!("{verdict} {:<22} {what} [{from}]", self.case);
+        if self.error.is_none() && !self.passed() {
+            // Every quantity of a failed case: which parts of it went wrong, and by how much.
+            for c in &self.checks {
+                let over = if c.passed() { "" } else { "  over" };
+                line += &format!(
+                    "\n     {:<40} error {:.2e}, tolerance {:.0e}{over}",
+                    c.quantity,
+                    c.relative(),
+                    c.tolerance
+                );
+            }
+        }
+        line
     }
 }
 
@@ -538,6 +551,25 @@ mod tests {
         assert!(!Check::values("x", &[f32::NAN], &[1.0], 1.0, Scale::AtLeastOne).passed());
         // Gradients are measured against their own scale: 0.01 off at a peak of 0.1 is 10%.
         assert!(!Check::values("g", &[0.11], &[0.1], 1e-2, Scale::Reference).passed());
+    }
+
+    /// A passing case is one line; a failed one lists every quantity, the failing ones marked.
+    #[test]
+    fn a_failed_case_names_each_quantity() {
+        let ok = Check::values("loss", &[1.0], &[1.0], 1e-4, Scale::AtLeastOne);
+        let bad = Check::values("grad_w", &[0.11], &[0.1], 1e-4, Scale::Reference);
+        let mut result = CaseResult { case: "step".into(), from: None, checks: vec![ok.clone()], error: None };
+        assert_eq!(result.line().lines().count(), 1);
+        result.checks.push(bad);
+        let line = result.line();
+        let lines: Vec<&str> = line.lines().collect();
+        assert!(lines[0].starts_with("FAIL step") && lines[0].contains("(grad_w; 2 compared)"), "{line}");
+        assert_eq!(lines.len(), 3, "{line}");
+        assert!(lines[1].contains("loss") && !lines[1].ends_with("over"), "{line}");
+        assert!(
+            lines[2].contains("grad_w") && lines[2].contains("error 1.00e-1") && lines[2].ends_with("over"),
+            "{line}"
+        );
     }
 
     /// Half precision widens to what a case's own float32 error implies, never below the fixed

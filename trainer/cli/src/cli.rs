@@ -106,7 +106,8 @@ pub(crate) enum Command {
     /// Parity with the reference PyTorch code on this machine: the golden cases (a ViT
     /// forward, the position-embedding resize, the crops, the projection head, three MSN
     /// losses with their gradients, a whole EHR-fused step, AUROC) run on --device with
-    /// --precision, one line per case with its largest error and tolerance. The cases are
+    /// --precision, one line per case with its largest error and tolerance (a failed case lists
+    /// every quantity it compared). The cases are
     /// shipped in the binary; exit 0 only if every case passes, 1 if one fails. Run it on a
     /// new GPU, driver or build.
     Selftest {
