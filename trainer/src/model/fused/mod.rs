@@ -11,9 +11,9 @@
 //! the step. They reach burn through
 //! a backend extension (`#[backend_extension]`): [`FusedOps`] is implemented for `Flex` and
 //! for `Autodiff<Flex>`, whose backward passes are written here. Every other backend (wgpu,
-//! CUDA, ndarray) and every non-f32 tensor keeps burn's own ops: [`gelu`], [`softmax`],
-//! [`layer_norm`], [`attention()`] and [`linear()`] choose by the tensor's device and float
-//! type.
+//! CUDA, ndarray) and every non-f32 tensor keeps burn's own ops (GELU excepted, whose backward
+//! burn approximates off burn-flex: [`exact_gelu`]): [`gelu`], [`softmax`], [`layer_norm`],
+//! [`attention()`] and [`linear()`] choose by the tensor's device and float type.
 //!
 //! The maths: GELU(x) = x Φ(x) with Φ(x) = erfc(-x/√2)/2, erfc from the Chebyshev fit of
 //! Numerical Recipes (fractional error below 1.2e-7 everywhere, so Φ is as exact in the tails
@@ -61,13 +61,27 @@ pub trait FusedOps: Backend {
     fn fused_linear(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Exact GELU (`burn::tensor::activation::gelu`), fused on burn-flex in f32.
+/// Exact GELU, forward and backward: fused on burn-flex in f32, burn-flex's own in half
+/// precision (its backward is exact), [`exact_gelu`] on every other backend.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if fused(&x) {
         Tensor::from_dispatch(<Dispatch as FusedOps>::fused_gelu(x.into_dispatch()))
-    } else {
+    } else if x.device() == Device::flex() {
         activation::gelu(x)
+    } else {
+        exact_gelu(x)
     }
+}
+
+/// GELU, x Φ(x) with Φ(x) = (1 + erf(x/√2))/2, from element-wise ops, so that autodiff
+/// differentiates the function itself: burn's `gelu` (burn-backend 0.22's default
+/// `gelu_backward`, which the CubeCL backends keep, wgpu and CUDA) takes the derivative of
+/// the tanh approximation instead, 4-8e-4 off the exact one (relative, measured on wgpu),
+/// which left the EHR-fused golden step's gradients past 1e-4 there. burn-flex overrides it
+/// exactly, so the CPU never showed it (and keeps its own, one op instead of five).
+fn exact_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let phi = (x.clone() / std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5);
+    x * phi
 }
 
 /// Softmax along `dim` (`burn::tensor::activation::softmax`), fused on burn-flex in f32 when
@@ -378,6 +392,27 @@ mod tests {
                 close(&g_fused, &g_burn, tol);
             }
         }
+    }
+
+    /// GELU from element-wise ops, as every backend but burn-flex in f32 runs it, gives the
+    /// fused (exact) GELU's values and gradients; on the CPU burn's own `gelu` does too, but
+    /// elsewhere its backward is the tanh approximation's (`exact_gelu`).
+    #[test]
+    fn gelu_from_element_wise_ops_has_the_exact_gradient() {
+        let device = Device::flex().autodiff();
+        let shape = [2, 19, 67];
+        let (x0, w) = (random(shape, 7, 3.0), random(shape, 8, 1.0));
+        let run = |op: fn(Tensor<3>) -> Tensor<3>| {
+            let x = Tensor::<3>::from_data(TensorData::new(x0.clone(), shape), &device).require_grad();
+            let y = op(x.clone());
+            let weights = Tensor::<3>::from_data(TensorData::new(w.clone(), shape), &device);
+            let grads = (y.clone() * weights).sum().backward();
+            (y.detach(), x.grad(&grads).expect("x has a gradient"))
+        };
+        let (y_ops, g_ops) = run(exact_gelu);
+        let (y_fused, g_fused) = run(gelu);
+        close(&y_ops, &y_fused, 2e-6);
+        close(&g_ops, &g_fused, 2e-6);
     }
 
     /// The fused LayerNorm and burn's give the same output and the same gradients for the
