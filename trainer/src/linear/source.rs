@@ -57,7 +57,7 @@ pub fn load_encoder(run: &Path, choice: CheckpointChoice, device: &Device) -> Re
     let id = hex(&Sha256::digest(&bytes))[..16].to_string();
     let shape = FusionShape { ehr_in, ehr_dim: cfg.ehr_dim, prototypes: cfg.prototypes };
     let net = MsnNet::new(&cfg.vit, shape, device, &mut Rng::new(cfg.seed));
-    let record = burn::store::ModuleRecord::load(&file).map_err(|e| Error::record(&file, e))?;
+    let record = crate::pretrain::model_record(&file, bytes)?;
     let net = net.try_load_record(record).map_err(|e| Error::record(&file, e))?;
     Ok(Encoder {
         vit: net.target,

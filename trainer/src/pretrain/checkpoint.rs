@@ -25,6 +25,22 @@ pub struct Checkpoint {
     pub loss_scale: Option<super::LossScale>,
 }
 
+/// A model record (burnpack) read whole into memory. burn's `ModuleRecord::load` keeps the path
+/// and reads the tensors' bytes when a device first needs them: on wgpu and CUDA that is later,
+/// on a worker thread, by which time the run may have written a newer file there or a stale run
+/// been removed ("No such file or directory", seen on lavapipe). `bytes` is the file's content.
+pub fn model_record(file: &Path, bytes: Vec<u8>) -> Result<burn::store::ModuleRecord> {
+    burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::record(file, e))
+}
+
+/// An optimizer record read whole into memory, for the reason [`model_record`] gives.
+pub fn optimizer_record(file: &Path) -> Result<burn::optim::OptimizerRecord> {
+    let bytes = fs_err::read(file)?;
+    burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+        .map_err(|e| Error::record(file, e))
+}
+
 /// An `f32` that JSON wrote as `null` (NaN has no JSON form) reads back as NaN.
 fn f32_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f32, D::Error> {
     Ok(<Option<f32> as serde::Deserialize>::deserialize(d)?.unwrap_or(f32::NAN))
@@ -180,5 +196,32 @@ impl RunFiles {
         use burn::module::Module;
         self.save_record(BEST_MODEL, |p| net.clone().into_record().save(p))?;
         write_atomic(&self.run.join(BEST), serde_json::to_string_pretty(best)?.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::nn::{Initializer, LinearConfig};
+    use burn::tensor::Device;
+
+    /// A record read by [`model_record`] no longer needs its file: removed (a stale run) or
+    /// replaced (a newer checkpoint) before the tensors are read, the load still gets what was
+    /// read. burn's own `ModuleRecord::load` reads the file again at that point and fails.
+    #[test]
+    fn a_model_record_outlives_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.bpk");
+        let device = Device::flex();
+        let saved = LinearConfig::new(3, 2).with_initializer(Initializer::Constant { value: 0.25 }).init(&device);
+        saved.clone().into_record().save(&file).unwrap();
+        let record = model_record(&file, fs_err::read(&file).unwrap()).unwrap();
+        fs_err::remove_file(&file).unwrap();
+        let fresh = LinearConfig::new(3, 2).with_initializer(Initializer::Zeros).init(&device);
+        let loaded = fresh.try_load_record(record).unwrap();
+        let values = |l: &burn::nn::Linear| l.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(values(&loaded), vec![0.25; 6]);
+        assert_eq!(values(&loaded), values(&saved));
     }
 }

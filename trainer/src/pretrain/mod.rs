@@ -142,13 +142,12 @@ fn start_network(cfg: &PretrainConfig, ehr_in: usize, devices: &Devices, files: 
         return Ok(Replicas::new(net, devices).with_loss_scale(f16.then(LossScale::default)));
     };
     let model = files.run.join(&c.model);
-    let record = burn::store::ModuleRecord::load(&model).map_err(|e| Error::record(&model, e))?;
+    let record = model_record(&model, fs_err::read(&model)?)?;
     let net = net.try_load_record(record).map_err(|e| Error::record(&model, e))?;
     let scale = f16.then(|| c.loss_scale.unwrap_or_default());
     let mut replicas = Replicas::new(net, devices).with_loss_scale(scale);
     let optimizer = files.run.join(&c.optimizer);
-    replicas
-        .load_optimizer(|| burn::optim::OptimizerRecord::load(&optimizer).map_err(|e| Error::record(&optimizer, e)))?;
+    replicas.load_optimizer(|| optimizer_record(&optimizer))?;
     Ok(replicas)
 }
 
