@@ -2,9 +2,17 @@
 //! ([`crate::parallel::Devices`]), each batch split into one shard per device and trained on
 //! the device's own thread, the loss and the gradients summed over the devices through a
 //! [`crate::parallel::Collective`], the same update applied everywhere.
+//!
+//! Each replica's work is submitted on one stream of its device for the whole run
+//! ([`StreamId`]): CubeCL gives every OS thread its own stream by default, and the step's
+//! threads are new each step, so without the pin a replica's weights and Adam moments were made
+//! on one stream and updated on another. Through SPIR-V on lavapipe that corrupted the second
+//! step's update (the head weights ended 1.0 apart, and the replicas left each other); with the
+//! pin they match the one-device step within 1.2e-7. CUDA gives threads their own streams too.
 
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
+use burn::tensor::{Device, StreamId, Tensor};
 
 use super::{
     LossScale, PretrainConfig, StepOutput, StepSchedule, StepTimes, batch_tensors, optimizer, train_step_with,
@@ -19,6 +27,9 @@ use crate::{Error, Result};
 pub struct Replicas {
     replicas: Vec<(MsnNet, ModuleOptimizer)>,
     devices: Devices,
+    /// The stream each replica's work is submitted on, by device: the first, the stream of
+    /// the thread that made the replicas (it reads and saves the main replica).
+    streams: Vec<StreamId>,
     /// The loss scale of f16 runs (one for all replicas: they see the same summed gradients,
     /// so they skip the same steps).
     loss_scale: Option<LossScale>,
@@ -33,13 +44,15 @@ impl std::fmt::Debug for Replicas {
 impl Replicas {
     /// `net` (on the main device) copied to every device, each with a fresh optimizer.
     pub fn new(net: MsnNet, devices: &Devices) -> Self {
+        let streams: Vec<_> =
+            (0..devices.len()).map(|i| if i == 0 { StreamId::current() } else { StreamId::allocate() }).collect();
         let replicas = devices
             .list
             .iter()
-            .enumerate()
-            .map(|(i, d)| (if i == 0 { net.clone() } else { net.clone().fork(d) }, optimizer()))
+            .zip(&streams)
+            .map(|(d, stream)| (stream.executes(|| own_copy(net.clone(), d)), optimizer()))
             .collect();
-        Self { replicas, devices: devices.clone(), loss_scale: None }
+        Self { replicas, devices: devices.clone(), streams, loss_scale: None }
     }
 
     /// Trains with dynamic loss scaling from `scale` (f16), or without (`None`).
@@ -55,9 +68,9 @@ impl Replicas {
 
     /// Loads the optimizer state into every replica (`load` is called once per device).
     pub fn load_optimizer(&mut self, load: impl Fn() -> Result<OptimizerRecord>) -> Result<()> {
-        for (_, optim) in &mut self.replicas {
+        for ((_, optim), stream) in self.replicas.iter_mut().zip(&self.streams) {
             let o = std::mem::replace(optim, optimizer());
-            *optim = o.load_record(load()?);
+            *optim = stream.executes(|| Ok::<_, Error>(o.load_record(load()?)))?;
         }
         Ok(())
     }
@@ -87,10 +100,11 @@ impl Replicas {
         let scale = self.loss_scale.map(|l| l.scale);
         // One device through NCCL still takes the group's path (a check of NCCL on one GPU).
         if k == 1 && self.devices.all_reduce == AllReduce::Host {
-            let (net, optim) = self.replicas.pop().expect("one replica");
-            let mut optim = optim;
-            let views = batch_tensors(batch, cfg, self.devices.main());
-            let out = train_step_with(net, &mut optim, views, cfg, s, &Local, scale)?;
+            let (net, mut optim) = self.replicas.pop().expect("one replica");
+            let out = self.streams[0].executes(|| {
+                let views = batch_tensors(batch, cfg, self.devices.main());
+                train_step_with(net, &mut optim, views, cfg, s, &Local, scale)
+            })?;
             self.replicas.push((out.net, optim));
             self.scaled(out.applied);
             return Ok((out.loss, out.times));
@@ -107,20 +121,31 @@ impl Replicas {
                 .into_iter()
                 .zip(&shards)
                 .zip(&self.devices.list)
+                .zip(&self.streams)
                 .enumerate()
-                .map(|(rank, (((net, mut optim), rows), device))| {
+                .map(|(rank, ((((net, mut optim), rows), device), stream))| {
                     let (host, backend, all_reduce) = (&host, &backend, self.devices.all_reduce);
                     scope.spawn(move || {
-                        let views = batch_tensors(&batch.shard(rows.clone(), cfg.views.focal_views), cfg, device);
-                        let run = std::panic::AssertUnwindSafe(|| match all_reduce {
-                            AllReduce::Host => train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank), scale),
-                            AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend, scale),
-                        });
-                        let out = std::panic::catch_unwind(run);
-                        if !matches!(out, Ok(Ok(_))) {
-                            host.abort();
-                        }
-                        (out, optim)
+                        stream.executes(|| {
+                            let views = batch_tensors(&batch.shard(rows.clone(), cfg.views.focal_views), cfg, device);
+                            let run = std::panic::AssertUnwindSafe(|| {
+                                let out = match all_reduce {
+                                    AllReduce::Host => {
+                                        train_step_with(net, &mut optim, views, cfg, s, &host.rank(rank), scale)
+                                    }
+                                    AllReduce::Nccl => train_step_with(net, &mut optim, views, cfg, s, backend, scale),
+                                }?;
+                                // Done before the step returns: a read from another stream (the
+                                // caller's, of any replica) does not wait for this one's work.
+                                device.sync().map_err(|e| Error::Device(format!("device {rank}: {e:?}")))?;
+                                Ok::<_, Error>(out)
+                            });
+                            let out = std::panic::catch_unwind(run);
+                            if !matches!(out, Ok(Ok(_))) {
+                                host.abort();
+                            }
+                            (out, optim)
+                        })
                     })
                 })
                 .collect();
@@ -160,4 +185,23 @@ impl Replicas {
     fn scaled(&mut self, applied: bool) {
         self.loss_scale = self.loss_scale.map(|l| l.after(applied));
     }
+}
+
+/// `net` on `device` in buffers of its own, so that every replica starts alike. Otherwise the
+/// main one would keep the buffers its EMA target shares with its anchor (the target starts as
+/// a clone), and the others not (or, on the same device, burn's `fork` would keep them shared
+/// between replicas); through SPIR-V, where burn fuses the EMA update into one kernel, that
+/// alone put the main replica's target 1e-13 off the others'.
+fn own_copy(net: MsnNet, device: &Device) -> MsnNet {
+    struct Copy<'a>(&'a Device);
+    impl ModuleMapper for Copy<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| {
+                let grad = t.is_require_grad();
+                let copy = Tensor::from_data(t.into_data(), self.0);
+                if grad { copy.require_grad() } else { copy }
+            })
+        }
+    }
+    net.map(&mut Copy(device))
 }
