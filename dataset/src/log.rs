@@ -252,6 +252,20 @@ pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Writes `lines` to standard output, one per line, and flushes it. A failed write (a closed
+/// pipe, as in `trainer selftest | head`, or a full disk behind a redirection) comes back as
+/// an error naming standard output (each binary's I/O error, exit 5), never a panic as with
+/// `println!` and never a silent success: a script may read a result from the last line.
+pub fn say<S: std::fmt::Display>(lines: impl IntoIterator<Item = S>) -> std::io::Result<()> {
+    say_to(&mut std::io::stdout().lock(), lines)
+}
+
+/// [`say`] to `out`.
+pub fn say_to<S: std::fmt::Display>(out: &mut impl Write, lines: impl IntoIterator<Item = S>) -> std::io::Result<()> {
+    let written = lines.into_iter().try_for_each(|line| writeln!(out, "{line}")).and_then(|()| out.flush());
+    written.map_err(|e| std::io::Error::new(e.kind(), format!("writing to standard output: {e}")))
+}
+
 /// The exit status of a failure: `code` of the first `T` in the chain of `err` and its
 /// sources, or 1 (an internal error) when there is none.
 pub fn exit_status<T: std::error::Error + 'static>(

@@ -72,12 +72,13 @@ fn a_bf16_step_computes_in_bf16_and_keeps_f32_parameters() {
 }
 
 /// f16 trains with a loss scale: a scale that overflows f16 in the backward pass skips the
-/// update (the weights stay as they were), and a sane one trains like f32 where plain f16 loses
-/// the small gradients: Adam's first step moves each weight by about lr whatever its gradient's
-/// size, unless the gradient flushed to zero, so the weights that moved say whose gradients
-/// survived.
+/// update (the weights stay as they were), and a sane one moves the weights f32 moves, at least
+/// as well as plain f16: Adam's first step moves each weight by about lr whatever its
+/// gradient's size, unless the gradient flushed to zero, so the weights that moved say whose
+/// gradients survived. Plain f16 loses few here (1 of 6144 on the CPU, which rounds to f16 after
+/// every op; 2 through SPIR-V on lavapipe, with the scale 1).
 #[test]
-fn an_f16_step_skips_an_overflowing_loss_scale_and_keeps_the_gradients_plain_f16_loses() {
+fn an_f16_step_skips_an_overflowing_loss_scale_and_otherwise_moves_the_weights_f32_moves() {
     let device = match Backend::from_test_env().unwrap().autodiff(Precision::F16) {
         Ok(device) => device,
         Err(e) => {
@@ -127,7 +128,7 @@ fn an_f16_step_skips_an_overflowing_loss_scale_and_keeps_the_gradients_plain_f16
     let lost = |m: &[bool]| m.iter().zip(&f32_moved).filter(|(a, b)| a != b).count();
     let (lost_scaled, lost_plain) = (lost(&scaled), lost(&plain));
     assert!(
-        lost_scaled * 10 <= lost_plain && lost_scaled * 100 <= before.len(),
+        lost_scaled <= lost_plain && lost_scaled * 1000 <= before.len(),
         "weights moved unlike f32: {lost_scaled} with the scale, {lost_plain} without, of {}",
         before.len()
     );

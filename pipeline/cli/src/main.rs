@@ -1,6 +1,5 @@
 //! The `pipeline` command line: parses arguments, reports progress, calls the library.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use crate::bench::BenchStage;
@@ -67,19 +66,9 @@ fn build_lines(s: &BuildSummary) -> Vec<String> {
     lines
 }
 
-/// Writes `lines` to standard output and flushes it. A failed write (a closed pipe, a full
-/// disk behind a redirection) is an I/O error (exit 5), never a silent success: the version
-/// id a script reads from the last line must not get lost.
+/// [`cxr_dataset::log::say`]: a failed write is an I/O error (exit 5).
 fn say<S: std::fmt::Display>(lines: impl IntoIterator<Item = S>) -> Result<(), pipeline::Error> {
-    say_to(&mut std::io::stdout().lock(), lines)
-}
-
-fn say_to<S: std::fmt::Display>(
-    out: &mut impl Write,
-    lines: impl IntoIterator<Item = S>,
-) -> Result<(), pipeline::Error> {
-    let written = lines.into_iter().try_for_each(|line| writeln!(out, "{line}")).and_then(|()| out.flush());
-    written.map_err(|e| pipeline::Error::Io(std::io::Error::new(e.kind(), format!("writing to standard output: {e}"))))
+    Ok(cxr_dataset::log::say(lines)?)
 }
 
 fn print_build(s: &BuildSummary) -> Result<(), pipeline::Error> {
@@ -317,6 +306,7 @@ mod tests {
     use super::*;
     use cxr_dataset::log::LogMode;
     use pipeline::images::Subset;
+    use std::io::Write;
     use std::path::PathBuf;
 
     /// A plan is made once (not per task), and a task from a plan takes no input options.
@@ -348,11 +338,11 @@ mod tests {
                 Ok(())
             }
         }
-        let err = say_to(&mut Closed, ["4a2e3a4175934b6d"]).unwrap_err();
+        let err = pipeline::Error::from(cxr_dataset::log::say_to(&mut Closed, ["4a2e3a4175934b6d"]).unwrap_err());
         assert_eq!(err.exit_code(), 5);
         assert!(err.to_string().contains("writing to standard output"), "{err}");
         let mut buf = Vec::new();
-        say_to(&mut buf, ["a", "b"]).unwrap();
+        cxr_dataset::log::say_to(&mut buf, ["a", "b"]).unwrap();
         assert_eq!(buf, b"a\nb\n");
     }
 

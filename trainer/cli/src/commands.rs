@@ -25,7 +25,7 @@ pub(crate) fn pretrain(s: &Session, args: &PretrainArgs) -> anyhow::Result<()> {
         args.out.display()
     ));
     let r = pretrain_with(&cfg, &args.dataset, &args.out, &s.devices, args.resume, &mut s.step_printer())?;
-    println!(
+    say!(
         "{} steps, {} images in {:.1} s ({:.1} images/s); loss {:.4} -> {:.4}; metrics in {}",
         r.steps,
         r.images,
@@ -87,9 +87,9 @@ pub(crate) fn linear_eval(s: &Session, args: &LinearEvalArgs) -> anyhow::Result<
         ("external-1-auroc.svg", "External test AUROC per label"),
     ];
     report::page(&out, "report.html", "Linear evaluation", &report::linear_eval_sections(&r.result), &figures)?;
-    println!("{}", r.result.markdown());
-    println!("results: {}", out.join("results.json").display());
-    println!("report: {}", out.join("report.html").display());
+    say!("{}", r.result.markdown());
+    say!("results: {}", out.join("results.json").display());
+    say!("report: {}", out.join("report.html").display());
     Ok(())
 }
 
@@ -99,12 +99,12 @@ pub(crate) fn run(s: &Session, args: &RunArgs) -> anyhow::Result<()> {
     let eval = args.eval.resolve(cfg.views.global_size, cfg.seed)?;
     let setup = Setup { dataset: &args.dataset, eval: &eval, external: &args.eval.test_dataset, devices: &s.devices };
     let r = experiment::run(&args.ehr, &cfg, &setup, &args.out, &mut s.step_printer(), &mut |l| s.line(l))?;
-    println!(
+    say!(
         "ehr {}: test macro AUROC {}",
         r.ehr,
         r.macro_auroc.map_or("undefined".into(), |e| format!("{:.4} ({:.4}-{:.4})", e.value, e.low, e.high))
     );
-    println!("report: {}", args.out.join("report.html").display());
+    say!("report: {}", args.out.join("report.html").display());
     Ok(())
 }
 
@@ -123,14 +123,14 @@ pub(crate) fn ablate(s: &Session, args: &AblateArgs) -> anyhow::Result<()> {
 pub(crate) fn import(s: &Session, file: &Path, model: VitPreset, prefix: &str, out: &Path) -> anyhow::Result<()> {
     let vit = model.config();
     let i = trainer::import::import_torch(file, &vit, prefix, out, &s.device())?;
-    println!(
+    say!(
         "imported {} encoder tensors ({prefix}*) from {} (sha256 {}); {} other tensors not read",
         i.tensors,
         file.display(),
         &i.sha256[..16],
         i.other
     );
-    println!("next: trainer linear-eval --checkpoint {} --dataset OUT/<version>", out.display());
+    say!("next: trainer linear-eval --checkpoint {} --dataset OUT/<version>", out.display());
     Ok(())
 }
 
@@ -149,7 +149,7 @@ pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
         s.log.event("bench-step", serde_json::json!({ "step": k + 1, "total": total }), &line, true, k + 1 == total);
     })?;
     let t = r.seconds;
-    println!(
+    say!(
         "{}, {} threads: {}, batch {}, views 2x{} + {}x{}, EHR width {}",
         backend.label(),
         r.threads,
@@ -160,12 +160,18 @@ pub(crate) fn bench(s: &Session, args: &BenchArgs) -> anyhow::Result<()> {
         r.focal_size,
         r.ehr_width
     );
-    println!(
+    say!(
         "median seconds over {} steps: views {:.3} (worker thread), ema {:.3}, forward {:.3}, backward {:.3}, optimizer {:.3}, step {:.3}",
-        r.steps, t.views, t.ema, t.forward, t.backward, t.optimizer, t.step
+        r.steps,
+        t.views,
+        t.ema,
+        t.forward,
+        t.backward,
+        t.optimizer,
+        t.step
     );
     let rss = r.peak_rss_mb.map_or_else(|| "unknown".into(), |m| format!("{m:.0} MB"));
-    println!("{:.2} images/s (model step), peak RSS {rss}", r.images_per_second);
+    say!("{:.2} images/s (model step), peak RSS {rss}", r.images_per_second);
     if let Some(path) = &args.json {
         fs_err::write(path, serde_json::to_string_pretty(&r)?)?;
     }
@@ -193,7 +199,7 @@ pub(crate) fn selftest(s: &Session, golden: Option<PathBuf>) -> anyhow::Result<(
     } else {
         "; wider for a case that records float32_vs_float64"
     };
-    println!(
+    say!(
         "{} ({precision:?}): {} golden cases; tolerances: outputs {:.0e}, losses {:.0e}, gradients {:.0e} (relative{widened})",
         backend.label(),
         selftest::CASES.len(),
@@ -204,13 +210,13 @@ pub(crate) fn selftest(s: &Session, golden: Option<PathBuf>) -> anyhow::Result<(
     let mut failed = Vec::new();
     for name in selftest::CASES {
         let result = selftest::run(&golden, name, &plain, &s.device(), precision);
-        println!("{}", result.line());
+        say!("{}", result.line());
         if !result.passed() {
             failed.push(name);
         }
     }
     if failed.is_empty() {
-        println!("all {} cases passed", selftest::CASES.len());
+        say!("all {} cases passed", selftest::CASES.len());
         Ok(())
     } else {
         anyhow::bail!("selftest: {} of {} cases failed: {}", failed.len(), selftest::CASES.len(), failed.join(", "))
@@ -226,13 +232,13 @@ pub(crate) fn ehr_columns(ehr: &EhrSelection, dataset: Option<&Path>) -> anyhow:
             (ehr.columns(), optional)
         }
     };
-    println!("ehr: {ehr}");
-    println!("width: {}", columns.len());
+    say!("ehr: {ehr}");
+    say!("width: {}", columns.len());
     for c in &columns {
-        println!("{c}");
+        say!("{c}");
     }
     if !optional.is_empty() {
-        println!("(plus, in a dataset whose build made them: {}; pass --dataset to see)", optional.join(", "));
+        say!("(plus, in a dataset whose build made them: {}; pass --dataset to see)", optional.join(", "));
     }
     Ok(())
 }
@@ -257,11 +263,11 @@ pub(crate) fn paired_delta(args: &PairedDeltaArgs) -> anyhow::Result<()> {
         PairedBootstrap { resamples: args.bootstrap, unit: args.bootstrap_unit, seed: args.seed, margin: args.margin };
     let p = experiment::pooled_delta(&pairs, bootstrap)?;
     for (name, a, b) in &pairs {
-        println!("{name}: {} minus {}", b.display(), a.display());
+        say!("{name}: {} minus {}", b.display(), a.display());
     }
-    println!("{}", per_pair_table(&[("b minus a", &p)]));
-    println!("b vs a: {}", verdict(&p, "b", "pairs"));
-    println!("{}", p.intervals);
+    say!("{}", per_pair_table(&[("b minus a", &p)]));
+    say!("b vs a: {}", verdict(&p, "b", "pairs"));
+    say!("{}", p.intervals);
     if let Some(path) = &args.json {
         fs_err::write(path, serde_json::to_string_pretty(&p)?)?;
     }

@@ -40,9 +40,9 @@ pub(crate) fn compare(session: &Session, args: &CompareArgs) -> anyhow::Result<(
         &mut |l| session.line(l),
     )
     .context("compare-reference")?;
-    println!("{}", fs_err::read_to_string(args.out.join("comparison.md"))?);
+    say!("{}", fs_err::read_to_string(args.out.join("comparison.md"))?);
     let count = |v: Verdict| c.rows.iter().filter(|r| r.equivalence.is_some_and(|e| e.verdict == v)).count();
-    println!(
+    say!(
         "burn vs the reference (margin +-{}): equivalent at {} of {} checkpoints, different at {}, undecided at {}; \
          loss curves within the seed spread in {} of {} epochs",
         c.margin,
@@ -53,6 +53,6 @@ pub(crate) fn compare(session: &Session, args: &CompareArgs) -> anyhow::Result<(
         c.loss_epochs_within_spread,
         c.loss_gap.len()
     );
-    println!("figures: {}, {}", args.out.join("probe-auroc.svg").display(), args.out.join("loss-curves.svg").display());
+    say!("figures: {}, {}", args.out.join("probe-auroc.svg").display(), args.out.join("loss-curves.svg").display());
     Ok(())
 }

@@ -94,7 +94,7 @@ pub(crate) fn demo(session: &Session, args: &DemoArgs) -> anyhow::Result<()> {
     }
     session.line(&format!("demo 3/3: done in {:.0} s", started.elapsed().as_secs_f64()));
     if let Some((s, dir)) = &first_table {
-        println!("seed {}:", args.seeds[0]);
+        say!("seed {}:", args.seeds[0]);
         crate::session::print_table(s, dir)?;
     }
     let eval = LinearEvalConfig::new(ProbeTransform::for_crop(cfg.views.global_size)).with_seed(args.seeds[0]);
@@ -119,9 +119,9 @@ pub(crate) fn demo(session: &Session, args: &DemoArgs) -> anyhow::Result<()> {
     );
     fs_err::write(runs.join("verdicts.md"), md)?;
     for l in &lines {
-        println!("{l}");
+        say!("{l}");
     }
-    println!("verdicts: {}", runs.join("verdicts.md").display());
+    say!("verdicts: {}", runs.join("verdicts.md").display());
     Ok(())
 }
 

@@ -8,6 +8,14 @@ use clap::Parser;
 use cxr_dataset::log::Reporter;
 use trainer::parallel::Devices;
 
+/// `println!` whose failed write (a closed pipe: `trainer selftest | head`) returns from the
+/// command as an I/O error (exit 5) instead of panicking ([`cxr_dataset::log::say`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        cxr_dataset::log::say([format!($($arg)*)]).map_err(trainer::Error::Io)?
+    };
+}
+
 mod cli;
 mod commands;
 mod compare;

@@ -69,10 +69,10 @@ impl Session {
 /// Prints an ablation's table (`dir/ablation.md`) and where its pages are.
 pub(crate) fn print_table(summaries: &[RunSummary], dir: &std::path::Path) -> anyhow::Result<()> {
     let md = fs_err::read_to_string(dir.join("ablation.md"))?;
-    println!("{md}");
+    say!("{md}");
     for s in summaries {
-        println!("{}: {}/report.html", s.ehr, s.run);
+        say!("{}: {}/report.html", s.ehr, s.run);
     }
-    println!("comparison: {}", dir.join("ablation.html").display());
+    say!("comparison: {}", dir.join("ablation.html").display());
     Ok(())
 }

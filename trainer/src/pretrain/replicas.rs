@@ -3,12 +3,15 @@
 //! the device's own thread, the loss and the gradients summed over the devices through a
 //! [`crate::parallel::Collective`], the same update applied everywhere.
 //!
-//! Each replica's work is submitted on one stream of its device for the whole run
-//! ([`StreamId`]): CubeCL gives every OS thread its own stream by default, and the step's
-//! threads are new each step, so without the pin a replica's weights and Adam moments were made
-//! on one stream and updated on another. Through SPIR-V on lavapipe that corrupted the second
-//! step's update (the head weights ended 1.0 apart, and the replicas left each other); with the
-//! pin they match the one-device step within 1.2e-7. CUDA gives threads their own streams too.
+//! On a GPU (CubeCL: wgpu and CUDA alike) three things keep the replicas equal, each found
+//! through SPIR-V on lavapipe, where the data-parallel tests failed without it:
+//! - each replica's work is submitted on one stream of its device for the whole run
+//!   ([`StreamId`]). CubeCL gives every OS thread its own stream, and the step's threads are new
+//!   each step: a replica's weights and Adam moments made on one stream and updated on another
+//!   came out wrong from the second step (head weights 1.0 off one device's);
+//! - each device's step ends with a sync, since a read from another stream (the caller's, of
+//!   any replica) does not wait for the update;
+//! - every replica starts in buffers of its own ([`own_copy`]).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{ModuleOptimizer, OptimizerRecord};
