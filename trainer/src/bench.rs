@@ -6,9 +6,11 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
+use crate::backend::Precision;
 use crate::data::Images;
 use crate::model::fusion::{FusionShape, MsnNet};
-use crate::pretrain::{PretrainConfig, batch_tensors, optimizer, train_step};
+use crate::parallel::Local;
+use crate::pretrain::{LossScale, PretrainConfig, batch_tensors, optimizer, train_step_with};
 use crate::rng::Rng;
 use crate::views::make_batch;
 use crate::{Error, Result};
@@ -102,6 +104,8 @@ pub fn bench(cfg: &BenchConfig, device: &Device, on_step: &mut dyn FnMut(usize))
     }
     let mut optim = optimizer();
     let mut slot = Some(net);
+    // f16 steps as pretraining takes them: with the loss scale (and its finiteness check).
+    let mut scale = (p.precision == Precision::F16).then(LossScale::default);
     let mut parts: [Vec<f64>; 6] = Default::default();
     for s in 0..cfg.warmup + cfg.steps {
         let indices: Vec<usize> = (0..b).map(|i| (s * b + i) % n).collect();
@@ -109,11 +113,21 @@ pub fn bench(cfg: &BenchConfig, device: &Device, on_step: &mut dyn FnMut(usize))
         let batch = make_batch(&images, &indices, &p.views, p.masking, p.mask_ratio, p.vit.patch_size, p.seed, 0, s)?;
         let views = t0.elapsed().as_secs_f64();
         let net = slot.take().ok_or_else(|| Error::Internal("no network".into()))?;
-        let (net, loss, t) =
-            train_step(net, &mut optim, batch_tensors(&batch, p, device), p, p.schedule_at(0, s, n / b))?;
+        let views_on_device = batch_tensors(&batch, p, device);
+        let out = train_step_with(
+            net,
+            &mut optim,
+            views_on_device,
+            p,
+            p.schedule_at(0, s, n / b),
+            &Local,
+            scale.map(|l| l.scale),
+        )?;
+        scale = scale.map(|l| l.after(out.applied));
+        let t = out.times;
         // Reading the loss makes sure the step has finished.
-        let _ = loss.loss.into_data();
-        slot = Some(net);
+        let _ = out.loss.loss.into_data();
+        slot = Some(out.net);
         if s >= cfg.warmup {
             let step = t.ema + t.forward + t.backward + t.optimizer;
             for (v, x) in parts.iter_mut().zip([views, t.ema, t.forward, t.backward, t.optimizer, step]) {
