@@ -76,7 +76,7 @@ fn a_bf16_step_computes_in_bf16_and_keeps_f32_parameters() {
 /// as well as plain f16: Adam's first step moves each weight by about lr whatever its
 /// gradient's size, unless the gradient flushed to zero, so the weights that moved say whose
 /// gradients survived. Plain f16 loses few here (1 of 6144 on the CPU, which rounds to f16 after
-/// every op; 2 through SPIR-V on lavapipe, with the scale 1).
+/// every op; 2 through SPIR-V on lavapipe, where the scaled step lost 1).
 #[test]
 fn an_f16_step_skips_an_overflowing_loss_scale_and_otherwise_moves_the_weights_f32_moves() {
     let device = match Backend::from_test_env().unwrap().autodiff(Precision::F16) {

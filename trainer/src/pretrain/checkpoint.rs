@@ -34,9 +34,8 @@ pub fn model_record(file: &Path, bytes: Vec<u8>) -> Result<burn::store::ModuleRe
         .map_err(|e| Error::record(file, e))
 }
 
-/// An optimizer record read whole into memory, for the reason [`model_record`] gives.
-pub fn optimizer_record(file: &Path) -> Result<burn::optim::OptimizerRecord> {
-    let bytes = fs_err::read(file)?;
+/// An optimizer record from its file's content, `bytes`, for the reason [`model_record`] gives.
+pub fn optimizer_record(file: &Path, bytes: Vec<u8>) -> Result<burn::optim::OptimizerRecord> {
     burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
         .map_err(|e| Error::record(file, e))
 }

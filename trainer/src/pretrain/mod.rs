@@ -147,7 +147,9 @@ fn start_network(cfg: &PretrainConfig, ehr_in: usize, devices: &Devices, files: 
     let scale = f16.then(|| c.loss_scale.unwrap_or_default());
     let mut replicas = Replicas::new(net, devices).with_loss_scale(scale);
     let optimizer = files.run.join(&c.optimizer);
-    replicas.load_optimizer(|| optimizer_record(&optimizer))?;
+    // Read once; each device's replica gets its own record of the same bytes.
+    let bytes = fs_err::read(&optimizer)?;
+    replicas.load_optimizer(|| optimizer_record(&optimizer, bytes.clone()))?;
     Ok(replicas)
 }
 
