@@ -20,8 +20,10 @@
 #   5. on CUDA, the same dataset, 10 steps on one GPU plainly and through NCCL with one rank
 #      (`--all-reduce nccl`): the losses must be equal, step for step.
 # GPU_CHECK_WGPU=0 leaves wgpu out (default: in, when the trainer has it and libvulkan.so.1 is
-# there). GPU_CHECK_QUICK=1 runs 1 timed step per bench at batch 2 and 20 pretraining steps
-# (the rehearsal on a CPU). GPU_CHECK_BINS names the folder of carried files (default gpu-bins).
+# there). GPU_CHECK_QUICK=1 runs 1 timed step per bench at batch 2 with views of 64 and 32
+# pixels, and 20 pretraining steps, with 900 s limits for the selftest and bench parts (the
+# rehearsal on a CPU: there wgpu is Mesa's lavapipe, where CubeCL's first autotuning of the
+# kernels takes minutes; the autotune cache is target/environment/). GPU_CHECK_BINS names the folder of carried files (default gpu-bins).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -93,8 +95,11 @@ fi
 row ""
 row "| selftest | device | precision | result |"
 row "|---|---|---|---|"
+# The limits of the selftest and bench parts: seconds on a GPU; minutes on lavapipe.
+slow=240 slower=300
+[ "$quick" = 1 ] && slow=900 slower=900
 selftest() { # selftest DEVICE PRECISION
-    run "selftest --device $1 --precision $2" 240 "$trainer" --device "$1" --precision "$2" selftest
+    run "selftest --device $1 --precision $2" "$slow" "$trainer" --device "$1" --precision "$2" selftest
     local rc=$? result
     result=$(grep -E '^(all|FAIL)' "$out/last.txt" | head -n 3 | tr '\n' ' ' | cut -c1-300)
     [ "$rc" != 0 ] && result="exit $rc: ${result:-$(tail -n 1 "$out/last.txt" | cut -c1-200)}"
@@ -105,8 +110,8 @@ selftest "$device" bf16
 [ "$wgpu" = 1 ] && selftest wgpu f32
 
 # 3. Speed beside PyTorch.
-steps=10 warmup=3
-[ "$quick" = 1 ] && steps=1 warmup=0
+steps=10 warmup=3 sizes=()
+[ "$quick" = 1 ] && steps=1 warmup=0 sizes=(--global-size 64 --focal-size 32)
 py=${PYTHON:-python3}
 torch_device=$device
 [ "$device" = cpu ] || torch_device=cuda
@@ -126,13 +131,16 @@ peak_mib() { # peak_mib PID: the most GPU memory in use while PID runs, above wh
 timed() { # timed LABEL CMD...: runs it, then prints "images/s|peak GPU MiB" from its output
     local label=$1
     shift
-    run "$label" 300 "$@" >&2 &
+    run "$label" "$slower" "$@" >&2 &
     local pid=$! mem="-"
     [ "$gpu" = 1 ] && mem=$(peak_mib "$pid")
     wait "$pid"
-    local rc=$? ips
+    local rc=$? ips why
     ips=$(grep -oE '^[0-9.]+ images/s' "$out/last.txt" | tail -n 1 | cut -d' ' -f1)
-    echo "${ips:-failed (exit $rc)}|$mem"
+    # Why it failed, in the table: the limit, or the last line printed (the trainer's reason).
+    why=$(tail -n 1 "$out/last.txt" | sed -E 's/^ *caused by: //' | tr '|' '/' | cut -c1-160)
+    [ "$rc" = 124 ] && why="past the $slower s limit"
+    echo "${ips:-failed (exit $rc: $why)}|$mem"
 }
 row ""
 row "| step | model | batch | precision | images/s | peak GPU MiB (nvidia-smi) |"
@@ -145,7 +153,8 @@ for spec in "${specs[@]}"; do
     for precision in f32 bf16; do
         for d in "$device" $([ "$wgpu" = 1 ] && echo wgpu); do
             r=$(timed "trainer bench --device $d --precision $precision $model $batch" "$trainer" --device "$d" \
-                --precision "$precision" bench --model "$model" --batch-size "$batch" --steps "$steps" --warmup "$warmup")
+                --precision "$precision" bench --model "$model" --batch-size "$batch" --steps "$steps" --warmup "$warmup" \
+                "${sizes[@]}")
             row "| burn ($d) | $model | $batch | $precision | ${r%%|*} | ${r##*|} |"
         done
         if [ "$has_torch" = 1 ]; then
@@ -153,11 +162,12 @@ for spec in "${specs[@]}"; do
             [ "$precision" = bf16 ] && amp=bf16
             r=$(timed "PyTorch $model $batch amp $amp on $torch_device" "$py" trainer/bench/torch_msn_step.py \
                 --device "$torch_device" --model "$model" --batch-size "$batch" --ehr-width 13 --amp "$amp" \
-                --steps "$steps" --warmup "$warmup")
+                --steps "$steps" --warmup "$warmup" "${sizes[@]}")
             row "| PyTorch ($torch_device, amp $amp) | $model | $batch | $precision | ${r%%|*} | ${r##*|} |"
         fi
     done
 done
+[ "$quick" = 1 ] && row "(quick: views of ${sizes[1]} and ${sizes[3]} pixels, one timed step, no warm-up: not a speed figure)"
 [ "$has_torch" = 1 ] || row "(no PyTorch rows: $py has no torch for $torch_device)"
 
 # 4 and 5. Training on a small synthetic dataset.
